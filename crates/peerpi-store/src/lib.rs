@@ -1,0 +1,382 @@
+//! The node's disk: blobs by CID under `blobs/`, written through a hashing
+//! temp file and renamed into place only when their digest matches, and a sled
+//! catalog beside them (blobs with sizes and access times, cached project
+//! pages, and where each digest can be fetched from). Eviction keeps the blobs
+//! under a size cap, least recently used first; opening the store removes
+//! leftover temp files and reconciles the catalog with the disk.
+
+mod catalog;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use peerpi_core::Sha256Digest;
+#[cfg(test)]
+use peerpi_core::ProjectPage;
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+pub use catalog::{BlobRecord, CachedPage, Origin};
+pub use writer::BlobWriter;
+
+/// How long an access time may lag in the catalog; bounds catalog writes on
+/// hot blobs to one per blob per interval.
+const ACCESS_PERSIST_INTERVAL_MS: u64 = 60_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("catalog database error: {0}")]
+    Db(#[from] sled::Error),
+    #[error("catalog record for {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("digest mismatch: expected sha256 {expected}, got {actual}")]
+    DigestMismatch {
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    #[error("length mismatch for sha256 {digest}: expected {expected} bytes, got {actual}")]
+    LengthMismatch {
+        digest: Sha256Digest,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A blob present in the store.
+#[derive(Debug, Clone)]
+pub struct StoredBlob {
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// What opening the store found and repaired.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub temp_files_removed: usize,
+    pub records_dropped: usize,
+    pub orphans_adopted: usize,
+    pub orphans_removed: usize,
+}
+
+pub struct Store {
+    blobs_dir: PathBuf,
+    tmp_dir: PathBuf,
+    catalog: catalog::Catalog,
+    cap_bytes: u64,
+    total_bytes: AtomicU64,
+    last_persisted_access: Mutex<HashMap<Sha256Digest, u64>>,
+    eviction: Mutex<()>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`, capped at `cap_bytes`
+    /// of blobs, and reconciles it with what is on disk.
+    pub fn open(root: &Path, cap_bytes: u64) -> Result<(Self, ReconcileReport), StoreError> {
+        let blobs_dir = root.join("blobs");
+        let tmp_dir = root.join("tmp");
+        for dir in [&blobs_dir, &tmp_dir] {
+            fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        let catalog = catalog::Catalog::open(&root.join("catalog"))?;
+        let store = Self {
+            blobs_dir,
+            tmp_dir,
+            catalog,
+            cap_bytes,
+            total_bytes: AtomicU64::new(0),
+            last_persisted_access: Mutex::new(HashMap::new()),
+            eviction: Mutex::new(()),
+        };
+        let report = store.reconcile()?;
+        info!(
+            blobs = store.catalog.blob_count(),
+            bytes = store.total_bytes(),
+            ?report,
+            "store opened"
+        );
+        Ok((store, report))
+    }
+
+    pub fn cap_bytes(&self) -> u64 {
+        self.cap_bytes
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn blob_count(&self) -> usize {
+        self.catalog.blob_count()
+    }
+
+    /// The blob's path: `blobs/<last two CID chars>/<CID>` (the CID's leading
+    /// characters are the same for every blob, its tail spreads evenly).
+    pub fn blob_path(&self, digest: &Sha256Digest) -> PathBuf {
+        let cid = digest.cid().to_string();
+        let shard = &cid[cid.len() - 2..];
+        self.blobs_dir.join(shard).join(cid)
+    }
+
+    /// The blob if the store holds it; records the access for eviction.
+    pub fn get(&self, digest: &Sha256Digest) -> Result<Option<StoredBlob>, StoreError> {
+        let Some(record) = self.catalog.blob(digest)? else {
+            return Ok(None);
+        };
+        self.touch(digest, record)?;
+        Ok(Some(StoredBlob {
+            path: self.blob_path(digest),
+            size: record.size,
+        }))
+    }
+
+    fn touch(&self, digest: &Sha256Digest, record: BlobRecord) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut persisted = self
+            .last_persisted_access
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last = persisted.get(digest).copied().unwrap_or(record.last_access_ms);
+        if now.saturating_sub(last) >= ACCESS_PERSIST_INTERVAL_MS {
+            persisted.insert(*digest, now);
+            drop(persisted);
+            self.catalog.put_blob(
+                digest,
+                &BlobRecord {
+                    last_access_ms: now,
+                    ..record
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A new temp file in the store's temp directory, hashing what is written.
+    pub fn writer(&self) -> Result<BlobWriter, StoreError> {
+        BlobWriter::new(&self.tmp_dir)
+    }
+
+    /// Moves a verified writer's file into place and records it. Fails, and
+    /// removes the temp file, unless its sha256 is `expected` (and its length
+    /// `expected_len`, when given). Returns the digests evicted to make room.
+    pub fn commit(
+        &self,
+        writer: BlobWriter,
+        expected: &Sha256Digest,
+        expected_len: Option<u64>,
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
+        let (temp, actual, len) = writer.finish()?;
+        if actual != *expected {
+            return Err(StoreError::DigestMismatch {
+                expected: *expected,
+                actual,
+            });
+        }
+        if let Some(expected_len) = expected_len.filter(|&l| l != len) {
+            return Err(StoreError::LengthMismatch {
+                digest: *expected,
+                expected: expected_len,
+                actual: len,
+            });
+        }
+        temp.as_file()
+            .sync_all()
+            .map_err(io_err("syncing a verified blob"))?;
+        let path = self.blob_path(expected);
+        let shard_dir = path.parent().unwrap_or(&self.blobs_dir).to_path_buf();
+        fs::create_dir_all(&shard_dir).map_err(io_err(format!("creating {}", shard_dir.display())))?;
+        temp.persist(&path)
+            .map_err(|e| StoreError::Io {
+                context: format!("renaming a verified blob to {}", path.display()),
+                source: e.error,
+            })?;
+        sync_dir(&shard_dir)?;
+        let previous = self.catalog.put_blob(
+            expected,
+            &BlobRecord {
+                size: len,
+                last_access_ms: now_ms(),
+            },
+        )?;
+        if previous.is_none() {
+            self.total_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        self.evict_to_cap(Some(expected))
+    }
+
+    /// Removes least recently used blobs until the store is within its cap.
+    /// `keep` is never evicted (the blob just committed).
+    pub fn evict_to_cap(&self, keep: Option<&Sha256Digest>) -> Result<Vec<Sha256Digest>, StoreError> {
+        if self.total_bytes() <= self.cap_bytes {
+            return Ok(Vec::new());
+        }
+        let _guard = self.eviction.lock().unwrap_or_else(|p| p.into_inner());
+        let mut candidates = self.catalog.blobs()?;
+        candidates.sort_by_key(|(digest, record)| (record.last_access_ms, *digest));
+        let mut evicted = Vec::new();
+        for (digest, record) in candidates {
+            if self.total_bytes() <= self.cap_bytes {
+                break;
+            }
+            if Some(&digest) == keep {
+                continue;
+            }
+            self.remove(&digest, record.size)?;
+            evicted.push(digest);
+        }
+        if !evicted.is_empty() {
+            info!(count = evicted.len(), total = self.total_bytes(), cap = self.cap_bytes, "evicted blobs");
+        }
+        Ok(evicted)
+    }
+
+    fn remove(&self, digest: &Sha256Digest, size: u64) -> Result<(), StoreError> {
+        // Catalog first: a crash in between leaves an orphan file, which the
+        // next open re-verifies, never a record without a file.
+        if self.catalog.remove_blob(digest)?.is_some() {
+            self.total_bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
+        }
+    }
+
+    /// Every digest the store holds.
+    pub fn digests(&self) -> Result<Vec<Sha256Digest>, StoreError> {
+        Ok(self.catalog.blobs()?.into_iter().map(|(d, _)| d).collect())
+    }
+
+    pub fn page(&self, project: &str) -> Result<Option<CachedPage>, StoreError> {
+        self.catalog.page(project)
+    }
+
+    pub fn put_page(&self, project: &str, page: &CachedPage) -> Result<(), StoreError> {
+        self.catalog.put_page(project, page)
+    }
+
+    pub fn projects(&self) -> Result<Vec<String>, StoreError> {
+        self.catalog.projects()
+    }
+
+    pub fn origin(&self, digest: &Sha256Digest) -> Result<Option<Origin>, StoreError> {
+        self.catalog.origin(digest)
+    }
+
+    pub fn put_origins(&self, origins: &[(Sha256Digest, Origin)]) -> Result<(), StoreError> {
+        self.catalog.put_origins(origins)
+    }
+
+    /// Writes the catalog to disk (sled also does so on its own every 500 ms).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.catalog.flush()
+    }
+
+    fn reconcile(&self) -> Result<ReconcileReport, StoreError> {
+        let mut report = ReconcileReport::default();
+        // 1. Temp files are downloads that never finished: never trusted.
+        for entry in fs::read_dir(&self.tmp_dir).map_err(io_err("listing the temp directory"))? {
+            let entry = entry.map_err(io_err("listing the temp directory"))?;
+            if fs::remove_file(entry.path()).is_ok() {
+                report.temp_files_removed += 1;
+            }
+        }
+        // 2. Records whose file is gone or has the wrong size are dropped.
+        let mut total = 0u64;
+        for (digest, record) in self.catalog.blobs()? {
+            match fs::metadata(self.blob_path(&digest)) {
+                Ok(meta) if meta.len() == record.size => total += record.size,
+                _ => {
+                    warn!(%digest, "catalog record without a matching file; dropping it");
+                    self.catalog.remove_blob(&digest)?;
+                    report.records_dropped += 1;
+                }
+            }
+        }
+        // 3. Files without a record (a crash between rename and catalog write)
+        //    are re-hashed: adopted if the content matches its name, else removed.
+        for shard in fs::read_dir(&self.blobs_dir).map_err(io_err("listing blobs"))? {
+            let shard = shard.map_err(io_err("listing blobs"))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(&shard).map_err(io_err("listing a blob shard"))? {
+                let path = entry.map_err(io_err("listing a blob shard"))?.path();
+                let named = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(digest_from_cid_name);
+                let known = match named {
+                    Some(d) => self.catalog.blob(&d)?.is_some() && self.blob_path(&d) == path,
+                    None => false,
+                };
+                if known {
+                    continue;
+                }
+                match named.map(|d| (d, hash_file(&path))) {
+                    Some((digest, Ok((actual, len)))) if actual == digest && self.blob_path(&digest) == path => {
+                        self.catalog.put_blob(&digest, &BlobRecord { size: len, last_access_ms: now_ms() })?;
+                        total += len;
+                        report.orphans_adopted += 1;
+                    }
+                    _ => {
+                        warn!(path = %path.display(), "unrecorded file in the blob directory does not match its name; removing it");
+                        let _ = fs::remove_file(&path);
+                        report.orphans_removed += 1;
+                    }
+                }
+            }
+        }
+        self.total_bytes.store(total, Ordering::Relaxed);
+        self.catalog.flush()?;
+        Ok(report)
+    }
+}
+
+fn digest_from_cid_name(name: &str) -> Option<Sha256Digest> {
+    let cid: peerpi_core::digest::Cid = name.parse().ok()?;
+    let bytes: [u8; 32] = cid.hash().digest().try_into().ok()?;
+    let digest = Sha256Digest::from_bytes(bytes);
+    (digest.cid() == cid).then_some(digest)
+}
+
+fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let len = io::copy(&mut file, &mut hasher)?;
+    Ok((Sha256Digest::from_bytes(hasher.finalize().into()), len))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("syncing directory {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests;

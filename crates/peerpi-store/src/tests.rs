@@ -1,0 +1,113 @@
+use super::*;
+
+fn digest_of(bytes: &[u8]) -> Sha256Digest {
+    Sha256Digest::from_bytes(Sha256::digest(bytes).into())
+}
+
+fn put(store: &Store, bytes: &[u8]) -> Sha256Digest {
+    let digest = digest_of(bytes);
+    let mut w = store.writer().unwrap();
+    w.append(bytes).unwrap();
+    store.commit(w, &digest, Some(bytes.len() as u64)).unwrap();
+    digest
+}
+
+#[test]
+fn commit_verifies_and_get_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    let d = put(&store, b"hello");
+    let blob = store.get(&d).unwrap().unwrap();
+    assert_eq!(blob.size, 5);
+    assert_eq!(fs::read(&blob.path).unwrap(), b"hello");
+    assert!(blob.path.to_str().unwrap().ends_with(&d.cid().to_string()));
+    assert_eq!(store.total_bytes(), 5);
+}
+
+#[test]
+fn mismatched_digest_or_length_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    let wanted = digest_of(b"good");
+    let mut w = store.writer().unwrap();
+    w.append(b"evil").unwrap();
+    assert!(matches!(store.commit(w, &wanted, None), Err(StoreError::DigestMismatch { .. })));
+    let mut w = store.writer().unwrap();
+    w.append(b"good").unwrap();
+    assert!(matches!(store.commit(w, &wanted, Some(5)), Err(StoreError::LengthMismatch { .. })));
+    assert!(store.get(&wanted).unwrap().is_none());
+    assert!(!store.blob_path(&wanted).exists());
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "temp files removed");
+    assert_eq!(store.total_bytes(), 0);
+}
+
+#[test]
+fn eviction_keeps_under_cap_least_recently_used_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 250).unwrap();
+    let a = put(&store, &[b'a'; 100]);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let b = put(&store, &[b'b'; 100]);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let c = put(&store, &[b'c'; 100]);
+    assert!(store.total_bytes() <= 250, "total {}", store.total_bytes());
+    assert!(store.get(&a).unwrap().is_none(), "oldest evicted");
+    assert!(!store.blob_path(&a).exists());
+    assert!(store.get(&b).unwrap().is_some());
+    assert!(store.get(&c).unwrap().is_some());
+}
+
+#[test]
+fn reopen_removes_temp_files_and_reconciles() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, lost, orphan, forged);
+    {
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        kept = put(&store, b"kept");
+        lost = put(&store, b"lost");
+        // A download that never finished.
+        let mut w = store.writer().unwrap();
+        w.append(b"partial").unwrap();
+        std::mem::forget(w);
+        // A record whose file vanished.
+        fs::remove_file(store.blob_path(&lost)).unwrap();
+        // A verified file whose record never made it (crash after rename).
+        orphan = digest_of(b"orphan");
+        fs::create_dir_all(store.blob_path(&orphan).parent().unwrap()).unwrap();
+        fs::write(store.blob_path(&orphan), b"orphan").unwrap();
+        // A file whose content does not match its name.
+        forged = digest_of(b"forged");
+        fs::create_dir_all(store.blob_path(&forged).parent().unwrap()).unwrap();
+        fs::write(store.blob_path(&forged), b"not it").unwrap();
+        store.flush().unwrap();
+    }
+    let (store, report) = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        report,
+        ReconcileReport { temp_files_removed: 1, records_dropped: 1, orphans_adopted: 1, orphans_removed: 1 }
+    );
+    assert!(store.get(&kept).unwrap().is_some());
+    assert!(store.get(&lost).unwrap().is_none());
+    assert_eq!(store.get(&orphan).unwrap().unwrap().size, 6);
+    assert!(store.get(&forged).unwrap().is_none());
+    assert!(!store.blob_path(&forged).exists());
+    assert_eq!(store.total_bytes(), 4 + 6);
+}
+
+#[test]
+fn pages_and_origins_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    let page = CachedPage {
+        page: ProjectPage { name: "demo".into(), files: vec![], versions: None },
+        etag: Some("\"x\"".into()),
+        fetched_at_ms: 7,
+    };
+    store.put_page("demo", &page).unwrap();
+    assert_eq!(store.page("demo").unwrap(), Some(page));
+    assert_eq!(store.projects().unwrap(), vec!["demo".to_string()]);
+    let d = digest_of(b"x");
+    let origin = Origin { url: "https://up.invalid/x".into(), filename: "x-1.tar.gz".into(), size: Some(1), metadata: None };
+    store.put_origins(&[(d, origin.clone())]).unwrap();
+    assert_eq!(store.origin(&d).unwrap(), Some(origin));
+}

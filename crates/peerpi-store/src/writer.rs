@@ -1,0 +1,69 @@
+//! A blob being written: a temp file in the store's temp directory that
+//! hashes what is appended and can be read back while it grows.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use peerpi_core::Sha256Digest;
+use sha2::{Digest, Sha256};
+use tempfile::NamedTempFile;
+
+use crate::{io_err, StoreError};
+
+/// Dropping a writer without committing it deletes its temp file.
+pub struct BlobWriter {
+    temp: NamedTempFile,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl BlobWriter {
+    pub(crate) fn new(tmp_dir: &Path) -> Result<Self, StoreError> {
+        let temp = tempfile::Builder::new()
+            .prefix("partial-")
+            .tempfile_in(tmp_dir)
+            .map_err(io_err("creating a temp file"))?;
+        Ok(Self {
+            temp,
+            hasher: Sha256::new(),
+            len: 0,
+        })
+    }
+
+    /// Appends `bytes` (blocking file I/O: call from a blocking context).
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.temp
+            .as_file_mut()
+            .write_all(bytes)
+            .map_err(io_err("writing a temp file"))?;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A second handle on the temp file for readers: it stays valid after the
+    /// file is renamed into the store or deleted.
+    pub fn reader(&self) -> Result<Arc<File>, StoreError> {
+        self.temp
+            .as_file()
+            .try_clone()
+            .map(Arc::new)
+            .map_err(io_err("opening a temp file for reading"))
+    }
+
+    pub(crate) fn finish(self) -> Result<(NamedTempFile, Sha256Digest, u64), StoreError> {
+        let digest = Sha256Digest::from_bytes(self.hasher.finalize().into());
+        Ok((self.temp, digest, self.len))
+    }
+}

@@ -1,0 +1,1 @@
+//! The `peerpi` command line: configuration layering and subcommands.

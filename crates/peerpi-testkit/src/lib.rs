@@ -1,1 +1,25 @@
-//! wip
+//! Test support for peerpi: a fake upstream index that builds real wheels and
+//! sdists deterministically, serves PEP 503 and PEP 691 pages and PEP 658
+//! metadata files, counts requests per path and injects faults. Used by the
+//! tests, the testnet and the benchmarks; it is not part of the product.
+
+pub mod dist;
+pub mod server;
+
+pub use dist::{sdist, synthetic, wheel, DistSpec, FakeFile};
+pub use server::{Fault, FakeIndex, IndexState};
+
+/// A small dependency graph that exercises what resolvers look at:
+/// `alpha` needs `beta>=1.0`, `gamma` and `delta`; beta 2.0 is yanked;
+/// gamma has only an sdist; delta 2.0 requires a Python that does not exist.
+/// A correct install yields alpha 1.0, beta 1.0, gamma 0.1 and delta 1.0.
+pub fn demo_graph() -> Vec<FakeFile> {
+    vec![
+        wheel(&DistSpec::new("alpha", "1.0").requires("beta>=1.0").requires("gamma").requires("delta")),
+        wheel(&DistSpec::new("beta", "1.0")),
+        wheel(&DistSpec::new("beta", "2.0").yanked("broken release")),
+        sdist(&DistSpec::new("gamma", "0.1")),
+        wheel(&DistSpec::new("delta", "1.0").requires_python(">=3")),
+        wheel(&DistSpec::new("delta", "2.0").requires_python("<3")),
+    ]
+}

@@ -1,1 +1,114 @@
-//! wip
+//! A peerpi node: the resolver that answers for project pages and blobs
+//! (local store first, then upstream, verifying every byte against a trusted
+//! digest before it is stored or released as a complete file) and the axum
+//! HTTP front that serves the Simple Repository API to pip and uv.
+
+mod blobs;
+mod error;
+mod http;
+pub mod metrics;
+mod pages;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use peerpi_store::{ReconcileReport, Store};
+use peerpi_upstream::{Upstream, UpstreamConfig};
+
+pub use blobs::BlobBody;
+pub use error::NodeError;
+pub use pages::CacheStatus;
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    /// Cap on the bytes of blobs kept on disk.
+    pub cache_size: u64,
+    /// How long a cached page is served before it is revalidated upstream.
+    pub page_ttl: Duration,
+    /// How long an upstream 404 is remembered.
+    pub negative_ttl: Duration,
+    /// `Cache-Control: max-age` sent to clients with pages.
+    pub page_max_age: Duration,
+    pub upstream: UpstreamConfig,
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: PathBuf, upstream: UpstreamConfig) -> Self {
+        Self {
+            data_dir,
+            cache_size: 20 << 30,
+            page_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(60),
+            page_max_age: Duration::from_secs(60),
+            upstream,
+        }
+    }
+}
+
+/// A running node's shared state; cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: NodeConfig,
+    store: Arc<Store>,
+    upstream: Upstream,
+    metrics: metrics::Metrics,
+    flights: Mutex<HashMap<peerpi_core::Sha256Digest, Arc<blobs::Flight>>>,
+    pages: pages::PageState,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Node {
+    /// Opens the store (reconciling it with the disk) and prepares the client.
+    pub fn open(config: NodeConfig) -> Result<(Self, ReconcileReport), NodeError> {
+        let (store, report) = Store::open(&config.data_dir, config.cache_size)
+            .map_err(|e| NodeError::Internal(format!("opening the store in {}: {e}", config.data_dir.display())))?;
+        let upstream = Upstream::new(config.upstream.clone()).map_err(|e| NodeError::Internal(e.to_string()))?;
+        let node = Self {
+            inner: Arc::new(Inner {
+                config,
+                store: Arc::new(store),
+                upstream,
+                metrics: metrics::Metrics::new(),
+                flights: Mutex::new(HashMap::new()),
+                pages: pages::PageState::default(),
+            }),
+        };
+        Ok((node, report))
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// The HTTP front: Simple API, files, `/metrics`, `/healthz`.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// Writes the catalog to disk; call on shutdown.
+    pub fn flush(&self) -> Result<(), NodeError> {
+        self.inner
+            .store
+            .flush()
+            .map_err(|e| NodeError::Internal(format!("flushing the catalog: {e}")))
+    }
+}

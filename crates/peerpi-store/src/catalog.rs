@@ -21,6 +21,9 @@ pub struct CachedPage {
     pub page: ProjectPage,
     pub etag: Option<String>,
     pub fetched_at_ms: u64,
+    /// Changes exactly when the page's content does (not on revalidation).
+    #[serde(default)]
+    pub content_id: String,
 }
 
 /// Where the content with a digest can be fetched from upstream, learnt from

@@ -102,6 +102,7 @@ fn pages_and_origins_round_trip() {
         page: ProjectPage { name: "demo".into(), files: vec![], versions: None },
         etag: Some("\"x\"".into()),
         fetched_at_ms: 7,
+        content_id: "c1".into(),
     };
     store.put_page("demo", &page).unwrap();
     assert_eq!(store.page("demo").unwrap(), Some(page));

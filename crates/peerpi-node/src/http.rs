@@ -1,0 +1,393 @@
+//! The HTTP front: the Simple Repository API (PEP 503 HTML, PEP 691 JSON),
+//! files and their PEP 658 metadata by digest, `/metrics` and `/healthz`.
+//! Every error is a status with a plain-text message. See specs/http-api.md.
+
+use std::io::SeekFrom;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::StreamExt;
+use peerpi_core::filename::check_safe_filename;
+use peerpi_core::{negotiate, PageFormat, ProjectName, Sha256Digest};
+use peerpi_store::StoredBlob;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::metrics::Source;
+use crate::{BlobBody, Node, NodeError};
+
+/// Files are named by content: they never change.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+const READ_BUFFER: usize = 256 * 1024;
+
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/simple", get(|| async { redirect("/simple/".to_string()) }))
+        .route("/simple/", get(project_list))
+        .route("/simple/{project}", get(project_without_slash))
+        .route("/simple/{project}/", get(project_page))
+        .route("/files/{sha256}/{filename}", get(file))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: the index is at /simple/") })
+        .layer(middleware::from_fn_with_state(node.clone(), count_requests))
+        .with_state(node)
+}
+
+async fn count_requests(State(node): State<Node>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(request).await;
+    node.metrics().http_request(&route, response.status().as_u16());
+    response
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+impl IntoResponse for NodeError {
+    fn into_response(self) -> Response {
+        error(self.status(), self)
+    }
+}
+
+fn redirect(location: String) -> Response {
+    match HeaderValue::from_str(&location) {
+        Ok(v) => (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, v)]).into_response(),
+        Err(_) => error(StatusCode::BAD_REQUEST, "cannot redirect to that location"),
+    }
+}
+
+fn path_error(rejection: PathRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("bad path: {}", rejection.body_text()))
+}
+
+async fn home() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "peerpi: a verified, peer-to-peer package index mirror.\nPoint pip or uv at /simple/ (see `peerpi env`).\n",
+    )
+        .into_response()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn query_format(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "format")
+        .map(|(_, v)| v.into_owned())
+}
+
+fn choose_format(headers: &HeaderMap, query: Option<&str>) -> Result<PageFormat, NodeError> {
+    negotiate(header_str(headers, header::ACCEPT), query_format(query).as_deref())
+        .map_err(|e| NodeError::NotAcceptable(e.to_string()))
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    header_str(headers, header::ACCEPT_ENCODING).is_some_and(|value| {
+        value.split(',').any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let q_zero = parts.any(|p| {
+                p.split_once('=')
+                    .is_some_and(|(k, v)| k.trim() == "q" && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+        })
+    })
+}
+
+/// Weak comparison (RFC 9110 §13.1.2), as GET allows.
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    header_str(headers, header::IF_NONE_MATCH).is_some_and(|value| {
+        value
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == etag)
+    })
+}
+
+async fn project_list(State(node): State<Node>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let format = match choose_format(&headers, query.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let names = match node.cached_projects() {
+        Ok(n) => n,
+        Err(e) => return e.into_response(),
+    };
+    let body = if format.is_json() {
+        peerpi_core::json::render_project_list(&names)
+    } else {
+        peerpi_core::html::render_project_list(&names)
+    };
+    (
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn project_without_slash(path: Result<Path<String>, PathRejection>, RawQuery(query): RawQuery) -> Response {
+    let raw = match path {
+        Ok(Path(raw)) => raw,
+        Err(r) => return path_error(r),
+    };
+    match ProjectName::new(&raw) {
+        Ok(name) => redirect(with_query(format!("/simple/{name}/"), query.as_deref())),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+fn with_query(path: String, query: Option<&str>) -> String {
+    match query {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path,
+    }
+}
+
+async fn project_page(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let raw = match path {
+        Ok(Path(raw)) => raw,
+        Err(r) => return path_error(r),
+    };
+    let name = match ProjectName::new(&raw) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if name.as_str() != raw {
+        return redirect(with_query(format!("/simple/{name}/"), query.as_deref()));
+    }
+    let format = match choose_format(&headers, query.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let view = match node.project_page(&name).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let gzip = accepts_gzip(&headers);
+    let variant = view.entry.variant(format, gzip);
+    let max_age = format!("max-age={}", node.config().page_max_age.as_secs());
+    let mut response = if etag_matches(&headers, &variant.etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = Response::new(Body::from(variant.body.clone()));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+        if gzip {
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        r
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&variant.etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&max_age) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    h.insert("x-peerpi-cache", HeaderValue::from_static(view.status.as_str()));
+    if let Some(reason) = &view.stale_reason {
+        let reason: String = reason.chars().filter(|c| !c.is_control()).take(300).collect();
+        if let Ok(v) = HeaderValue::from_str(&reason) {
+            h.insert("x-peerpi-stale-reason", v);
+        }
+    }
+    response
+}
+
+async fn file(
+    State(node): State<Node>,
+    method: Method,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let (sha_text, filename) = match path {
+        Ok(Path(p)) => p,
+        Err(r) => return path_error(r),
+    };
+    let digest = match Sha256Digest::from_hex(&sha_text) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad digest in path: {e}")),
+    };
+    if let Err(e) = check_safe_filename(&filename) {
+        return error(StatusCode::BAD_REQUEST, format!("bad filename in path: {e}"));
+    }
+    let digest = if filename.ends_with(".metadata") {
+        match node.origin(&digest) {
+            Ok(Some(origin)) => match origin.metadata {
+                Some(m) => m,
+                None => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!("no core metadata with a known digest for {}", origin.filename),
+                    )
+                }
+            },
+            Ok(None) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no file with sha256 {digest} is known here: request its project page first"),
+                )
+            }
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        digest
+    };
+    let etag = format!("\"sha256-{digest}\"");
+    if etag_matches(&headers, &etag) {
+        return file_headers(StatusCode::NOT_MODIFIED.into_response(), &etag, "local");
+    }
+    if method == Method::HEAD {
+        return head(&node, &digest, &etag);
+    }
+    match node.blob(&digest).await {
+        Ok(BlobBody::Stored(blob)) => serve_stored(&node, blob, &headers, &etag).await,
+        Ok(BlobBody::Fetching { len, source, stream }) => {
+            let mut r = Response::new(Body::from_stream(stream));
+            if let Some(len) = len {
+                r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            file_headers(r, &etag, source.as_str())
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// HEAD never starts a download: it answers from the store or the index's listing.
+fn head(node: &Node, digest: &Sha256Digest, etag: &str) -> Response {
+    let (len, source) = match node.store().get(digest) {
+        Ok(Some(blob)) => (Some(blob.size), "local"),
+        Ok(None) => match node.origin(digest) {
+            Ok(Some(origin)) => (origin.size, "upstream"),
+            Ok(None) => return error(StatusCode::NOT_FOUND, format!("no file with sha256 {digest} is known here")),
+            Err(e) => return e.into_response(),
+        },
+        Err(e) => return NodeError::from(e).into_response(),
+    };
+    let mut r = StatusCode::OK.into_response();
+    if let Some(len) = len {
+        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    file_headers(r, etag, source)
+}
+
+fn file_headers(mut r: Response, etag: &str, source: &'static str) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert("x-peerpi-source", HeaderValue::from_static(source));
+    r
+}
+
+/// The byte range to send: `Ok(None)` for the whole file.
+fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, String> {
+    let Some(value) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| "Range header is not ASCII".to_string())?;
+    if !value.trim_start().starts_with("bytes=") {
+        // RFC 9110: a range unit we do not know is ignored.
+        return Ok(None);
+    }
+    let parsed = http_range_header::parse_range_header(value)
+        .map_err(|_| format!("malformed Range header {:?}", value.escape_default().to_string()))?;
+    let ranges = parsed
+        .validate(size)
+        .map_err(|_| format!("range {value:?} is not satisfiable for a file of {size} bytes"))?;
+    match ranges.as_slice() {
+        [only] => Ok(Some((*only.start(), *only.end() - *only.start() + 1))),
+        // Several ranges: the whole file is a valid answer and saves a multipart body.
+        _ => Ok(None),
+    }
+}
+
+async fn serve_stored(node: &Node, blob: StoredBlob, headers: &HeaderMap, etag: &str) -> Response {
+    let (status, start, len) = match requested_range(headers, blob.size) {
+        Ok(None) => (StatusCode::OK, 0, blob.size),
+        Ok(Some((start, len))) => (StatusCode::PARTIAL_CONTENT, start, len),
+        Err(message) => {
+            let mut r = error(StatusCode::RANGE_NOT_SATISFIABLE, message);
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", blob.size)) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+    };
+    let mut file = match tokio::fs::File::open(&blob.path).await {
+        Ok(f) => f,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the file was just evicted or is unreadable ({e}); retry"),
+            )
+        }
+    };
+    if start > 0 {
+        if let Err(e) = file.seek(SeekFrom::Start(start)).await {
+            return NodeError::Internal(format!("seeking in a stored blob: {e}")).into_response();
+        }
+    }
+    let counter = node.clone();
+    let stream = ReaderStream::with_capacity(file.take(len), READ_BUFFER).inspect(move |chunk| {
+        if let Ok(c) = chunk {
+            counter.metrics().blob_bytes(Source::Local, c.len() as u64);
+        }
+    });
+    let mut r = Response::new(Body::from_stream(stream));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{}", start + len - 1, blob.size)) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    file_headers(r, etag, "local")
+}
+
+async fn metrics(State(node): State<Node>) -> Response {
+    let store = node.store();
+    let text = node
+        .metrics()
+        .render(store.total_bytes(), store.blob_count() as u64, store.cap_bytes());
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,151 @@
+//! Prometheus metrics of a node, exposed at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Where blob bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Local,
+    Upstream,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub kind: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub status: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    blob_bytes: Family<SourceLabels, Counter>,
+    blob_hits: Family<SourceLabels, Counter>,
+    verification_failures: Family<SourceLabels, Counter>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
+    cache_bytes: Gauge,
+    cache_blobs: Gauge,
+    cache_cap_bytes: Gauge,
+}
+
+fn source(s: Source) -> SourceLabels {
+    SourceLabels {
+        source: s.as_str().to_string(),
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("peerpi");
+        let m = Self {
+            blob_bytes: Family::default(),
+            blob_hits: Family::default(),
+            verification_failures: Family::default(),
+            upstream_requests: Family::default(),
+            http_requests: Family::default(),
+            cache_bytes: Gauge::default(),
+            cache_blobs: Gauge::default(),
+            cache_cap_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "blob_bytes",
+            "Blob bytes obtained, by source: local (read from the store for a client) or upstream (downloaded)",
+            m.blob_bytes.clone(),
+        );
+        registry.register(
+            "blob_hits",
+            "Blob requests answered, by the source that answered them",
+            m.blob_hits.clone(),
+        );
+        registry.register(
+            "verification_failures",
+            "Blobs whose bytes did not match the trusted digest or length, by source",
+            m.verification_failures.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Requests to the upstream index, by kind (page, file) and outcome",
+            m.upstream_requests.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by route and status",
+            m.http_requests.clone(),
+        );
+        registry.register("cache_size_bytes", "Bytes of blobs in the store", m.cache_bytes.clone());
+        registry.register("cache_blobs", "Blobs in the store", m.cache_blobs.clone());
+        registry.register("cache_capacity_bytes", "The store's size cap", m.cache_cap_bytes.clone());
+        Self { registry, ..m }
+    }
+
+    pub fn blob_bytes(&self, s: Source, bytes: u64) {
+        self.blob_bytes.get_or_create(&source(s)).inc_by(bytes);
+    }
+
+    pub fn blob_hit(&self, s: Source) {
+        self.blob_hits.get_or_create(&source(s)).inc();
+    }
+
+    pub fn verification_failure(&self, s: Source) {
+        self.verification_failures.get_or_create(&source(s)).inc();
+    }
+
+    pub fn upstream_request(&self, kind: &str, outcome: &str) {
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                kind: kind.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn http_request(&self, route: &str, status: u16) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// The text exposition, with the cache gauges set from the store.
+    pub fn render(&self, cache_bytes: u64, cache_blobs: u64, cap_bytes: u64) -> String {
+        self.cache_bytes.set(cache_bytes as i64);
+        self.cache_blobs.set(cache_blobs as i64);
+        self.cache_cap_bytes.set(cap_bytes as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

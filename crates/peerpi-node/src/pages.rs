@@ -1,0 +1,351 @@
+//! Project pages: served from memory or the catalog while fresh, revalidated
+//! upstream with the stored ETag after the TTL, served stale when upstream
+//! fails, remembered as missing for a short time after a 404. Concurrent
+//! misses for one project share one upstream request. Pages are rewritten so
+//! that every file URL points at this node by digest, and each rendered form
+//! (JSON, HTML, gzip or not) is kept with its strong ETag.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use peerpi_core::filename::check_safe_filename;
+use peerpi_core::{CoreMetadata, DistFilename, PageFormat, ProjectName, ProjectPage, Sha256Digest};
+use peerpi_store::{CachedPage, Origin};
+use peerpi_upstream::PageFetch;
+use sha2::{Digest, Sha256};
+use tracing::{debug, warn};
+
+use crate::{lock, Node, NodeError};
+
+/// More projects than this in memory and the in-memory page map is cleared
+/// (pages stay in the catalog); keeps memory bounded without an LRU.
+const MAX_PAGES_IN_MEMORY: usize = 4096;
+
+/// How the page being served was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Fresh in the cache.
+    Hit,
+    /// Fetched from upstream now.
+    Miss,
+    /// Upstream confirmed the cached page (304).
+    Revalidated,
+    /// Upstream failed; the last good page is served.
+    Stale,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Revalidated => "revalidated",
+            CacheStatus::Stale => "stale",
+        }
+    }
+}
+
+/// One rendered form of a page.
+#[derive(Clone)]
+pub struct Variant {
+    pub body: Bytes,
+    pub etag: String,
+}
+
+/// A page in memory with its rendered forms.
+pub struct PageEntry {
+    pub cached: CachedPage,
+    variants: Mutex<HashMap<(PageFormat, bool), Variant>>,
+}
+
+/// The page served for one request.
+#[derive(Clone)]
+pub struct PageView {
+    pub entry: Arc<PageEntry>,
+    pub status: CacheStatus,
+    pub stale_reason: Option<String>,
+}
+
+type PageFuture = Shared<BoxFuture<'static, Result<PageView, NodeError>>>;
+
+#[derive(Default)]
+pub struct PageState {
+    entries: Mutex<HashMap<ProjectName, Arc<PageEntry>>>,
+    inflight: Mutex<HashMap<ProjectName, PageFuture>>,
+    negative: Mutex<HashMap<ProjectName, Instant>>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl PageEntry {
+    fn new(cached: CachedPage, variants: HashMap<(PageFormat, bool), Variant>) -> Arc<Self> {
+        Arc::new(Self {
+            cached,
+            variants: Mutex::new(variants),
+        })
+    }
+
+    /// The page rendered in `format`, gzipped if asked, with its strong ETag.
+    pub fn variant(&self, format: PageFormat, gzip: bool) -> Variant {
+        if let Some(v) = lock(&self.variants).get(&(format, gzip)) {
+            return v.clone();
+        }
+        let view = client_view(&self.cached.page);
+        let plain = if format.is_json() {
+            peerpi_core::json::render_project_page(&view)
+        } else {
+            peerpi_core::html::render_project_page(&view)
+        };
+        let hash = hex::encode(Sha256::digest(&plain));
+        let (body, etag) = if gzip {
+            (gzip_bytes(&plain), format!("\"{}-gz\"", &hash[..32]))
+        } else {
+            (plain, format!("\"{}\"", &hash[..32]))
+        };
+        let variant = Variant {
+            body: body.into(),
+            etag,
+        };
+        lock(&self.variants).insert((format, gzip), variant.clone());
+        variant
+    }
+}
+
+fn gzip_bytes(plain: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(plain.len() / 4), flate2::Compression::fast());
+    // Compressing into memory cannot fail.
+    let _ = encoder.write_all(plain);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Percent-encodes everything but unreserved characters and `+`/`!`.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'!') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The page as clients see it: only files with a sha256 and a safe name,
+/// each at `../../files/<sha256>/<filename>` (relative, so a path prefix in
+/// front of the node keeps working), with only the sha256 this node verifies,
+/// core metadata only where its own sha256 is known, and PEP 700 versions
+/// derived from filenames when upstream did not list them.
+pub fn client_view(page: &ProjectPage) -> ProjectPage {
+    let mut files = Vec::with_capacity(page.files.len());
+    for f in &page.files {
+        let Some(sha) = f.sha256() else {
+            debug!(file = %f.filename, "no sha256 upstream; not offered (it could not be verified)");
+            continue;
+        };
+        if check_safe_filename(&f.filename).is_err() {
+            warn!(file = %f.filename.escape_default(), "unsafe filename upstream; not offered");
+            continue;
+        }
+        let mut file = f.clone();
+        file.url = format!("../../files/{sha}/{}", encode_segment(&f.filename));
+        file.hashes = [("sha256".to_string(), sha.to_hex())].into();
+        file.core_metadata = match f.core_metadata.sha256() {
+            Some(m) => CoreMetadata::Available {
+                hashes: [("sha256".to_string(), m.to_hex())].into(),
+            },
+            None => CoreMetadata::Absent,
+        };
+        files.push(file);
+    }
+    let versions = page.versions.clone().or_else(|| {
+        let mut versions: Vec<String> = Vec::new();
+        for f in &files {
+            if let Ok(parsed) = DistFilename::parse(&f.filename) {
+                if !versions.contains(&parsed.version) {
+                    versions.push(parsed.version);
+                }
+            }
+        }
+        Some(versions)
+    });
+    ProjectPage {
+        name: page.name.clone(),
+        files,
+        versions,
+    }
+}
+
+/// Where each verifiable file (and its metadata file) can be fetched.
+fn origins(page: &ProjectPage) -> Vec<(Sha256Digest, Origin)> {
+    let mut out = Vec::with_capacity(page.files.len() * 2);
+    for f in &page.files {
+        let Some(sha) = f.sha256() else { continue };
+        let metadata = f.core_metadata.sha256();
+        if let Some(m) = metadata {
+            out.push((
+                m,
+                Origin {
+                    url: format!("{}.metadata", f.url),
+                    filename: format!("{}.metadata", f.filename),
+                    size: None,
+                    metadata: None,
+                },
+            ));
+        }
+        out.push((
+            sha,
+            Origin {
+                url: f.url.clone(),
+                filename: f.filename.clone(),
+                size: f.size,
+                metadata,
+            },
+        ));
+    }
+    out
+}
+
+fn content_id(page: &ProjectPage) -> String {
+    let bytes = serde_json::to_vec(page).unwrap_or_default();
+    hex::encode(&Sha256::digest(&bytes)[..16])
+}
+
+impl Node {
+    /// The project's page, from cache or upstream (see the module doc).
+    pub async fn project_page(&self, name: &ProjectName) -> Result<PageView, NodeError> {
+        let pages = &self.inner.pages;
+        if let Some(until) = lock(&pages.negative).get(name) {
+            if Instant::now() < *until {
+                return Err(not_found(name));
+            }
+        }
+        let entry = match lock(&pages.entries).get(name).cloned() {
+            Some(e) => Some(e),
+            None => self.inner.store.page(name.as_str())?.map(|cached| {
+                let e = PageEntry::new(cached, HashMap::new());
+                self.remember(name, e.clone());
+                e
+            }),
+        };
+        if let Some(entry) = &entry {
+            let age_ms = now_ms().saturating_sub(entry.cached.fetched_at_ms);
+            if u128::from(age_ms) < self.inner.config.page_ttl.as_millis() {
+                return Ok(PageView {
+                    entry: entry.clone(),
+                    status: CacheStatus::Hit,
+                    stale_reason: None,
+                });
+            }
+        }
+        let future = lock(&pages.inflight)
+            .entry(name.clone())
+            .or_insert_with(|| self.clone().refresh(name.clone(), entry).boxed().shared())
+            .clone();
+        future.await
+    }
+
+    fn remember(&self, name: &ProjectName, entry: Arc<PageEntry>) {
+        let mut entries = lock(&self.inner.pages.entries);
+        if entries.len() >= MAX_PAGES_IN_MEMORY && !entries.contains_key(name) {
+            entries.clear();
+        }
+        entries.insert(name.clone(), entry);
+    }
+
+    async fn refresh(self, name: ProjectName, cached: Option<Arc<PageEntry>>) -> Result<PageView, NodeError> {
+        let etag = cached.as_ref().and_then(|c| c.cached.etag.clone());
+        let result = self.inner.upstream.fetch_page(&name, etag.as_deref()).await;
+        let view = self.apply_fetch(&name, cached, result);
+        lock(&self.inner.pages.inflight).remove(&name);
+        view
+    }
+
+    fn apply_fetch(
+        &self,
+        name: &ProjectName,
+        cached: Option<Arc<PageEntry>>,
+        result: Result<PageFetch, peerpi_upstream::UpstreamError>,
+    ) -> Result<PageView, NodeError> {
+        let metrics = &self.inner.metrics;
+        match result {
+            Ok(PageFetch::Fresh { page, etag }) => {
+                metrics.upstream_request("page", "ok");
+                self.inner.store.put_origins(&origins(&page))?;
+                let cached = CachedPage {
+                    content_id: content_id(&page),
+                    page,
+                    etag,
+                    fetched_at_ms: now_ms(),
+                };
+                self.inner.store.put_page(name.as_str(), &cached)?;
+                let entry = PageEntry::new(cached, HashMap::new());
+                self.remember(name, entry.clone());
+                Ok(PageView {
+                    entry,
+                    status: CacheStatus::Miss,
+                    stale_reason: None,
+                })
+            }
+            Ok(PageFetch::NotModified) => {
+                metrics.upstream_request("page", "not_modified");
+                let Some(old) = cached else {
+                    return Err(NodeError::Upstream(format!(
+                        "upstream answered 304 for {name} without a cached copy"
+                    )));
+                };
+                let refreshed = CachedPage {
+                    fetched_at_ms: now_ms(),
+                    ..old.cached.clone()
+                };
+                self.inner.store.put_page(name.as_str(), &refreshed)?;
+                let entry = PageEntry::new(refreshed, lock(&old.variants).clone());
+                self.remember(name, entry.clone());
+                Ok(PageView {
+                    entry,
+                    status: CacheStatus::Revalidated,
+                    stale_reason: None,
+                })
+            }
+            Ok(PageFetch::NotFound) => {
+                metrics.upstream_request("page", "not_found");
+                lock(&self.inner.pages.negative).insert(name.clone(), Instant::now() + self.inner.config.negative_ttl);
+                Err(not_found(name))
+            }
+            Err(e) => {
+                metrics.upstream_request("page", "error");
+                match cached {
+                    Some(entry) => {
+                        warn!(project = %name, error = %e, "upstream failed; serving the last good page");
+                        Ok(PageView {
+                            entry,
+                            status: CacheStatus::Stale,
+                            stale_reason: Some(e.to_string()),
+                        })
+                    }
+                    None => Err(NodeError::Upstream(format!(
+                        "project {name} is not cached and upstream failed: {e}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Names of the projects this node has pages for.
+    pub fn cached_projects(&self) -> Result<Vec<String>, NodeError> {
+        Ok(self.inner.store.projects()?)
+    }
+}
+
+fn not_found(name: &ProjectName) -> NodeError {
+    NodeError::NotFound(format!("project {name} was not found upstream"))
+}

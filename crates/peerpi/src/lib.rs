@@ -1,1 +1,8 @@
-//! The `peerpi` command line: configuration layering and subcommands.
+//! The `peerpi` command line: flags, `PEERPI_*` variables and `peerpi.toml`
+//! layered into one configuration (flags win, then variables, then the file,
+//! then defaults), the upstream inherited from pip/uv settings when none is
+//! given, and the subcommands.
+
+pub mod cli;
+pub mod config;
+pub mod serve;

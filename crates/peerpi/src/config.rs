@@ -1,0 +1,356 @@
+//! Configuration layering: flags, then `PEERPI_*` variables (both through
+//! clap), then the TOML file, then defaults. With no upstream configured the
+//! node inherits the one pip or uv already use, never one pointing at itself.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use url::Url;
+
+use crate::cli::{CommonArgs, LogFormat, ServeArgs};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7503";
+
+/// Reads an environment variable; injected so that tests need not touch the
+/// process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `peerpi.toml`: every key optional, names as the long flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub cache_size: Option<String>,
+    pub page_ttl: Option<String>,
+    pub page_max_age: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The resolved configuration of `peerpi serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub upstream: Url,
+    /// Where the upstream URL came from, for the start-up log.
+    pub upstream_source: String,
+    pub data_dir: PathBuf,
+    pub cache_size: u64,
+    pub page_ttl: Duration,
+    pub page_max_age: Duration,
+    pub upstream_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Loads the config file named by `--config`, or the first default that exists.
+pub fn load_file(common: &CommonArgs, env: EnvLookup<'_>) -> Result<FileConfig> {
+    let path = match &common.config {
+        Some(p) => Some(p.clone()),
+        None => {
+            let mut candidates = vec![PathBuf::from("peerpi.toml")];
+            if let Some(dir) = config_home(env) {
+                candidates.push(dir.join("peerpi").join("peerpi.toml"));
+            }
+            candidates.into_iter().find(|p| p.is_file())
+        }
+    };
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn config_home(env: EnvLookup<'_>) -> Option<PathBuf> {
+    env("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")))
+}
+
+fn cache_home(env: EnvLookup<'_>) -> Option<PathBuf> {
+    env("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".cache")))
+}
+
+pub fn resolve_listen(flag: Option<&str>, file: &FileConfig) -> Result<SocketAddr> {
+    let text = flag.or(file.listen.as_deref()).unwrap_or(DEFAULT_LISTEN);
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| anyhow!("invalid listen address {text:?}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}"))
+}
+
+fn duration(name: &str, value: Option<&str>, default: Duration) -> Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(v)
+            .map_err(|e| anyhow!("invalid --{name} {v:?}: {e} (examples: 90s, 10m, 1h)")),
+    }
+}
+
+fn size(value: Option<&str>) -> Result<u64> {
+    match value {
+        None => Ok(20 << 30),
+        Some(v) => v
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| anyhow!("invalid --cache-size {v:?}: {e} (examples: 500MB, 20GiB)")),
+    }
+}
+
+fn parse_upstream(text: &str, origin: &str) -> Result<Url> {
+    let url = Url::parse(text.trim()).with_context(|| format!("invalid upstream URL {text:?} from {origin}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("upstream URL {text:?} from {origin} must be http or https");
+    }
+    Ok(url)
+}
+
+/// True when `url` would send requests to the node listening on `listen`.
+pub fn points_at(url: &Url, listen: &SocketAddr) -> bool {
+    let Some(port) = url.port_or_known_default() else {
+        return false;
+    };
+    if port != listen.port() {
+        return false;
+    }
+    let host_ip: Option<IpAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(ip.into()),
+        Some(url::Host::Ipv6(ip)) => Some(ip.into()),
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => Some(IpAddr::from([127, 0, 0, 1])),
+        _ => None,
+    };
+    match host_ip {
+        Some(ip) => ip == listen.ip() || (ip.is_loopback() && (listen.ip().is_loopback() || listen.ip().is_unspecified())),
+        None => false,
+    }
+}
+
+/// pip's config files, most specific first.
+fn pip_config_files(env: EnvLookup<'_>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Some(f) = env("PIP_CONFIG_FILE") {
+        files.push(PathBuf::from(f));
+    }
+    if let Some(dir) = config_home(env) {
+        files.push(dir.join("pip").join("pip.conf"));
+    }
+    if let Some(home) = env("HOME") {
+        files.push(Path::new(&home).join(".pip").join("pip.conf"));
+    }
+    files.push(PathBuf::from("/etc/xdg/pip/pip.conf"));
+    files.push(PathBuf::from("/etc/pip.conf"));
+    files
+}
+
+fn pip_config_index(path: &Path) -> Option<String> {
+    let ini = ini::Ini::load_from_file(path).ok()?;
+    ["global", "install"].iter().find_map(|section| {
+        let s = ini.section(Some(*section))?;
+        s.get("index-url").or_else(|| s.get("index_url")).map(str::to_string)
+    })
+}
+
+/// The upstream pip or uv would use, skipping any that points at this node.
+pub fn inherited_upstream(env: EnvLookup<'_>, listen: &SocketAddr) -> Result<Option<(Url, String)>> {
+    let mut candidates: Vec<(String, String)> = Vec::new();
+    for var in ["UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"] {
+        if let Some(v) = env(var) {
+            candidates.push((v, var.to_string()));
+        }
+    }
+    for file in pip_config_files(env) {
+        if let Some(v) = pip_config_index(&file) {
+            candidates.push((v, format!("index-url in {}", file.display())));
+        }
+    }
+    for (text, origin) in candidates {
+        let url = parse_upstream(&text, &origin)?;
+        if points_at(&url, listen) {
+            tracing::info!(%url, %origin, "not inheriting an index URL that points at this node");
+            continue;
+        }
+        return Ok(Some((url, origin)));
+    }
+    Ok(None)
+}
+
+pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig> {
+    let file = load_file(&args.common, env)?;
+    let listen = resolve_listen(args.common.listen.as_deref(), &file)?;
+    let (upstream, upstream_source) = match (&args.upstream, &file.upstream) {
+        (Some(u), _) => (parse_upstream(u, "--upstream / PEERPI_UPSTREAM")?, "--upstream / PEERPI_UPSTREAM".to_string()),
+        (None, Some(u)) => (parse_upstream(u, "the config file")?, "the config file".to_string()),
+        (None, None) => inherited_upstream(env, &listen)?.ok_or_else(|| {
+            anyhow!(
+                "no upstream index is configured: pass --upstream URL (the Simple API base, ending in /simple/), \
+                 or set PEERPI_UPSTREAM, `upstream = \"URL\"` in peerpi.toml, or PIP_INDEX_URL"
+            )
+        })?,
+    };
+    if points_at(&upstream, &listen) {
+        bail!("the upstream {upstream} is this node itself ({listen}): pass the real index with --upstream");
+    }
+    let data_dir = match args.data_dir.clone().or(file.data_dir.clone()) {
+        Some(d) => d,
+        None => cache_home(env)
+            .map(|c| c.join("peerpi"))
+            .ok_or_else(|| anyhow!("no cache directory is known (HOME is unset): pass --data-dir DIR"))?,
+    };
+    Ok(ServeConfig {
+        listen,
+        upstream,
+        upstream_source,
+        data_dir,
+        cache_size: size(args.cache_size.as_deref().or(file.cache_size.as_deref()))?,
+        page_ttl: duration("page-ttl", args.page_ttl.as_deref().or(file.page_ttl.as_deref()), Duration::from_secs(600))?,
+        page_max_age: duration(
+            "page-max-age",
+            args.page_max_age.as_deref().or(file.page_max_age.as_deref()),
+            Duration::from_secs(60),
+        )?,
+        upstream_timeout: duration(
+            "upstream-timeout",
+            args.upstream_timeout.as_deref().or(file.upstream_timeout.as_deref()),
+            Duration::from_secs(30),
+        )?,
+        shutdown_timeout: duration(
+            "shutdown-timeout",
+            args.shutdown_timeout.as_deref().or(file.shutdown_timeout.as_deref()),
+            Duration::from_secs(30),
+        )?,
+        log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+    })
+}
+
+/// The shell lines that point pip and uv at a node listening on `listen`.
+pub fn env_exports(listen: &SocketAddr) -> String {
+    let host = match listen.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    let url = format!("http://{host}:{}/simple/", listen.port());
+    let mut out = format!("export PIP_INDEX_URL={url}\nexport UV_DEFAULT_INDEX={url}\n");
+    if !listen.ip().is_loopback() && !listen.ip().is_unspecified() {
+        // pip refuses plain-HTTP hosts other than loopback unless trusted.
+        out.push_str(&format!("export PIP_TRUSTED_HOST={host}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn listen() -> SocketAddr {
+        DEFAULT_LISTEN.parse().unwrap()
+    }
+
+    #[test]
+    fn flags_win_over_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("peerpi.toml");
+        std::fs::write(&file, "upstream = \"https://file.invalid/simple/\"\ncache-size = \"1GiB\"\npage-ttl = \"5m\"\n").unwrap();
+        let mut args = ServeArgs::default();
+        args.common.config = Some(file.clone());
+        args.data_dir = Some(dir.path().into());
+        let env = env_of(&[]);
+        let c = resolve_serve(&args, &env).unwrap();
+        assert_eq!(c.upstream.as_str(), "https://file.invalid/simple/");
+        assert_eq!(c.cache_size, 1 << 30);
+        assert_eq!(c.page_ttl, Duration::from_secs(300));
+        assert_eq!(c.listen, listen());
+        args.upstream = Some("https://flag.invalid/simple/".into());
+        args.cache_size = Some("2GiB".into());
+        let c = resolve_serve(&args, &env).unwrap();
+        assert_eq!(c.upstream.as_str(), "https://flag.invalid/simple/");
+        assert_eq!(c.cache_size, 2 << 30);
+    }
+
+    #[test]
+    fn bad_values_say_how_to_fix_them() {
+        let mut args = ServeArgs { upstream: Some("https://u.invalid/".into()), data_dir: Some("/tmp/x".into()), ..Default::default() };
+        args.page_ttl = Some("soon".into());
+        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("--page-ttl") && e.contains("10m"), "{e}");
+        args.page_ttl = None;
+        args.cache_size = Some("lots".into());
+        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("--cache-size"), "{e}");
+        args.cache_size = None;
+        args.upstream = Some("ftp://u.invalid/".into());
+        assert!(resolve_serve(&args, &env_of(&[])).is_err());
+    }
+
+    #[test]
+    fn inherits_from_uv_then_pip_and_skips_itself() {
+        let env = env_of(&[
+            ("UV_DEFAULT_INDEX", "http://127.0.0.1:7503/simple/"),
+            ("PIP_INDEX_URL", "https://pip.invalid/simple/"),
+            ("HOME", "/nonexistent"),
+        ]);
+        let (url, origin) = inherited_upstream(&env, &listen()).unwrap().unwrap();
+        assert_eq!(url.as_str(), "https://pip.invalid/simple/");
+        assert_eq!(origin, "PIP_INDEX_URL");
+    }
+
+    #[test]
+    fn inherits_from_pip_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("pip.conf");
+        std::fs::write(&conf, "[global]\nindex-url = https://conf.invalid/simple/\n").unwrap();
+        let conf_text = conf.to_str().unwrap().to_string();
+        let env = env_of(&[("PIP_CONFIG_FILE", conf_text.as_str()), ("HOME", "/nonexistent")]);
+        let (url, origin) = inherited_upstream(&env, &listen()).unwrap().unwrap();
+        assert_eq!(url.as_str(), "https://conf.invalid/simple/");
+        assert!(origin.contains("pip.conf"));
+    }
+
+    #[test]
+    fn no_upstream_is_an_error_that_says_how_to_set_one() {
+        let args = ServeArgs { data_dir: Some("/tmp/x".into()), ..Default::default() };
+        let e = resolve_serve(&args, &env_of(&[("HOME", "/nonexistent")])).unwrap_err().to_string();
+        assert!(e.contains("--upstream") && e.contains("PIP_INDEX_URL"), "{e}");
+    }
+
+    #[test]
+    fn detects_urls_pointing_at_the_node() {
+        let l = listen();
+        assert!(points_at(&Url::parse("http://localhost:7503/simple/").unwrap(), &l));
+        assert!(points_at(&Url::parse("http://127.0.0.1:7503/").unwrap(), &l));
+        assert!(!points_at(&Url::parse("http://127.0.0.1:7504/").unwrap(), &l));
+        assert!(!points_at(&Url::parse("https://example.invalid:7503/").unwrap(), &l));
+        let any: SocketAddr = "0.0.0.0:7503".parse().unwrap();
+        assert!(points_at(&Url::parse("http://127.0.0.1:7503/").unwrap(), &any));
+    }
+
+    #[test]
+    fn env_exports_point_at_the_node() {
+        assert_eq!(
+            env_exports(&listen()),
+            "export PIP_INDEX_URL=http://127.0.0.1:7503/simple/\nexport UV_DEFAULT_INDEX=http://127.0.0.1:7503/simple/\n"
+        );
+        let lan: SocketAddr = "192.0.2.10:8000".parse().unwrap();
+        assert!(env_exports(&lan).contains("PIP_TRUSTED_HOST=192.0.2.10"));
+    }
+}

@@ -11,7 +11,8 @@ pub use server::{Fault, FakeIndex, IndexState};
 
 /// A small dependency graph that exercises what resolvers look at:
 /// `alpha` needs `beta>=1.0`, `gamma` and `delta`; beta 2.0 is yanked;
-/// gamma has only an sdist; delta 2.0 requires a Python that does not exist.
+/// gamma has only an sdist; delta 2.0 requires a Python that does not exist yet (a lower
+/// bound: uv ignores most upper bounds of Requires-Python by design).
 /// A correct install yields alpha 1.0, beta 1.0, gamma 0.1 and delta 1.0.
 pub fn demo_graph() -> Vec<FakeFile> {
     vec![
@@ -20,6 +21,6 @@ pub fn demo_graph() -> Vec<FakeFile> {
         wheel(&DistSpec::new("beta", "2.0").yanked("broken release")),
         sdist(&DistSpec::new("gamma", "0.1")),
         wheel(&DistSpec::new("delta", "1.0").requires_python(">=3")),
-        wheel(&DistSpec::new("delta", "2.0").requires_python("<3")),
+        wheel(&DistSpec::new("delta", "2.0").requires_python(">=99")),
     ]
 }

@@ -1,0 +1,214 @@
+//! Shared helpers for the integration tests: a fake upstream with the demo
+//! graph, nodes run in-process on ephemeral loopback ports, and the real
+//! `peerpi` binary for tests that need a process to kill.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use peerpi_node::{Node, NodeConfig};
+use peerpi_testkit::{FakeFile, FakeIndex, IndexState};
+use peerpi_upstream::UpstreamConfig;
+use sha2::{Digest, Sha256};
+
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub node: Node,
+    pub dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestNode {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn simple_url(&self) -> String {
+        self.url("/simple/")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn fake_index(files: Vec<FakeFile>) -> FakeIndex {
+    FakeIndex::start(IndexState::new(files)).await.expect("fake index starts")
+}
+
+pub fn node_config(upstream: &FakeIndex, dir: &Path) -> NodeConfig {
+    let mut upstream_config = UpstreamConfig::new(upstream.simple_url().parse().expect("valid URL"));
+    upstream_config.page_timeout = Duration::from_secs(3);
+    upstream_config.read_timeout = Duration::from_secs(3);
+    NodeConfig::new(dir.to_path_buf(), upstream_config)
+}
+
+/// A node in this process, serving on an ephemeral loopback port.
+pub async fn start_node(upstream: &FakeIndex, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = node_config(upstream, dir.path());
+    tweak(&mut config);
+    let (node, _) = Node::open(config).expect("node opens");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = node.router();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    TestNode { addr, node, dir, task }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_gzip()
+        .build()
+        .expect("client")
+}
+
+pub const JSON: &str = "application/vnd.pypi.simple.v1+json";
+
+/// Fetches a project page as JSON and returns it parsed.
+pub async fn json_page(node: &TestNode, project: &str) -> serde_json::Value {
+    let response = client()
+        .get(node.url(&format!("/simple/{project}/")))
+        .header("accept", JSON)
+        .send()
+        .await
+        .expect("page request");
+    assert_eq!(response.status(), 200, "page {project}");
+    serde_json::from_slice(&response.bytes().await.expect("page body")).expect("JSON page")
+}
+
+/// The node URL of a file listed on a page, resolved from the page's relative URL.
+pub async fn file_url(node: &TestNode, project: &str, filename: &str) -> String {
+    let page = json_page(node, project).await;
+    let files = page["files"].as_array().expect("files");
+    let file = files
+        .iter()
+        .find(|f| f["filename"] == filename)
+        .unwrap_or_else(|| panic!("{filename} listed on {project}"));
+    let base = url::Url::parse(&node.url(&format!("/simple/{project}/"))).expect("url");
+    base.join(file["url"].as_str().expect("url")).expect("join").to_string()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Reads a counter (summing all series whose labels contain `labels`) from `/metrics`.
+pub async fn metric(node: &TestNode, name: &str, labels: &str) -> f64 {
+    let text = client()
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls until `check` holds, for at most `limit`.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+/// The real `peerpi serve` as a child process.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl NodeProcess {
+    pub async fn start(upstream: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let child = Command::new(env!("CARGO_BIN_EXE_peerpi"))
+            .args(["serve", "--upstream", upstream, "--listen", &addr.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("PEERPI_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn peerpi");
+        let node = Self { child, addr };
+        let health = format!("http://{addr}/healthz");
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = client().get(&health).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "peerpi did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn temp_files(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir.join("tmp"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// Sends `GET <path>` byte for byte (no client-side URL normalisation) and
+/// returns the status and body.
+pub async fn raw_get(addr: SocketAddr, path: &[u8], extra_headers: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = b"GET ".to_vec();
+    request.extend_from_slice(path);
+    request.extend_from_slice(format!(" HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Connection: close\r\n\r\n").as_bytes());
+    stream.write_all(&request).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}

@@ -125,7 +125,11 @@ pub const SYNTHETIC_CHUNK: usize = 64 * 1024;
 
 impl SyntheticGen {
     pub fn new(seed: u64) -> Self {
-        Self { state: seed | 1 }
+        // splitmix64 of the seed, so that nearby seeds give unrelated streams.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self { state: (z ^ (z >> 31)) | 1 }
     }
 
     pub fn next_chunk(&mut self) -> Vec<u8> {
@@ -309,6 +313,13 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
             .collect();
         assert!(names.contains(&"gamma-0.1/PKG-INFO".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn nearby_seeds_give_different_content() {
+        let hashes: std::collections::HashSet<String> =
+            (0..8).map(|seed| synthetic("s", "s-1.tar.gz", 1000, seed).sha256).collect();
+        assert_eq!(hashes.len(), 8);
     }
 
     #[test]

@@ -146,6 +146,14 @@ pub fn free_port() -> u16 {
 impl NodeProcess {
     pub async fn start(upstream: &str, data_dir: &Path, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::start_at(addr, upstream, data_dir, extra).await
+    }
+
+    /// Starts on `addr` (to restart a node where clients expect it). Its log
+    /// goes to `peerpi-<port>.log` in the system temp directory.
+    pub async fn start_at(addr: SocketAddr, upstream: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("peerpi-{}.log", addr.port())))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_peerpi"))
             .args(["serve", "--upstream", upstream, "--listen", &addr.to_string()])
             .arg("--data-dir")
@@ -153,7 +161,7 @@ impl NodeProcess {
             .args(extra)
             .env_remove("PEERPI_CONFIG")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("spawn peerpi");
         let node = Self { child, addr };

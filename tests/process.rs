@@ -1,0 +1,142 @@
+//! The real `peerpi` process: killed with SIGKILL mid-download it comes back
+//! with no partial blob and a consistent catalog; on SIGTERM it lets an
+//! in-flight download finish and exits cleanly.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use peerpi_testkit::{synthetic, Fault};
+
+const BIG: &str = "big-1.0.tar.gz";
+const LEN: u64 = 4 << 20;
+
+async fn slow_index() -> peerpi_testkit::FakeIndex {
+    let upstream = fake_index(vec![synthetic("big", BIG, LEN, 9)]).await;
+    // 64 chunks of 64 KiB, 40 ms apart: about 2.5 s.
+    upstream.state.set_fault("/files/", Fault::Slow { chunk: 64 * 1024, delay: Duration::from_millis(40) });
+    upstream
+}
+
+async fn file_url_of(node: &NodeProcess, project: &str, filename: &str) -> String {
+    let body = client()
+        .get(node.url(&format!("/simple/{project}/")))
+        .header("accept", JSON)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let file = page["files"].as_array().unwrap().iter().find(|f| f["filename"] == filename).unwrap().clone();
+    let base = url::Url::parse(&node.url(&format!("/simple/{project}/"))).unwrap();
+    base.join(file["url"].as_str().unwrap()).unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_download_leaves_no_partial_blob() {
+    let upstream = slow_index().await;
+    let data = tempfile::tempdir().unwrap();
+    let expected = upstream.state.file(BIG).unwrap().sha256;
+
+    let mut node = NodeProcess::start(&upstream.simple_url(), data.path(), &[]).await;
+    let url = file_url_of(&node, "big", BIG).await;
+    let mut response = client().get(&url).send().await.unwrap();
+    let mut received = response.chunk().await.unwrap().map_or(0, |c| c.len());
+    while received < 256 * 1024 {
+        received += response.chunk().await.unwrap().map_or(0, |c| c.len());
+    }
+    assert!(!temp_files(data.path()).is_empty(), "a download in progress has a temp file");
+    node.child.kill().unwrap(); // SIGKILL
+    node.child.wait().unwrap();
+    let rest = async {
+        let mut total = received;
+        while let Ok(Some(c)) = response.chunk().await {
+            total += c.len();
+        }
+        total
+    }
+    .await;
+    assert!((rest as u64) < LEN, "the killed node did not hand out a complete file");
+    let addr = node.addr;
+    drop(node);
+
+    let node = NodeProcess::start_at(addr, &upstream.simple_url(), data.path(), &[]).await;
+    assert!(temp_files(data.path()).is_empty(), "leftover temp files removed on start");
+    // As pip would, read the page first (the catalog may have lost its last
+    // half second of page writes to the SIGKILL; that is allowed, an
+    // inconsistency is not).
+    assert_eq!(file_url_of(&node, "big", BIG).await, url);
+    let head = client().head(&url).send().await.unwrap();
+    assert_eq!(head.headers()["x-peerpi-source"], "upstream", "nothing partial was stored");
+    let metrics = client().get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "peerpi_cache_blobs 0"), "{metrics}");
+
+    upstream.state.clear_faults();
+    let body = client().get(&url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(sha256_hex(&body), expected);
+    let head = client().head(&url).send().await.unwrap();
+    assert_eq!(head.headers()["x-peerpi-source"], "local");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_responses_then_exits() {
+    let upstream = slow_index().await;
+    let data = tempfile::tempdir().unwrap();
+    let expected = upstream.state.file(BIG).unwrap().sha256;
+    let mut node = NodeProcess::start(&upstream.simple_url(), data.path(), &["--shutdown-timeout", "20s"]).await;
+    let url = file_url_of(&node, "big", BIG).await;
+    let mut response = client().get(&url).send().await.unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(&response.chunk().await.unwrap().unwrap());
+
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    while let Some(c) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&c);
+    }
+    assert_eq!(sha256_hex(&body), expected, "the in-flight download completed");
+    let status = node.child.wait().unwrap();
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(client().get(node.url("/healthz")).send().await.is_err(), "no longer accepting");
+
+    // The catalog was flushed: a restart serves the file locally.
+    let addr = node.addr;
+    drop(node);
+    let node = NodeProcess::start_at(addr, &upstream.simple_url(), data.path(), &[]).await;
+    let head = client().head(&url).send().await.unwrap();
+    assert_eq!(head.headers()["x-peerpi-source"], "local");
+    drop(node);
+}
+
+#[test]
+fn missing_upstream_is_a_clear_cli_error() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_peerpi"))
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .env_clear()
+        .env("HOME", data.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no upstream index is configured") && stderr.contains("--upstream"), "{stderr}");
+}
+
+#[test]
+fn env_prints_exports_for_pip_and_uv() {
+    let output = Command::new(env!("CARGO_BIN_EXE_peerpi"))
+        .args(["env", "--listen", "127.0.0.1:9999"])
+        .env_remove("PEERPI_CONFIG")
+        .env_remove("PEERPI_LISTEN")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("export PIP_INDEX_URL=http://127.0.0.1:9999/simple/"), "{stdout}");
+    assert!(stdout.contains("export UV_DEFAULT_INDEX=http://127.0.0.1:9999/simple/"), "{stdout}");
+}

@@ -2,6 +2,8 @@
 //! streaming before the download ends, bad bytes never released or stored,
 //! stale pages during outages, eviction under the cap.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use std::time::Duration;
@@ -20,7 +22,13 @@ fn big_file(len: u64) -> Vec<peerpi_testkit::FakeFile> {
 async fn concurrent_requests_for_one_cold_blob_share_one_download() {
     let upstream = fake_index(big_file(2 << 20)).await;
     // Slow enough that every request arrives while the download runs.
-    upstream.state.set_fault("/files/", Fault::Slow { chunk: 64 * 1024, delay: Duration::from_millis(10) });
+    upstream.state.set_fault(
+        "/files/",
+        Fault::Slow {
+            chunk: 64 * 1024,
+            delay: Duration::from_millis(10),
+        },
+    );
     let node = start_node(&upstream, |_| {}).await;
     let url = file_url(&node, "big", BIG).await;
     let expected = upstream.state.file(BIG).unwrap().sha256;
@@ -37,13 +45,23 @@ async fn concurrent_requests_for_one_cold_blob_share_one_download() {
         assert_eq!(body.len(), 2 << 20);
         assert_eq!(sha256_hex(&body), expected);
     }
-    assert_eq!(upstream.state.count(&format!("/files/{BIG}")), 1, "exactly one upstream fetch");
+    assert_eq!(
+        upstream.state.count(&format!("/files/{BIG}")),
+        1,
+        "exactly one upstream fetch"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_for_one_cold_page_share_one_upstream_request() {
     let upstream = fake_index(demo_graph()).await;
-    upstream.state.set_fault("/simple/", Fault::Slow { chunk: 1, delay: Duration::ZERO });
+    upstream.state.set_fault(
+        "/simple/",
+        Fault::Slow {
+            chunk: 1,
+            delay: Duration::ZERO,
+        },
+    );
     let node = start_node(&upstream, |_| {}).await;
     let requests = (0..50).map(|_| {
         let c = client();
@@ -60,7 +78,13 @@ async fn concurrent_requests_for_one_cold_page_share_one_upstream_request() {
 async fn a_slow_download_reaches_the_client_before_it_ends() {
     let upstream = fake_index(big_file(256 * 1024)).await;
     // 64 chunks, 50 ms apart: about 3 s upstream.
-    upstream.state.set_fault("/files/", Fault::Slow { chunk: 4096, delay: Duration::from_millis(50) });
+    upstream.state.set_fault(
+        "/files/",
+        Fault::Slow {
+            chunk: 4096,
+            delay: Duration::from_millis(50),
+        },
+    );
     let node = start_node(&upstream, |_| {}).await;
     let url = file_url(&node, "big", BIG).await;
     let digest = Sha256Digest::from_hex(&upstream.state.file(BIG).unwrap().sha256).unwrap();
@@ -95,19 +119,35 @@ async fn assert_bad_upstream_bytes_are_never_released(fault: Fault) {
     } else {
         assert_eq!(response.status(), 200);
         if let Ok(b) = response.bytes().await {
-            assert!((b.len() as u64) < expected.len, "{fault:?}: a complete body of {} bytes was released", b.len());
+            assert!(
+                (b.len() as u64) < expected.len,
+                "{fault:?}: a complete body of {} bytes was released",
+                b.len()
+            );
         }
     }
     assert!(
-        eventually(Duration::from_secs(5), || temp_files(node.dir.path()).is_empty()).await,
+        eventually(Duration::from_secs(5), || temp_files(node.dir.path())
+            .is_empty())
+        .await,
         "temp file removed"
     );
-    assert!(node.node.store().get(&digest).unwrap().is_none(), "nothing stored");
+    assert!(
+        node.node.store().get(&digest).unwrap().is_none(),
+        "nothing stored"
+    );
     assert_eq!(node.node.store().total_bytes(), 0);
 
     // Upstream heals: the next request fetches again and succeeds.
     upstream.state.clear_faults();
-    let body = client().get(&url).send().await.unwrap().bytes().await.unwrap();
+    let body = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(sha256_hex(&body), expected.sha256);
     assert_eq!(upstream.state.count(&format!("/files/{BIG}")), 2);
     assert!(node.node.store().get(&digest).unwrap().is_some());
@@ -131,10 +171,28 @@ async fn wrong_bytes_are_counted_as_verification_failures() {
     let url = file_url(&node, "big", BIG).await;
     let _ = client().get(&url).send().await.unwrap().bytes().await;
     assert!(
-        eventually(Duration::from_secs(5), || temp_files(node.dir.path()).is_empty()).await
+        eventually(Duration::from_secs(5), || temp_files(node.dir.path())
+            .is_empty())
+        .await
     );
-    assert_eq!(metric(&node, "peerpi_verification_failures_total", "source=\"upstream\"").await, 1.0);
-    assert_eq!(metric(&node, "peerpi_upstream_requests_total", "outcome=\"bad_digest\"").await, 1.0);
+    assert_eq!(
+        metric(
+            &node,
+            "peerpi_verification_failures_total",
+            "source=\"upstream\""
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &node,
+            "peerpi_upstream_requests_total",
+            "outcome=\"bad_digest\""
+        )
+        .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,56 +200,122 @@ async fn during_an_outage_cached_pages_are_served_stale_and_uncached_ones_get_50
     let upstream = fake_index(demo_graph()).await;
     let node = start_node(&upstream, |c| c.page_ttl = Duration::from_millis(100)).await;
     let url = file_url(&node, "beta", "beta-1.0-py3-none-any.whl").await;
-    client().get(&url).send().await.unwrap().bytes().await.unwrap();
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     upstream.state.set_fault("/", Fault::Status(503));
-    let r = client().get(node.url("/simple/beta/")).header("accept", JSON).send().await.unwrap();
+    let r = client()
+        .get(node.url("/simple/beta/"))
+        .header("accept", JSON)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-peerpi-cache"], "stale");
-    assert!(r.headers()["x-peerpi-stale-reason"].to_str().unwrap().contains("503"));
+    assert!(r.headers()["x-peerpi-stale-reason"]
+        .to_str()
+        .unwrap()
+        .contains("503"));
     let r = client().get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 200, "the stored file is served during the outage");
+    assert_eq!(
+        r.status(),
+        200,
+        "the stored file is served during the outage"
+    );
 
-    let r = client().get(node.url("/simple/gamma/")).send().await.unwrap();
+    let r = client()
+        .get(node.url("/simple/gamma/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     let message = r.text().await.unwrap();
-    assert!(message.contains("gamma") && message.contains("not cached") && message.contains("503"), "{message}");
+    assert!(
+        message.contains("gamma") && message.contains("not cached") && message.contains("503"),
+        "{message}"
+    );
 
     // A hanging upstream is bounded by the page timeout.
     upstream.state.set_fault("/", Fault::Hang);
-    let r = client().get(node.url("/simple/delta/")).send().await.unwrap();
+    let r = client()
+        .get(node.url("/simple/delta/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains("timed out"));
 
     // And a stopped upstream (connection refused) too.
     upstream.stop();
-    let r = client().get(node.url("/simple/alpha/")).send().await.unwrap();
+    let r = client()
+        .get(node.url("/simple/alpha/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains("cannot reach upstream"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_keeps_the_store_under_its_cap() {
-    let files: Vec<_> = (0..6).map(|i| synthetic("many", &format!("many-1.{i}.tar.gz"), 10_000, i)).collect();
+    let files: Vec<_> = (0..6)
+        .map(|i| synthetic("many", &format!("many-1.{i}.tar.gz"), 10_000, i))
+        .collect();
     let upstream = fake_index(files).await;
     let cap = 35_000;
     let node = start_node(&upstream, |c| c.cache_size = cap).await;
     for i in 0..6 {
         let url = file_url(&node, "many", &format!("many-1.{i}.tar.gz")).await;
-        let body = client().get(&url).send().await.unwrap().bytes().await.unwrap();
+        let body = client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         assert_eq!(body.len(), 10_000);
-        assert!(node.node.store().total_bytes() <= cap, "after file {i}: {}", node.node.store().total_bytes());
+        assert!(
+            node.node.store().total_bytes() <= cap,
+            "after file {i}: {}",
+            node.node.store().total_bytes()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(node.node.store().blob_count(), 3);
     assert!(metric(&node, "peerpi_cache_size_bytes", "").await <= cap as f64);
     // The oldest was evicted: asking again goes upstream again.
     let url = file_url(&node, "many", "many-1.0.tar.gz").await;
-    client().get(&url).send().await.unwrap().bytes().await.unwrap();
-    assert_eq!(upstream.state.count("/files/many-1.0.tar.gz"), 2, "{:?}", upstream.state.count_prefix("/files/"));
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        upstream.state.count("/files/many-1.0.tar.gz"),
+        2,
+        "{:?}",
+        upstream.state.count_prefix("/files/")
+    );
     // The newest was kept.
     let url = file_url(&node, "many", "many-1.5.tar.gz").await;
-    client().get(&url).send().await.unwrap().bytes().await.unwrap();
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(upstream.state.count("/files/many-1.5.tar.gz"), 1);
 }

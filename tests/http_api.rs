@@ -1,6 +1,8 @@
 //! The HTTP front against a fake upstream: negotiation, redirects, caching
 //! headers and revalidation, file ranges, HEAD, metadata files, bad input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use std::time::Duration;
@@ -15,40 +17,81 @@ async fn pages_negotiate_json_and_html_with_every_client_field() {
     let c = client();
 
     let pip_accept = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01";
-    let r = c.get(node.url("/simple/beta/")).header("accept", pip_accept).send().await.unwrap();
+    let r = c
+        .get(node.url("/simple/beta/"))
+        .header("accept", pip_accept)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["content-type"], JSON);
     assert_eq!(r.headers()["x-peerpi-cache"], "miss");
     let page: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     let files = page["files"].as_array().unwrap();
     assert_eq!(files.len(), 2);
-    let yanked = files.iter().find(|f| f["filename"] == "beta-2.0-py3-none-any.whl").unwrap();
+    let yanked = files
+        .iter()
+        .find(|f| f["filename"] == "beta-2.0-py3-none-any.whl")
+        .unwrap();
     assert_eq!(yanked["yanked"], "broken release");
     let metadata_hash = yanked["core-metadata"]["sha256"].as_str().unwrap();
     assert_eq!(yanked["dist-info-metadata"]["sha256"], metadata_hash);
     let sha = yanked["hashes"]["sha256"].as_str().unwrap();
-    assert_eq!(yanked["url"], format!("../../files/{sha}/beta-2.0-py3-none-any.whl"));
+    assert_eq!(
+        yanked["url"],
+        format!("../../files/{sha}/beta-2.0-py3-none-any.whl")
+    );
     assert!(yanked["size"].as_u64().unwrap() > 0);
     assert_eq!(page["versions"], serde_json::json!(["1.0", "2.0"]));
     assert_eq!(page["meta"]["api-version"], "1.1");
 
     // Second request: from cache, and HTML when asked (here by ?format=).
-    let r = c.get(node.url("/simple/beta/?format=text/html")).header("accept", JSON).send().await.unwrap();
+    let r = c
+        .get(node.url("/simple/beta/?format=text/html"))
+        .header("accept", JSON)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-peerpi-cache"], "hit");
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let html = r.text().await.unwrap();
     assert!(html.contains("data-yanked=\"broken release\""), "{html}");
-    assert!(html.contains(&format!("data-dist-info-metadata=\"sha256={metadata_hash}\"")));
+    assert!(html.contains(&format!(
+        "data-dist-info-metadata=\"sha256={metadata_hash}\""
+    )));
     assert!(html.contains(&format!("data-core-metadata=\"sha256={metadata_hash}\"")));
-    assert_eq!(upstream.state.count("/simple/beta/"), 1, "served from cache the second time");
+    assert_eq!(
+        upstream.state.count("/simple/beta/"),
+        1,
+        "served from cache the second time"
+    );
 
     // requires-python is escaped in HTML.
-    let html = c.get(node.url("/simple/delta/")).send().await.unwrap().text().await.unwrap();
+    let html = c
+        .get(node.url("/simple/delta/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains("data-requires-python=\"&gt;=99\""), "{html}");
 
     // Nothing acceptable: 406 with a message.
-    let r = c.get(node.url("/simple/beta/")).header("accept", "image/png").send().await.unwrap();
+    let r = c
+        .get(node.url("/simple/beta/"))
+        .header("accept", "image/png")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 406);
-    assert!(r.text().await.unwrap().contains("application/vnd.pypi.simple.v1+json"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("application/vnd.pypi.simple.v1+json"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,14 +102,34 @@ async fn html_only_upstream_is_understood() {
     let page = json_page(&node, "beta").await;
     let files = page["files"].as_array().unwrap();
     assert_eq!(files.len(), 2);
-    let yanked = files.iter().find(|f| f["filename"] == "beta-2.0-py3-none-any.whl").unwrap();
+    let yanked = files
+        .iter()
+        .find(|f| f["filename"] == "beta-2.0-py3-none-any.whl")
+        .unwrap();
     assert_eq!(yanked["yanked"], "broken release");
-    assert!(yanked["core-metadata"]["sha256"].is_string(), "dist-info-metadata attribute understood");
+    assert!(
+        yanked["core-metadata"]["sha256"].is_string(),
+        "dist-info-metadata attribute understood"
+    );
     // Sizes are unknown from HTML: JSON is served as API 1.0, without PEP 700 fields.
     assert_eq!(page["meta"]["api-version"], "1.0");
     let url = file_url(&node, "beta", "beta-1.0-py3-none-any.whl").await;
-    let body = client().get(url).send().await.unwrap().bytes().await.unwrap();
-    assert_eq!(sha256_hex(&body), upstream.state.file("beta-1.0-py3-none-any.whl").unwrap().sha256);
+    let body = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        sha256_hex(&body),
+        upstream
+            .state
+            .file("beta-1.0-py3-none-any.whl")
+            .unwrap()
+            .sha256
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,9 +137,17 @@ async fn etags_give_304_and_pages_revalidate_upstream_after_ttl() {
     let upstream = fake_index(demo_graph()).await;
     let node = start_node(&upstream, |c| c.page_ttl = Duration::from_millis(200)).await;
     let c = client();
-    let r = c.get(node.url("/simple/alpha/")).header("accept", JSON).send().await.unwrap();
+    let r = c
+        .get(node.url("/simple/alpha/"))
+        .header("accept", JSON)
+        .send()
+        .await
+        .unwrap();
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
-    assert!(etag.starts_with('"') && !etag.starts_with("W/"), "strong ETag: {etag}");
+    assert!(
+        etag.starts_with('"') && !etag.starts_with("W/"),
+        "strong ETag: {etag}"
+    );
     assert_eq!(r.headers()["cache-control"], "max-age=60");
     let r = c
         .get(node.url("/simple/alpha/"))
@@ -90,16 +161,34 @@ async fn etags_give_304_and_pages_revalidate_upstream_after_ttl() {
 
     // After the TTL the node revalidates with If-None-Match and gets a 304 upstream.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = c.get(node.url("/simple/alpha/")).header("accept", JSON).send().await.unwrap();
+    let r = c
+        .get(node.url("/simple/alpha/"))
+        .header("accept", JSON)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-peerpi-cache"], "revalidated");
     assert_eq!(r.headers()["etag"], etag.as_str(), "content unchanged");
     assert_eq!(upstream.state.count("/simple/alpha/"), 2);
-    assert_eq!(metric(&node, "peerpi_upstream_requests_total", "outcome=\"not_modified\"").await, 1.0);
+    assert_eq!(
+        metric(
+            &node,
+            "peerpi_upstream_requests_total",
+            "outcome=\"not_modified\""
+        )
+        .await,
+        1.0
+    );
 
     // A new upload upstream shows after the next revalidation.
     upstream.state.add(wheel(&DistSpec::new("alpha", "1.1")));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = c.get(node.url("/simple/alpha/")).header("accept", JSON).send().await.unwrap();
+    let r = c
+        .get(node.url("/simple/alpha/"))
+        .header("accept", JSON)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-peerpi-cache"], "miss");
     assert_ne!(r.headers()["etag"], etag.as_str());
     let page: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
@@ -115,14 +204,24 @@ async fn gzip_is_offered_with_its_own_etag() {
     let plain = c.get(node.url("/simple/beta/")).send().await.unwrap();
     let plain_etag = plain.headers()["etag"].clone();
     let plain_body = plain.bytes().await.unwrap();
-    let gz = c.get(node.url("/simple/beta/")).header("accept-encoding", "gzip").send().await.unwrap();
+    let gz = c
+        .get(node.url("/simple/beta/"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(gz.headers()["content-encoding"], "gzip");
     assert_ne!(gz.headers()["etag"], plain_etag);
     let gz_body = gz.bytes().await.unwrap();
     let mut decoded = Vec::new();
     std::io::Read::read_to_end(&mut flate2_decoder(&gz_body), &mut decoded).unwrap();
     assert_eq!(decoded, plain_body);
-    let none = c.get(node.url("/simple/beta/")).header("accept-encoding", "gzip;q=0").send().await.unwrap();
+    let none = c
+        .get(node.url("/simple/beta/"))
+        .header("accept-encoding", "gzip;q=0")
+        .send()
+        .await
+        .unwrap();
     assert!(none.headers().get("content-encoding").is_none());
 }
 
@@ -135,9 +234,17 @@ async fn names_are_normalised_by_redirect_and_unknown_projects_are_negatively_ca
     let upstream = fake_index(demo_graph()).await;
     let node = start_node(&upstream, |_| {}).await;
     let c = client();
-    let r = c.get(node.url("/simple/Alpha_/?format=json")).send().await.unwrap();
+    let r = c
+        .get(node.url("/simple/Alpha_/?format=json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400, "trailing separator is not a valid name");
-    let r = c.get(node.url("/simple/ALPHA/?format=json")).send().await.unwrap();
+    let r = c
+        .get(node.url("/simple/ALPHA/?format=json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 301);
     assert_eq!(r.headers()["location"], "/simple/alpha/?format=json");
     let r = c.get(node.url("/simple/alpha")).send().await.unwrap();
@@ -145,11 +252,19 @@ async fn names_are_normalised_by_redirect_and_unknown_projects_are_negatively_ca
     assert_eq!(r.headers()["location"], "/simple/alpha/");
 
     for _ in 0..3 {
-        let r = c.get(node.url("/simple/no-such-thing/")).send().await.unwrap();
+        let r = c
+            .get(node.url("/simple/no-such-thing/"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404);
         assert!(r.text().await.unwrap().contains("not found upstream"));
     }
-    assert_eq!(upstream.state.count("/simple/no-such-thing/"), 1, "404 cached");
+    assert_eq!(
+        upstream.state.count("/simple/no-such-thing/"),
+        1,
+        "404 cached"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +273,11 @@ async fn files_support_ranges_head_and_conditional_requests() {
     let node = start_node(&upstream, |_| {}).await;
     let c = client();
     let url = file_url(&node, "alpha", "alpha-1.0-py3-none-any.whl").await;
-    let whole = upstream.state.file("alpha-1.0-py3-none-any.whl").unwrap().bytes();
+    let whole = upstream
+        .state
+        .file("alpha-1.0-py3-none-any.whl")
+        .unwrap()
+        .bytes();
     let len = whole.len() as u64;
 
     // HEAD before the file is stored answers from the listing and fetches nothing.
@@ -171,57 +290,127 @@ async fn files_support_ranges_head_and_conditional_requests() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["accept-ranges"], "bytes");
     assert_eq!(r.headers()["x-peerpi-source"], "upstream");
-    assert!(r.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
     assert_eq!(r.bytes().await.unwrap(), whole);
 
-    let r = c.get(&url).header("range", "bytes=10-19").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
-    assert_eq!(r.headers()["content-range"], format!("bytes 10-19/{len}").as_str());
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 10-19/{len}").as_str()
+    );
     assert_eq!(r.headers()["x-peerpi-source"], "local");
     assert_eq!(r.bytes().await.unwrap(), whole.slice(10..20));
 
-    let r = c.get(&url).header("range", "bytes=-7").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("range", "bytes=-7")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), whole.slice(whole.len() - 7..));
 
-    let r = c.get(&url).header("range", format!("bytes={}-", len - 3)).send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("range", format!("bytes={}-", len - 3))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), whole.slice(whole.len() - 3..));
 
-    let r = c.get(&url).header("range", format!("bytes={len}-")).send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("range", format!("bytes={len}-"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
-    assert_eq!(r.headers()["content-range"], format!("bytes */{len}").as_str());
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{len}").as_str()
+    );
 
     for bogus in ["bytes=abc", "bytes=5-2", "bytes=--1", "bytes=1-2,,"] {
         let r = c.get(&url).header("range", bogus).send().await.unwrap();
         assert_eq!(r.status(), 416, "{bogus}");
         assert!(!r.text().await.unwrap().is_empty(), "message for {bogus}");
     }
-    let r = c.get(&url).header("range", "pages=1-2").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("range", "pages=1-2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "unknown range units are ignored");
 
     let etag = format!("\"sha256-{}\"", sha256_hex(&whole));
-    let r = c.get(&url).header("if-none-match", &etag).send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
 
     let r = c.head(&url).send().await.unwrap();
     assert_eq!(r.headers()["x-peerpi-source"], "local");
-    assert_eq!(upstream.state.count_prefix("/files/"), 1, "one download in all");
+    assert_eq!(
+        upstream.state.count_prefix("/files/"),
+        1,
+        "one download in all"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_metadata_files_are_served_and_verified() {
     let upstream = fake_index(demo_graph()).await;
     let node = start_node(&upstream, |_| {}).await;
-    let url = format!("{}.metadata", file_url(&node, "alpha", "alpha-1.0-py3-none-any.whl").await);
-    let body = client().get(&url).send().await.unwrap().bytes().await.unwrap();
-    let expected = upstream.state.file("alpha-1.0-py3-none-any.whl").unwrap().metadata.unwrap();
+    let url = format!(
+        "{}.metadata",
+        file_url(&node, "alpha", "alpha-1.0-py3-none-any.whl").await
+    );
+    let body = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let expected = upstream
+        .state
+        .file("alpha-1.0-py3-none-any.whl")
+        .unwrap()
+        .metadata
+        .unwrap();
     assert_eq!(body, expected);
     assert!(String::from_utf8_lossy(&body).contains("Requires-Dist: beta>=1.0"));
-    assert_eq!(upstream.state.count("/files/alpha-1.0-py3-none-any.whl.metadata"), 1);
-    assert_eq!(upstream.state.count("/files/alpha-1.0-py3-none-any.whl"), 0, "only the metadata was fetched");
+    assert_eq!(
+        upstream
+            .state
+            .count("/files/alpha-1.0-py3-none-any.whl.metadata"),
+        1
+    );
+    assert_eq!(
+        upstream.state.count("/files/alpha-1.0-py3-none-any.whl"),
+        0,
+        "only the metadata was fetched"
+    );
     // The sdist has no metadata file: a clear 404.
-    let sdist = format!("{}.metadata", file_url(&node, "gamma", "gamma-0.1.tar.gz").await);
+    let sdist = format!(
+        "{}.metadata",
+        file_url(&node, "gamma", "gamma-0.1.tar.gz").await
+    );
     let r = client().get(&sdist).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.text().await.unwrap().contains("no core metadata"));
@@ -245,8 +434,14 @@ async fn bad_input_gets_4xx_with_a_message() {
         (format!("/files/{sha}/..").into_bytes(), 400),
         (format!("/files/{sha}/..%2Fx.whl").into_bytes(), 400),
         (format!("/files/{sha}/%FF.whl").into_bytes(), 400),
-        (format!("/files/{sha}/x-1.0-py3-none-any.whl").into_bytes(), 404),
-        (format!("/files/{sha}/x-1.0-py3-none-any.whl.metadata").into_bytes(), 404),
+        (
+            format!("/files/{sha}/x-1.0-py3-none-any.whl").into_bytes(),
+            404,
+        ),
+        (
+            format!("/files/{sha}/x-1.0-py3-none-any.whl.metadata").into_bytes(),
+            404,
+        ),
         (b"/nowhere".to_vec(), 404),
     ];
     for (path, status) in cases {
@@ -260,7 +455,10 @@ async fn bad_input_gets_4xx_with_a_message() {
     let (got, _) = raw_get(node.addr, b"/simple/\xff/", "").await;
     assert_eq!(got, 400);
     // The node is still healthy.
-    assert_eq!(c.get(node.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(node.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,15 +466,69 @@ async fn metrics_count_sources_routes_and_cache_size() {
     let upstream = fake_index(demo_graph()).await;
     let node = start_node(&upstream, |_| {}).await;
     let url = file_url(&node, "beta", "beta-1.0-py3-none-any.whl").await;
-    let len = upstream.state.file("beta-1.0-py3-none-any.whl").unwrap().len as f64;
-    client().get(&url).send().await.unwrap().bytes().await.unwrap();
-    client().get(&url).send().await.unwrap().bytes().await.unwrap();
-    assert_eq!(metric(&node, "peerpi_blob_hits_total", "source=\"upstream\"").await, 1.0);
-    assert_eq!(metric(&node, "peerpi_blob_hits_total", "source=\"local\"").await, 1.0);
-    assert_eq!(metric(&node, "peerpi_blob_bytes_total", "source=\"upstream\"").await, len);
-    assert_eq!(metric(&node, "peerpi_blob_bytes_total", "source=\"local\"").await, len);
-    assert_eq!(metric(&node, "peerpi_upstream_requests_total", "kind=\"file\",outcome=\"ok\"").await, 1.0);
-    assert_eq!(metric(&node, "peerpi_upstream_requests_total", "kind=\"page\",outcome=\"ok\"").await, 1.0);
-    assert_eq!(metric(&node, "peerpi_http_requests_total", "route=\"/files/{sha256}/{filename}\",status=\"200\"").await, 2.0);
+    let len = upstream
+        .state
+        .file("beta-1.0-py3-none-any.whl")
+        .unwrap()
+        .len as f64;
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&node, "peerpi_blob_hits_total", "source=\"upstream\"").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&node, "peerpi_blob_hits_total", "source=\"local\"").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&node, "peerpi_blob_bytes_total", "source=\"upstream\"").await,
+        len
+    );
+    assert_eq!(
+        metric(&node, "peerpi_blob_bytes_total", "source=\"local\"").await,
+        len
+    );
+    assert_eq!(
+        metric(
+            &node,
+            "peerpi_upstream_requests_total",
+            "kind=\"file\",outcome=\"ok\""
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &node,
+            "peerpi_upstream_requests_total",
+            "kind=\"page\",outcome=\"ok\""
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &node,
+            "peerpi_http_requests_total",
+            "route=\"/files/{sha256}/{filename}\",status=\"200\""
+        )
+        .await,
+        2.0
+    );
     assert_eq!(metric(&node, "peerpi_cache_size_bytes", "").await, len);
 }

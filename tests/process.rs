@@ -2,6 +2,8 @@
 //! with no partial blob and a consistent catalog; on SIGTERM it lets an
 //! in-flight download finish and exits cleanly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use std::process::Command;
@@ -16,7 +18,13 @@ const LEN: u64 = 4 << 20;
 async fn slow_index() -> peerpi_testkit::FakeIndex {
     let upstream = fake_index(vec![synthetic("big", BIG, LEN, 9)]).await;
     // 64 chunks of 64 KiB, 40 ms apart: about 2.5 s.
-    upstream.state.set_fault("/files/", Fault::Slow { chunk: 64 * 1024, delay: Duration::from_millis(40) });
+    upstream.state.set_fault(
+        "/files/",
+        Fault::Slow {
+            chunk: 64 * 1024,
+            delay: Duration::from_millis(40),
+        },
+    );
     upstream
 }
 
@@ -31,9 +39,17 @@ async fn file_url_of(node: &NodeProcess, project: &str, filename: &str) -> Strin
         .await
         .unwrap();
     let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let file = page["files"].as_array().unwrap().iter().find(|f| f["filename"] == filename).unwrap().clone();
+    let file = page["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["filename"] == filename)
+        .unwrap()
+        .clone();
     let base = url::Url::parse(&node.url(&format!("/simple/{project}/"))).unwrap();
-    base.join(file["url"].as_str().unwrap()).unwrap().to_string()
+    base.join(file["url"].as_str().unwrap())
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +65,10 @@ async fn sigkill_mid_download_leaves_no_partial_blob() {
     while received < 256 * 1024 {
         received += response.chunk().await.unwrap().map_or(0, |c| c.len());
     }
-    assert!(!temp_files(data.path()).is_empty(), "a download in progress has a temp file");
+    assert!(
+        !temp_files(data.path()).is_empty(),
+        "a download in progress has a temp file"
+    );
     node.child.kill().unwrap(); // SIGKILL
     node.child.wait().unwrap();
     let rest = async {
@@ -60,23 +79,50 @@ async fn sigkill_mid_download_leaves_no_partial_blob() {
         total
     }
     .await;
-    assert!((rest as u64) < LEN, "the killed node did not hand out a complete file");
+    assert!(
+        (rest as u64) < LEN,
+        "the killed node did not hand out a complete file"
+    );
     let addr = node.addr;
     drop(node);
 
     let node = NodeProcess::start_at(addr, &upstream.simple_url(), data.path(), &[]).await;
-    assert!(temp_files(data.path()).is_empty(), "leftover temp files removed on start");
+    assert!(
+        temp_files(data.path()).is_empty(),
+        "leftover temp files removed on start"
+    );
     // As pip would, read the page first (the catalog may have lost its last
     // half second of page writes to the SIGKILL; that is allowed, an
     // inconsistency is not).
     assert_eq!(file_url_of(&node, "big", BIG).await, url);
     let head = client().head(&url).send().await.unwrap();
-    assert_eq!(head.headers()["x-peerpi-source"], "upstream", "nothing partial was stored");
-    let metrics = client().get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.lines().any(|l| l == "peerpi_cache_blobs 0"), "{metrics}");
+    assert_eq!(
+        head.headers()["x-peerpi-source"],
+        "upstream",
+        "nothing partial was stored"
+    );
+    let metrics = client()
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "peerpi_cache_blobs 0"),
+        "{metrics}"
+    );
 
     upstream.state.clear_faults();
-    let body = client().get(&url).send().await.unwrap().bytes().await.unwrap();
+    let body = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(sha256_hex(&body), expected);
     let head = client().head(&url).send().await.unwrap();
     assert_eq!(head.headers()["x-peerpi-source"], "local");
@@ -87,21 +133,37 @@ async fn sigterm_finishes_in_flight_responses_then_exits() {
     let upstream = slow_index().await;
     let data = tempfile::tempdir().unwrap();
     let expected = upstream.state.file(BIG).unwrap().sha256;
-    let mut node = NodeProcess::start(&upstream.simple_url(), data.path(), &["--shutdown-timeout", "20s"]).await;
+    let mut node = NodeProcess::start(
+        &upstream.simple_url(),
+        data.path(),
+        &["--shutdown-timeout", "20s"],
+    )
+    .await;
     let url = file_url_of(&node, "big", BIG).await;
     let mut response = client().get(&url).send().await.unwrap();
     let mut body = Vec::new();
     body.extend_from_slice(&response.chunk().await.unwrap().unwrap());
 
     let pid = node.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     while let Some(c) = response.chunk().await.unwrap() {
         body.extend_from_slice(&c);
     }
-    assert_eq!(sha256_hex(&body), expected, "the in-flight download completed");
+    assert_eq!(
+        sha256_hex(&body),
+        expected,
+        "the in-flight download completed"
+    );
     let status = node.child.wait().unwrap();
     assert!(status.success(), "clean exit: {status:?}");
-    assert!(client().get(node.url("/healthz")).send().await.is_err(), "no longer accepting");
+    assert!(
+        client().get(node.url("/healthz")).send().await.is_err(),
+        "no longer accepting"
+    );
 
     // The catalog was flushed: a restart serves the file locally.
     let addr = node.addr;
@@ -124,7 +186,10 @@ fn missing_upstream_is_a_clear_cli_error() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no upstream index is configured") && stderr.contains("--upstream"), "{stderr}");
+    assert!(
+        stderr.contains("no upstream index is configured") && stderr.contains("--upstream"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -137,6 +202,12 @@ fn env_prints_exports_for_pip_and_uv() {
         .unwrap();
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("export PIP_INDEX_URL=http://127.0.0.1:9999/simple/"), "{stdout}");
-    assert!(stdout.contains("export UV_DEFAULT_INDEX=http://127.0.0.1:9999/simple/"), "{stdout}");
+    assert!(
+        stdout.contains("export PIP_INDEX_URL=http://127.0.0.1:9999/simple/"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("export UV_DEFAULT_INDEX=http://127.0.0.1:9999/simple/"),
+        "{stdout}"
+    );
 }

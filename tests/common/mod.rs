@@ -38,11 +38,14 @@ impl Drop for TestNode {
 }
 
 pub async fn fake_index(files: Vec<FakeFile>) -> FakeIndex {
-    FakeIndex::start(IndexState::new(files)).await.expect("fake index starts")
+    FakeIndex::start(IndexState::new(files))
+        .await
+        .expect("fake index starts")
 }
 
 pub fn node_config(upstream: &FakeIndex, dir: &Path) -> NodeConfig {
-    let mut upstream_config = UpstreamConfig::new(upstream.simple_url().parse().expect("valid URL"));
+    let mut upstream_config =
+        UpstreamConfig::new(upstream.simple_url().parse().expect("valid URL"));
     upstream_config.page_timeout = Duration::from_secs(3);
     upstream_config.read_timeout = Duration::from_secs(3);
     NodeConfig::new(dir.to_path_buf(), upstream_config)
@@ -54,13 +57,20 @@ pub async fn start_node(upstream: &FakeIndex, tweak: impl FnOnce(&mut NodeConfig
     let mut config = node_config(upstream, dir.path());
     tweak(&mut config);
     let (node, _) = Node::open(config).expect("node opens");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let router = node.router();
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
-    TestNode { addr, node, dir, task }
+    TestNode {
+        addr,
+        node,
+        dir,
+        task,
+    }
 }
 
 pub fn client() -> reqwest::Client {
@@ -95,7 +105,9 @@ pub async fn file_url(node: &TestNode, project: &str, filename: &str) -> String 
         .find(|f| f["filename"] == filename)
         .unwrap_or_else(|| panic!("{filename} listed on {project}"));
     let base = url::Url::parse(&node.url(&format!("/simple/{project}/"))).expect("url");
-    base.join(file["url"].as_str().expect("url")).expect("join").to_string()
+    base.join(file["url"].as_str().expect("url"))
+        .expect("join")
+        .to_string()
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -151,11 +163,23 @@ impl NodeProcess {
 
     /// Starts on `addr` (to restart a node where clients expect it). Its log
     /// goes to `peerpi-<port>.log` in the system temp directory.
-    pub async fn start_at(addr: SocketAddr, upstream: &str, data_dir: &Path, extra: &[&str]) -> Self {
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("peerpi-{}.log", addr.port())))
-            .expect("log file");
+    pub async fn start_at(
+        addr: SocketAddr,
+        upstream: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Self {
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("peerpi-{}.log", addr.port())))
+                .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_peerpi"))
-            .args(["serve", "--upstream", upstream, "--listen", &addr.to_string()])
+            .args([
+                "serve",
+                "--upstream",
+                upstream,
+                "--listen",
+                &addr.to_string(),
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -173,7 +197,10 @@ impl NodeProcess {
                     break;
                 }
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "peerpi did not become healthy");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "peerpi did not become healthy"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         node
@@ -204,7 +231,9 @@ pub async fn raw_get(addr: SocketAddr, path: &[u8], extra_headers: &str) -> (u16
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut request = b"GET ".to_vec();
     request.extend_from_slice(path);
-    request.extend_from_slice(format!(" HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Connection: close\r\n\r\n").as_bytes());
+    request.extend_from_slice(
+        format!(" HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Connection: close\r\n\r\n").as_bytes(),
+    );
     stream.write_all(&request).await.expect("write");
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
@@ -217,6 +246,9 @@ pub async fn raw_get(addr: SocketAddr, path: &[u8], extra_headers: &str) -> (u16
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }

@@ -69,7 +69,7 @@ pub fn negotiate(accept: Option<&str>, format: Option<&str>) -> Result<PageForma
                 }
             }
         }
-        if !(q > 0.0) {
+        if q.is_nan() || q <= 0.0 {
             continue;
         }
         let format = match media {
@@ -112,7 +112,10 @@ mod tests {
     fn defaults_and_overrides() {
         assert_eq!(negotiate(None, None), Ok(PageFormat::TextHtml));
         assert_eq!(negotiate(Some("*/*"), None), Ok(PageFormat::TextHtml));
-        assert_eq!(negotiate(Some("text/html"), Some(JSON_V1)), Ok(PageFormat::Json));
+        assert_eq!(
+            negotiate(Some("text/html"), Some(JSON_V1)),
+            Ok(PageFormat::Json)
+        );
         assert!(negotiate(Some("image/png"), None).is_err());
         assert!(negotiate(None, Some("xml")).is_err());
     }

@@ -104,8 +104,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_hex() {
-        assert_eq!(Sha256Digest::from_hex("abc"), Err(DigestError::BadLength(3)));
-        assert!(matches!(Sha256Digest::from_hex(&"g".repeat(64)), Err(DigestError::NotHex(_))));
+        assert_eq!(
+            Sha256Digest::from_hex("abc"),
+            Err(DigestError::BadLength(3))
+        );
+        assert!(matches!(
+            Sha256Digest::from_hex(&"g".repeat(64)),
+            Err(DigestError::NotHex(_))
+        ));
     }
 
     #[test]

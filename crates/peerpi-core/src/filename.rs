@@ -106,20 +106,47 @@ mod tests {
     #[test]
     fn parses_sdists_including_legacy_dashed_names() {
         let f = DistFilename::parse("foo_bar-0.1.tar.gz").unwrap();
-        assert_eq!((f.name.as_str(), f.version.as_str(), f.kind), ("foo-bar", "0.1", DistKind::Sdist));
+        assert_eq!(
+            (f.name.as_str(), f.version.as_str(), f.kind),
+            ("foo-bar", "0.1", DistKind::Sdist)
+        );
         let f = DistFilename::parse("zope-interface-5.0.zip").unwrap();
-        assert_eq!((f.name.as_str(), f.version.as_str()), ("zope-interface", "5.0"));
+        assert_eq!(
+            (f.name.as_str(), f.version.as_str()),
+            ("zope-interface", "5.0")
+        );
     }
 
     #[test]
     fn rejects_bad_filenames() {
-        assert!(matches!(DistFilename::parse("a-1-py3-none.whl"), Err(FilenameError::BadWheel(_))));
-        assert!(matches!(DistFilename::parse("foo.exe"), Err(FilenameError::UnknownExtension(_))));
-        assert!(matches!(DistFilename::parse("foo.tar.gz"), Err(FilenameError::BadSdist(_))));
-        assert!(matches!(DistFilename::parse("../x-1.tar.gz"), Err(FilenameError::Unsafe(_))));
-        assert!(matches!(DistFilename::parse("a/b-1.tar.gz"), Err(FilenameError::Unsafe(_))));
-        assert!(matches!(DistFilename::parse(".hidden-1.tar.gz"), Err(FilenameError::Unsafe(_))));
-        assert!(matches!(DistFilename::parse(&format!("{}-1.tar.gz", "a".repeat(300))), Err(FilenameError::TooLong)));
+        assert!(matches!(
+            DistFilename::parse("a-1-py3-none.whl"),
+            Err(FilenameError::BadWheel(_))
+        ));
+        assert!(matches!(
+            DistFilename::parse("foo.exe"),
+            Err(FilenameError::UnknownExtension(_))
+        ));
+        assert!(matches!(
+            DistFilename::parse("foo.tar.gz"),
+            Err(FilenameError::BadSdist(_))
+        ));
+        assert!(matches!(
+            DistFilename::parse("../x-1.tar.gz"),
+            Err(FilenameError::Unsafe(_))
+        ));
+        assert!(matches!(
+            DistFilename::parse("a/b-1.tar.gz"),
+            Err(FilenameError::Unsafe(_))
+        ));
+        assert!(matches!(
+            DistFilename::parse(".hidden-1.tar.gz"),
+            Err(FilenameError::Unsafe(_))
+        ));
+        assert!(matches!(
+            DistFilename::parse(&format!("{}-1.tar.gz", "a".repeat(300))),
+            Err(FilenameError::TooLong)
+        ));
     }
 
     proptest! {

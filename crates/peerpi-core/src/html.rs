@@ -40,7 +40,11 @@ fn core_metadata_from(value: Option<&String>) -> CoreMetadata {
     }
 }
 
-fn dist_file(base: &url::Url, attrs: &Attributes, text: &str) -> Result<Option<DistFile>, PageParseError> {
+fn dist_file(
+    base: &url::Url,
+    attrs: &Attributes,
+    text: &str,
+) -> Result<Option<DistFile>, PageParseError> {
     let Some(href) = attrs.get("href") else {
         return Ok(None);
     };
@@ -55,7 +59,10 @@ fn dist_file(base: &url::Url, attrs: &Attributes, text: &str) -> Result<Option<D
         filename: text.trim().to_string(),
         url: url.to_string(),
         hashes,
-        requires_python: attrs.get("data-requires-python").filter(|s| !s.is_empty()).cloned(),
+        requires_python: attrs
+            .get("data-requires-python")
+            .filter(|s| !s.is_empty())
+            .cloned(),
         // A valueless attribute and an empty one both mean "yanked, no reason".
         yanked: match attrs.get("data-yanked") {
             None => Yanked::No,
@@ -101,7 +108,7 @@ pub fn parse_project_page(
             html5gum::Token::String(s) => {
                 let s = &s.value;
                 if let Some((_, text)) = &mut open_anchor {
-                    text.push_str(&String::from_utf8_lossy(&s));
+                    text.push_str(&String::from_utf8_lossy(s));
                 }
             }
             html5gum::Token::EndTag(tag) if tag.name.as_slice() == b"a" => {
@@ -141,12 +148,20 @@ pub fn render_project_page(page: &ProjectPage) -> Vec<u8> {
     );
     for f in &page.files {
         let mut href = f.url.clone();
-        if let Some((k, v)) = f.hashes.get_key_value("sha256").or_else(|| f.hashes.iter().next()) {
+        if let Some((k, v)) = f
+            .hashes
+            .get_key_value("sha256")
+            .or_else(|| f.hashes.iter().next())
+        {
             let _ = write!(href, "#{k}={v}");
         }
         let _ = write!(out, "<a href=\"{}\"", encode_double_quoted_attribute(&href));
         if let Some(rp) = &f.requires_python {
-            let _ = write!(out, " data-requires-python=\"{}\"", encode_double_quoted_attribute(rp));
+            let _ = write!(
+                out,
+                " data-requires-python=\"{}\"",
+                encode_double_quoted_attribute(rp)
+            );
         }
         if let Yanked::Yes { reason } = &f.yanked {
             let _ = write!(
@@ -157,10 +172,17 @@ pub fn render_project_page(page: &ProjectPage) -> Vec<u8> {
         }
         if let CoreMetadata::Available { hashes } = &f.core_metadata {
             let v = encode_double_quoted_attribute(&metadata_attr_value(hashes)).into_owned();
-            let _ = write!(out, " data-core-metadata=\"{v}\" data-dist-info-metadata=\"{v}\"");
+            let _ = write!(
+                out,
+                " data-core-metadata=\"{v}\" data-dist-info-metadata=\"{v}\""
+            );
         }
         if let Some(p) = &f.provenance {
-            let _ = write!(out, " data-provenance=\"{}\"", encode_double_quoted_attribute(p));
+            let _ = write!(
+                out,
+                " data-provenance=\"{}\"",
+                encode_double_quoted_attribute(p)
+            );
         }
         let _ = writeln!(out, ">{}</a><br/>", encode_text(&f.filename));
     }
@@ -202,11 +224,20 @@ mod tests {
         for f in &mut p.files {
             f.size = None;
             f.upload_time = None;
-            let first = f.hashes.get_key_value("sha256").or_else(|| f.hashes.iter().next());
-            f.hashes = first.map(|(k, v)| [(k.clone(), v.clone())].into()).unwrap_or_default();
+            let first = f
+                .hashes
+                .get_key_value("sha256")
+                .or_else(|| f.hashes.iter().next());
+            f.hashes = first
+                .map(|(k, v)| [(k.clone(), v.clone())].into())
+                .unwrap_or_default();
             if let CoreMetadata::Available { hashes } = &mut f.core_metadata {
-                let first = hashes.get_key_value("sha256").or_else(|| hashes.iter().next());
-                *hashes = first.map(|(k, v)| [(k.clone(), v.clone())].into()).unwrap_or_default();
+                let first = hashes
+                    .get_key_value("sha256")
+                    .or_else(|| hashes.iter().next());
+                *hashes = first
+                    .map(|(k, v)| [(k.clone(), v.clone())].into())
+                    .unwrap_or_default();
             }
         }
         p
@@ -215,10 +246,22 @@ mod tests {
     #[test]
     fn escapes_requires_python_and_yank_reasons() {
         let html = String::from_utf8(render_project_page(&sample_page(false))).unwrap();
-        assert!(html.contains("data-requires-python=\"&gt;=3.8,&lt;4 &amp; &quot;x&quot;\""), "{html}");
-        assert!(html.contains("data-yanked=\"bad &lt;release&gt; &amp; &quot;quotes&quot;\""), "{html}");
-        assert!(html.contains(&format!("data-core-metadata=\"sha256={}\"", "cd".repeat(32))));
-        assert!(html.contains(&format!("data-dist-info-metadata=\"sha256={}\"", "cd".repeat(32))));
+        assert!(
+            html.contains("data-requires-python=\"&gt;=3.8,&lt;4 &amp; &quot;x&quot;\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("data-yanked=\"bad &lt;release&gt; &amp; &quot;quotes&quot;\""),
+            "{html}"
+        );
+        assert!(html.contains(&format!(
+            "data-core-metadata=\"sha256={}\"",
+            "cd".repeat(32)
+        )));
+        assert!(html.contains(&format!(
+            "data-dist-info-metadata=\"sha256={}\"",
+            "cd".repeat(32)
+        )));
     }
 
     #[test]
@@ -229,12 +272,26 @@ mod tests {
             <a>no href</a></body></html>"#;
         let page = parse_project_page(body, &base(), "a").unwrap();
         assert_eq!(page.files.len(), 2);
-        assert_eq!(page.files[0].url, "https://mirror.invalid/pkgs/a-1.0.tar.gz");
-        assert_eq!(page.files[0].hashes.get("sha256").map(String::as_str), Some("abcd"));
+        assert_eq!(
+            page.files[0].url,
+            "https://mirror.invalid/pkgs/a-1.0.tar.gz"
+        );
+        assert_eq!(
+            page.files[0].hashes.get("sha256").map(String::as_str),
+            Some("abcd")
+        );
         assert_eq!(page.files[0].requires_python.as_deref(), Some(">=3.6"));
-        assert_eq!(page.files[1].url, "https://mirror.invalid/b/a-2.0-py3-none-any.whl");
+        assert_eq!(
+            page.files[1].url,
+            "https://mirror.invalid/b/a-2.0-py3-none-any.whl"
+        );
         assert_eq!(page.files[1].yanked, Yanked::Yes { reason: None });
-        assert_eq!(page.files[1].core_metadata, CoreMetadata::Available { hashes: BTreeMap::new() });
+        assert_eq!(
+            page.files[1].core_metadata,
+            CoreMetadata::Available {
+                hashes: BTreeMap::new()
+            }
+        );
     }
 
     proptest! {

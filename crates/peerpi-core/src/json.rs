@@ -63,7 +63,10 @@ fn core_metadata_from(value: Value) -> CoreMetadata {
         Value::Object(map) => CoreMetadata::Available {
             hashes: map
                 .into_iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.to_ascii_lowercase(), v.to_ascii_lowercase())))
+                .filter_map(|(k, v)| {
+                    v.as_str()
+                        .map(|v| (k.to_ascii_lowercase(), v.to_ascii_lowercase()))
+                })
                 .collect(),
         },
         _ => CoreMetadata::Absent,
@@ -185,7 +188,10 @@ pub fn render_project_page(page: &ProjectPage) -> Vec<u8> {
 
 /// Renders the PEP 691 project list.
 pub fn render_project_list(names: &[String]) -> Vec<u8> {
-    let projects: Vec<Value> = names.iter().map(|n| serde_json::json!({ "name": n })).collect();
+    let projects: Vec<Value> = names
+        .iter()
+        .map(|n| serde_json::json!({ "name": n }))
+        .collect();
     let out = serde_json::json!({ "meta": { "api-version": "1.0" }, "projects": projects });
     out.to_string().into_bytes()
 }
@@ -212,24 +218,45 @@ mod tests {
           ]}"#;
         let page = parse_project_page(body, &base()).unwrap();
         assert_eq!(page.name, "Demo");
-        assert_eq!(page.versions.as_deref(), Some(&["1.0".to_string(), "2.0".to_string()][..]));
+        assert_eq!(
+            page.versions.as_deref(),
+            Some(&["1.0".to_string(), "2.0".to_string()][..])
+        );
         let a = &page.files[0];
         assert_eq!(a.url, "https://index.invalid/files/demo-1.0.tar.gz");
         assert_eq!(a.hashes.get("sha256").map(String::as_str), Some("ab"));
         assert_eq!(a.requires_python.as_deref(), Some(">=3.8,<4"));
-        assert_eq!(a.yanked, Yanked::Yes { reason: Some("broken build".into()) });
-        assert_eq!(a.core_metadata, CoreMetadata::Available { hashes: [("sha256".into(), "cd".into())].into() });
+        assert_eq!(
+            a.yanked,
+            Yanked::Yes {
+                reason: Some("broken build".into())
+            }
+        );
+        assert_eq!(
+            a.core_metadata,
+            CoreMetadata::Available {
+                hashes: [("sha256".into(), "cd".into())].into()
+            }
+        );
         assert_eq!(a.size, Some(10));
         assert_eq!(a.provenance.as_deref(), Some("https://index.invalid/prov"));
         let b = &page.files[1];
         assert_eq!(b.yanked, Yanked::No);
-        assert_eq!(b.core_metadata, CoreMetadata::Available { hashes: BTreeMap::new() });
+        assert_eq!(
+            b.core_metadata,
+            CoreMetadata::Available {
+                hashes: BTreeMap::new()
+            }
+        );
     }
 
     #[test]
     fn rejects_unknown_major_version() {
         let body = br#"{"meta":{"api-version":"2.0"},"name":"x","files":[]}"#;
-        assert!(matches!(parse_project_page(body, &base()), Err(PageParseError::UnsupportedVersion(_))));
+        assert!(matches!(
+            parse_project_page(body, &base()),
+            Err(PageParseError::UnsupportedVersion(_))
+        ));
     }
 
     #[test]
@@ -237,7 +264,10 @@ mod tests {
         let page = sample_page(true);
         let v: Value = serde_json::from_slice(&render_project_page(&page)).unwrap();
         assert_eq!(v["meta"]["api-version"], "1.1");
-        assert_eq!(v["files"][0]["core-metadata"], v["files"][0]["dist-info-metadata"]);
+        assert_eq!(
+            v["files"][0]["core-metadata"],
+            v["files"][0]["dist-info-metadata"]
+        );
         assert!(v["versions"].is_array());
         let mut no_sizes = page.clone();
         no_sizes.files[0].size = None;

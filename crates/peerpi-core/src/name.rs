@@ -17,7 +17,9 @@ pub enum NameError {
     Empty,
     #[error("project name is longer than {MAX_NAME_LEN} characters")]
     TooLong,
-    #[error("project name {0:?} has a character other than ASCII letters, digits, '-', '_' and '.'")]
+    #[error(
+        "project name {0:?} has a character other than ASCII letters, digits, '-', '_' and '.'"
+    )]
     BadCharacter(String),
     #[error("project name {0:?} must start and end with a letter or digit")]
     BadEdge(String),
@@ -93,9 +95,18 @@ mod tests {
         assert_eq!(ProjectName::new(""), Err(NameError::Empty));
         assert!(matches!(ProjectName::new(".."), Err(NameError::BadEdge(_))));
         assert!(matches!(ProjectName::new("-a"), Err(NameError::BadEdge(_))));
-        assert!(matches!(ProjectName::new("a/b"), Err(NameError::BadCharacter(_))));
-        assert!(matches!(ProjectName::new("naïve"), Err(NameError::BadCharacter(_))));
-        assert_eq!(ProjectName::new(&"a".repeat(MAX_NAME_LEN + 1)), Err(NameError::TooLong));
+        assert!(matches!(
+            ProjectName::new("a/b"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            ProjectName::new("naïve"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert_eq!(
+            ProjectName::new(&"a".repeat(MAX_NAME_LEN + 1)),
+            Err(NameError::TooLong)
+        );
         assert!(ProjectName::new(&"a".repeat(MAX_NAME_LEN)).is_ok());
     }
 

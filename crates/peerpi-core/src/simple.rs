@@ -150,7 +150,16 @@ pub(crate) mod tests_support {
             proptest::option::of("[a-z]{1,8}".prop_map(|p| format!("https://prov.invalid/{p}"))),
         )
             .prop_map(
-                |(filename, hashes, requires_python, yanked, core_metadata, size, upload_time, provenance)| DistFile {
+                |(
+                    filename,
+                    hashes,
+                    requires_python,
+                    yanked,
+                    core_metadata,
+                    size,
+                    upload_time,
+                    provenance,
+                )| DistFile {
                     url: format!("https://files.invalid/x/{filename}"),
                     filename,
                     hashes,

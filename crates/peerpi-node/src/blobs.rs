@@ -28,9 +28,16 @@ enum FlightState {
     /// Waiting for upstream's response headers.
     Connecting,
     /// Bytes `0..readable` of `file` may be read. `len` is the announced length.
-    Streaming { file: Arc<File>, len: Option<u64>, readable: u64 },
+    Streaming {
+        file: Arc<File>,
+        len: Option<u64>,
+        readable: u64,
+    },
     /// Verified and committed; all `len` bytes may be read.
-    Done { file: Arc<File>, len: u64 },
+    Done {
+        file: Arc<File>,
+        len: u64,
+    },
     Failed(Arc<str>),
 }
 
@@ -96,7 +103,9 @@ impl Node {
                 FlightState::Failed(reason) => return Err(NodeError::Upstream(reason.to_string())),
             }
             if rx.changed().await.is_err() {
-                return Err(NodeError::Internal("the download ended without a result".into()));
+                return Err(NodeError::Internal(
+                    "the download ended without a result".into(),
+                ));
             }
         };
         self.inner.metrics.blob_hit(Source::Upstream);
@@ -117,7 +126,9 @@ impl Node {
             }
             Err(reason) => {
                 warn!(%digest, file = %origin.filename, %reason, "download failed");
-                flight.state.send_replace(FlightState::Failed(reason.into()));
+                flight
+                    .state
+                    .send_replace(FlightState::Failed(reason.into()));
             }
         }
         lock(&self.inner.flights).remove(&digest);
@@ -168,7 +179,10 @@ impl Node {
             if limit.is_some_and(|l| writer.len() + chunk.len() as u64 > l) {
                 metrics.upstream_request("file", "bad_length");
                 metrics.verification_failure(Source::Upstream);
-                return Err(format!("upstream sent more bytes than announced for {}", origin.filename));
+                return Err(format!(
+                    "upstream sent more bytes than announced for {}",
+                    origin.filename
+                ));
             }
             metrics.blob_bytes(Source::Upstream, chunk.len() as u64);
             writer = append(writer, chunk).await?;
@@ -190,18 +204,25 @@ impl Node {
         }
         let store = self.inner.store.clone();
         let digest_owned = *digest;
-        let committed = tokio::task::spawn_blocking(move || store.commit(writer, &digest_owned, Some(len)))
-            .await
-            .map_err(|e| format!("commit task failed: {e}"))?;
+        let committed =
+            tokio::task::spawn_blocking(move || store.commit(writer, &digest_owned, Some(len)))
+                .await
+                .map_err(|e| format!("commit task failed: {e}"))?;
         match committed {
             Ok(_evicted) => {
                 metrics.upstream_request("file", "ok");
                 Ok((file, len))
             }
-            Err(e @ (peerpi_store::StoreError::DigestMismatch { .. } | peerpi_store::StoreError::LengthMismatch { .. })) => {
+            Err(
+                e @ (peerpi_store::StoreError::DigestMismatch { .. }
+                | peerpi_store::StoreError::LengthMismatch { .. }),
+            ) => {
                 metrics.upstream_request("file", "bad_digest");
                 metrics.verification_failure(Source::Upstream);
-                Err(format!("upstream sent bad content for {}: {e}", origin.filename))
+                Err(format!(
+                    "upstream sent bad content for {}: {e}",
+                    origin.filename
+                ))
             }
             Err(e) => Err(format!("storing {}: {e}", origin.filename)),
         }
@@ -259,7 +280,10 @@ async fn read_at(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
         while filled < buf.len() {
             let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "temp file shorter than recorded"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "temp file shorter than recorded",
+                ));
             }
             filled += n;
         }

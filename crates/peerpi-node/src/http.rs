@@ -29,14 +29,22 @@ const READ_BUFFER: usize = 256 * 1024;
 pub fn router(node: Node) -> Router {
     Router::new()
         .route("/", get(home))
-        .route("/simple", get(|| async { redirect("/simple/".to_string()) }))
+        .route(
+            "/simple",
+            get(|| async { redirect("/simple/".to_string()) }),
+        )
         .route("/simple/", get(project_list))
         .route("/simple/{project}", get(project_without_slash))
         .route("/simple/{project}/", get(project_page))
         .route("/files/{sha256}/{filename}", get(file))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: the index is at /simple/") })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint: the index is at /simple/",
+            )
+        })
         .layer(middleware::from_fn_with_state(node.clone(), count_requests))
         .with_state(node)
 }
@@ -48,7 +56,8 @@ async fn count_requests(State(node): State<Node>, request: Request, next: Next) 
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let response = next.run(request).await;
-    node.metrics().http_request(&route, response.status().as_u16());
+    node.metrics()
+        .http_request(&route, response.status().as_u16());
     response
 }
 
@@ -75,7 +84,10 @@ fn redirect(location: String) -> Response {
 }
 
 fn path_error(rejection: PathRejection) -> Response {
-    error(StatusCode::BAD_REQUEST, format!("bad path: {}", rejection.body_text()))
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("bad path: {}", rejection.body_text()),
+    )
 }
 
 async fn home() -> Response {
@@ -86,7 +98,7 @@ async fn home() -> Response {
         .into_response()
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -97,8 +109,11 @@ fn query_format(query: Option<&str>) -> Option<String> {
 }
 
 fn choose_format(headers: &HeaderMap, query: Option<&str>) -> Result<PageFormat, NodeError> {
-    negotiate(header_str(headers, header::ACCEPT), query_format(query).as_deref())
-        .map_err(|e| NodeError::NotAcceptable(e.to_string()))
+    negotiate(
+        header_str(headers, header::ACCEPT),
+        query_format(query).as_deref(),
+    )
+    .map_err(|e| NodeError::NotAcceptable(e.to_string()))
 }
 
 fn accepts_gzip(headers: &HeaderMap) -> bool {
@@ -107,8 +122,9 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
             let mut parts = item.split(';');
             let coding = parts.next().unwrap_or("").trim();
             let q_zero = parts.any(|p| {
-                p.split_once('=')
-                    .is_some_and(|(k, v)| k.trim() == "q" && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim() == "q" && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+                })
             });
             (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
         })
@@ -125,7 +141,11 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
     })
 }
 
-async fn project_list(State(node): State<Node>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn project_list(
+    State(node): State<Node>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let format = match choose_format(&headers, query.as_deref()) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -150,7 +170,10 @@ async fn project_list(State(node): State<Node>, RawQuery(query): RawQuery, heade
         .into_response()
 }
 
-async fn project_without_slash(path: Result<Path<String>, PathRejection>, RawQuery(query): RawQuery) -> Response {
+async fn project_without_slash(
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let raw = match path {
         Ok(Path(raw)) => raw,
         Err(r) => return path_error(r),
@@ -200,8 +223,10 @@ async fn project_page(
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = Response::new(Body::from(variant.body.clone()));
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
         if gzip {
             r.headers_mut()
                 .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -215,10 +240,20 @@ async fn project_page(
     if let Ok(v) = HeaderValue::from_str(&max_age) {
         h.insert(header::CACHE_CONTROL, v);
     }
-    h.insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
-    h.insert("x-peerpi-cache", HeaderValue::from_static(view.status.as_str()));
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
+    h.insert(
+        "x-peerpi-cache",
+        HeaderValue::from_static(view.status.as_str()),
+    );
     if let Some(reason) = &view.stale_reason {
-        let reason: String = reason.chars().filter(|c| !c.is_control()).take(300).collect();
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect();
         if let Ok(v) = HeaderValue::from_str(&reason) {
             h.insert("x-peerpi-stale-reason", v);
         }
@@ -241,7 +276,10 @@ async fn file(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad digest in path: {e}")),
     };
     if let Err(e) = check_safe_filename(&filename) {
-        return error(StatusCode::BAD_REQUEST, format!("bad filename in path: {e}"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("bad filename in path: {e}"),
+        );
     }
     let digest = if filename.ends_with(".metadata") {
         match node.origin(&digest) {
@@ -250,14 +288,19 @@ async fn file(
                 None => {
                     return error(
                         StatusCode::NOT_FOUND,
-                        format!("no core metadata with a known digest for {}", origin.filename),
+                        format!(
+                            "no core metadata with a known digest for {}",
+                            origin.filename
+                        ),
                     )
                 }
             },
             Ok(None) => {
                 return error(
                     StatusCode::NOT_FOUND,
-                    format!("no file with sha256 {digest} is known here: request its project page first"),
+                    format!(
+                    "no file with sha256 {digest} is known here: request its project page first"
+                ),
                 )
             }
             Err(e) => return e.into_response(),
@@ -274,10 +317,15 @@ async fn file(
     }
     match node.blob(&digest).await {
         Ok(BlobBody::Stored(blob)) => serve_stored(&node, blob, &headers, &etag).await,
-        Ok(BlobBody::Fetching { len, source, stream }) => {
+        Ok(BlobBody::Fetching {
+            len,
+            source,
+            stream,
+        }) => {
             let mut r = Response::new(Body::from_stream(stream));
             if let Some(len) = len {
-                r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
             file_headers(r, &etag, source.as_str())
         }
@@ -291,21 +339,30 @@ fn head(node: &Node, digest: &Sha256Digest, etag: &str) -> Response {
         Ok(Some(blob)) => (Some(blob.size), "local"),
         Ok(None) => match node.origin(digest) {
             Ok(Some(origin)) => (origin.size, "upstream"),
-            Ok(None) => return error(StatusCode::NOT_FOUND, format!("no file with sha256 {digest} is known here")),
+            Ok(None) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no file with sha256 {digest} is known here"),
+                )
+            }
             Err(e) => return e.into_response(),
         },
         Err(e) => return NodeError::from(e).into_response(),
     };
     let mut r = StatusCode::OK.into_response();
     if let Some(len) = len {
-        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     file_headers(r, etag, source)
 }
 
 fn file_headers(mut r: Response, etag: &str, source: &'static str) -> Response {
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
     if let Ok(v) = HeaderValue::from_str(etag) {
@@ -320,13 +377,19 @@ fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>,
     let Some(value) = headers.get(header::RANGE) else {
         return Ok(None);
     };
-    let value = value.to_str().map_err(|_| "Range header is not ASCII".to_string())?;
+    let value = value
+        .to_str()
+        .map_err(|_| "Range header is not ASCII".to_string())?;
     if !value.trim_start().starts_with("bytes=") {
         // RFC 9110: a range unit we do not know is ignored.
         return Ok(None);
     }
-    let parsed = http_range_header::parse_range_header(value)
-        .map_err(|_| format!("malformed Range header {:?}", value.escape_default().to_string()))?;
+    let parsed = http_range_header::parse_range_header(value).map_err(|_| {
+        format!(
+            "malformed Range header {:?}",
+            value.escape_default().to_string()
+        )
+    })?;
     let ranges = parsed
         .validate(size)
         .map_err(|_| format!("range {value:?} is not satisfiable for a file of {size} bytes"))?;
@@ -371,9 +434,12 @@ async fn serve_stored(node: &Node, blob: StoredBlob, headers: &HeaderMap, etag: 
     });
     let mut r = Response::new(Body::from_stream(stream));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if status == StatusCode::PARTIAL_CONTENT {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{}", start + len - 1, blob.size)) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {start}-{}/{}", start + len - 1, blob.size))
+        {
             r.headers_mut().insert(header::CONTENT_RANGE, v);
         }
     }
@@ -382,11 +448,16 @@ async fn serve_stored(node: &Node, blob: StoredBlob, headers: &HeaderMap, etag: 
 
 async fn metrics(State(node): State<Node>) -> Response {
     let store = node.store();
-    let text = node
-        .metrics()
-        .render(store.total_bytes(), store.blob_count() as u64, store.cap_bytes());
+    let text = node.metrics().render(
+        store.total_bytes(),
+        store.blob_count() as u64,
+        store.cap_bytes(),
+    );
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         text,
     )
         .into_response()

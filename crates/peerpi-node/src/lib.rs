@@ -71,9 +71,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Node {
     /// Opens the store (reconciling it with the disk) and prepares the client.
     pub fn open(config: NodeConfig) -> Result<(Self, ReconcileReport), NodeError> {
-        let (store, report) = Store::open(&config.data_dir, config.cache_size)
-            .map_err(|e| NodeError::Internal(format!("opening the store in {}: {e}", config.data_dir.display())))?;
-        let upstream = Upstream::new(config.upstream.clone()).map_err(|e| NodeError::Internal(e.to_string()))?;
+        let (store, report) = Store::open(&config.data_dir, config.cache_size).map_err(|e| {
+            NodeError::Internal(format!(
+                "opening the store in {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let upstream = Upstream::new(config.upstream.clone())
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
         let node = Self {
             inner: Arc::new(Inner {
                 config,

@@ -96,9 +96,17 @@ impl Metrics {
             "HTTP requests served, by route and status",
             m.http_requests.clone(),
         );
-        registry.register("cache_size_bytes", "Bytes of blobs in the store", m.cache_bytes.clone());
+        registry.register(
+            "cache_size_bytes",
+            "Bytes of blobs in the store",
+            m.cache_bytes.clone(),
+        );
         registry.register("cache_blobs", "Blobs in the store", m.cache_blobs.clone());
-        registry.register("cache_capacity_bytes", "The store's size cap", m.cache_cap_bytes.clone());
+        registry.register(
+            "cache_capacity_bytes",
+            "The store's size cap",
+            m.cache_cap_bytes.clone(),
+        );
         Self { registry, ..m }
     }
 

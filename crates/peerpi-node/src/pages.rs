@@ -121,7 +121,10 @@ impl PageEntry {
 }
 
 fn gzip_bytes(plain: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(plain.len() / 4), flate2::Compression::fast());
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(plain.len() / 4),
+        flate2::Compression::fast(),
+    );
     // Compressing into memory cannot fail.
     let _ = encoder.write_all(plain);
     encoder.finish().unwrap_or_default()
@@ -262,7 +265,11 @@ impl Node {
         entries.insert(name.clone(), entry);
     }
 
-    async fn refresh(self, name: ProjectName, cached: Option<Arc<PageEntry>>) -> Result<PageView, NodeError> {
+    async fn refresh(
+        self,
+        name: ProjectName,
+        cached: Option<Arc<PageEntry>>,
+    ) -> Result<PageView, NodeError> {
         let etag = cached.as_ref().and_then(|c| c.cached.etag.clone());
         let result = self.inner.upstream.fetch_page(&name, etag.as_deref()).await;
         let view = self.apply_fetch(&name, cached, result);
@@ -318,7 +325,10 @@ impl Node {
             }
             Ok(PageFetch::NotFound) => {
                 metrics.upstream_request("page", "not_found");
-                lock(&self.inner.pages.negative).insert(name.clone(), Instant::now() + self.inner.config.negative_ttl);
+                lock(&self.inner.pages.negative).insert(
+                    name.clone(),
+                    Instant::now() + self.inner.config.negative_ttl,
+                );
                 Err(not_found(name))
             }
             Err(e) => {

@@ -85,7 +85,10 @@ impl Catalog {
             .transpose()
     }
 
-    pub(crate) fn remove_blob(&self, digest: &Sha256Digest) -> Result<Option<BlobRecord>, StoreError> {
+    pub(crate) fn remove_blob(
+        &self,
+        digest: &Sha256Digest,
+    ) -> Result<Option<BlobRecord>, StoreError> {
         self.blobs
             .remove(digest.as_bytes())?
             .map(|v| decode(digest.to_hex().as_bytes(), &v))

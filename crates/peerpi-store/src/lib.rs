@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use peerpi_core::Sha256Digest;
 #[cfg(test)]
 use peerpi_core::ProjectPage;
+use peerpi_core::Sha256Digest;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -159,7 +159,10 @@ impl Store {
             .last_persisted_access
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let last = persisted.get(digest).copied().unwrap_or(record.last_access_ms);
+        let last = persisted
+            .get(digest)
+            .copied()
+            .unwrap_or(record.last_access_ms);
         if now.saturating_sub(last) >= ACCESS_PERSIST_INTERVAL_MS {
             persisted.insert(*digest, now);
             drop(persisted);
@@ -207,12 +210,12 @@ impl Store {
             .map_err(io_err("syncing a verified blob"))?;
         let path = self.blob_path(expected);
         let shard_dir = path.parent().unwrap_or(&self.blobs_dir).to_path_buf();
-        fs::create_dir_all(&shard_dir).map_err(io_err(format!("creating {}", shard_dir.display())))?;
-        temp.persist(&path)
-            .map_err(|e| StoreError::Io {
-                context: format!("renaming a verified blob to {}", path.display()),
-                source: e.error,
-            })?;
+        fs::create_dir_all(&shard_dir)
+            .map_err(io_err(format!("creating {}", shard_dir.display())))?;
+        temp.persist(&path).map_err(|e| StoreError::Io {
+            context: format!("renaming a verified blob to {}", path.display()),
+            source: e.error,
+        })?;
         sync_dir(&shard_dir)?;
         let previous = self.catalog.put_blob(
             expected,
@@ -229,7 +232,10 @@ impl Store {
 
     /// Removes least recently used blobs until the store is within its cap.
     /// `keep` is never evicted (the blob just committed).
-    pub fn evict_to_cap(&self, keep: Option<&Sha256Digest>) -> Result<Vec<Sha256Digest>, StoreError> {
+    pub fn evict_to_cap(
+        &self,
+        keep: Option<&Sha256Digest>,
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
         if self.total_bytes() <= self.cap_bytes {
             return Ok(Vec::new());
         }
@@ -248,7 +254,12 @@ impl Store {
             evicted.push(digest);
         }
         if !evicted.is_empty() {
-            info!(count = evicted.len(), total = self.total_bytes(), cap = self.cap_bytes, "evicted blobs");
+            info!(
+                count = evicted.len(),
+                total = self.total_bytes(),
+                cap = self.cap_bytes,
+                "evicted blobs"
+            );
         }
         Ok(evicted)
     }
@@ -339,8 +350,16 @@ impl Store {
                     continue;
                 }
                 match named.map(|d| (d, hash_file(&path))) {
-                    Some((digest, Ok((actual, len)))) if actual == digest && self.blob_path(&digest) == path => {
-                        self.catalog.put_blob(&digest, &BlobRecord { size: len, last_access_ms: now_ms() })?;
+                    Some((digest, Ok((actual, len))))
+                        if actual == digest && self.blob_path(&digest) == path =>
+                    {
+                        self.catalog.put_blob(
+                            &digest,
+                            &BlobRecord {
+                                size: len,
+                                last_access_ms: now_ms(),
+                            },
+                        )?;
                         total += len;
                         report.orphans_adopted += 1;
                     }

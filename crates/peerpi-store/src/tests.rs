@@ -31,13 +31,23 @@ fn mismatched_digest_or_length_stores_nothing() {
     let wanted = digest_of(b"good");
     let mut w = store.writer().unwrap();
     w.append(b"evil").unwrap();
-    assert!(matches!(store.commit(w, &wanted, None), Err(StoreError::DigestMismatch { .. })));
+    assert!(matches!(
+        store.commit(w, &wanted, None),
+        Err(StoreError::DigestMismatch { .. })
+    ));
     let mut w = store.writer().unwrap();
     w.append(b"good").unwrap();
-    assert!(matches!(store.commit(w, &wanted, Some(5)), Err(StoreError::LengthMismatch { .. })));
+    assert!(matches!(
+        store.commit(w, &wanted, Some(5)),
+        Err(StoreError::LengthMismatch { .. })
+    ));
     assert!(store.get(&wanted).unwrap().is_none());
     assert!(!store.blob_path(&wanted).exists());
-    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "temp files removed");
+    assert_eq!(
+        fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0,
+        "temp files removed"
+    );
     assert_eq!(store.total_bytes(), 0);
 }
 
@@ -84,7 +94,12 @@ fn reopen_removes_temp_files_and_reconciles() {
     let (store, report) = Store::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(
         report,
-        ReconcileReport { temp_files_removed: 1, records_dropped: 1, orphans_adopted: 1, orphans_removed: 1 }
+        ReconcileReport {
+            temp_files_removed: 1,
+            records_dropped: 1,
+            orphans_adopted: 1,
+            orphans_removed: 1
+        }
     );
     assert!(store.get(&kept).unwrap().is_some());
     assert!(store.get(&lost).unwrap().is_none());
@@ -99,7 +114,11 @@ fn pages_and_origins_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
     let page = CachedPage {
-        page: ProjectPage { name: "demo".into(), files: vec![], versions: None },
+        page: ProjectPage {
+            name: "demo".into(),
+            files: vec![],
+            versions: None,
+        },
         etag: Some("\"x\"".into()),
         fetched_at_ms: 7,
         content_id: "c1".into(),
@@ -108,7 +127,12 @@ fn pages_and_origins_round_trip() {
     assert_eq!(store.page("demo").unwrap(), Some(page));
     assert_eq!(store.projects().unwrap(), vec!["demo".to_string()]);
     let d = digest_of(b"x");
-    let origin = Origin { url: "https://up.invalid/x".into(), filename: "x-1.tar.gz".into(), size: Some(1), metadata: None };
+    let origin = Origin {
+        url: "https://up.invalid/x".into(),
+        filename: "x-1.tar.gz".into(),
+        size: Some(1),
+        metadata: None,
+    };
     store.put_origins(&[(d, origin.clone())]).unwrap();
     assert_eq!(store.origin(&d).unwrap(), Some(origin));
 }

@@ -67,7 +67,10 @@ impl DistSpec {
 pub enum Content {
     Bytes(Bytes),
     /// `len` pseudo-random bytes from `seed`, generated as they are served.
-    Synthetic { len: u64, seed: u64 },
+    Synthetic {
+        len: u64,
+        seed: u64,
+    },
 }
 
 /// A file on the fake index.
@@ -85,7 +88,12 @@ pub struct FakeFile {
 }
 
 impl FakeFile {
-    fn from_bytes(spec: &DistSpec, filename: String, bytes: Vec<u8>, metadata: Option<Bytes>) -> Self {
+    fn from_bytes(
+        spec: &DistSpec,
+        filename: String,
+        bytes: Vec<u8>,
+        metadata: Option<Bytes>,
+    ) -> Self {
         Self {
             project: spec.name.clone(),
             filename,
@@ -129,7 +137,9 @@ impl SyntheticGen {
         let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Self { state: (z ^ (z >> 31)) | 1 }
+        Self {
+            state: (z ^ (z >> 31)) | 1,
+        }
     }
 
     pub fn next_chunk(&mut self) -> Vec<u8> {
@@ -203,10 +213,15 @@ pub fn wheel(spec: &DistSpec) -> FakeFile {
         .chain([(format!("{dist_info}/RECORD"), record.into_bytes())]);
     for (path, data) in all {
         // Writing into an in-memory buffer cannot fail.
-        zip.start_file(path, options).unwrap_or_else(|e| panic!("zip entry: {e}"));
-        zip.write_all(&data).unwrap_or_else(|e| panic!("zip write: {e}"));
+        zip.start_file(path, options)
+            .unwrap_or_else(|e| panic!("zip entry: {e}"));
+        zip.write_all(&data)
+            .unwrap_or_else(|e| panic!("zip write: {e}"));
     }
-    let bytes = zip.finish().unwrap_or_else(|e| panic!("zip finish: {e}")).into_inner();
+    let bytes = zip
+        .finish()
+        .unwrap_or_else(|e| panic!("zip finish: {e}"))
+        .into_inner();
     let filename = format!("{module}-{}-py3-none-any.whl", spec.version);
     FakeFile::from_bytes(spec, filename, bytes, Some(Bytes::from(metadata)))
 }
@@ -259,10 +274,18 @@ pub fn sdist(spec: &DistSpec) -> FakeFile {
     let pyproject = "[build-system]\nrequires = []\nbuild-backend = \"peerpi_test_backend\"\nbackend-path = [\".\"]\n";
     let entries: Vec<(String, Vec<u8>)> = vec![
         (format!("{root}/PKG-INFO"), spec.metadata().into_bytes()),
-        (format!("{root}/pyproject.toml"), pyproject.as_bytes().to_vec()),
-        (format!("{root}/peerpi_test_backend.py"), BACKEND_PY.as_bytes().to_vec()),
+        (
+            format!("{root}/pyproject.toml"),
+            pyproject.as_bytes().to_vec(),
+        ),
+        (
+            format!("{root}/peerpi_test_backend.py"),
+            BACKEND_PY.as_bytes().to_vec(),
+        ),
     ];
-    let gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::default());
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     for (path, data) in entries {
         let mut header = tar::Header::new_gnu();
@@ -288,14 +311,19 @@ mod tests {
 
     #[test]
     fn wheels_are_deterministic_valid_zips_with_metadata() {
-        let spec = DistSpec::new("Demo-Pkg", "1.2").requires("other>=1").requires_python(">=3.8");
+        let spec = DistSpec::new("Demo-Pkg", "1.2")
+            .requires("other>=1")
+            .requires_python(">=3.8");
         let a = wheel(&spec);
         let b = wheel(&spec);
         assert_eq!(a.sha256, b.sha256);
         assert_eq!(a.filename, "demo_pkg-1.2-py3-none-any.whl");
         let mut zip = zip::ZipArchive::new(Cursor::new(a.bytes().to_vec())).unwrap();
         let mut metadata = String::new();
-        zip.by_name("demo_pkg-1.2.dist-info/METADATA").unwrap().read_to_string(&mut metadata).unwrap();
+        zip.by_name("demo_pkg-1.2.dist-info/METADATA")
+            .unwrap()
+            .read_to_string(&mut metadata)
+            .unwrap();
         assert!(metadata.contains("Requires-Dist: other>=1"));
         assert_eq!(a.metadata.as_deref(), Some(metadata.as_bytes()));
     }
@@ -312,13 +340,17 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert!(names.contains(&"gamma-0.1/PKG-INFO".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"gamma-0.1/PKG-INFO".to_string()),
+            "{names:?}"
+        );
     }
 
     #[test]
     fn nearby_seeds_give_different_content() {
-        let hashes: std::collections::HashSet<String> =
-            (0..8).map(|seed| synthetic("s", "s-1.tar.gz", 1000, seed).sha256).collect();
+        let hashes: std::collections::HashSet<String> = (0..8)
+            .map(|seed| synthetic("s", "s-1.tar.gz", 1000, seed).sha256)
+            .collect();
         assert_eq!(hashes.len(), 8);
     }
 

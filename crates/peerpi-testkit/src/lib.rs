@@ -7,7 +7,7 @@ pub mod dist;
 pub mod server;
 
 pub use dist::{sdist, synthetic, wheel, DistSpec, FakeFile};
-pub use server::{Fault, FakeIndex, IndexState};
+pub use server::{FakeIndex, Fault, IndexState};
 
 /// A small dependency graph that exercises what resolvers look at:
 /// `alpha` needs `beta>=1.0`, `gamma` and `delta`; beta 2.0 is yanked;
@@ -16,7 +16,12 @@ pub use server::{Fault, FakeIndex, IndexState};
 /// A correct install yields alpha 1.0, beta 1.0, gamma 0.1 and delta 1.0.
 pub fn demo_graph() -> Vec<FakeFile> {
     vec![
-        wheel(&DistSpec::new("alpha", "1.0").requires("beta>=1.0").requires("gamma").requires("delta")),
+        wheel(
+            &DistSpec::new("alpha", "1.0")
+                .requires("beta>=1.0")
+                .requires("gamma")
+                .requires("delta"),
+        ),
         wheel(&DistSpec::new("beta", "1.0")),
         wheel(&DistSpec::new("beta", "2.0").yanked("broken release")),
         sdist(&DistSpec::new("gamma", "0.1")),

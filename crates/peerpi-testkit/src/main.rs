@@ -30,7 +30,12 @@ async fn main() {
             "--big-file" => {
                 let mib: u64 = value().parse().unwrap_or_else(|_| usage());
                 let name = format!("big{mib}");
-                files.push(synthetic(&name, &format!("{name}-1.0.tar.gz"), mib << 20, mib));
+                files.push(synthetic(
+                    &name,
+                    &format!("{name}-1.0.tar.gz"),
+                    mib << 20,
+                    mib,
+                ));
             }
             _ => usage(),
         }

@@ -78,12 +78,19 @@ impl IndexState {
     /// Adds a file to its project (creating the project).
     pub fn add(&self, file: FakeFile) {
         let mut projects = self.projects.write().unwrap_or_else(|p| p.into_inner());
-        projects.entry(normalise(&file.project)).or_default().push(file);
+        projects
+            .entry(normalise(&file.project))
+            .or_default()
+            .push(file);
     }
 
     pub fn file(&self, filename: &str) -> Option<FakeFile> {
         let projects = self.projects.read().unwrap_or_else(|p| p.into_inner());
-        projects.values().flatten().find(|f| f.filename == filename).cloned()
+        projects
+            .values()
+            .flatten()
+            .find(|f| f.filename == filename)
+            .cloned()
     }
 
     /// Requests seen for exactly this path.
@@ -138,7 +145,11 @@ pub struct FakeIndex {
 impl FakeIndex {
     /// Serves `state` on an ephemeral loopback port.
     pub async fn start(state: Arc<IndexState>) -> std::io::Result<Self> {
-        Self::start_on(state, "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!())).await
+        Self::start_on(
+            state,
+            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        )
+        .await
     }
 
     pub async fn start_on(state: Arc<IndexState>, addr: SocketAddr) -> std::io::Result<Self> {
@@ -175,17 +186,24 @@ pub fn router(state: Arc<IndexState>) -> Router {
         .route("/simple/", get(root_page))
         .route("/simple/{project}/", get(project_page))
         .route("/files/{filename}", get(file))
-        .layer(middleware::from_fn_with_state(state.clone(), count_and_fault))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_and_fault,
+        ))
         .with_state(state)
 }
 
-async fn count_and_fault(State(state): State<Arc<IndexState>>, request: Request, next: Next) -> Response {
+async fn count_and_fault(
+    State(state): State<Arc<IndexState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path().to_string();
     *lock(&state.counts).entry(path.clone()).or_default() += 1;
     match state.fault_for(&path) {
-        Some(Fault::Status(code)) => {
-            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response()
-        }
+        Some(Fault::Status(code)) => StatusCode::from_u16(code)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response(),
         Some(Fault::Hang) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::GATEWAY_TIMEOUT.into_response()
@@ -205,7 +223,10 @@ async fn root_page(State(state): State<Arc<IndexState>>) -> Response {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn json_page(name: &str, files: &[FakeFile]) -> Vec<u8> {
@@ -238,9 +259,13 @@ fn json_page(name: &str, files: &[FakeFile]) -> Vec<u8> {
 }
 
 fn html_page(name: &str, files: &[FakeFile]) -> Vec<u8> {
-    let mut html = format!("<!DOCTYPE html><html><head><title>Links for {name}</title></head><body>\n");
+    let mut html =
+        format!("<!DOCTYPE html><html><head><title>Links for {name}</title></head><body>\n");
     for f in files {
-        html.push_str(&format!("<a href=\"/files/{}#sha256={}\"", f.filename, f.sha256));
+        html.push_str(&format!(
+            "<a href=\"/files/{}#sha256={}\"",
+            f.filename, f.sha256
+        ));
         if let Some(rp) = &f.requires_python {
             html.push_str(&format!(" data-requires-python=\"{}\"", escape(rp)));
         }
@@ -248,7 +273,10 @@ fn html_page(name: &str, files: &[FakeFile]) -> Vec<u8> {
             html.push_str(&format!(" data-yanked=\"{}\"", escape(reason)));
         }
         if let Some(m) = &f.metadata {
-            html.push_str(&format!(" data-dist-info-metadata=\"sha256={}\"", hex::encode(Sha256::digest(m))));
+            html.push_str(&format!(
+                " data-dist-info-metadata=\"sha256={}\"",
+                hex::encode(Sha256::digest(m))
+            ));
         }
         html.push_str(&format!(">{}</a><br/>\n", f.filename));
     }
@@ -256,7 +284,11 @@ fn html_page(name: &str, files: &[FakeFile]) -> Vec<u8> {
     html.into_bytes()
 }
 
-async fn project_page(State(state): State<Arc<IndexState>>, Path(project): Path<String>, headers: HeaderMap) -> Response {
+async fn project_page(
+    State(state): State<Arc<IndexState>>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let files = {
         let projects = state.projects.read().unwrap_or_else(|p| p.into_inner());
         match projects.get(&normalise(&project)) {
@@ -270,15 +302,29 @@ async fn project_page(State(state): State<Arc<IndexState>>, Path(project): Path<
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("application/vnd.pypi.simple.v1+json"));
     let (body, content_type) = if wants_json {
-        (json_page(&project, &files), "application/vnd.pypi.simple.v1+json")
+        (
+            json_page(&project, &files),
+            "application/vnd.pypi.simple.v1+json",
+        )
     } else {
         (html_page(&project, &files), "text/html")
     };
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..16]);
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
-    ([(header::CONTENT_TYPE, content_type.to_string()), (header::ETAG, etag)], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::ETAG, etag),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn range_start(headers: &HeaderMap) -> Option<u64> {
@@ -292,7 +338,11 @@ fn range_start(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-async fn file(State(state): State<Arc<IndexState>>, Path(filename): Path<String>, headers: HeaderMap) -> Response {
+async fn file(
+    State(state): State<Arc<IndexState>>,
+    Path(filename): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let (wanted, is_metadata) = match filename.strip_suffix(".metadata") {
         Some(dist) => (dist.to_string(), true),
         None => (filename.clone(), false),
@@ -320,36 +370,47 @@ async fn file(State(state): State<Arc<IndexState>>, Path(filename): Path<String>
     };
     // State: the chunks, the offset of the next chunk, the bytes sent so far.
     // Chunks before the range start are skipped; truncation stops early.
-    let body_stream = stream::unfold((chunks, 0u64, 0u64), move |(mut chunks, mut offset, mut sent)| async move {
-        loop {
-            let chunk = chunks.next()?;
-            let chunk_start = offset;
-            offset += chunk.len() as u64;
-            if offset <= start {
-                continue;
-            }
-            let from = start.saturating_sub(chunk_start) as usize;
-            let mut piece = chunk.slice(from..);
-            if let Some(limit) = truncate_after {
-                if sent >= limit {
-                    return Some((Err(std::io::Error::other("truncated by fault injection")), (chunks, offset, sent)));
+    let body_stream = stream::unfold(
+        (chunks, 0u64, 0u64),
+        move |(mut chunks, mut offset, mut sent)| async move {
+            loop {
+                let chunk = chunks.next()?;
+                let chunk_start = offset;
+                offset += chunk.len() as u64;
+                if offset <= start {
+                    continue;
                 }
-                piece.truncate((limit - sent).min(piece.len() as u64) as usize);
+                let from = start.saturating_sub(chunk_start) as usize;
+                let mut piece = chunk.slice(from..);
+                if let Some(limit) = truncate_after {
+                    if sent >= limit {
+                        return Some((
+                            Err(std::io::Error::other("truncated by fault injection")),
+                            (chunks, offset, sent),
+                        ));
+                    }
+                    piece.truncate((limit - sent).min(piece.len() as u64) as usize);
+                }
+                sent += piece.len() as u64;
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+                return Some((Ok::<_, std::io::Error>(piece), (chunks, offset, sent)));
             }
-            sent += piece.len() as u64;
-            if let Some(d) = delay {
-                tokio::time::sleep(d).await;
-            }
-            return Some((Ok::<_, std::io::Error>(piece), (chunks, offset, sent)));
-        }
-    });
+        },
+    );
     let mut response = Response::new(Body::from_stream(body_stream));
     let h = response.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     if start > 0 {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{}", file.len - 1, file.len)) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {start}-{}/{}", file.len - 1, file.len))
+        {
             response.headers_mut().insert(header::CONTENT_RANGE, v);
         }
     }
@@ -357,7 +418,11 @@ async fn file(State(state): State<Arc<IndexState>>, Path(filename): Path<String>
 }
 
 /// The file's content as chunks, with the fault's changes applied.
-fn body_chunks(content: Content, len: u64, fault: Option<Fault>) -> Box<dyn Iterator<Item = Bytes> + Send> {
+fn body_chunks(
+    content: Content,
+    len: u64,
+    fault: Option<Fault>,
+) -> Box<dyn Iterator<Item = Bytes> + Send> {
     let chunk_size = match fault {
         Some(Fault::Slow { chunk, .. }) => chunk.max(1),
         _ => 64 * 1024,

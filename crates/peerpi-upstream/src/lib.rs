@@ -62,7 +62,9 @@ pub enum UpstreamError {
 impl UpstreamError {
     fn from_reqwest(url: &str, e: reqwest::Error) -> Self {
         if e.is_timeout() {
-            UpstreamError::Timeout { url: url.to_string() }
+            UpstreamError::Timeout {
+                url: url.to_string(),
+            }
         } else {
             let mut reason = e.to_string();
             let mut source = std::error::Error::source(&e);
@@ -70,7 +72,10 @@ impl UpstreamError {
                 reason = format!("{reason}: {s}");
                 source = s.source();
             }
-            UpstreamError::Unreachable { url: url.to_string(), reason }
+            UpstreamError::Unreachable {
+                url: url.to_string(),
+                reason,
+            }
         }
     }
 }
@@ -78,7 +83,10 @@ impl UpstreamError {
 /// The outcome of asking upstream for a project page.
 #[derive(Debug)]
 pub enum PageFetch {
-    Fresh { page: ProjectPage, etag: Option<String> },
+    Fresh {
+        page: ProjectPage,
+        etag: Option<String>,
+    },
     /// The cached page (whose ETag was sent) is still current.
     NotModified,
     NotFound,
@@ -150,7 +158,10 @@ impl Upstream {
             StatusCode::NOT_MODIFIED => return Ok(PageFetch::NotModified),
             StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(PageFetch::NotFound),
             s if !s.is_success() => {
-                return Err(UpstreamError::Status { url: url_text, status: s.as_u16() })
+                return Err(UpstreamError::Status {
+                    url: url_text,
+                    status: s.as_u16(),
+                })
             }
             _ => {}
         }
@@ -175,8 +186,14 @@ impl Upstream {
         } else {
             peerpi_core::html::parse_project_page(&body, &final_url, project.as_str())
         };
-        let page = parsed.map_err(|source| UpstreamError::BadPage { url: url_text, source })?;
-        Ok(PageFetch::Fresh { page, etag: new_etag })
+        let page = parsed.map_err(|source| UpstreamError::BadPage {
+            url: url_text,
+            source,
+        })?;
+        Ok(PageFetch::Fresh {
+            page,
+            etag: new_etag,
+        })
     }
 
     /// Starts downloading `url` from byte `offset`.
@@ -194,9 +211,16 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError::from_reqwest(url, e))?;
         let status = response.status();
-        let expected = if offset > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        let expected = if offset > 0 {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
         if status != expected {
-            return Err(UpstreamError::Status { url: url.to_string(), status: status.as_u16() });
+            return Err(UpstreamError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+            });
         }
         let content_length = response.content_length();
         let url_owned = url.to_string();
@@ -204,6 +228,9 @@ impl Upstream {
             .bytes_stream()
             .map(move |chunk| chunk.map_err(|e| UpstreamError::from_reqwest(&url_owned, e)))
             .boxed();
-        Ok(FileDownload { content_length, body })
+        Ok(FileDownload {
+            content_length,
+            body,
+        })
     }
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "peerpi", version, about = "A verified, peer-to-peer, content-addressed Python package index mirror")]
+#[command(
+    name = "peerpi",
+    version,
+    about = "A verified, peer-to-peer, content-addressed Python package index mirror"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

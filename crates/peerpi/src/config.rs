@@ -90,7 +90,9 @@ pub fn resolve_listen(flag: Option<&str>, file: &FileConfig) -> Result<SocketAdd
     text.to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| anyhow!("invalid listen address {text:?}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}"))
+        .ok_or_else(|| {
+            anyhow!("invalid listen address {text:?}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+        })
 }
 
 fn duration(name: &str, value: Option<&str>, default: Duration) -> Result<Duration> {
@@ -112,7 +114,8 @@ fn size(value: Option<&str>) -> Result<u64> {
 }
 
 fn parse_upstream(text: &str, origin: &str) -> Result<Url> {
-    let url = Url::parse(text.trim()).with_context(|| format!("invalid upstream URL {text:?} from {origin}"))?;
+    let url = Url::parse(text.trim())
+        .with_context(|| format!("invalid upstream URL {text:?} from {origin}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         bail!("upstream URL {text:?} from {origin} must be http or https");
     }
@@ -130,11 +133,16 @@ pub fn points_at(url: &Url, listen: &SocketAddr) -> bool {
     let host_ip: Option<IpAddr> = match url.host() {
         Some(url::Host::Ipv4(ip)) => Some(ip.into()),
         Some(url::Host::Ipv6(ip)) => Some(ip.into()),
-        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => Some(IpAddr::from([127, 0, 0, 1])),
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+            Some(IpAddr::from([127, 0, 0, 1]))
+        }
         _ => None,
     };
     match host_ip {
-        Some(ip) => ip == listen.ip() || (ip.is_loopback() && (listen.ip().is_loopback() || listen.ip().is_unspecified())),
+        Some(ip) => {
+            ip == listen.ip()
+                || (ip.is_loopback() && (listen.ip().is_loopback() || listen.ip().is_unspecified()))
+        }
         None => false,
     }
 }
@@ -160,12 +168,17 @@ fn pip_config_index(path: &Path) -> Option<String> {
     let ini = ini::Ini::load_from_file(path).ok()?;
     ["global", "install"].iter().find_map(|section| {
         let s = ini.section(Some(*section))?;
-        s.get("index-url").or_else(|| s.get("index_url")).map(str::to_string)
+        s.get("index-url")
+            .or_else(|| s.get("index_url"))
+            .map(str::to_string)
     })
 }
 
 /// The upstream pip or uv would use, skipping any that points at this node.
-pub fn inherited_upstream(env: EnvLookup<'_>, listen: &SocketAddr) -> Result<Option<(Url, String)>> {
+pub fn inherited_upstream(
+    env: EnvLookup<'_>,
+    listen: &SocketAddr,
+) -> Result<Option<(Url, String)>> {
     let mut candidates: Vec<(String, String)> = Vec::new();
     for var in ["UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"] {
         if let Some(v) = env(var) {
@@ -206,9 +219,9 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
     }
     let data_dir = match args.data_dir.clone().or(file.data_dir.clone()) {
         Some(d) => d,
-        None => cache_home(env)
-            .map(|c| c.join("peerpi"))
-            .ok_or_else(|| anyhow!("no cache directory is known (HOME is unset): pass --data-dir DIR"))?,
+        None => cache_home(env).map(|c| c.join("peerpi")).ok_or_else(|| {
+            anyhow!("no cache directory is known (HOME is unset): pass --data-dir DIR")
+        })?,
     };
     Ok(ServeConfig {
         listen,
@@ -216,23 +229,36 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
         upstream_source,
         data_dir,
         cache_size: size(args.cache_size.as_deref().or(file.cache_size.as_deref()))?,
-        page_ttl: duration("page-ttl", args.page_ttl.as_deref().or(file.page_ttl.as_deref()), Duration::from_secs(600))?,
+        page_ttl: duration(
+            "page-ttl",
+            args.page_ttl.as_deref().or(file.page_ttl.as_deref()),
+            Duration::from_secs(600),
+        )?,
         page_max_age: duration(
             "page-max-age",
-            args.page_max_age.as_deref().or(file.page_max_age.as_deref()),
+            args.page_max_age
+                .as_deref()
+                .or(file.page_max_age.as_deref()),
             Duration::from_secs(60),
         )?,
         upstream_timeout: duration(
             "upstream-timeout",
-            args.upstream_timeout.as_deref().or(file.upstream_timeout.as_deref()),
+            args.upstream_timeout
+                .as_deref()
+                .or(file.upstream_timeout.as_deref()),
             Duration::from_secs(30),
         )?,
         shutdown_timeout: duration(
             "shutdown-timeout",
-            args.shutdown_timeout.as_deref().or(file.shutdown_timeout.as_deref()),
+            args.shutdown_timeout
+                .as_deref()
+                .or(file.shutdown_timeout.as_deref()),
             Duration::from_secs(30),
         )?,
-        log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
     })
 }
 
@@ -258,7 +284,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -289,7 +318,11 @@ mod tests {
 
     #[test]
     fn bad_values_say_how_to_fix_them() {
-        let mut args = ServeArgs { upstream: Some("https://u.invalid/".into()), data_dir: Some("/tmp/x".into()), ..Default::default() };
+        let mut args = ServeArgs {
+            upstream: Some("https://u.invalid/".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
         args.page_ttl = Some("soon".into());
         let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
         assert!(e.contains("--page-ttl") && e.contains("10m"), "{e}");
@@ -318,9 +351,16 @@ mod tests {
     fn inherits_from_pip_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("pip.conf");
-        std::fs::write(&conf, "[global]\nindex-url = https://conf.invalid/simple/\n").unwrap();
+        std::fs::write(
+            &conf,
+            "[global]\nindex-url = https://conf.invalid/simple/\n",
+        )
+        .unwrap();
         let conf_text = conf.to_str().unwrap().to_string();
-        let env = env_of(&[("PIP_CONFIG_FILE", conf_text.as_str()), ("HOME", "/nonexistent")]);
+        let env = env_of(&[
+            ("PIP_CONFIG_FILE", conf_text.as_str()),
+            ("HOME", "/nonexistent"),
+        ]);
         let (url, origin) = inherited_upstream(&env, &listen()).unwrap().unwrap();
         assert_eq!(url.as_str(), "https://conf.invalid/simple/");
         assert!(origin.contains("pip.conf"));
@@ -328,20 +368,43 @@ mod tests {
 
     #[test]
     fn no_upstream_is_an_error_that_says_how_to_set_one() {
-        let args = ServeArgs { data_dir: Some("/tmp/x".into()), ..Default::default() };
-        let e = resolve_serve(&args, &env_of(&[("HOME", "/nonexistent")])).unwrap_err().to_string();
-        assert!(e.contains("--upstream") && e.contains("PIP_INDEX_URL"), "{e}");
+        let args = ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
+        let e = resolve_serve(&args, &env_of(&[("HOME", "/nonexistent")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--upstream") && e.contains("PIP_INDEX_URL"),
+            "{e}"
+        );
     }
 
     #[test]
     fn detects_urls_pointing_at_the_node() {
         let l = listen();
-        assert!(points_at(&Url::parse("http://localhost:7503/simple/").unwrap(), &l));
-        assert!(points_at(&Url::parse("http://127.0.0.1:7503/").unwrap(), &l));
-        assert!(!points_at(&Url::parse("http://127.0.0.1:7504/").unwrap(), &l));
-        assert!(!points_at(&Url::parse("https://example.invalid:7503/").unwrap(), &l));
+        assert!(points_at(
+            &Url::parse("http://localhost:7503/simple/").unwrap(),
+            &l
+        ));
+        assert!(points_at(
+            &Url::parse("http://127.0.0.1:7503/").unwrap(),
+            &l
+        ));
+        assert!(!points_at(
+            &Url::parse("http://127.0.0.1:7504/").unwrap(),
+            &l
+        ));
+        assert!(!points_at(
+            &Url::parse("https://example.invalid:7503/").unwrap(),
+            &l
+        ));
         let any: SocketAddr = "0.0.0.0:7503".parse().unwrap();
-        assert!(points_at(&Url::parse("http://127.0.0.1:7503/").unwrap(), &any));
+        assert!(points_at(
+            &Url::parse("http://127.0.0.1:7503/").unwrap(),
+            &any
+        ));
     }
 
     #[test]

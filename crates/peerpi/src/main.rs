@@ -9,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -19,13 +21,15 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => config::resolve_serve(&args, &config::process_env).and_then(|config| {
-            init_logging(config.log_format);
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(peerpi::serve::run(config))
-        }),
+        Command::Serve(args) => {
+            config::resolve_serve(&args, &config::process_env).and_then(|config| {
+                init_logging(config.log_format);
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(peerpi::serve::run(config))
+            })
+        }
         Command::Env(args) => config::load_file(&args.common, &config::process_env)
             .and_then(|file| config::resolve_listen(args.common.listen.as_deref(), &file))
             .map(|listen| print!("{}", config::env_exports(&listen))),

@@ -19,12 +19,14 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let (node, report) = Node::open(node_config)?;
     info!(?report, data_dir = %config.data_dir.display(), "store ready");
 
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
-        format!(
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
             "cannot listen on {}: is another server using it? Choose another address with --listen",
             config.listen
         )
-    })?;
+        })?;
     let addr = listener.local_addr()?;
     info!(
         upstream = %config.upstream,

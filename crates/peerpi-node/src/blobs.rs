@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::metrics::Source;
 use crate::{lock, Node, NodeError};
 
-/// Bytes read from a temp file per read call.
+/// Bytes read per read call, from temp files and stored blobs alike.
 const READ_CHUNK: u64 = 256 * 1024;
 
 /// The state of one download, shared with every client reading it.
@@ -273,22 +273,54 @@ fn follow(rx: watch::Receiver<FlightState>) -> impl futures_util::Stream<Item = 
     })
 }
 
-async fn read_at(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
+/// Bytes `start..start + len` of `file`. One blocking task reads ahead of the
+/// client by at most `READ_AHEAD` chunks, so disk reads overlap socket writes
+/// and memory per download stays bounded.
+pub(crate) fn file_range(
+    file: Arc<File>,
+    start: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
+    const READ_AHEAD: usize = 4;
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len as usize];
-        let mut filled = 0usize;
-        while filled < buf.len() {
-            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "temp file shorter than recorded",
-                ));
+        let end = start + len;
+        let mut offset = start;
+        while offset < end {
+            let result = read_exact_at(&file, offset, (end - offset).min(READ_CHUNK));
+            let failed = result.is_err();
+            if let Ok(bytes) = &result {
+                offset += bytes.len() as u64;
             }
-            filled += n;
+            // A closed channel means the client went away.
+            if tx.blocking_send(result).is_err() || failed {
+                break;
+            }
         }
-        Ok(Bytes::from(buf))
+    });
+    stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
     })
-    .await
-    .map_err(io::Error::other)?
+}
+
+fn read_exact_at(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len as usize];
+    let mut filled = 0usize;
+    while filled < buf.len() {
+        let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than recorded",
+            ));
+        }
+        filled += n;
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn read_at(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || read_exact_at(&file, offset, len))
+        .await
+        .map_err(io::Error::other)?
 }

@@ -2,7 +2,7 @@
 //! files and their PEP 658 metadata by digest, `/metrics` and `/healthz`.
 //! Every error is a status with a plain-text message. See specs/http-api.md.
 
-use std::io::SeekFrom;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -16,15 +16,13 @@ use futures_util::StreamExt;
 use peerpi_core::filename::check_safe_filename;
 use peerpi_core::{negotiate, PageFormat, ProjectName, Sha256Digest};
 use peerpi_store::StoredBlob;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
+use crate::blobs::file_range;
 use crate::metrics::Source;
 use crate::{BlobBody, Node, NodeError};
 
 /// Files are named by content: they never change.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
-const READ_BUFFER: usize = 256 * 1024;
 
 pub fn router(node: Node) -> Router {
     Router::new()
@@ -412,8 +410,8 @@ async fn serve_stored(node: &Node, blob: StoredBlob, headers: &HeaderMap, etag: 
             return r;
         }
     };
-    let mut file = match tokio::fs::File::open(&blob.path).await {
-        Ok(f) => f,
+    let file = match tokio::fs::File::open(&blob.path).await {
+        Ok(f) => f.into_std().await,
         Err(e) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -421,13 +419,8 @@ async fn serve_stored(node: &Node, blob: StoredBlob, headers: &HeaderMap, etag: 
             )
         }
     };
-    if start > 0 {
-        if let Err(e) = file.seek(SeekFrom::Start(start)).await {
-            return NodeError::Internal(format!("seeking in a stored blob: {e}")).into_response();
-        }
-    }
     let counter = node.clone();
-    let stream = ReaderStream::with_capacity(file.take(len), READ_BUFFER).inspect(move |chunk| {
+    let stream = file_range(Arc::new(file), start, len).inspect(move |chunk| {
         if let Ok(c) = chunk {
             counter.metrics().blob_bytes(Source::Local, c.len() as u64);
         }

@@ -40,6 +40,10 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         let _ = stop_tx.send(true);
     });
     let mut graceful_rx = stop_rx.clone();
+    // Small responses (pages, 304s) should not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, node.router()).with_graceful_shutdown(async move {
         let _ = graceful_rx.wait_for(|stop| *stop).await;
         info!("shutting down: no new connections, finishing in-flight responses");

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""peerpi benchmark harness: one run, side by side on loopback.
+
+Measures, for every contender:
+  * a warm index page of a project with ~2,000 files: requests/s and p50/p99
+    latency at 8 and 64 connections (wrk);
+  * warm 100 MiB file throughput (curl, median of several runs);
+  * server RSS while serving 10 concurrent 1 GiB downloads (peak VmRSS).
+
+Contenders: peerpi (release build, warm cache) and nginx serving the same
+bytes as static files (the practical ceiling here). Adding a contender is one
+function that starts it and returns a Contender.
+
+Usage: python3 testnet/bench/run.py [--quick] [--out FILE]
+Needs: cargo, nginx, wrk, curl (apt-get install nginx-light wrk curl).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TARGET = os.path.join(ROOT, "target", "release")
+JSON = "application/vnd.pypi.simple.v1+json"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def get(url, accept=None):
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return r.read()
+
+
+@dataclass
+class Contender:
+    name: str
+    pid: int
+    page_url: str          # warm project page, ~2,000 files
+    page_accept: str       # Accept header wrk sends
+    file_100m_url: str
+    file_1g_url: str
+    stop: callable = field(repr=False)
+
+
+# ---------------------------------------------------------------- fixtures
+
+@dataclass
+class Fixtures:
+    index_url: str
+    proc: subprocess.Popen
+    big100: str
+    big1g: str
+
+
+def start_fake_index():
+    port = free_port()
+    proc = subprocess.Popen(
+        [os.path.join(TARGET, "fake-index"), "--listen", f"127.0.0.1:{port}",
+         "--many-files", "2000", "--big-file", "100", "--big-file", "1024"],
+        stdout=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip()
+    wait_http(url + "many/")
+    return Fixtures(url, proc, "big100-1.0.tar.gz", "big1024-1.0.tar.gz")
+
+
+# ---------------------------------------------------------------- contenders
+
+def peerpi(fx, workdir):
+    port = free_port()
+    data = os.path.join(workdir, "peerpi-data")
+    log = open(os.path.join(workdir, "peerpi.log"), "w")
+    proc = subprocess.Popen(
+        [os.path.join(TARGET, "peerpi"), "serve", "--upstream", fx.index_url,
+         "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--page-ttl", "1h"],
+        stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/healthz")
+    urls = {}
+    for project, filename in [("many", None), ("big100", fx.big100), ("big1024", fx.big1g)]:
+        page = json.loads(get(f"{base}/simple/{project}/", JSON))
+        if filename:
+            f = next(f for f in page["files"] if f["filename"] == filename)
+            url = base + "/files/" + f["url"].split("/files/", 1)[1]
+            get(url)  # warm: download into the store once
+            urls[filename] = url
+    return Contender("peerpi", proc.pid, f"{base}/simple/many/", JSON,
+                     urls[fx.big100], urls[fx.big1g], lambda: (proc.terminate(), proc.wait()))
+
+
+def nginx_static(fx, workdir, peer):
+    """nginx serving the very bytes peerpi serves, as static files."""
+    root = os.path.join(workdir, "nginx-root")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "page.json"), "wb") as f:
+        f.write(get(peer.page_url, JSON))
+    for name, url in [("f100", peer.file_100m_url), ("f1g", peer.file_1g_url)]:
+        with urllib.request.urlopen(url) as r, open(os.path.join(root, name), "wb") as f:
+            shutil.copyfileobj(r, f, 1 << 20)
+    port = free_port()
+    conf = os.path.join(workdir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes auto;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    types {{ }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/page.json")
+    return Contender("nginx-static", proc.pid, base + "/page.json", JSON,
+                     base + "/f100", base + "/f1g", lambda: (proc.terminate(), proc.wait()))
+
+
+# ---------------------------------------------------------------- measurements
+
+def wrk(url, accept, connections, seconds):
+    out = subprocess.run(
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency",
+         "-H", f"Accept: {accept}", url],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99)}
+
+
+def throughput(url, runs):
+    speeds = []
+    for _ in range(runs):
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download}", url],
+                             capture_output=True, text=True, check=True).stdout
+        speeds.append(float(out) / (1 << 20))
+    return statistics.median(speeds)
+
+
+def rss_kib(pid):
+    """RSS of pid and its children (nginx workers), in KiB."""
+    pids = [pid]
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        pids += [int(c) for c in children]
+    except FileNotFoundError:
+        pass
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total
+
+
+def peak_rss_during_downloads(contender, url, parallel):
+    before = rss_kib(contender.pid)
+    procs = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--limit-rate", "200M", url])
+             for _ in range(parallel)]
+    peak = before
+    while any(p.poll() is None for p in procs):
+        peak = max(peak, rss_kib(contender.pid))
+        time.sleep(0.05)
+    ok = all(p.returncode == 0 for p in procs)
+    return {"rss_before_mib": before / 1024, "rss_peak_mib": peak / 1024, "downloads_ok": ok}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="shorter wrk runs, fewer repetitions")
+    ap.add_argument("--out", default=os.path.join(ROOT, "testnet", "bench", "results", "latest.json"))
+    args = ap.parse_args()
+    seconds, runs = (3, 2) if args.quick else (10, 5)
+
+    subprocess.run(["cargo", "build", "--release", "-p", "peerpi", "-p", "peerpi-testkit"], cwd=ROOT, check=True)
+    workdir = tempfile.mkdtemp(prefix="peerpi-bench-")
+    os.chmod(workdir, 0o755)  # nginx workers run unprivileged and must read it
+    fx = start_fake_index()
+    contenders = []
+    results = {"machine": {"nproc": os.cpu_count(), "kernel": os.uname().release}, "contenders": {}}
+    try:
+        p = peerpi(fx, workdir)
+        contenders.append(p)
+        contenders.append(nginx_static(fx, workdir, p))
+        for c in contenders:
+            r = {}
+            for conns in (8, 64):
+                r[f"page_c{conns}"] = wrk(c.page_url, c.page_accept, conns, seconds)
+            r["file_100m_mib_s"] = throughput(c.file_100m_url, runs)
+            r["rss_10x1g"] = peak_rss_during_downloads(c, c.file_1g_url, 10)
+            results["contenders"][c.name] = r
+            print(c.name, json.dumps(r), flush=True)
+    finally:
+        for c in contenders:
+            c.stop()
+        fx.proc.send_signal(signal.SIGINT)
+        fx.proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print_table(results)
+
+
+def print_table(results):
+    rows = [("page rps, 8 conns", lambda r: f"{r['page_c8']['rps']:.0f}"),
+            ("page p50 / p99 ms, 8 conns", lambda r: f"{r['page_c8']['p50_ms']:.2f} / {r['page_c8']['p99_ms']:.2f}"),
+            ("page rps, 64 conns", lambda r: f"{r['page_c64']['rps']:.0f}"),
+            ("page p50 / p99 ms, 64 conns", lambda r: f"{r['page_c64']['p50_ms']:.2f} / {r['page_c64']['p99_ms']:.2f}"),
+            ("100 MiB file, MiB/s", lambda r: f"{r['file_100m_mib_s']:.0f}"),
+            ("RSS peak, 10 x 1 GiB downloads, MiB", lambda r: f"{r['rss_10x1g']['rss_peak_mib']:.1f}")]
+    names = list(results["contenders"])
+    print("| measure | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for label, fmt in rows:
+        print(f"| {label} | " + " | ".join(fmt(results["contenders"][n]) for n in names) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -289,7 +289,7 @@ async fn files_support_ranges_head_and_conditional_requests() {
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["accept-ranges"], "bytes");
-    assert_eq!(r.headers()["x-peerpi-source"], "upstream");
+    assert_eq!(r.headers()["x-peerpi-source"], "miss");
     assert!(r.headers()["cache-control"]
         .to_str()
         .unwrap()

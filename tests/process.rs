@@ -98,7 +98,7 @@ async fn sigkill_mid_download_leaves_no_partial_blob() {
     let head = client().head(&url).send().await.unwrap();
     assert_eq!(
         head.headers()["x-peerpi-source"],
-        "upstream",
+        "miss",
         "nothing partial was stored"
     );
     let metrics = client()

@@ -4,23 +4,27 @@
 //! client never receives a complete file that failed verification: on a
 //! mismatch its response is cut short and nothing is stored.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use peerpi_core::Sha256Digest;
 use peerpi_store::{BlobWriter, Origin, StoredBlob};
+use peerpi_swarm::{PeerId, SwarmHandle};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::Source;
 use crate::{lock, Node, NodeError};
 
-/// Bytes read per read call, from temp files and stored blobs alike.
-const READ_CHUNK: u64 = 256 * 1024;
+/// How long to gather providers after the first one arrives.
+const PROVIDER_WINDOW: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Bytes read per read call from a growing temp file.
+const READ_CHUNK: u64 = peerpi_store::READ_CHUNK;
 
 /// The state of one download, shared with every client reading it.
 #[derive(Clone)]
@@ -49,10 +53,9 @@ pub(crate) struct Flight {
 pub enum BlobBody {
     /// In the store.
     Stored(StoredBlob),
-    /// Being fetched; `len` when known in advance.
+    /// Being fetched (from peers or upstream); `len` when known in advance.
     Fetching {
         len: Option<u64>,
-        source: Source,
         stream: BoxStream<'static, io::Result<Bytes>>,
     },
 }
@@ -108,17 +111,30 @@ impl Node {
                 ));
             }
         };
-        self.inner.metrics.blob_hit(Source::Upstream);
         Ok(BlobBody::Fetching {
             len,
-            source: Source::Upstream,
             stream: follow(rx).boxed(),
         })
     }
 
     /// Runs one download to its end and records the outcome for its readers.
     async fn drive(self, digest: Sha256Digest, origin: Origin, flight: Arc<Flight>) {
-        let outcome = self.fetch_upstream(&digest, &origin, &flight).await;
+        let mut outcome = Err("no source tried".to_string());
+        if let Some(swarm) = self.inner.swarm.get() {
+            outcome = self
+                .fetch_from_peers(swarm, &digest, &origin, &flight)
+                .await;
+            match &outcome {
+                Ok(_) => self.inner.metrics.blob_hit(Source::Peer),
+                Err(reason) => debug!(%digest, %reason, "no peer delivered; going upstream"),
+            }
+        }
+        if outcome.is_err() {
+            outcome = self.fetch_upstream(&digest, &origin, &flight).await;
+            if outcome.is_ok() {
+                self.inner.metrics.blob_hit(Source::Upstream);
+            }
+        }
         match outcome {
             Ok((file, len)) => {
                 info!(%digest, file = %origin.filename, len, "verified and stored");
@@ -202,21 +218,12 @@ impl Node {
                 origin.filename
             ));
         }
-        let store = self.inner.store.clone();
-        let digest_owned = *digest;
-        let committed =
-            tokio::task::spawn_blocking(move || store.commit(writer, &digest_owned, Some(len)))
-                .await
-                .map_err(|e| format!("commit task failed: {e}"))?;
-        match committed {
-            Ok(_evicted) => {
+        match self.commit(writer, digest, len).await {
+            Ok(()) => {
                 metrics.upstream_request("file", "ok");
                 Ok((file, len))
             }
-            Err(
-                e @ (peerpi_store::StoreError::DigestMismatch { .. }
-                | peerpi_store::StoreError::LengthMismatch { .. }),
-            ) => {
+            Err(CommitError::Mismatch(e)) => {
                 metrics.upstream_request("file", "bad_digest");
                 metrics.verification_failure(Source::Upstream);
                 Err(format!(
@@ -224,9 +231,176 @@ impl Node {
                     origin.filename
                 ))
             }
-            Err(e) => Err(format!("storing {}: {e}", origin.filename)),
+            Err(CommitError::Other(e)) => Err(format!("storing {}: {e}", origin.filename)),
         }
     }
+
+    /// Verifies and stores a finished download, then announces it to peers
+    /// and withdraws what eviction removed.
+    async fn commit(
+        &self,
+        writer: BlobWriter,
+        digest: &Sha256Digest,
+        len: u64,
+    ) -> Result<(), CommitError> {
+        let store = self.inner.store.clone();
+        let digest_owned = *digest;
+        let committed =
+            tokio::task::spawn_blocking(move || store.commit(writer, &digest_owned, Some(len)))
+                .await
+                .map_err(|e| CommitError::Other(format!("commit task failed: {e}")))?;
+        let evicted = match committed {
+            Ok(evicted) => evicted,
+            Err(
+                e @ (peerpi_store::StoreError::DigestMismatch { .. }
+                | peerpi_store::StoreError::LengthMismatch { .. }),
+            ) => return Err(CommitError::Mismatch(e.to_string())),
+            Err(e) => return Err(CommitError::Other(e.to_string())),
+        };
+        if let Some(swarm) = self.inner.swarm.get() {
+            for gone in evicted {
+                let _ = swarm.unprovide(gone).await;
+            }
+            let _ = swarm.provide(*digest).await;
+        }
+        Ok(())
+    }
+
+    /// Fetches from peers that announce the CID, one at a time, resuming at
+    /// the current offset when a peer stalls or drops. Peer bytes are not
+    /// released to clients until the whole blob verified (a peer is not
+    /// trusted, and pip does not retry a cut-short download). A peer that
+    /// breaks the protocol, stalls or sends bytes that fail verification is
+    /// blocked. Gives up when no provider appears within the peer deadline.
+    async fn fetch_from_peers(
+        &self,
+        swarm: &SwarmHandle,
+        digest: &Sha256Digest,
+        origin: &Origin,
+        flight: &Flight,
+    ) -> Result<(Arc<File>, u64), String> {
+        let metrics = &self.inner.metrics;
+        let mut providers = swarm
+            .find_providers(*digest)
+            .await
+            .map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + self.inner.config.peer_deadline;
+        let mut tried: HashSet<PeerId> = HashSet::new();
+        let mut queue: Vec<PeerId> = Vec::new();
+        let mut contributors: Vec<PeerId> = Vec::new();
+        let (mut writer, mut file) = self.new_peer_writer(origin, flight)?;
+        loop {
+            if queue.is_empty() {
+                match tokio::time::timeout_at(deadline, providers.recv()).await {
+                    Ok(Some(p)) => queue.push(p),
+                    Ok(None) => return Err("no (more) providers".into()),
+                    Err(_) => return Err("no provider delivered before the peer deadline".into()),
+                }
+                // Providers arrive one DHT response at a time: gather what
+                // comes within a short window so that region and RTT can
+                // choose among them, without waiting for the whole query.
+                let _ = tokio::time::timeout(PROVIDER_WINDOW, async {
+                    while let Some(p) = providers.recv().await {
+                        queue.push(p);
+                    }
+                })
+                .await;
+                order_providers(swarm, &mut queue);
+            }
+            let peer = queue.remove(0);
+            if peer == swarm.local_peer_id() || swarm.is_blocked(&peer) || !tried.insert(peer) {
+                continue;
+            }
+            let offset = writer.len();
+            let mut download = match swarm.fetch(peer, *digest, offset).await {
+                Ok(d) => d,
+                Err(e) => {
+                    debug!(%peer, %digest, "peer fetch did not start: {e}");
+                    continue;
+                }
+            };
+            if let Some(expected) = origin.size {
+                if offset + download.remaining != expected {
+                    warn!(%peer, %digest, announced = offset + download.remaining, expected, "peer lies about the size; blocking it");
+                    metrics.verification_failure(Source::Peer);
+                    let _ = swarm.block(peer).await;
+                    continue;
+                }
+            }
+            contributors.push(peer);
+            let mut complete = true;
+            loop {
+                match download.next_chunk().await {
+                    Ok(Some(chunk)) => {
+                        metrics.blob_bytes(Source::Peer, chunk.len() as u64);
+                        writer = append(writer, chunk).await?;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(%peer, %digest, at = writer.len(), "peer transfer failed: {e}; blocking it and resuming elsewhere");
+                        let _ = swarm.block(peer).await;
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if !complete {
+                continue;
+            }
+            let len = writer.len();
+            match self.commit(writer, digest, len).await {
+                Ok(()) => {
+                    info!(%digest, file = %origin.filename, len, from = %peer, "verified and stored from peers");
+                    return Ok((file, len));
+                }
+                Err(CommitError::Mismatch(e)) => {
+                    metrics.verification_failure(Source::Peer);
+                    for liar in contributors.drain(..) {
+                        warn!(peer = %liar, %digest, "bad content from peer ({e}); blocking it");
+                        let _ = swarm.block(liar).await;
+                    }
+                    (writer, file) = self.new_peer_writer(origin, flight)?;
+                }
+                Err(CommitError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// A fresh temp file for a peer fetch; clients see none of it until it verified.
+    fn new_peer_writer(
+        &self,
+        origin: &Origin,
+        flight: &Flight,
+    ) -> Result<(BlobWriter, Arc<File>), String> {
+        let writer = self.inner.store.writer().map_err(|e| e.to_string())?;
+        let file = writer.reader().map_err(|e| e.to_string())?;
+        flight.state.send_replace(FlightState::Streaming {
+            file: file.clone(),
+            len: origin.size,
+            readable: 0,
+        });
+        Ok((writer, file))
+    }
+}
+
+enum CommitError {
+    /// The bytes are not the ones the digest names.
+    Mismatch(String),
+    Other(String),
+}
+
+/// Same region first, then lower round-trip time, unknown last.
+fn order_providers(swarm: &SwarmHandle, queue: &mut [PeerId]) {
+    let mine = swarm.region().map(str::to_string);
+    queue.sort_by_key(|peer| {
+        let info = swarm.peer_info(peer);
+        let same_region = info
+            .as_ref()
+            .and_then(|i| i.region.clone())
+            .is_some_and(|r| Some(r) == mine);
+        let rtt = info.and_then(|i| i.rtt).unwrap_or(std::time::Duration::MAX);
+        (!same_region, rtt)
+    });
 }
 
 async fn append(mut writer: BlobWriter, chunk: Bytes) -> Result<BlobWriter, String> {
@@ -273,54 +447,8 @@ fn follow(rx: watch::Receiver<FlightState>) -> impl futures_util::Stream<Item = 
     })
 }
 
-/// Bytes `start..start + len` of `file`. One blocking task reads ahead of the
-/// client by at most `READ_AHEAD` chunks, so disk reads overlap socket writes
-/// and memory per download stays bounded.
-pub(crate) fn file_range(
-    file: Arc<File>,
-    start: u64,
-    len: u64,
-) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
-    const READ_AHEAD: usize = 4;
-    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        let end = start + len;
-        let mut offset = start;
-        while offset < end {
-            let result = read_exact_at(&file, offset, (end - offset).min(READ_CHUNK));
-            let failed = result.is_err();
-            if let Ok(bytes) = &result {
-                offset += bytes.len() as u64;
-            }
-            // A closed channel means the client went away.
-            if tx.blocking_send(result).is_err() || failed {
-                break;
-            }
-        }
-    });
-    stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-}
-
-fn read_exact_at(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
-    let mut buf = vec![0u8; len as usize];
-    let mut filled = 0usize;
-    while filled < buf.len() {
-        let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shorter than recorded",
-            ));
-        }
-        filled += n;
-    }
-    Ok(Bytes::from(buf))
-}
-
 async fn read_at(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || read_exact_at(&file, offset, len))
+    tokio::task::spawn_blocking(move || peerpi_store::read_exact_at(&file, offset, len))
         .await
         .map_err(io::Error::other)?
 }

@@ -2,6 +2,7 @@
 //! files and their PEP 658 metadata by digest, `/metrics` and `/healthz`.
 //! Every error is a status with a plain-text message. See specs/http-api.md.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -17,8 +18,7 @@ use peerpi_core::filename::check_safe_filename;
 use peerpi_core::{negotiate, PageFormat, ProjectName, Sha256Digest};
 use peerpi_store::StoredBlob;
 
-use crate::blobs::file_range;
-use crate::metrics::Source;
+use crate::metrics::{Source, SwarmSample};
 use crate::{BlobBody, Node, NodeError};
 
 /// Files are named by content: they never change.
@@ -37,6 +37,7 @@ pub fn router(node: Node) -> Router {
         .route("/files/{sha256}/{filename}", get(file))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/peers", get(peers))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -315,17 +316,13 @@ async fn file(
     }
     match node.blob(&digest).await {
         Ok(BlobBody::Stored(blob)) => serve_stored(&node, blob, &headers, &etag).await,
-        Ok(BlobBody::Fetching {
-            len,
-            source,
-            stream,
-        }) => {
+        Ok(BlobBody::Fetching { len, stream }) => {
             let mut r = Response::new(Body::from_stream(stream));
             if let Some(len) = len {
                 r.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
-            file_headers(r, &etag, source.as_str())
+            file_headers(r, &etag, "miss")
         }
         Err(e) => e.into_response(),
     }
@@ -336,7 +333,7 @@ fn head(node: &Node, digest: &Sha256Digest, etag: &str) -> Response {
     let (len, source) = match node.store().get(digest) {
         Ok(Some(blob)) => (Some(blob.size), "local"),
         Ok(None) => match node.origin(digest) {
-            Ok(Some(origin)) => (origin.size, "upstream"),
+            Ok(Some(origin)) => (origin.size, "miss"),
             Ok(None) => {
                 return error(
                     StatusCode::NOT_FOUND,
@@ -420,7 +417,7 @@ async fn serve_stored(node: &Node, blob: StoredBlob, headers: &HeaderMap, etag: 
         }
     };
     let counter = node.clone();
-    let stream = file_range(Arc::new(file), start, len).inspect(move |chunk| {
+    let stream = peerpi_store::read_range(Arc::new(file), start, len).inspect(move |chunk| {
         if let Ok(c) = chunk {
             counter.metrics().blob_bytes(Source::Local, c.len() as u64);
         }
@@ -441,10 +438,23 @@ async fn serve_stored(node: &Node, blob: StoredBlob, headers: &HeaderMap, etag: 
 
 async fn metrics(State(node): State<Node>) -> Response {
     let store = node.store();
+    let swarm = node
+        .swarm()
+        .map(|s| {
+            let c = s.counters();
+            SwarmSample {
+                connected_peers: c.connected_peers.load(Ordering::Relaxed),
+                blocked_peers: c.blocked_peers.load(Ordering::Relaxed),
+                provided_keys: c.provided_keys.load(Ordering::Relaxed),
+                bytes_served: c.bytes_served.load(Ordering::Relaxed),
+            }
+        })
+        .unwrap_or_default();
     let text = node.metrics().render(
         store.total_bytes(),
         store.blob_count() as u64,
         store.cap_bytes(),
+        swarm,
     );
     (
         [(
@@ -452,6 +462,43 @@ async fn metrics(State(node): State<Node>) -> Response {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
+    )
+        .into_response()
+}
+
+/// The swarm's view of its peers, as JSON (for `peerpi peers`).
+async fn peers(State(node): State<Node>) -> Response {
+    let Some(swarm) = node.swarm() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this node runs without a swarm (peer-to-peer is off)",
+        );
+    };
+    let peers: Vec<serde_json::Value> = swarm
+        .peers()
+        .into_iter()
+        .map(|p| {
+            serde_json::json!({
+                "peer_id": p.peer_id,
+                "addrs": p.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "region": p.region,
+                "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                "bytes_in": p.bytes_in,
+                "bytes_out": p.bytes_out,
+                "connected": p.connected,
+                "blocked": p.blocked,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "peer_id": swarm.local_peer_id().to_string(),
+        "region": swarm.region(),
+        "listen": swarm.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "peers": peers,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
     )
         .into_response()
 }

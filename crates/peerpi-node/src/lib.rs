@@ -11,10 +11,11 @@ mod pages;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use peerpi_store::{ReconcileReport, Store};
+use peerpi_swarm::SwarmHandle;
 use peerpi_upstream::{Upstream, UpstreamConfig};
 
 pub use blobs::BlobBody;
@@ -33,6 +34,9 @@ pub struct NodeConfig {
     pub negative_ttl: Duration,
     /// `Cache-Control: max-age` sent to clients with pages.
     pub page_max_age: Duration,
+    /// How long to wait for a peer to start delivering a blob before
+    /// going upstream.
+    pub peer_deadline: Duration,
     pub upstream: UpstreamConfig,
 }
 
@@ -44,6 +48,7 @@ impl NodeConfig {
             page_ttl: Duration::from_secs(600),
             negative_ttl: Duration::from_secs(60),
             page_max_age: Duration::from_secs(60),
+            peer_deadline: Duration::from_secs(2),
             upstream,
         }
     }
@@ -62,6 +67,7 @@ struct Inner {
     metrics: metrics::Metrics,
     flights: Mutex<HashMap<peerpi_core::Sha256Digest, Arc<blobs::Flight>>>,
     pages: pages::PageState,
+    swarm: OnceLock<SwarmHandle>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -87,6 +93,7 @@ impl Node {
                 metrics: metrics::Metrics::new(),
                 flights: Mutex::new(HashMap::new()),
                 pages: pages::PageState::default(),
+                swarm: OnceLock::new(),
             }),
         };
         Ok((node, report))
@@ -98,6 +105,24 @@ impl Node {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The store, shared (the swarm serves blobs from it).
+    pub fn shared_store(&self) -> Arc<Store> {
+        self.inner.store.clone()
+    }
+
+    /// Joins the node to a swarm: blobs are then looked for on peers before
+    /// upstream, and announced once stored. Set once, right after `open`.
+    pub fn attach_swarm(&self, swarm: SwarmHandle) -> Result<(), NodeError> {
+        self.inner
+            .swarm
+            .set(swarm)
+            .map_err(|_| NodeError::Internal("the node already has a swarm".into()))
+    }
+
+    pub fn swarm(&self) -> Option<&SwarmHandle> {
+        self.inner.swarm.get()
     }
 
     pub fn metrics(&self) -> &metrics::Metrics {

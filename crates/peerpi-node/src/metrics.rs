@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source {
     Local,
+    Peer,
     Upstream,
 }
 
@@ -17,6 +18,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Local => "local",
+            Source::Peer => "peer",
             Source::Upstream => "upstream",
         }
     }
@@ -49,6 +51,19 @@ pub struct Metrics {
     cache_bytes: Gauge,
     cache_blobs: Gauge,
     cache_cap_bytes: Gauge,
+    connected_peers: Gauge,
+    blocked_peers: Gauge,
+    provided_keys: Gauge,
+    peer_bytes_served: Gauge,
+}
+
+/// Swarm figures sampled when metrics are scraped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SwarmSample {
+    pub connected_peers: u64,
+    pub blocked_peers: u64,
+    pub provided_keys: u64,
+    pub bytes_served: u64,
 }
 
 fn source(s: Source) -> SourceLabels {
@@ -69,6 +84,10 @@ impl Metrics {
             cache_bytes: Gauge::default(),
             cache_blobs: Gauge::default(),
             cache_cap_bytes: Gauge::default(),
+            connected_peers: Gauge::default(),
+            blocked_peers: Gauge::default(),
+            provided_keys: Gauge::default(),
+            peer_bytes_served: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -107,6 +126,26 @@ impl Metrics {
             "The store's size cap",
             m.cache_cap_bytes.clone(),
         );
+        registry.register(
+            "connected_peers",
+            "Peers with an open connection",
+            m.connected_peers.clone(),
+        );
+        registry.register(
+            "blocked_peers",
+            "Peers blocked for serving bad data",
+            m.blocked_peers.clone(),
+        );
+        registry.register(
+            "provided_keys",
+            "CIDs this node announces on the DHT",
+            m.provided_keys.clone(),
+        );
+        registry.register(
+            "peer_served_bytes",
+            "Blob bytes this node served to other peers",
+            m.peer_bytes_served.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -141,7 +180,17 @@ impl Metrics {
     }
 
     /// The text exposition, with the cache gauges set from the store.
-    pub fn render(&self, cache_bytes: u64, cache_blobs: u64, cap_bytes: u64) -> String {
+    pub fn render(
+        &self,
+        cache_bytes: u64,
+        cache_blobs: u64,
+        cap_bytes: u64,
+        swarm: SwarmSample,
+    ) -> String {
+        self.connected_peers.set(swarm.connected_peers as i64);
+        self.blocked_peers.set(swarm.blocked_peers as i64);
+        self.provided_keys.set(swarm.provided_keys as i64);
+        self.peer_bytes_served.set(swarm.bytes_served as i64);
         self.cache_bytes.set(cache_bytes as i64);
         self.cache_blobs.set(cache_blobs as i64);
         self.cache_cap_bytes.set(cap_bytes as i64);

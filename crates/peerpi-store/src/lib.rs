@@ -6,6 +6,7 @@
 //! leftover temp files and reconciles the catalog with the disk.
 
 mod catalog;
+mod read;
 mod writer;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 pub use catalog::{BlobRecord, CachedPage, Origin};
+pub use read::{read_exact_at, read_range, READ_CHUNK};
 pub use writer::BlobWriter;
 
 /// How long an access time may lag in the catalog; bounds catalog writes on

@@ -18,9 +18,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node: a Simple API index for pip and uv, backed by the store and upstream.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print shell exports that point pip and uv at the node.
     Env(EnvArgs),
+    /// Print the node's peer id (creating its key if needed), for bootstrap addresses.
+    Id(IdArgs),
+    /// Create keys: `--swarm-key FILE` writes a new private-swarm key.
+    Keygen(KeygenArgs),
+    /// List the peers a running node knows.
+    Peers(PeersArgs),
 }
 
 /// Settings shared by every subcommand that needs the node's configuration.
@@ -70,6 +76,50 @@ pub struct ServeArgs {
     #[arg(long, env = "PEERPI_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
 
+    /// libp2p listen address, repeatable [default: /ip4/0.0.0.0/tcp/7504].
+    #[arg(
+        long = "p2p-listen",
+        env = "PEERPI_P2P_LISTEN",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub p2p_listen: Vec<String>,
+
+    /// A peer to join the swarm through, repeatable, e.g.
+    /// /dns/node-a.example/tcp/7504/p2p/<peer id> (see `peerpi id`).
+    #[arg(
+        long,
+        env = "PEERPI_BOOTSTRAP",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Vec<String>,
+
+    /// Do not look for peers on the LAN with mDNS.
+    #[arg(long, env = "PEERPI_NO_MDNS")]
+    pub no_mdns: bool,
+
+    /// Run without peer-to-peer (upstream only).
+    #[arg(long, env = "PEERPI_NO_P2P")]
+    pub no_p2p: bool,
+
+    /// Region name advertised to peers; same-region peers are preferred.
+    #[arg(long, env = "PEERPI_REGION", value_name = "NAME")]
+    pub region: Option<String>,
+
+    /// Private swarm key file: only nodes with the same key connect
+    /// (create one with `peerpi keygen --swarm-key FILE`).
+    #[arg(long, env = "PEERPI_SWARM_KEY", value_name = "FILE")]
+    pub swarm_key: Option<PathBuf>,
+
+    /// How long to wait for a peer to start delivering before going upstream [default: 2s].
+    #[arg(long, env = "PEERPI_PEER_DEADLINE", value_name = "DURATION")]
+    pub peer_deadline: Option<String>,
+
+    /// Silence after which a peer transfer counts as stalled [default: 10s].
+    #[arg(long, env = "PEERPI_PEER_TIMEOUT", value_name = "DURATION")]
+    pub peer_timeout: Option<String>,
+
     /// Log format [default: text].
     #[arg(long, env = "PEERPI_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -86,4 +136,31 @@ pub enum LogFormat {
 pub struct EnvArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct IdArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The node's data directory [default: $XDG_CACHE_HOME/peerpi].
+    #[arg(long, env = "PEERPI_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// Where to write a new swarm key (never overwritten).
+    #[arg(long, value_name = "FILE")]
+    pub swarm_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct PeersArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use peerpi_swarm::Multiaddr;
 use serde::Deserialize;
 use url::Url;
 
@@ -35,6 +36,27 @@ pub struct FileConfig {
     pub upstream_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub p2p: Option<bool>,
+    pub p2p_listen: Option<Vec<String>>,
+    pub bootstrap: Option<Vec<String>>,
+    pub mdns: Option<bool>,
+    pub region: Option<String>,
+    pub swarm_key: Option<PathBuf>,
+    pub peer_deadline: Option<String>,
+    pub peer_timeout: Option<String>,
+}
+
+pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/tcp/7504";
+
+/// Peer-to-peer settings of `peerpi serve`.
+#[derive(Debug, Clone)]
+pub struct P2pConfig {
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub region: Option<String>,
+    pub swarm_key: Option<PathBuf>,
+    pub peer_timeout: Duration,
 }
 
 /// The resolved configuration of `peerpi serve`.
@@ -51,6 +73,36 @@ pub struct ServeConfig {
     pub upstream_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    /// `None` when peer-to-peer is off.
+    pub p2p: Option<P2pConfig>,
+    pub peer_deadline: Duration,
+}
+
+fn multiaddrs(flag: &str, values: &[String]) -> Result<Vec<Multiaddr>> {
+    values
+        .iter()
+        .map(|v| {
+            v.trim().parse::<Multiaddr>().map_err(|e| {
+                anyhow!(
+                    "invalid --{flag} {v:?}: {e} (example: /ip4/192.0.2.1/tcp/7504/p2p/<peer id>)"
+                )
+            })
+        })
+        .collect()
+}
+
+/// The data directory: the flag or file, else `$XDG_CACHE_HOME/peerpi`.
+pub fn resolve_data_dir(
+    flag: Option<&Path>,
+    file: &FileConfig,
+    env: EnvLookup<'_>,
+) -> Result<PathBuf> {
+    match flag.map(Path::to_path_buf).or(file.data_dir.clone()) {
+        Some(d) => Ok(d),
+        None => cache_home(env).map(|c| c.join("peerpi")).ok_or_else(|| {
+            anyhow!("no cache directory is known (HOME is unset): pass --data-dir DIR")
+        }),
+    }
 }
 
 /// Loads the config file named by `--config`, or the first default that exists.
@@ -217,11 +269,37 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
     if points_at(&upstream, &listen) {
         bail!("the upstream {upstream} is this node itself ({listen}): pass the real index with --upstream");
     }
-    let data_dir = match args.data_dir.clone().or(file.data_dir.clone()) {
-        Some(d) => d,
-        None => cache_home(env).map(|c| c.join("peerpi")).ok_or_else(|| {
-            anyhow!("no cache directory is known (HOME is unset): pass --data-dir DIR")
-        })?,
+    let data_dir = resolve_data_dir(args.data_dir.as_deref(), &file, env)?;
+    let p2p_on = !args.no_p2p && file.p2p.unwrap_or(true);
+    let p2p = if p2p_on {
+        let listen = if !args.p2p_listen.is_empty() {
+            args.p2p_listen.clone()
+        } else {
+            file.p2p_listen
+                .clone()
+                .unwrap_or_else(|| vec![DEFAULT_P2P_LISTEN.to_string()])
+        };
+        let bootstrap = if !args.bootstrap.is_empty() {
+            args.bootstrap.clone()
+        } else {
+            file.bootstrap.clone().unwrap_or_default()
+        };
+        Some(P2pConfig {
+            listen: multiaddrs("p2p-listen", &listen)?,
+            bootstrap: multiaddrs("bootstrap", &bootstrap)?,
+            mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+            region: args.region.clone().or(file.region.clone()),
+            swarm_key: args.swarm_key.clone().or(file.swarm_key.clone()),
+            peer_timeout: duration(
+                "peer-timeout",
+                args.peer_timeout
+                    .as_deref()
+                    .or(file.peer_timeout.as_deref()),
+                Duration::from_secs(10),
+            )?,
+        })
+    } else {
+        None
     };
     Ok(ServeConfig {
         listen,
@@ -259,6 +337,14 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
+        p2p,
+        peer_deadline: duration(
+            "peer-deadline",
+            args.peer_deadline
+                .as_deref()
+                .or(file.peer_deadline.as_deref()),
+            Duration::from_secs(2),
+        )?,
     })
 }
 
@@ -314,6 +400,28 @@ mod tests {
         let c = resolve_serve(&args, &env).unwrap();
         assert_eq!(c.upstream.as_str(), "https://flag.invalid/simple/");
         assert_eq!(c.cache_size, 2 << 30);
+    }
+
+    #[test]
+    fn p2p_settings_layer_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("peerpi.toml");
+        std::fs::write(&file, "upstream = \"https://u.invalid/\"\nbootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\nmdns = false\nregion = \"eu\"\n").unwrap();
+        let mut args = ServeArgs::default();
+        args.common.config = Some(file);
+        args.data_dir = Some(dir.path().into());
+        let c = resolve_serve(&args, &env_of(&[])).unwrap();
+        let p2p = c.p2p.unwrap();
+        assert_eq!(p2p.bootstrap.len(), 1);
+        assert!(!p2p.mdns);
+        assert_eq!(p2p.region.as_deref(), Some("eu"));
+        assert_eq!(p2p.listen[0].to_string(), DEFAULT_P2P_LISTEN);
+        args.bootstrap = vec!["not a multiaddr".into()];
+        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("--bootstrap") && e.contains("/p2p/"), "{e}");
+        args.bootstrap.clear();
+        args.no_p2p = true;
+        assert!(resolve_serve(&args, &env_of(&[])).unwrap().p2p.is_none());
     }
 
     #[test]

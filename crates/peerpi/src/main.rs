@@ -33,6 +33,20 @@ fn main() -> ExitCode {
         Command::Env(args) => config::load_file(&args.common, &config::process_env)
             .and_then(|file| config::resolve_listen(args.common.listen.as_deref(), &file))
             .map(|listen| print!("{}", config::env_exports(&listen))),
+        Command::Id(args) => config::load_file(&args.common, &config::process_env)
+            .and_then(|file| config::resolve_data_dir(args.data_dir.as_deref(), &file, &config::process_env))
+            .and_then(|dir| Ok(peerpi_swarm::load_or_create_keypair(&dir)?))
+            .map(|key| println!("{}", key.public().to_peer_id())),
+        Command::Keygen(args) => peerpi_swarm::write_new_swarm_key(&args.swarm_key)
+            .map(|key| {
+                println!(
+                    "wrote {} (fingerprint {}); give it to every node of the swarm with --swarm-key",
+                    args.swarm_key.display(),
+                    key.fingerprint()
+                )
+            })
+            .map_err(Into::into),
+        Command::Peers(args) => peerpi::peers::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,9 @@ use peerpi_upstream::UpstreamConfig;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::ServeConfig;
+use peerpi_swarm::{SwarmConfig, SwarmHandle};
+
+use crate::config::{P2pConfig, ServeConfig};
 
 pub async fn run(config: ServeConfig) -> Result<()> {
     let mut upstream = UpstreamConfig::new(config.upstream.clone());
@@ -16,8 +18,15 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     node_config.cache_size = config.cache_size;
     node_config.page_ttl = config.page_ttl;
     node_config.page_max_age = config.page_max_age;
+    node_config.peer_deadline = config.peer_deadline;
     let (node, report) = Node::open(node_config)?;
     info!(?report, data_dir = %config.data_dir.display(), "store ready");
+    if let Some(p2p) = &config.p2p {
+        let swarm = start_swarm(p2p, &config, &node).await?;
+        node.attach_swarm(swarm)?;
+    } else {
+        info!("peer-to-peer is off (--no-p2p)");
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -60,6 +69,25 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     node.flush()?;
     info!("catalog flushed; bye");
     Ok(())
+}
+
+async fn start_swarm(p2p: &P2pConfig, config: &ServeConfig, node: &Node) -> Result<SwarmHandle> {
+    let mut swarm_config = SwarmConfig::new(config.data_dir.clone());
+    swarm_config.listen = p2p.listen.clone();
+    swarm_config.bootstrap = p2p.bootstrap.clone();
+    swarm_config.mdns = p2p.mdns;
+    swarm_config.region = p2p.region.clone();
+    swarm_config.stream_timeout = p2p.peer_timeout;
+    if let Some(path) = &p2p.swarm_key {
+        let key = peerpi_swarm::read_swarm_key(path)?;
+        info!(fingerprint = %key.fingerprint(), "private swarm: only nodes with this key connect");
+        swarm_config.swarm_key = Some(key);
+    }
+    let swarm = SwarmHandle::start(swarm_config, node.shared_store())
+        .await
+        .context("cannot start the peer-to-peer swarm (use --p2p-listen to choose another address, or --no-p2p)")?;
+    info!(peer_id = %swarm.local_peer_id(), region = ?p2p.region, "peer-to-peer on");
+    Ok(swarm)
 }
 
 async fn wait_for_signal() {

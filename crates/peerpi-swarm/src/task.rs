@@ -1,0 +1,396 @@
+//! The task that owns the libp2p swarm: builds it, runs its event loop,
+//! carries out commands, and paces (re-)announcements.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade::Version;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    allow_block_list, connection_limits, identify, kad, mdns, noise, ping, tcp, yamux, PeerId,
+    Swarm, Transport,
+};
+use peerpi_core::Sha256Digest;
+use peerpi_store::Store;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::serve::{accept_loop, Limits};
+use crate::{count, lock, Command, Shared, SwarmConfig, SwarmError, SwarmHandle};
+
+const AGENT_PREFIX: &str = concat!("peerpi/", env!("CARGO_PKG_VERSION"));
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+fn kad_key(digest: &Sha256Digest) -> kad::RecordKey {
+    kad::RecordKey::new(&digest.cid().to_bytes())
+}
+
+fn secure<S>(transport: Boxed<S>, noise: noise::Config) -> Boxed<(PeerId, StreamMuxerBox)>
+where
+    S: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin + Send + 'static,
+{
+    transport
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(Duration::from_secs(20))
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed()
+}
+
+fn transport(
+    key: &libp2p::identity::Keypair,
+    psk: Option<libp2p::pnet::PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let noise = noise::Config::new(key)?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    Ok(match psk {
+        // QUIC has its own encryption and cannot carry the pnet layer, so a
+        // private swarm is TCP only.
+        Some(psk) => secure(
+            tcp.and_then(move |socket, _| libp2p::pnet::PnetConfig::new(psk).handshake(socket))
+                .boxed(),
+            noise,
+        ),
+        None => secure(tcp.boxed(), noise),
+    })
+}
+
+pub(crate) async fn start(
+    config: SwarmConfig,
+    store: Arc<Store>,
+) -> Result<SwarmHandle, SwarmError> {
+    let keypair = crate::load_or_create_keypair(&config.data_dir)?;
+    let local_peer_id = keypair.public().to_peer_id();
+    let agent = match &config.region {
+        Some(r) => format!("{AGENT_PREFIX} region={r}"),
+        None => AGENT_PREFIX.to_string(),
+    };
+    let psk = config.swarm_key;
+    let mdns_on = config.mdns;
+    let max_connections = config.max_connections;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(|key| transport(key, psk))
+        .map_err(|e| SwarmError::Start(e.to_string()))?
+        .with_dns()
+        .map_err(|e| SwarmError::Start(e.to_string()))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
+            // Re-providing is paced by this module instead (see `reprovide`).
+            kad_config.set_provider_publication_interval(None);
+            kad_config.set_provider_record_ttl(Some(Duration::from_secs(48 * 3600)));
+            kad_config.set_query_timeout(Duration::from_secs(30));
+            let store = MemoryStore::with_config(
+                peer_id,
+                MemoryStoreConfig {
+                    max_provided_keys: 10_000_000,
+                    max_records: 1_000_000,
+                    ..MemoryStoreConfig::default()
+                },
+            );
+            let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+            kad.set_mode(Some(kad::Mode::Server));
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    peer_id,
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(max_connections))
+                        .with_max_established_per_peer(Some(4)),
+                ),
+                kad,
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/peerpi/1".into(), key.public())
+                        .with_agent_version(agent.clone()),
+                ),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(10)),
+                ),
+                mdns: Toggle::from(mdns),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| SwarmError::Start(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+
+    let listen = if config.listen.is_empty() {
+        vec!["/ip4/0.0.0.0/tcp/0"
+            .parse()
+            .map_err(|e: libp2p::multiaddr::Error| SwarmError::Start(e.to_string()))?]
+    } else {
+        config.listen.clone()
+    };
+    for addr in &listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| SwarmError::Address {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    for addr in &config.bootstrap {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            let mut without_peer = addr.clone();
+            without_peer.pop();
+            swarm.behaviour_mut().kad.add_address(&peer, without_peer);
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            warn!(%addr, "cannot dial bootstrap peer: {e}");
+        }
+    }
+
+    let mut control = swarm.behaviour().stream.new_control();
+    let incoming = control
+        .accept(crate::protocol::PROTOCOL)
+        .map_err(|e| SwarmError::Start(e.to_string()))?;
+    let (tx, rx) = mpsc::channel(1024);
+    let shared = Arc::new(Shared {
+        local_peer_id,
+        region: config.region.clone(),
+        commands: tx,
+        control: Mutex::new(control),
+        peers: Mutex::new(HashMap::new()),
+        listen_addrs: Mutex::new(Vec::new()),
+        counters: Default::default(),
+        stream_timeout: config.stream_timeout,
+        #[cfg(feature = "adversary")]
+        adversary: config.adversary,
+    });
+    let limits = Arc::new(Limits::new(config.max_streams_per_peer, config.max_streams));
+    tokio::spawn(accept_loop(incoming, shared.clone(), store.clone(), limits));
+    let handle = SwarmHandle {
+        shared: shared.clone(),
+    };
+    let mut runner = Runner {
+        swarm,
+        shared,
+        lookups: HashMap::new(),
+        provided: HashSet::new(),
+        psk_configured: psk.is_some(),
+    };
+    tokio::spawn(async move { runner.run(rx).await });
+    tokio::spawn(reprovide(
+        handle.clone(),
+        store,
+        config.reprovide_interval,
+        config.provide_rate,
+    ));
+    info!(peer_id = %local_peer_id, "swarm started");
+    Ok(handle)
+}
+
+/// Announces every blob in the store now and then every `interval`, at most
+/// `rate` per second, so that 100,000 blobs become a steady trickle of DHT
+/// walks rather than a burst.
+async fn reprovide(handle: SwarmHandle, store: Arc<Store>, interval: Duration, rate: u32) {
+    let pause = Duration::from_secs(1) / rate.max(1);
+    loop {
+        let digests = match store.digests() {
+            Ok(d) => d,
+            Err(e) => {
+                warn!("cannot list blobs to announce: {e}");
+                Vec::new()
+            }
+        };
+        debug!(count = digests.len(), "announcing held blobs");
+        for digest in digests {
+            if handle.provide(digest).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+struct Runner {
+    swarm: Swarm<Behaviour>,
+    shared: Arc<Shared>,
+    lookups: HashMap<kad::QueryId, mpsc::UnboundedSender<PeerId>>,
+    provided: HashSet<Sha256Digest>,
+    psk_configured: bool,
+}
+
+impl Runner {
+    async fn run(&mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(c) => self.command(c),
+                    None => return,
+                },
+                event = self.swarm.select_next_some() => self.event(event),
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        match command {
+            Command::Provide(digest) => {
+                if let Err(e) = kad.start_providing(kad_key(&digest)) {
+                    warn!(%digest, "cannot announce: {e}");
+                } else {
+                    self.provided.insert(digest);
+                }
+            }
+            Command::Unprovide(digest) => {
+                kad.stop_providing(&kad_key(&digest));
+                self.provided.remove(&digest);
+            }
+            Command::FindProviders(digest, tx) => {
+                let id = kad.get_providers(kad_key(&digest));
+                self.lookups.insert(id, tx);
+            }
+            Command::Block(peer) => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                count(
+                    &self.shared.counters.blocked_peers,
+                    self.swarm.behaviour().blocked.blocked_peers().len() as u64,
+                );
+                warn!(%peer, "peer blocked");
+            }
+        }
+        count(
+            &self.shared.counters.provided_keys,
+            self.provided.len() as u64,
+        );
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with(Protocol::P2p(self.shared.local_peer_id));
+                info!(address = %full, "p2p listening");
+                lock(&self.shared.listen_addrs).push(full);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let addr = endpoint.get_remote_address().clone();
+                self.shared.peer_mut(peer_id, |p| {
+                    p.connected = true;
+                    if !p.addrs.contains(&addr) {
+                        p.addrs.push(addr);
+                    }
+                });
+                self.count_connected();
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    self.shared.peer_mut(peer_id, |p| p.connected = false);
+                }
+                self.count_connected();
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                self.connection_failed(peer_id.map(|p| p.to_string()), &error.to_string());
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                self.connection_failed(Some(send_back_addr.to_string()), &error.to_string());
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                let region = info
+                    .agent_version
+                    .split_whitespace()
+                    .find_map(|part| part.strip_prefix("region="))
+                    .map(str::to_string);
+                self.shared.peer_mut(peer_id, |p| p.region = region);
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.shared.peer_mut(peer, |p| p.rtt = Some(rtt));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    debug!(%peer, %addr, "found on the LAN");
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            })) => {
+                if let (Ok(kad::GetProvidersOk::FoundProviders { providers, .. }), Some(tx)) =
+                    (result, self.lookups.get(&id))
+                {
+                    for p in providers {
+                        let _ = tx.send(p);
+                    }
+                }
+                if step.last {
+                    self.lookups.remove(&id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn count_connected(&self) {
+        count(
+            &self.shared.counters.connected_peers,
+            self.swarm.connected_peers().count() as u64,
+        );
+    }
+
+    fn connection_failed(&self, who: Option<String>, error: &str) {
+        let who = who.unwrap_or_else(|| "an unknown peer".into());
+        let hint = if self.psk_configured {
+            "this node is in a private swarm: the other side must use the same --swarm-key"
+        } else {
+            "this node has no --swarm-key: it cannot reach a private swarm"
+        };
+        warn!("connection with {who} failed: {error} ({hint})");
+    }
+}

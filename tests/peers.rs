@@ -1,0 +1,375 @@
+//! Nodes sharing verified blobs over a real libp2p swarm on loopback: peers
+//! before upstream, liars blocked, private swarms, identity across restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::time::Duration;
+
+use common::python::*;
+use common::*;
+use peerpi_swarm::{Adversary, Multiaddr, PreSharedKey, SwarmConfig, SwarmHandle};
+use peerpi_testkit::{demo_graph, FakeIndex};
+
+/// A node in this process with a swarm on 127.0.0.1 (no mDNS).
+async fn peer_node(
+    upstream: &FakeIndex,
+    bootstrap: &[Multiaddr],
+    tweak: impl FnOnce(&mut SwarmConfig),
+) -> TestNode {
+    let node = start_node(upstream, |c| c.peer_deadline = Duration::from_secs(3)).await;
+    let mut config = SwarmConfig::new(node.dir.path().to_path_buf());
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.bootstrap = bootstrap.to_vec();
+    config.mdns = false;
+    config.stream_timeout = Duration::from_secs(2);
+    tweak(&mut config);
+    let swarm = SwarmHandle::start(config, node.node.shared_store())
+        .await
+        .unwrap();
+    node.node.attach_swarm(swarm.clone()).unwrap();
+    assert!(eventually(Duration::from_secs(5), || !swarm.listen_addrs().is_empty()).await);
+    node
+}
+
+fn p2p_addr(node: &TestNode) -> Multiaddr {
+    node.node.swarm().unwrap().listen_addrs()[0].clone()
+}
+
+fn connected(node: &TestNode) -> u64 {
+    node.node
+        .swarm()
+        .unwrap()
+        .counters()
+        .connected_peers
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_and_third_nodes_install_from_peers_not_upstream() {
+    let upstream = fake_index(demo_graph()).await;
+    let a = peer_node(&upstream, &[], |_| {}).await;
+    let b = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
+    let c = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
+    assert!(
+        eventually(Duration::from_secs(10), || connected(&a) >= 2).await,
+        "B and C joined A"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bin = pip_venv(&dir.path().join("a")).await;
+    pip_install(&bin, &a.simple_url(), &["alpha"]).await;
+    let upstream_files = upstream.state.count_prefix("/files/");
+    assert!(upstream_files >= 4, "A fetched the files from upstream");
+    let provided = |n: &TestNode| {
+        n.node
+            .swarm()
+            .unwrap()
+            .counters()
+            .provided_keys
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || provided(&a) as usize
+            >= a.node.store().blob_count())
+        .await
+    );
+
+    for (name, node) in [("b", &b), ("c", &c)] {
+        let bin = pip_venv(&dir.path().join(name)).await;
+        pip_install(&bin, &node.simple_url(), &["alpha"]).await;
+        assert_eq!(installed(&bin).await, expected(), "node {name}");
+        assert_eq!(
+            upstream.state.count_prefix("/files/"),
+            upstream_files,
+            "no upstream file download for node {name}"
+        );
+        assert!(
+            metric(node, "peerpi_blob_bytes_total", "source=\"peer\"").await > 0.0,
+            "node {name} got bytes from peers"
+        );
+        assert_eq!(
+            metric(node, "peerpi_blob_hits_total", "source=\"upstream\"").await,
+            0.0
+        );
+    }
+    assert!(metric(&a, "peerpi_peer_served_bytes", "").await > 0.0);
+}
+
+async fn liar_is_blocked_and_pip_still_installs(lie: Adversary) {
+    let upstream = fake_index(demo_graph()).await;
+    let liar = peer_node(&upstream, &[], |c| c.adversary = Some(lie)).await;
+    let liar_id = liar.node.swarm().unwrap().local_peer_id();
+    // The liar holds beta honestly (it verified it from upstream) and announces it.
+    let url = file_url(&liar, "beta", "beta-1.0-py3-none-any.whl").await;
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(upstream.state.count("/files/beta-1.0-py3-none-any.whl"), 1);
+
+    let b = peer_node(&upstream, &[p2p_addr(&liar)], |_| {}).await;
+    assert!(eventually(Duration::from_secs(10), || connected(&b) >= 1).await);
+    let dir = tempfile::tempdir().unwrap();
+    let bin = pip_venv(dir.path()).await;
+    pip_install(&bin, &b.simple_url(), &["--no-deps", "beta==1.0"]).await;
+    let version = run(
+        tokio::process::Command::new(bin.join("python"))
+            .args(["-c", "import beta; print(beta.__version__)"]),
+        "import beta",
+    )
+    .await;
+    assert_eq!(version.trim(), "1.0");
+    assert!(
+        b.node.swarm().unwrap().is_blocked(&liar_id),
+        "{lie:?}: the liar is blocked"
+    );
+    assert_eq!(
+        upstream.state.count("/files/beta-1.0-py3-none-any.whl"),
+        2,
+        "{lie:?}: fetched from the honest source (upstream) after the lie"
+    );
+    assert!(metric(&b, "peerpi_blocked_peers", "").await >= 1.0);
+    if lie == Adversary::WrongBytes {
+        assert_eq!(
+            metric(&b, "peerpi_verification_failures_total", "source=\"peer\"").await,
+            1.0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_wrong_bytes_is_blocked() {
+    liar_is_blocked_and_pip_still_installs(Adversary::WrongBytes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_truncating_its_stream_is_blocked() {
+    liar_is_blocked_and_pip_still_installs(Adversary::Truncate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalling_peer_is_blocked() {
+    liar_is_blocked_and_pip_still_installs(Adversary::Stall).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_resumes_at_the_offset_from_another_peer() {
+    let upstream = fake_index(vec![peerpi_testkit::synthetic(
+        "big",
+        "big-1.0.tar.gz",
+        3 << 20,
+        5,
+    )])
+    .await;
+    // The truncating peer shares B's region, so B asks it first; the honest
+    // peer in another region then has to continue at the offset reached.
+    let liar = peer_node(&upstream, &[], |c| {
+        c.adversary = Some(Adversary::Truncate);
+        c.region = Some("here".into());
+    })
+    .await;
+    let honest = peer_node(&upstream, &[p2p_addr(&liar)], |c| {
+        c.region = Some("there".into())
+    })
+    .await;
+    for n in [&liar, &honest] {
+        let url = file_url(n, "big", "big-1.0.tar.gz").await;
+        client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let b = peer_node(&upstream, &[p2p_addr(&liar), p2p_addr(&honest)], |c| {
+        c.region = Some("here".into())
+    })
+    .await;
+    let b_swarm = b.node.swarm().unwrap().clone();
+    let honest_id = honest.node.swarm().unwrap().local_peer_id();
+    assert!(
+        eventually(Duration::from_secs(10), || b_swarm
+            .peer_info(&honest_id)
+            .is_some_and(|p| p.region.as_deref() == Some("there")))
+        .await,
+        "regions learnt through identify"
+    );
+    let served_before = honest
+        .node
+        .swarm()
+        .unwrap()
+        .counters()
+        .bytes_served
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let before = upstream.state.count("/files/big-1.0.tar.gz");
+    let url = file_url(&b, "big", "big-1.0.tar.gz").await;
+    let body = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        sha256_hex(&body),
+        upstream.state.file("big-1.0.tar.gz").unwrap().sha256
+    );
+    assert_eq!(
+        upstream.state.count("/files/big-1.0.tar.gz"),
+        before,
+        "served by peers alone"
+    );
+    assert!(
+        b_swarm.is_blocked(&liar.node.swarm().unwrap().local_peer_id()),
+        "the truncating peer was asked first"
+    );
+    let served = honest
+        .node
+        .swarm()
+        .unwrap()
+        .counters()
+        .bytes_served
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - served_before;
+    assert!(
+        served > 0 && served < 3 << 20,
+        "the honest peer sent only the rest: {served} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_different_swarm_keys_do_not_connect() {
+    let upstream = fake_index(demo_graph()).await;
+    let key = |b: u8| PreSharedKey::new([b; 32]);
+    let x = peer_node(&upstream, &[], |c| c.swarm_key = Some(key(1))).await;
+    let same = peer_node(&upstream, &[p2p_addr(&x)], |c| c.swarm_key = Some(key(1))).await;
+    let other = peer_node(&upstream, &[p2p_addr(&x)], |c| c.swarm_key = Some(key(2))).await;
+    let none = peer_node(&upstream, &[p2p_addr(&x)], |_| {}).await;
+    assert!(
+        eventually(Duration::from_secs(10), || connected(&same) == 1).await,
+        "same key connects"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(connected(&other), 0, "wrong key: no connection");
+    assert_eq!(connected(&none), 0, "missing key: no connection");
+    assert_eq!(connected(&x), 1, "only the member is connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_swarm_key_is_explained_in_the_log() {
+    let upstream = fake_index(demo_graph()).await;
+    let x = peer_node(&upstream, &[], |c| {
+        c.swarm_key = Some(PreSharedKey::new([1; 32]))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("swarm.key");
+    peerpi_swarm::write_new_swarm_key(&key_file).unwrap();
+    let data = dir.path().join("data");
+    let node = NodeProcess::start(
+        &upstream.simple_url(),
+        &data,
+        &[
+            "--swarm-key",
+            key_file.to_str().unwrap(),
+            "--bootstrap",
+            &p2p_addr(&x).to_string(),
+        ],
+    )
+    .await;
+    let log = std::env::temp_dir().join(format!("peerpi-{}.log", node.addr.port()));
+    let explained = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("must use the same --swarm-key"))
+    })
+    .await;
+    assert!(
+        explained,
+        "log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(connected(&x), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_peer_id_and_announces_what_it_holds() {
+    let upstream = fake_index(demo_graph()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let peers_of = |node: &NodeProcess| {
+        let url = node.url("/peers");
+        async move {
+            let body = client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let a = NodeProcess::start(&upstream.simple_url(), &data, &[]).await;
+    let first = peers_of(&a).await;
+    let page = client()
+        .get(a.url("/simple/beta/"))
+        .header("accept", JSON)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let page: serde_json::Value = serde_json::from_slice(&page).unwrap();
+    let rel = page["files"][0]["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("../..")
+        .to_string();
+    client()
+        .get(a.url(&rel))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    drop(a);
+
+    let a = NodeProcess::start(&upstream.simple_url(), &data, &[]).await;
+    let second = peers_of(&a).await;
+    assert_eq!(
+        first["peer_id"], second["peer_id"],
+        "same peer id after restart"
+    );
+    let addr: Multiaddr = second["listen"][0].as_str().unwrap().parse().unwrap();
+    let before = upstream.state.count_prefix("/files/");
+    let b = peer_node(&upstream, &[addr], |_| {}).await;
+    let url = file_url(&b, "beta", page["files"][0]["filename"].as_str().unwrap()).await;
+    let body = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        sha256_hex(&body),
+        page["files"][0]["hashes"]["sha256"].as_str().unwrap()
+    );
+    assert_eq!(
+        upstream.state.count_prefix("/files/"),
+        before,
+        "B got it from the restarted A"
+    );
+}

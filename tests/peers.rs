@@ -373,3 +373,98 @@ async fn a_restarted_node_keeps_its_peer_id_and_announces_what_it_holds() {
         "B got it from the restarted A"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announcing_what_it_lacks_does_not_delay_past_the_deadline() {
+    let upstream = fake_index(demo_graph()).await;
+    let spammer = peer_node(&upstream, &[], |_| {}).await;
+    let b = peer_node(&upstream, &[p2p_addr(&spammer)], |_| {}).await;
+    assert!(eventually(Duration::from_secs(10), || connected(&b) >= 1).await);
+    // The spammer announces thousands of CIDs, the wanted one among them, and holds none.
+    let url = file_url(&b, "beta", "beta-1.0-py3-none-any.whl").await;
+    let wanted: peerpi_core::Sha256Digest = url.split('/').rev().nth(1).unwrap().parse().unwrap();
+    let swarm = spammer.node.swarm().unwrap();
+    swarm.provide(wanted).await.unwrap();
+    for i in 0u32..2000 {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&i.to_be_bytes());
+        swarm
+            .provide(peerpi_core::Sha256Digest::from_bytes(bytes))
+            .await
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let body = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        upstream.state.count("/files/beta-1.0-py3-none-any.whl"),
+        1,
+        "fell back to upstream"
+    );
+    assert_eq!(
+        body.len() as u64,
+        upstream
+            .state
+            .file("beta-1.0-py3-none-any.whl")
+            .unwrap()
+            .len
+    );
+    // The bound is the peer deadline (3 s here) plus one upstream fetch.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    assert!(
+        !b.node.swarm().unwrap().is_blocked(&swarm.local_peer_id()),
+        "NOT_FOUND is not a lie"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_command_lists_the_swarm() {
+    let upstream = fake_index(demo_graph()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProcess::start(
+        &upstream.simple_url(),
+        &dir.path().join("a"),
+        &["--region", "north"],
+    )
+    .await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_peerpi"))
+        .args(["peers", "--listen", &a.addr.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("this node: 12D3Koo") && text.contains("region north"),
+        "{text}"
+    );
+    let json = tokio::process::Command::new(env!("CARGO_BIN_EXE_peerpi"))
+        .args(["peers", "--json", "--listen", &a.addr.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["region"], "north");
+    let id = tokio::process::Command::new(env!("CARGO_BIN_EXE_peerpi"))
+        .args(["id", "--data-dir"])
+        .arg(dir.path().join("a"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&id.stdout).trim(),
+        v["peer_id"].as_str().unwrap(),
+        "peerpi id agrees"
+    );
+}

@@ -99,7 +99,8 @@ def peerpi(fx, workdir):
     log = open(os.path.join(workdir, "peerpi.log"), "w")
     proc = subprocess.Popen(
         [os.path.join(TARGET, "peerpi"), "serve", "--upstream", fx.index_url,
-         "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--page-ttl", "1h"],
+         "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--page-ttl", "1h",
+         "--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"],
         stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/healthz")
@@ -111,8 +112,16 @@ def peerpi(fx, workdir):
             url = base + "/files/" + f["url"].split("/files/", 1)[1]
             get(url)  # warm: download into the store once
             urls[filename] = url
-    return Contender("peerpi", proc.pid, f"{base}/simple/many/", JSON,
-                     urls[fx.big100], urls[fx.big1g], lambda: (proc.terminate(), proc.wait()))
+    # Warm one small wheel too, for the peer first-byte measurement.
+    page = json.loads(get(f"{base}/simple/many/", JSON))
+    small = base + "/files/" + page["files"][0]["url"].split("/files/", 1)[1]
+    get(small)
+    contender = Contender("peerpi", proc.pid, f"{base}/simple/many/", JSON,
+                          urls[fx.big100], urls[fx.big1g], lambda: (proc.terminate(), proc.wait()))
+    contender.base = base
+    contender.small_path = small[len(base):]
+    contender.big100_path = urls[fx.big100][len(base):]
+    return contender
 
 
 def nginx_static(fx, workdir, peer):
@@ -209,6 +218,56 @@ def peak_rss_during_downloads(contender, url, parallel):
     return {"rss_before_mib": before / 1024, "rss_peak_mib": peak / 1024, "downloads_ok": ok}
 
 
+def curl_timing(url):
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{time_starttransfer} %{speed_download}", url],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]) * 1000.0, float(out[1]) / (1 << 20)
+
+
+def peer_transfer(fx, workdir, seed, runs):
+    """A cold node B bootstrapped to the warm node: B gets files from its peer.
+
+    Reports B's time to first byte for a small wheel (provider lookup, peer
+    transfer and verification included) and its throughput for the 100 MiB
+    file, medians over `runs` fresh B nodes."""
+    peers = json.loads(get(seed.base + "/peers"))
+    bootstrap = peers["listen"][0]
+    ttfb, speeds = [], []
+    for i in range(runs):
+        port = free_port()
+        data = os.path.join(workdir, f"peer-b-{i}")
+        log = open(os.path.join(workdir, f"peer-b-{i}.log"), "w")
+        proc = subprocess.Popen(
+            [os.path.join(TARGET, "peerpi"), "serve", "--upstream", fx.index_url,
+             "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--no-mdns",
+             "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", bootstrap],
+            stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(base + "/healthz")
+            deadline = time.time() + 10
+            while not any(p["connected"] for p in json.loads(get(base + "/peers"))["peers"]):
+                if time.time() > deadline:
+                    raise RuntimeError("B did not connect to its peer")
+                time.sleep(0.05)
+            get(base + "/simple/many/", JSON)
+            get(base + "/simple/big100/", JSON)
+            ms, _ = curl_timing(base + seed.small_path)
+            ttfb.append(ms)
+            _, speed = curl_timing(base + seed.big100_path)
+            speeds.append(speed)
+            metrics = get(base + "/metrics").decode()
+            peer_bytes = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
+                             if l.startswith('peerpi_blob_bytes_total{source="peer"}'))
+            if peer_bytes < 100 << 20:
+                raise RuntimeError(f"B did not get the file from its peer ({peer_bytes} bytes)")
+        finally:
+            proc.terminate()
+            proc.wait()
+    return {"small_ttfb_ms_p50": statistics.median(ttfb), "big100_mib_s": statistics.median(speeds),
+            "runs": runs}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter wrk runs, fewer repetitions")
@@ -234,6 +293,8 @@ def main():
             r["rss_10x1g"] = peak_rss_during_downloads(c, c.file_1g_url, 10)
             results["contenders"][c.name] = r
             print(c.name, json.dumps(r), flush=True)
+        results["peer"] = peer_transfer(fx, workdir, p, runs)
+        print("peer", json.dumps(results["peer"]), flush=True)
     finally:
         for c in contenders:
             c.stop()
@@ -258,6 +319,13 @@ def print_table(results):
     print("|---|" + "---|" * len(names))
     for label, fmt in rows:
         print(f"| {label} | " + " | ".join(fmt(results["contenders"][n]) for n in names) + " |")
+    if "peer" in results:
+        peer = results["peer"]
+        nginx = results["contenders"].get("nginx-static", {}).get("file_100m_mib_s")
+        ratio = f" ({peer['big100_mib_s'] / nginx:.2f}x nginx-static)" if nginx else ""
+        print(f"\npeer-to-peer, cold node B from warm node A (median of {peer['runs']}):")
+        print(f"  100 MiB file through B: {peer['big100_mib_s']:.0f} MiB/s{ratio}")
+        print(f"  small wheel, first byte at B: {peer['small_ttfb_ms_p50']:.1f} ms")
 
 
 if __name__ == "__main__":

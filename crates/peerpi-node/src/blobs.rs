@@ -20,6 +20,9 @@ use tracing::{debug, info, warn};
 use crate::metrics::Source;
 use crate::{lock, Node, NodeError};
 
+/// Bytes from a peer gathered before one write to the temp file.
+const PEER_WRITE_BATCH: usize = 1 << 20;
+
 /// How long to gather providers after the first one arrives.
 const PROVIDER_WINDOW: std::time::Duration = std::time::Duration::from_millis(25);
 
@@ -329,20 +332,29 @@ impl Node {
             }
             contributors.push(peer);
             let mut complete = true;
+            // Peer bytes are not streamed to clients, so they can be written
+            // in large batches: one blocking write per PEER_WRITE_BATCH.
+            let mut pending = bytes::BytesMut::new();
             loop {
                 match download.next_chunk().await {
                     Ok(Some(chunk)) => {
                         metrics.blob_bytes(Source::Peer, chunk.len() as u64);
-                        writer = append(writer, chunk).await?;
+                        pending.extend_from_slice(&chunk);
+                        if pending.len() >= PEER_WRITE_BATCH {
+                            writer = append(writer, pending.split().freeze()).await?;
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        warn!(%peer, %digest, at = writer.len(), "peer transfer failed: {e}; blocking it and resuming elsewhere");
+                        warn!(%peer, %digest, at = writer.len() + pending.len() as u64, "peer transfer failed: {e}; blocking it and resuming elsewhere");
                         let _ = swarm.block(peer).await;
                         complete = false;
                         break;
                     }
                 }
+            }
+            if !pending.is_empty() {
+                writer = append(writer, pending.freeze()).await?;
             }
             if !complete {
                 continue;

@@ -16,7 +16,7 @@ pub const READ_CHUNK: u64 = 256 * 1024;
 /// client by at most `READ_AHEAD` chunks, so disk reads overlap socket writes
 /// and memory per download stays bounded.
 pub fn read_range(file: Arc<File>, start: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> {
-    const READ_AHEAD: usize = 4;
+    const READ_AHEAD: usize = 2;
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
         let end = start + len;

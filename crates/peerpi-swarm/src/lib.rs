@@ -188,7 +188,7 @@ impl PeerDownload {
         if self.remaining == 0 {
             return Ok(None);
         }
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 256 * 1024];
         let want = buf.len().min(self.remaining as usize);
         let n = tokio::time::timeout(
             self.shared.stream_timeout,

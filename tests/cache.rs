@@ -140,14 +140,7 @@ async fn assert_bad_upstream_bytes_are_never_released(fault: Fault) {
 
     // Upstream heals: the next request fetches again and succeeds.
     upstream.state.clear_faults();
-    let body = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&url).await;
     assert_eq!(sha256_hex(&body), expected.sha256);
     assert_eq!(upstream.state.count(&format!("/files/{BIG}")), 2);
     assert!(node.node.store().get(&digest).unwrap().is_some());
@@ -200,14 +193,7 @@ async fn during_an_outage_cached_pages_are_served_stale_and_uncached_ones_get_50
     let upstream = fake_index(demo_graph()).await;
     let node = start_node(&upstream, |c| c.page_ttl = Duration::from_millis(100)).await;
     let url = file_url(&node, "beta", "beta-1.0-py3-none-any.whl").await;
-    client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(&url).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     upstream.state.set_fault("/", Fault::Status(503));
@@ -273,14 +259,7 @@ async fn eviction_keeps_the_store_under_its_cap() {
     let node = start_node(&upstream, |c| c.cache_size = cap).await;
     for i in 0..6 {
         let url = file_url(&node, "many", &format!("many-1.{i}.tar.gz")).await;
-        let body = client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_bytes(&url).await;
         assert_eq!(body.len(), 10_000);
         assert!(
             node.node.store().total_bytes() <= cap,
@@ -293,14 +272,7 @@ async fn eviction_keeps_the_store_under_its_cap() {
     assert!(metric(&node, "peerpi_cache_size_bytes", "").await <= cap as f64);
     // The oldest was evicted: asking again goes upstream again.
     let url = file_url(&node, "many", "many-1.0.tar.gz").await;
-    client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(&url).await;
     assert_eq!(
         upstream.state.count("/files/many-1.0.tar.gz"),
         2,
@@ -309,13 +281,6 @@ async fn eviction_keeps_the_store_under_its_cap() {
     );
     // The newest was kept.
     let url = file_url(&node, "many", "many-1.5.tar.gz").await;
-    client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(&url).await;
     assert_eq!(upstream.state.count("/files/many-1.5.tar.gz"), 1);
 }

@@ -114,14 +114,7 @@ async fn html_only_upstream_is_understood() {
     // Sizes are unknown from HTML: JSON is served as API 1.0, without PEP 700 fields.
     assert_eq!(page["meta"]["api-version"], "1.0");
     let url = file_url(&node, "beta", "beta-1.0-py3-none-any.whl").await;
-    let body = client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(url).await;
     assert_eq!(
         sha256_hex(&body),
         upstream
@@ -379,14 +372,7 @@ async fn core_metadata_files_are_served_and_verified() {
         "{}.metadata",
         file_url(&node, "alpha", "alpha-1.0-py3-none-any.whl").await
     );
-    let body = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&url).await;
     let expected = upstream
         .state
         .file("alpha-1.0-py3-none-any.whl")
@@ -471,22 +457,8 @@ async fn metrics_count_sources_routes_and_cache_size() {
         .file("beta-1.0-py3-none-any.whl")
         .unwrap()
         .len as f64;
-    client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(&url).await;
+    get_bytes(&url).await;
     assert_eq!(
         metric(&node, "peerpi_blob_hits_total", "source=\"upstream\"").await,
         1.0

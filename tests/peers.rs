@@ -103,14 +103,7 @@ async fn liar_is_blocked_and_pip_still_installs(lie: Adversary) {
     let liar_id = liar.node.swarm().unwrap().local_peer_id();
     // The liar holds beta honestly (it verified it from upstream) and announces it.
     let url = file_url(&liar, "beta", "beta-1.0-py3-none-any.whl").await;
-    client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(&url).await;
     assert_eq!(upstream.state.count("/files/beta-1.0-py3-none-any.whl"), 1);
 
     let b = peer_node(&upstream, &[p2p_addr(&liar)], |_| {}).await;
@@ -180,14 +173,7 @@ async fn a_fetch_resumes_at_the_offset_from_another_peer() {
     .await;
     for n in [&liar, &honest] {
         let url = file_url(n, "big", "big-1.0.tar.gz").await;
-        client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        get_bytes(&url).await;
     }
     let b = peer_node(&upstream, &[p2p_addr(&liar), p2p_addr(&honest)], |c| {
         c.region = Some("here".into())
@@ -211,14 +197,7 @@ async fn a_fetch_resumes_at_the_offset_from_another_peer() {
         .load(std::sync::atomic::Ordering::Relaxed);
     let before = upstream.state.count("/files/big-1.0.tar.gz");
     let url = file_url(&b, "big", "big-1.0.tar.gz").await;
-    let body = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&url).await;
     assert_eq!(
         sha256_hex(&body),
         upstream.state.file("big-1.0.tar.gz").unwrap().sha256
@@ -307,14 +286,7 @@ async fn a_restarted_node_keeps_its_peer_id_and_announces_what_it_holds() {
     let peers_of = |node: &NodeProcess| {
         let url = node.url("/peers");
         async move {
-            let body = client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let body = get_bytes(url).await;
             serde_json::from_slice::<serde_json::Value>(&body).unwrap()
         }
     };
@@ -335,14 +307,7 @@ async fn a_restarted_node_keeps_its_peer_id_and_announces_what_it_holds() {
         .unwrap()
         .trim_start_matches("../..")
         .to_string();
-    client()
-        .get(a.url(&rel))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(a.url(&rel)).await;
     drop(a);
 
     let a = NodeProcess::start(&upstream.simple_url(), &data, &[]).await;
@@ -355,14 +320,7 @@ async fn a_restarted_node_keeps_its_peer_id_and_announces_what_it_holds() {
     let before = upstream.state.count_prefix("/files/");
     let b = peer_node(&upstream, &[addr], |_| {}).await;
     let url = file_url(&b, "beta", page["files"][0]["filename"].as_str().unwrap()).await;
-    let body = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&url).await;
     assert_eq!(
         sha256_hex(&body),
         page["files"][0]["hashes"]["sha256"].as_str().unwrap()
@@ -394,14 +352,7 @@ async fn a_peer_announcing_what_it_lacks_does_not_delay_past_the_deadline() {
             .unwrap();
     }
     let started = std::time::Instant::now();
-    let body = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&url).await;
     let took = started.elapsed();
     assert_eq!(
         upstream.state.count("/files/beta-1.0-py3-none-any.whl"),

@@ -29,27 +29,7 @@ async fn slow_index() -> peerpi_testkit::FakeIndex {
 }
 
 async fn file_url_of(node: &NodeProcess, project: &str, filename: &str) -> String {
-    let body = client()
-        .get(node.url(&format!("/simple/{project}/")))
-        .header("accept", JSON)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let file = page["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["filename"] == filename)
-        .unwrap()
-        .clone();
-    let base = url::Url::parse(&node.url(&format!("/simple/{project}/"))).unwrap();
-    base.join(file["url"].as_str().unwrap())
-        .unwrap()
-        .to_string()
+    file_url_at(&format!("http://{}", node.addr), project, filename).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,14 +95,7 @@ async fn sigkill_mid_download_leaves_no_partial_blob() {
     );
 
     upstream.state.clear_faults();
-    let body = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&url).await;
     assert_eq!(sha256_hex(&body), expected);
     let head = client().head(&url).send().await.unwrap();
     assert_eq!(head.headers()["x-peerpi-source"], "local");

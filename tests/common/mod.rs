@@ -86,6 +86,45 @@ pub fn client() -> reqwest::Client {
 
 pub const JSON: &str = "application/vnd.pypi.simple.v1+json";
 
+/// GETs `url` and returns the whole body (panics on a transport error).
+pub async fn get_bytes(url: impl reqwest::IntoUrl) -> bytes::Bytes {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("request")
+        .bytes()
+        .await
+        .expect("body")
+}
+
+/// The node URL of `filename` as listed on `project`'s JSON page at `base`
+/// (`http://host:port`), resolved from the page's relative URL.
+pub async fn file_url_at(base: &str, project: &str, filename: &str) -> String {
+    let page_url = format!("{base}/simple/{project}/");
+    let response = client()
+        .get(&page_url)
+        .header("accept", JSON)
+        .send()
+        .await
+        .expect("page request");
+    assert_eq!(response.status(), 200, "page {project}");
+    let page: serde_json::Value =
+        serde_json::from_slice(&response.bytes().await.expect("page body")).expect("JSON page");
+    let file = page["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["filename"] == filename)
+        .unwrap_or_else(|| panic!("{filename} listed on {project}"))
+        .clone();
+    url::Url::parse(&page_url)
+        .expect("url")
+        .join(file["url"].as_str().expect("url"))
+        .expect("join")
+        .to_string()
+}
+
 /// Fetches a project page as JSON and returns it parsed.
 pub async fn json_page(node: &TestNode, project: &str) -> serde_json::Value {
     let response = client()
@@ -100,16 +139,7 @@ pub async fn json_page(node: &TestNode, project: &str) -> serde_json::Value {
 
 /// The node URL of a file listed on a page, resolved from the page's relative URL.
 pub async fn file_url(node: &TestNode, project: &str, filename: &str) -> String {
-    let page = json_page(node, project).await;
-    let files = page["files"].as_array().expect("files");
-    let file = files
-        .iter()
-        .find(|f| f["filename"] == filename)
-        .unwrap_or_else(|| panic!("{filename} listed on {project}"));
-    let base = url::Url::parse(&node.url(&format!("/simple/{project}/"))).expect("url");
-    base.join(file["url"].as_str().expect("url"))
-        .expect("join")
-        .to_string()
+    file_url_at(&format!("http://{}", node.addr), project, filename).await
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -3,7 +3,8 @@
 //! CPU for one full round of announcements and the process RSS before and
 //! after, so the cost of holding and re-providing a large store is known.
 //!
-//! Run: `cargo run --release --example provide_scale -- [N]`
+//! Run: `cargo run --release --example provide_scale -- [N] [PER_SECOND]`
+//! (PER_SECOND 0, the default, announces as fast as the swarm accepts).
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,12 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(100_000);
+    let per_second: u32 = std::env::args()
+        .nth(2)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(0);
+    let pause = (per_second > 0).then(|| Duration::from_secs(1) / per_second);
     let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
     let b = node(dirs.1.path(), vec![]).await?;
     let a = node(dirs.0.path(), b.listen_addrs()).await?;
@@ -78,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
         let mut bytes = [0u8; 32];
         bytes[..4].copy_from_slice(&i.to_be_bytes());
         a.provide(Sha256Digest::from_bytes(bytes)).await?;
+        if let Some(p) = pause {
+            tokio::time::sleep(p).await;
+        }
     }
     while a
         .counters()
@@ -88,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let the DHT walks that the announcements started finish.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     println!(
         "provided {n} CIDs in {:.1} s, {:.1} CPU s (both nodes, one process); RSS {rss_before:.1} -> {:.1} MiB",
         started.elapsed().as_secs_f64(),

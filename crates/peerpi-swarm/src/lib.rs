@@ -7,6 +7,7 @@
 
 mod identity;
 pub mod protocol;
+mod providers;
 mod serve;
 mod task;
 

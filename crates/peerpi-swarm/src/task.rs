@@ -9,7 +9,6 @@ use futures_util::StreamExt;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
-use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -22,6 +21,7 @@ use peerpi_store::Store;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::providers::ProviderStore;
 use crate::serve::{accept_loop, Limits};
 use crate::{count, lock, Command, Shared, SwarmConfig, SwarmError, SwarmHandle};
 
@@ -31,7 +31,7 @@ const AGENT_PREFIX: &str = concat!("peerpi/", env!("CARGO_PKG_VERSION"));
 struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
-    kad: kad::Behaviour<MemoryStore>,
+    kad: kad::Behaviour<ProviderStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -99,14 +99,7 @@ pub(crate) async fn start(
             kad_config.set_provider_publication_interval(None);
             kad_config.set_provider_record_ttl(Some(Duration::from_secs(48 * 3600)));
             kad_config.set_query_timeout(Duration::from_secs(30));
-            let store = MemoryStore::with_config(
-                peer_id,
-                MemoryStoreConfig {
-                    max_provided_keys: 10_000_000,
-                    max_records: 1_000_000,
-                    ..MemoryStoreConfig::default()
-                },
-            );
+            let store = ProviderStore::new(peer_id);
             let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
             kad.set_mode(Some(kad::Mode::Server));
             let mdns = if mdns_on {

@@ -88,16 +88,17 @@ impl Metrics {
             blocked_peers: Gauge::default(),
             provided_keys: Gauge::default(),
             peer_bytes_served: Gauge::default(),
+            // Replaced below by the registry the metrics are registered in.
             registry: Registry::default(),
         };
         registry.register(
             "blob_bytes",
-            "Blob bytes obtained, by source: local (read from the store for a client) or upstream (downloaded)",
+            "Blob bytes obtained, by source: local (read from the store for a client), peer or upstream (received)",
             m.blob_bytes.clone(),
         );
         registry.register(
             "blob_hits",
-            "Blob requests answered, by the source that answered them",
+            "Blob requests answered from the store (local), and downloads completed from peers or upstream",
             m.blob_hits.clone(),
         );
         registry.register(

@@ -112,15 +112,18 @@ def peerpi(fx, workdir):
             url = base + "/files/" + f["url"].split("/files/", 1)[1]
             get(url)  # warm: download into the store once
             urls[filename] = url
-    # Warm one small wheel too, for the peer first-byte measurement.
+    # Warm a few small wheels too, for the peer first-byte measurements.
     page = json.loads(get(f"{base}/simple/many/", JSON))
-    small = base + "/files/" + page["files"][0]["url"].split("/files/", 1)[1]
-    get(small)
+    small_paths = ["/files/" + f["url"].split("/files/", 1)[1] for f in page["files"][:24]]
+    for path in small_paths:
+        get(base + path)
+    small = base + small_paths[0]
     contender = Contender("peerpi", proc.pid, f"{base}/simple/many/", JSON,
                           urls[fx.big100], urls[fx.big1g], lambda: (proc.terminate(), proc.wait()))
     contender.base = base
     contender.small_path = small[len(base):]
     contender.big100_path = urls[fx.big100][len(base):]
+    contender.small_paths = small_paths
     return contender
 
 
@@ -224,6 +227,48 @@ def curl_timing(url):
     return float(out[0]) * 1000.0, float(out[1]) / (1 << 20)
 
 
+def start_peer(fx, workdir, name, bootstrap):
+    port = free_port()
+    log = open(os.path.join(workdir, f"{name}.log"), "w")
+    proc = subprocess.Popen(
+        [os.path.join(TARGET, "peerpi"), "serve", "--upstream", fx.index_url,
+         "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(workdir, name), "--no-mdns",
+         "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", bootstrap],
+        stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/healthz")
+    return proc, base
+
+
+def cluster_ttfb(fx, workdir, seed, size=10):
+    """A cluster of `size` nodes (the warm seed and size-1 cold ones, all
+    bootstrapped to the seed). Each cold node asks itself for two small
+    wheels only the seed holds: time to first byte includes the DHT provider
+    lookup, the peer transfer and verification."""
+    bootstrap = json.loads(get(seed.base + "/peers"))["listen"][0]
+    nodes = [start_peer(fx, workdir, f"cluster-{i}", bootstrap) for i in range(size - 1)]
+    try:
+        time.sleep(2)  # let identify and Kademlia fill the routing tables
+        samples = []
+        for i, (_, base) in enumerate(nodes):
+            get(base + "/simple/many/", JSON)
+            for path in seed.small_paths[1 + 2 * i: 3 + 2 * i]:
+                ms, _ = curl_timing(base + path)
+                samples.append(ms)
+            metrics = get(base + "/metrics").decode()
+            if os.environ.get("PEERPI_BENCH_KEEP"):
+                print(base, [l for l in metrics.splitlines() if "blob_hits" in l or "peers" in l], flush=True)
+            if 'peerpi_blob_hits_total{source="peer"}' not in metrics:
+                raise RuntimeError(f"{base} did not get its wheels from a peer")
+        samples.sort()
+        return {"nodes": size, "samples": len(samples), "ttfb_ms_p50": statistics.median(samples),
+                "ttfb_ms_max": samples[-1]}
+    finally:
+        for proc, _ in nodes:
+            proc.terminate()
+            proc.wait()
+
+
 def peer_transfer(fx, workdir, seed, runs):
     """A cold node B bootstrapped to the warm node: B gets files from its peer.
 
@@ -295,12 +340,17 @@ def main():
             print(c.name, json.dumps(r), flush=True)
         results["peer"] = peer_transfer(fx, workdir, p, runs)
         print("peer", json.dumps(results["peer"]), flush=True)
+        results["cluster"] = cluster_ttfb(fx, workdir, p)
+        print("cluster", json.dumps(results["cluster"]), flush=True)
     finally:
         for c in contenders:
             c.stop()
         fx.proc.send_signal(signal.SIGINT)
         fx.proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if os.environ.get("PEERPI_BENCH_KEEP"):
+            print(f"kept {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
@@ -326,6 +376,10 @@ def print_table(results):
         print(f"\npeer-to-peer, cold node B from warm node A (median of {peer['runs']}):")
         print(f"  100 MiB file through B: {peer['big100_mib_s']:.0f} MiB/s{ratio}")
         print(f"  small wheel, first byte at B: {peer['small_ttfb_ms_p50']:.1f} ms")
+    if "cluster" in results:
+        c = results["cluster"]
+        print(f"{c['nodes']}-node cluster, small wheel from a peer, first byte: p50 {c['ttfb_ms_p50']:.1f} ms, "
+              f"max {c['ttfb_ms_max']:.1f} ms ({c['samples']} requests)")
 
 
 if __name__ == "__main__":

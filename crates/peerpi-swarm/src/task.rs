@@ -1,7 +1,7 @@
 //! The task that owns the libp2p swarm: builds it, runs its event loop,
 //! carries out commands, and paces (re-)announcements.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,11 @@ use crate::serve::{accept_loop, Limits};
 use crate::{count, lock, Command, Shared, SwarmConfig, SwarmError, SwarmHandle};
 
 const AGENT_PREFIX: &str = concat!("peerpi/", env!("CARGO_PKG_VERSION"));
+
+/// Announcements (Kademlia queries) running at once. Each live query holds
+/// kilobytes inside Kademlia and its query pool is scanned on every poll, so
+/// further announcements wait in a queue of bare digests instead.
+const MAX_PROVIDE_QUERIES: usize = 32;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -186,6 +191,8 @@ pub(crate) async fn start(
         shared,
         lookups: HashMap::new(),
         provided: HashSet::new(),
+        pending_provides: VecDeque::new(),
+        provide_queries: HashSet::new(),
         psk_configured: psk.is_some(),
     };
     tokio::spawn(async move { runner.run(rx).await });
@@ -228,6 +235,8 @@ struct Runner {
     shared: Arc<Shared>,
     lookups: HashMap<kad::QueryId, mpsc::UnboundedSender<PeerId>>,
     provided: HashSet<Sha256Digest>,
+    pending_provides: VecDeque<Sha256Digest>,
+    provide_queries: HashSet<kad::QueryId>,
     psk_configured: bool,
 }
 
@@ -248,15 +257,13 @@ impl Runner {
         let kad = &mut self.swarm.behaviour_mut().kad;
         match command {
             Command::Provide(digest) => {
-                if let Err(e) = kad.start_providing(kad_key(&digest)) {
-                    warn!(%digest, "cannot announce: {e}");
-                } else {
-                    self.provided.insert(digest);
-                }
+                self.pending_provides.push_back(digest);
+                self.start_provides();
             }
             Command::Unprovide(digest) => {
                 kad.stop_providing(&kad_key(&digest));
                 self.provided.remove(&digest);
+                self.pending_provides.retain(|d| *d != digest);
             }
             Command::FindProviders(digest, tx) => {
                 let id = kad.get_providers(kad_key(&digest));
@@ -270,6 +277,31 @@ impl Runner {
                     self.swarm.behaviour().blocked.blocked_peers().len() as u64,
                 );
                 warn!(%peer, "peer blocked");
+            }
+        }
+        count(
+            &self.shared.counters.provided_keys,
+            self.provided.len() as u64,
+        );
+    }
+
+    /// Starts queued announcements while fewer than `MAX_PROVIDE_QUERIES` run.
+    fn start_provides(&mut self) {
+        while self.provide_queries.len() < MAX_PROVIDE_QUERIES {
+            let Some(digest) = self.pending_provides.pop_front() else {
+                break;
+            };
+            match self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .start_providing(kad_key(&digest))
+            {
+                Ok(id) => {
+                    self.provide_queries.insert(id);
+                    self.provided.insert(digest);
+                }
+                Err(e) => warn!(%digest, "cannot announce: {e}"),
             }
         }
         count(
@@ -349,6 +381,12 @@ impl Runner {
                     let _ = self.swarm.dial(addr);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::StartProviding(_),
+                step,
+                ..
+            })) if step.last && self.provide_queries.remove(&id) => self.start_provides(),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result: kad::QueryResult::GetProviders(result),

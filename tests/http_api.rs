@@ -69,14 +69,7 @@ async fn pages_negotiate_json_and_html_with_every_client_field() {
     );
 
     // requires-python is escaped in HTML.
-    let html = c
-        .get(node.url("/simple/delta/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(node.url("/simple/delta/")).await;
     assert!(html.contains("data-requires-python=\"&gt;=99\""), "{html}");
 
     // Nothing acceptable: 406 with a message.

@@ -81,14 +81,7 @@ async fn sigkill_mid_download_leaves_no_partial_blob() {
         "miss",
         "nothing partial was stored"
     );
-    let metrics = client()
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(node.url("/metrics")).await;
     assert!(
         metrics.lines().any(|l| l == "peerpi_cache_blobs 0"),
         "{metrics}"

@@ -98,6 +98,18 @@ pub async fn get_bytes(url: impl reqwest::IntoUrl) -> bytes::Bytes {
         .expect("body")
 }
 
+/// GETs `url` and returns the body as text (panics on a transport error).
+pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body")
+}
+
 /// The node URL of `filename` as listed on `project`'s JSON page at `base`
 /// (`http://host:port`), resolved from the page's relative URL.
 pub async fn file_url_at(base: &str, project: &str, filename: &str) -> String {

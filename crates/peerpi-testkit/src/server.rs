@@ -45,21 +45,12 @@ pub struct IndexState {
     html_only: AtomicBool,
 }
 
+/// The PEP 503 form of `name`; names the product would refuse are kept
+/// lowercased so tests can still serve them.
 fn normalise(name: &str) -> String {
-    let mut out = String::new();
-    let mut sep = false;
-    for c in name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            if !sep {
-                out.push('-');
-            }
-            sep = true;
-        } else {
-            out.push(c.to_ascii_lowercase());
-            sep = false;
-        }
-    }
-    out
+    peerpi_core::ProjectName::new(name)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| name.to_ascii_lowercase())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

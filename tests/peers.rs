@@ -24,6 +24,7 @@ async fn peer_node(
     config.bootstrap = bootstrap.to_vec();
     config.mdns = false;
     config.stream_timeout = Duration::from_secs(2);
+    config.bulk_listen = Some("127.0.0.1:0".parse().unwrap());
     tweak(&mut config);
     let swarm = SwarmHandle::start(config, node.node.shared_store())
         .await
@@ -97,9 +98,36 @@ async fn second_and_third_nodes_install_from_peers_not_upstream() {
     assert!(metric(&a, "peerpi_peer_served_bytes", "").await > 0.0);
 }
 
-async fn liar_is_blocked_and_pip_still_installs(lie: Adversary) {
+/// How a test's serving peer sends blob bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    /// Always on the libp2p stream (its bulk channel is off).
+    Stream,
+    /// Always on the bulk channel (whatever the size).
+    Bulk,
+}
+
+fn serve_over(config: &mut SwarmConfig, channel: Channel) {
+    match channel {
+        Channel::Stream => config.bulk_listen = None,
+        Channel::Bulk => config.bulk_min_size = 0,
+    }
+}
+
+fn channel_label(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Stream => "channel=\"stream\"",
+        Channel::Bulk => "channel=\"bulk\"",
+    }
+}
+
+async fn liar_is_blocked_and_pip_still_installs(lie: Adversary, channel: Channel) {
     let upstream = fake_index(demo_graph()).await;
-    let liar = peer_node(&upstream, &[], |c| c.adversary = Some(lie)).await;
+    let liar = peer_node(&upstream, &[], |c| {
+        c.adversary = Some(lie);
+        serve_over(c, channel);
+    })
+    .await;
     let liar_id = liar.node.swarm().unwrap().local_peer_id();
     // The liar holds beta honestly (it verified it from upstream) and announces it.
     let url = file_url(&liar, "beta", "beta-1.0-py3-none-any.whl").await;
@@ -118,9 +146,14 @@ async fn liar_is_blocked_and_pip_still_installs(lie: Adversary) {
     )
     .await;
     assert_eq!(version.trim(), "1.0");
+    assert_eq!(
+        metric(&b, "peerpi_peer_transfers_total", channel_label(channel)).await,
+        1.0,
+        "{lie:?}: the lie came over the {channel:?} channel"
+    );
     assert!(
         b.node.swarm().unwrap().is_blocked(&liar_id),
-        "{lie:?}: the liar is blocked"
+        "{lie:?} over {channel:?}: the liar is blocked"
     );
     assert_eq!(
         upstream.state.count("/files/beta-1.0-py3-none-any.whl"),
@@ -138,17 +171,107 @@ async fn liar_is_blocked_and_pip_still_installs(lie: Adversary) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_serving_wrong_bytes_is_blocked() {
-    liar_is_blocked_and_pip_still_installs(Adversary::WrongBytes).await;
+    liar_is_blocked_and_pip_still_installs(Adversary::WrongBytes, Channel::Stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_truncating_its_stream_is_blocked() {
-    liar_is_blocked_and_pip_still_installs(Adversary::Truncate).await;
+    liar_is_blocked_and_pip_still_installs(Adversary::Truncate, Channel::Stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalling_peer_is_blocked() {
-    liar_is_blocked_and_pip_still_installs(Adversary::Stall).await;
+    liar_is_blocked_and_pip_still_installs(Adversary::Stall, Channel::Stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_wrong_bytes_on_its_bulk_channel_is_blocked() {
+    liar_is_blocked_and_pip_still_installs(Adversary::WrongBytes, Channel::Bulk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_truncating_its_bulk_channel_is_blocked() {
+    liar_is_blocked_and_pip_still_installs(Adversary::Truncate, Channel::Bulk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_stalling_its_bulk_channel_is_blocked() {
+    liar_is_blocked_and_pip_still_installs(Adversary::Stall, Channel::Bulk).await;
+}
+
+/// A 3 MiB blob from a peer serving over `channel`: byte-exact, no upstream download.
+async fn large_blob_from_a_peer(channel: Channel) {
+    let upstream = fake_index(vec![peerpi_testkit::synthetic(
+        "big",
+        "big-1.0.tar.gz",
+        3 << 20,
+        11,
+    )])
+    .await;
+    let a = peer_node(&upstream, &[], |c| {
+        if channel == Channel::Stream {
+            c.bulk_listen = None;
+        }
+    })
+    .await;
+    get_bytes(&file_url(&a, "big", "big-1.0.tar.gz").await).await;
+    let b = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
+    let body = get_bytes(&file_url(&b, "big", "big-1.0.tar.gz").await).await;
+    assert_eq!(
+        sha256_hex(&body),
+        upstream.state.file("big-1.0.tar.gz").unwrap().sha256
+    );
+    assert_eq!(
+        upstream.state.count("/files/big-1.0.tar.gz"),
+        1,
+        "only A went upstream"
+    );
+    assert_eq!(
+        metric(&b, "peerpi_peer_transfers_total", channel_label(channel)).await,
+        1.0,
+        "{channel:?}"
+    );
+    assert_eq!(
+        metric(&b, "peerpi_blob_fetch_seconds_count", "source=\"peer\"").await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_blob_comes_over_the_bulk_channel() {
+    large_blob_from_a_peer(Channel::Bulk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_blob_comes_over_the_stream_when_the_bulk_channel_is_off() {
+    large_blob_from_a_peer(Channel::Stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bulk_channel_serves_nothing_without_a_valid_ticket() {
+    let upstream = fake_index(demo_graph()).await;
+    let a = peer_node(&upstream, &[], |_| {}).await;
+    let url = file_url(&a, "beta", "beta-1.0-py3-none-any.whl").await;
+    get_bytes(&url).await;
+    let digest = upstream
+        .state
+        .file("beta-1.0-py3-none-any.whl")
+        .unwrap()
+        .sha256
+        .clone();
+    let port = a.node.swarm().unwrap().bulk_port().unwrap();
+    let bulk: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let path = format!("/peerpi/blobs/{digest}");
+    let (status, body) = raw_get(bulk, path.as_bytes(), "").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("ticket is required"), "{body}");
+    let forged = format!("Authorization: Bearer {}\r\n", "ab".repeat(32));
+    let (status, body) = raw_get(bulk, path.as_bytes(), &forged).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("unknown, used or expired ticket"), "{body}");
+    let (status, body) = raw_get(bulk, b"/peerpi/blobs/not-a-digest", &forged).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("sha256"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,6 +345,90 @@ async fn a_fetch_resumes_at_the_offset_from_another_peer() {
     assert!(
         served > 0 && served < 3 << 20,
         "the honest peer sent only the rest: {served} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_killed_mid_transfer_is_replaced_at_the_offset() {
+    const SIZE: u64 = 8 << 20;
+    let upstream = fake_index(vec![peerpi_testkit::synthetic(
+        "big",
+        "big-1.0.tar.gz",
+        SIZE,
+        23,
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // A real process, in B's region so that B asks it first, uploading at
+    // 2 MiB/s so that the transfer is still running when it is killed.
+    let mut a = NodeProcess::start(
+        &upstream.simple_url(),
+        &dir.path().join("a"),
+        &["--region", "here", "--upload-limit", "2MiB"],
+    )
+    .await;
+    get_bytes(file_url_at(&format!("http://{}", a.addr), "big", "big-1.0.tar.gz").await).await;
+    let a_peers: serde_json::Value =
+        serde_json::from_slice(&get_bytes(a.url("/peers")).await).unwrap();
+    let a_addr: Multiaddr = a_peers["listen"][0].as_str().unwrap().parse().unwrap();
+    let a_id: peerpi_swarm::PeerId = a_peers["peer_id"].as_str().unwrap().parse().unwrap();
+    let honest = peer_node(&upstream, &[], |c| c.region = Some("there".into())).await;
+    get_bytes(file_url(&honest, "big", "big-1.0.tar.gz").await).await;
+    assert_eq!(upstream.state.count("/files/big-1.0.tar.gz"), 2);
+
+    let b = peer_node(&upstream, &[a_addr, p2p_addr(&honest)], |c| {
+        c.region = Some("here".into())
+    })
+    .await;
+    let b_swarm = b.node.swarm().unwrap().clone();
+    let honest_id = honest.node.swarm().unwrap().local_peer_id();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            b_swarm
+                .peer_info(&a_id)
+                .is_some_and(|p| p.region.as_deref() == Some("here"))
+                && b_swarm
+                    .peer_info(&honest_id)
+                    .is_some_and(|p| p.region.as_deref() == Some("there"))
+        })
+        .await,
+        "regions learnt through identify"
+    );
+    let url = file_url(&b, "big", "big-1.0.tar.gz").await;
+    let fetch = tokio::spawn(get_bytes(url));
+    assert!(
+        eventually(Duration::from_secs(10), || b_swarm
+            .peer_info(&a_id)
+            .is_some_and(|p| p.bytes_in > 0))
+        .await,
+        "A started sending"
+    );
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+
+    let body = tokio::time::timeout(Duration::from_secs(30), fetch)
+        .await
+        .expect("the fetch finishes")
+        .unwrap();
+    assert_eq!(
+        sha256_hex(&body),
+        upstream.state.file("big-1.0.tar.gz").unwrap().sha256
+    );
+    assert_eq!(
+        upstream.state.count("/files/big-1.0.tar.gz"),
+        2,
+        "no upstream download: the honest peer finished it"
+    );
+    let received_from_a = b_swarm.peer_info(&a_id).unwrap().bytes_in;
+    assert!(
+        received_from_a < SIZE,
+        "killed mid-transfer: {received_from_a} bytes"
+    );
+    let from_honest = b_swarm.peer_info(&honest_id).unwrap().bytes_in;
+    assert_eq!(
+        received_from_a + from_honest,
+        SIZE,
+        "the honest peer sent only what A had not"
     );
 }
 

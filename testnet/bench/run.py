@@ -100,7 +100,7 @@ def peerpi(fx, workdir):
     proc = subprocess.Popen(
         [os.path.join(TARGET, "peerpi"), "serve", "--upstream", fx.index_url,
          "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--page-ttl", "1h",
-         "--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"],
+         "--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--bulk-listen", "127.0.0.1:0"],
         stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/healthz")
@@ -233,7 +233,7 @@ def start_peer(fx, workdir, name, bootstrap):
     proc = subprocess.Popen(
         [os.path.join(TARGET, "peerpi"), "serve", "--upstream", fx.index_url,
          "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(workdir, name), "--no-mdns",
-         "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", bootstrap],
+         "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--bulk-listen", "127.0.0.1:0", "--bootstrap", bootstrap],
         stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/healthz")
@@ -269,23 +269,34 @@ def cluster_ttfb(fx, workdir, seed, size=10):
             proc.wait()
 
 
-def peer_transfer(fx, workdir, seed, runs):
+def metric_sum(text, name, labels):
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith(name) and labels in l)
+
+
+def peer_transfer(fx, workdir, seed, runs, channel):
     """A cold node B bootstrapped to the warm node: B gets files from its peer.
 
-    Reports B's time to first byte for a small wheel (provider lookup, peer
-    transfer and verification included) and its throughput for the 100 MiB
-    file, medians over `runs` fresh B nodes."""
+    `channel` is "bulk" (B takes redirects to A's HTTP bulk channel) or
+    "stream" (B's bulk channel is off, so every byte stays on the libp2p
+    stream). Reports, as medians over `runs` fresh B nodes: B's time to first
+    byte for a small wheel (provider lookup, peer transfer and verification
+    included); the node-to-node transfer rate of the 100 MiB file (size / B's
+    own fetch time, from asking the DHT to the verified, fsynced blob in its
+    store, read from peerpi_blob_fetch_seconds); and the rate a client of B
+    sees for it (that fetch plus B serving the file to curl)."""
     peers = json.loads(get(seed.base + "/peers"))
     bootstrap = peers["listen"][0]
-    ttfb, speeds = [], []
+    bulk = "127.0.0.1:0" if channel == "bulk" else "off"
+    ttfb, transfer, client = [], [], []
     for i in range(runs):
         port = free_port()
-        data = os.path.join(workdir, f"peer-b-{i}")
-        log = open(os.path.join(workdir, f"peer-b-{i}.log"), "w")
+        data = os.path.join(workdir, f"peer-b-{channel}-{i}")
+        log = open(os.path.join(workdir, f"peer-b-{channel}-{i}.log"), "w")
         proc = subprocess.Popen(
             [os.path.join(TARGET, "peerpi"), "serve", "--upstream", fx.index_url,
              "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--no-mdns",
-             "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", bootstrap],
+             "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", bootstrap, "--bulk-listen", bulk],
             stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
         base = f"http://127.0.0.1:{port}"
         try:
@@ -299,18 +310,49 @@ def peer_transfer(fx, workdir, seed, runs):
             get(base + "/simple/big100/", JSON)
             ms, _ = curl_timing(base + seed.small_path)
             ttfb.append(ms)
+            before = get(base + "/metrics").decode()
             _, speed = curl_timing(base + seed.big100_path)
-            speeds.append(speed)
-            metrics = get(base + "/metrics").decode()
-            peer_bytes = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
-                             if l.startswith('peerpi_blob_bytes_total{source="peer"}'))
+            client.append(speed)
+            after = get(base + "/metrics").decode()
+            name = "peerpi_blob_fetch_seconds_sum"
+            seconds = metric_sum(after, name, 'source="peer"') - metric_sum(before, name, 'source="peer"')
+            transfer.append(100 / seconds)  # the fixture is 100 MiB
+            peer_bytes = metric_sum(after, "peerpi_blob_bytes_total", 'source="peer"')
             if peer_bytes < 100 << 20:
                 raise RuntimeError(f"B did not get the file from its peer ({peer_bytes} bytes)")
+            used = metric_sum(after, "peerpi_peer_transfers_total", f'channel="{channel}"')
+            if used < 1:
+                raise RuntimeError(f"B did not use the {channel} channel")
         finally:
             proc.terminate()
             proc.wait()
-    return {"small_ttfb_ms_p50": statistics.median(ttfb), "big100_mib_s": statistics.median(speeds),
+    return {"channel": channel, "small_ttfb_ms_p50": statistics.median(ttfb),
+            "transfer_mib_s": statistics.median(transfer), "client_mib_s": statistics.median(client),
             "runs": runs}
+
+
+def verified_download(url, runs):
+    """The reference for a verified transfer: curl piped into sha256sum,
+    MiB/s of the whole pipeline (median of `runs`)."""
+    speeds = []
+    size = None
+    for _ in range(runs):
+        start = time.perf_counter()
+        out = subprocess.run(f"curl -s {url} | tee >(wc -c >&2) | sha256sum", shell=True, executable="/bin/bash",
+                             capture_output=True, text=True, check=True)
+        elapsed = time.perf_counter() - start
+        size = int(out.stderr.strip())
+        speeds.append(size / (1 << 20) / elapsed)
+    return statistics.median(speeds)
+
+
+def sha256_rate():
+    """MiB/s of SHA-256 on this CPU (one core), the ceiling of any verified transfer."""
+    import hashlib
+    data = os.urandom(256 << 20)
+    start = time.perf_counter()
+    hashlib.sha256(data).digest()
+    return 256 / (time.perf_counter() - start)
 
 
 def main():
@@ -338,7 +380,11 @@ def main():
             r["rss_10x1g"] = peak_rss_during_downloads(c, c.file_1g_url, 10)
             results["contenders"][c.name] = r
             print(c.name, json.dumps(r), flush=True)
-        results["peer"] = peer_transfer(fx, workdir, p, runs)
+        results["sha256_mib_s"] = sha256_rate()
+        nginx = next(c for c in contenders if c.name == "nginx-static")
+        results["nginx_verified_mib_s"] = verified_download(nginx.file_100m_url, runs)
+        print("sha256", results["sha256_mib_s"], "nginx | sha256sum", results["nginx_verified_mib_s"], flush=True)
+        results["peer"] = [peer_transfer(fx, workdir, p, runs, channel) for channel in ("bulk", "stream")]
         print("peer", json.dumps(results["peer"]), flush=True)
         results["cluster"] = cluster_ttfb(fx, workdir, p)
         print("cluster", json.dumps(results["cluster"]), flush=True)
@@ -370,12 +416,16 @@ def print_table(results):
     for label, fmt in rows:
         print(f"| {label} | " + " | ".join(fmt(results["contenders"][n]) for n in names) + " |")
     if "peer" in results:
-        peer = results["peer"]
         nginx = results["contenders"].get("nginx-static", {}).get("file_100m_mib_s")
-        ratio = f" ({peer['big100_mib_s'] / nginx:.2f}x nginx-static)" if nginx else ""
-        print(f"\npeer-to-peer, cold node B from warm node A (median of {peer['runs']}):")
-        print(f"  100 MiB file through B: {peer['big100_mib_s']:.0f} MiB/s{ratio}")
-        print(f"  small wheel, first byte at B: {peer['small_ttfb_ms_p50']:.1f} ms")
+        print(f"\nSHA-256 on one core: {results['sha256_mib_s']:.0f} MiB/s; "
+              f"nginx-static piped into sha256sum: {results['nginx_verified_mib_s']:.0f} MiB/s")
+        for peer in results["peer"]:
+            ratio = f" ({peer['transfer_mib_s'] / nginx:.2f}x nginx-static)" if nginx else ""
+            print(f"peer-to-peer over the {peer['channel']} channel, cold node B from warm node A "
+                  f"(median of {peer['runs']}):")
+            print(f"  100 MiB node to node (verified, stored): {peer['transfer_mib_s']:.0f} MiB/s{ratio}")
+            print(f"  100 MiB as B's client sees it: {peer['client_mib_s']:.0f} MiB/s")
+            print(f"  small wheel, first byte at B: {peer['small_ttfb_ms_p50']:.1f} ms")
     if "cluster" in results:
         c = results["cluster"]
         print(f"{c['nodes']}-node cluster, small wheel from a peer, first byte: p50 {c['ttfb_ms_p50']:.1f} ms, "

@@ -227,6 +227,7 @@ impl NodeProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
+            .args(loopback_p2p_defaults(extra))
             .env_remove("PEERPI_CONFIG")
             .stdout(Stdio::null())
             .stderr(log)
@@ -253,6 +254,19 @@ impl NodeProcess {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+}
+
+/// Keeps a node process's swarm on loopback: ephemeral ports, no mDNS
+/// multicast, unless the test chose otherwise.
+fn loopback_p2p_defaults(extra: &[&str]) -> Vec<&'static str> {
+    let mut args = vec!["--no-mdns"];
+    if !extra.contains(&"--p2p-listen") {
+        args.extend(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]);
+    }
+    if !extra.contains(&"--bulk-listen") {
+        args.extend(["--bulk-listen", "127.0.0.1:0"]);
+    }
+    args
 }
 
 impl Drop for NodeProcess {

@@ -122,20 +122,26 @@ impl Node {
 
     /// Runs one download to its end and records the outcome for its readers.
     async fn drive(self, digest: Sha256Digest, origin: Origin, flight: Arc<Flight>) {
+        let started = std::time::Instant::now();
+        let metrics = &self.inner.metrics;
         let mut outcome = Err("no source tried".to_string());
         if let Some(swarm) = self.inner.swarm.get() {
             outcome = self
                 .fetch_from_peers(swarm, &digest, &origin, &flight)
                 .await;
             match &outcome {
-                Ok(_) => self.inner.metrics.blob_hit(Source::Peer),
+                Ok(_) => {
+                    metrics.blob_hit(Source::Peer);
+                    metrics.blob_fetched(Source::Peer, started.elapsed().as_secs_f64());
+                }
                 Err(reason) => debug!(%digest, %reason, "no peer delivered; going upstream"),
             }
         }
         if outcome.is_err() {
             outcome = self.fetch_upstream(&digest, &origin, &flight).await;
             if outcome.is_ok() {
-                self.inner.metrics.blob_hit(Source::Upstream);
+                metrics.blob_hit(Source::Upstream);
+                metrics.blob_fetched(Source::Upstream, started.elapsed().as_secs_f64());
             }
         }
         match outcome {
@@ -322,6 +328,7 @@ impl Node {
                     continue;
                 }
             };
+            metrics.peer_transfer(download.channel().as_str());
             if let Some(expected) = origin.size {
                 if offset + download.remaining != expected {
                     warn!(%peer, %digest, announced = offset + download.remaining, expected, "peer lies about the size; blocking it");
@@ -333,7 +340,8 @@ impl Node {
             contributors.push(peer);
             let mut complete = true;
             // Peer bytes are not streamed to clients, so they can be written
-            // in large batches: one blocking write per PEER_WRITE_BATCH.
+            // in large batches, one PEER_WRITE_BATCH at a time on a blocking
+            // thread while the next batch arrives.
             let mut pending = bytes::BytesMut::new();
             loop {
                 match download.next_chunk().await {
@@ -341,7 +349,7 @@ impl Node {
                         metrics.blob_bytes(Source::Peer, chunk.len() as u64);
                         pending.extend_from_slice(&chunk);
                         if pending.len() >= PEER_WRITE_BATCH {
-                            writer = append(writer, pending.split().freeze()).await?;
+                            writer.push(pending.split().freeze()).await?;
                         }
                     }
                     Ok(None) => break,
@@ -354,13 +362,14 @@ impl Node {
                 }
             }
             if !pending.is_empty() {
-                writer = append(writer, pending.freeze()).await?;
+                writer.push(pending.freeze()).await?;
             }
             if !complete {
                 continue;
             }
             let len = writer.len();
-            match self.commit(writer, digest, len).await {
+            let finished = writer.finish().await?;
+            match self.commit(finished, digest, len).await {
                 Ok(()) => {
                     info!(%digest, file = %origin.filename, len, from = %peer, "verified and stored from peers");
                     return Ok((file, len));
@@ -383,7 +392,7 @@ impl Node {
         &self,
         origin: &Origin,
         flight: &Flight,
-    ) -> Result<(BlobWriter, Arc<File>), String> {
+    ) -> Result<(BackgroundWriter, Arc<File>), String> {
         let writer = self.inner.store.writer().map_err(|e| e.to_string())?;
         let file = writer.reader().map_err(|e| e.to_string())?;
         flight.state.send_replace(FlightState::Streaming {
@@ -391,7 +400,59 @@ impl Node {
             len: origin.size,
             readable: 0,
         });
-        Ok((writer, file))
+        Ok((BackgroundWriter::new(writer), file))
+    }
+}
+
+/// A temp-file writer whose appends (write and hash) run on a blocking
+/// thread, at most one at a time, while the caller receives the next batch.
+struct BackgroundWriter {
+    idle: Option<BlobWriter>,
+    busy: Option<tokio::task::JoinHandle<Result<BlobWriter, peerpi_store::StoreError>>>,
+    /// Bytes handed over, written or not yet.
+    len: u64,
+}
+
+impl BackgroundWriter {
+    fn new(writer: BlobWriter) -> Self {
+        let len = writer.len();
+        Self {
+            idle: Some(writer),
+            busy: None,
+            len,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    async fn push(&mut self, chunk: Bytes) -> Result<(), String> {
+        let mut writer = self.wait().await?;
+        self.len += chunk.len() as u64;
+        self.busy = Some(tokio::task::spawn_blocking(move || {
+            writer.append(&chunk).map(|()| writer)
+        }));
+        Ok(())
+    }
+
+    /// The writer, once its last append finished.
+    async fn wait(&mut self) -> Result<BlobWriter, String> {
+        if let Some(busy) = self.busy.take() {
+            return busy
+                .await
+                .map_err(|e| format!("write task failed: {e}"))?
+                .map_err(|e| e.to_string());
+        }
+        // Invariant: one of `idle` and `busy` is set between calls; an error
+        // above ends the fetch, which drops this writer.
+        self.idle
+            .take()
+            .ok_or_else(|| "temp file writer used after a failed write".to_string())
+    }
+
+    async fn finish(mut self) -> Result<BlobWriter, String> {
+        self.wait().await
     }
 }
 

@@ -494,6 +494,7 @@ async fn peers(State(node): State<Node>) -> Response {
         "peer_id": swarm.local_peer_id().to_string(),
         "region": swarm.region(),
         "listen": swarm.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "bulk_port": swarm.bulk_port(),
         "peers": peers,
     });
     (

@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Where blob bytes came from.
@@ -30,6 +31,11 @@ pub struct SourceLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub kind: String,
     pub outcome: String,
@@ -46,6 +52,8 @@ pub struct Metrics {
     blob_bytes: Family<SourceLabels, Counter>,
     blob_hits: Family<SourceLabels, Counter>,
     verification_failures: Family<SourceLabels, Counter>,
+    fetch_seconds: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    peer_transfers: Family<ChannelLabels, Counter>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     cache_bytes: Gauge,
@@ -79,6 +87,11 @@ impl Metrics {
             blob_bytes: Family::default(),
             blob_hits: Family::default(),
             verification_failures: Family::default(),
+            // 1 ms to about 65 s.
+            fetch_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 17))
+            }),
+            peer_transfers: Family::default(),
             upstream_requests: Family::default(),
             http_requests: Family::default(),
             cache_bytes: Gauge::default(),
@@ -105,6 +118,16 @@ impl Metrics {
             "verification_failures",
             "Blobs whose bytes did not match the trusted digest or length, by source",
             m.verification_failures.clone(),
+        );
+        registry.register(
+            "blob_fetch_seconds",
+            "Time from starting a download to the verified blob in the store, by the source that completed it",
+            m.fetch_seconds.clone(),
+        );
+        registry.register(
+            "peer_transfers",
+            "Transfers started from peers, by channel: stream (libp2p) or bulk (HTTP with a ticket)",
+            m.peer_transfers.clone(),
         );
         registry.register(
             "upstream_requests",
@@ -160,6 +183,20 @@ impl Metrics {
 
     pub fn verification_failure(&self, s: Source) {
         self.verification_failures.get_or_create(&source(s)).inc();
+    }
+
+    pub fn blob_fetched(&self, s: Source, seconds: f64) {
+        self.fetch_seconds
+            .get_or_create(&source(s))
+            .observe(seconds);
+    }
+
+    pub fn peer_transfer(&self, channel: &str) {
+        self.peer_transfers
+            .get_or_create(&ChannelLabels {
+                channel: channel.to_string(),
+            })
+            .inc();
     }
 
     pub fn upstream_request(&self, kind: &str, outcome: &str) {

@@ -1,10 +1,12 @@
 //! The libp2p side of a node: a swarm (TCP + noise + yamux, optionally inside
 //! a private network keyed by a swarm key) with Kademlia in server mode,
 //! identify, ping and mDNS; blobs announced and found by CID; the blob
-//! transfer protocol (see `protocol`) served from the store and fetched from
-//! peers; misbehaving peers blocked. One task owns the swarm; the rest of the
-//! program talks to it through a [`SwarmHandle`].
+//! transfer protocol (see `protocol`, with large bodies on the `bulk`
+//! channel) served from the store and fetched from peers; misbehaving peers
+//! blocked. One task owns the swarm; the rest of the program talks to it
+//! through a [`SwarmHandle`].
 
+mod bulk;
 mod identity;
 pub mod protocol;
 mod providers;
@@ -12,6 +14,7 @@ mod serve;
 mod task;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,6 +75,13 @@ pub struct SwarmConfig {
     pub provide_rate: u32,
     /// Limit on opening a stream and on silence while reading one.
     pub stream_timeout: Duration,
+    /// Where the bulk channel listens (`None`: off, every body goes over
+    /// the libp2p stream).
+    pub bulk_listen: Option<SocketAddr>,
+    /// Transfers of at least this many bytes go over the bulk channel.
+    pub bulk_min_size: u64,
+    /// Bytes per second sent to peers in all (`None`: unlimited).
+    pub upload_limit: Option<u64>,
     /// Test support: how this node lies when serving blobs.
     #[cfg(feature = "adversary")]
     pub adversary: Option<Adversary>,
@@ -104,6 +114,9 @@ impl SwarmConfig {
             reprovide_interval: Duration::from_secs(12 * 3600),
             provide_rate: 50,
             stream_timeout: Duration::from_secs(10),
+            bulk_listen: None,
+            bulk_min_size: 1 << 20,
+            upload_limit: None,
             #[cfg(feature = "adversary")]
             adversary: None,
         }
@@ -115,6 +128,8 @@ impl SwarmConfig {
 pub struct PeerInfo {
     pub peer_id: String,
     pub addrs: Vec<Multiaddr>,
+    /// The IP address of the latest connection (where its bulk channel is).
+    pub ip: Option<IpAddr>,
     pub region: Option<String>,
     pub rtt: Option<Duration>,
     pub bytes_in: u64,
@@ -148,6 +163,9 @@ pub(crate) struct Shared {
     listen_addrs: Mutex<Vec<Multiaddr>>,
     counters: SwarmCounters,
     stream_timeout: Duration,
+    bulk: Option<bulk::Channel>,
+    upload_limit: Option<serve::UploadLimit>,
+    http: reqwest::Client,
     #[cfg(feature = "adversary")]
     adversary: Option<Adversary>,
 }
@@ -173,44 +191,89 @@ pub struct SwarmHandle {
     shared: Arc<Shared>,
 }
 
+/// How a transfer's bytes travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// On the libp2p stream (noise + yamux).
+    Stream,
+    /// On the peer's bulk channel (plain HTTP, redeeming a ticket).
+    Bulk,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Stream => "stream",
+            Channel::Bulk => "bulk",
+        }
+    }
+}
+
+enum Body {
+    Stream(libp2p::Stream),
+    Bulk(reqwest::Response),
+}
+
 /// A blob arriving from a peer.
 pub struct PeerDownload {
     pub peer: PeerId,
     /// Bytes that follow, from the requested offset.
     pub remaining: u64,
-    stream: libp2p::Stream,
+    body: Body,
     shared: Arc<Shared>,
 }
 
 impl PeerDownload {
+    pub fn channel(&self) -> Channel {
+        match self.body {
+            Body::Stream(_) => Channel::Stream,
+            Body::Bulk(_) => Channel::Bulk,
+        }
+    }
+
     /// The next piece of the blob; `None` at the end. Silence longer than the
-    /// stream timeout is an error (a stalled peer).
+    /// stream timeout is an error (a stalled peer), and so is an early end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
         if self.remaining == 0 {
             return Ok(None);
         }
-        let mut buf = vec![0u8; 256 * 1024];
-        let want = buf.len().min(self.remaining as usize);
-        let n = tokio::time::timeout(
-            self.shared.stream_timeout,
-            self.stream.read(&mut buf[..want]),
-        )
-        .await
-        .map_err(|_| FetchError::Timeout { peer: self.peer })?
-        .map_err(|e| FetchError::Protocol {
-            peer: self.peer,
-            reason: e.to_string(),
-        })?;
-        if n == 0 {
-            return Err(FetchError::Protocol {
-                peer: self.peer,
-                reason: format!("stream ended {} bytes early", self.remaining),
-            });
+        let peer = self.peer;
+        let broken = |reason: String| FetchError::Protocol { peer, reason };
+        let read = async {
+            match &mut self.body {
+                Body::Stream(stream) => {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let want = buf.len().min(self.remaining as usize);
+                    let n = stream
+                        .read(&mut buf[..want])
+                        .await
+                        .map_err(|e| broken(e.to_string()))?;
+                    buf.truncate(n);
+                    Ok(Bytes::from(buf))
+                }
+                Body::Bulk(response) => response
+                    .chunk()
+                    .await
+                    .map(Option::unwrap_or_default)
+                    .map_err(|e| broken(e.to_string())),
+            }
+        };
+        let chunk = tokio::time::timeout(self.shared.stream_timeout, read)
+            .await
+            .map_err(|_| FetchError::Timeout { peer })??;
+        if chunk.is_empty() {
+            return Err(broken(format!(
+                "stream ended {} bytes early",
+                self.remaining
+            )));
         }
-        buf.truncate(n);
-        self.remaining -= n as u64;
-        self.shared.peer_mut(self.peer, |p| p.bytes_in += n as u64);
-        Ok(Some(Bytes::from(buf)))
+        if chunk.len() as u64 > self.remaining {
+            return Err(broken("more bytes than announced".into()));
+        }
+        self.remaining -= chunk.len() as u64;
+        self.shared
+            .peer_mut(peer, |p| p.bytes_in += chunk.len() as u64);
+        Ok(Some(chunk))
     }
 }
 
@@ -231,6 +294,11 @@ impl SwarmHandle {
     /// Addresses the swarm listens on (with `/p2p/<id>`), once bound.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         lock(&self.shared.listen_addrs).clone()
+    }
+
+    /// The TCP port of this node's bulk channel, when it is on.
+    pub fn bulk_port(&self) -> Option<u16> {
+        self.shared.bulk.as_ref().map(|b| b.port)
     }
 
     pub fn counters(&self) -> &SwarmCounters {
@@ -288,13 +356,69 @@ impl SwarmHandle {
         self.send(Command::Block(peer)).await
     }
 
-    /// Asks `peer` for `digest` from byte `offset`.
+    /// Asks `peer` for `digest` from byte `offset`. Large bodies come over
+    /// the peer's bulk channel when both sides have one on; if that channel
+    /// cannot be reached, the same peer is asked again for the body on the
+    /// stream.
     pub async fn fetch(
         &self,
         peer: PeerId,
         digest: Sha256Digest,
         offset: u64,
     ) -> Result<PeerDownload, FetchError> {
+        // A node with its bulk channel off neither serves nor uses one: its
+        // operator wants every byte inside noise (and the private network).
+        let ip = self
+            .shared
+            .bulk
+            .as_ref()
+            .and(self.peer_info(&peer))
+            .and_then(|p| p.ip);
+        let (response, stream) = self.request(peer, digest, offset, ip.is_some()).await?;
+        let download = |remaining, body| PeerDownload {
+            peer,
+            remaining,
+            body,
+            shared: self.shared.clone(),
+        };
+        match (response, ip) {
+            (protocol::Response::Data { remaining }, _) => {
+                Ok(download(remaining, Body::Stream(stream)))
+            }
+            (
+                protocol::Response::Redirect {
+                    remaining,
+                    port,
+                    ticket,
+                },
+                Some(ip),
+            ) => {
+                drop(stream);
+                match bulk::fetch(&self.shared, peer, ip, port, &digest, &ticket, remaining).await {
+                    Ok(response) => Ok(download(remaining, Body::Bulk(response))),
+                    Err(e) => {
+                        tracing::warn!(%peer, "bulk channel unusable ({e}); using the stream");
+                        match self.request(peer, digest, offset, false).await? {
+                            (protocol::Response::Data { remaining }, stream) => {
+                                Ok(download(remaining, Body::Stream(stream)))
+                            }
+                            (other, _) => Err(unexpected(peer, other)),
+                        }
+                    }
+                }
+            }
+            (other, _) => Err(unexpected(peer, other)),
+        }
+    }
+
+    /// One request on a new stream, up to the response header.
+    async fn request(
+        &self,
+        peer: PeerId,
+        digest: Sha256Digest,
+        offset: u64,
+        can_redirect: bool,
+    ) -> Result<(protocol::Response, libp2p::Stream), FetchError> {
         let timeout = self.shared.stream_timeout;
         let mut control = lock(&self.shared.control).clone();
         let mut stream =
@@ -305,27 +429,34 @@ impl SwarmHandle {
                     peer,
                     reason: e.to_string(),
                 })?;
-        let request = protocol::Request { digest, offset };
+        let request = protocol::Request {
+            digest,
+            offset,
+            can_redirect,
+        };
         let exchange = async {
             protocol::write_request(&mut stream, &request).await?;
-            protocol::read_status(&mut stream).await
+            protocol::read_response(&mut stream).await
         };
-        let (status, remaining) = tokio::time::timeout(timeout, exchange)
+        let response = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| FetchError::Timeout { peer })?
             .map_err(|e| FetchError::Protocol {
                 peer,
                 reason: e.to_string(),
             })?;
-        if status != Status::Ok {
-            return Err(FetchError::Refused { peer, status });
-        }
-        Ok(PeerDownload {
+        Ok((response, stream))
+    }
+}
+
+/// A response that carries no data for this request.
+fn unexpected(peer: PeerId, response: protocol::Response) -> FetchError {
+    match response {
+        protocol::Response::Refused(status) => FetchError::Refused { peer, status },
+        other => FetchError::Protocol {
             peer,
-            remaining,
-            stream,
-            shared: self.shared.clone(),
-        })
+            reason: format!("unexpected answer {other:?}"),
+        },
     }
 }
 

@@ -1,17 +1,23 @@
-//! The blob transfer protocol, `/peerpi/blob/1`, spoken on a libp2p stream
+//! The blob transfer protocol, `/peerpi/blob/2`, spoken on a libp2p stream
 //! (see specs/p2p-protocol.md).
 //!
-//! Request (41 bytes): version `1` (u8), sha256 digest (32 bytes), byte
-//! offset (u64, big-endian). Response: a status byte; on `OK` the number of
-//! bytes that follow (u64, big-endian), then exactly that many bytes of the
-//! blob from the offset, then the stream is closed.
+//! Request (42 bytes): version `2` (u8), sha256 digest (32 bytes), byte
+//! offset (u64, big-endian), flags (u8; bit 0: the requester can take a
+//! redirect to the bulk channel). Response: a status byte; on `OK` the number
+//! of bytes that follow (u64, big-endian), then exactly that many bytes of the
+//! blob from the offset, then the stream is closed; on `REDIRECT` the number
+//! of bytes, the bulk channel's TCP port (u16) and a one-time ticket (32
+//! bytes) to present there.
 
 use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use peerpi_core::Sha256Digest;
 
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/peerpi/blob/1");
-pub const VERSION: u8 = 1;
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/peerpi/blob/2");
+pub const VERSION: u8 = 2;
+const REQUEST_LEN: usize = 42;
+/// Request flag: the requester can fetch over the bulk channel.
+pub const FLAG_CAN_REDIRECT: u8 = 1;
 
 /// Response status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +27,7 @@ pub enum Status {
     NotFound = 1,
     Busy = 2,
     BadRequest = 3,
+    Redirect = 4,
 }
 
 impl Status {
@@ -30,6 +37,7 @@ impl Status {
             1 => Some(Status::NotFound),
             2 => Some(Status::Busy),
             3 => Some(Status::BadRequest),
+            4 => Some(Status::Redirect),
             _ => None,
         }
     }
@@ -39,6 +47,25 @@ impl Status {
 pub struct Request {
     pub digest: Sha256Digest,
     pub offset: u64,
+    pub can_redirect: bool,
+}
+
+/// A one-time permission to fetch one blob range over the bulk channel.
+pub type Ticket = [u8; 32];
+
+/// A server's answer to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Response {
+    /// `remaining` bytes follow on this stream.
+    Data { remaining: u64 },
+    /// Fetch the `remaining` bytes from the bulk channel on `port` with `ticket`.
+    Redirect {
+        remaining: u64,
+        port: u16,
+        ticket: Ticket,
+    },
+    /// No data: not found, busy or a bad request.
+    Refused(Status),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,21 +82,27 @@ pub async fn write_request<S: AsyncWrite + Unpin>(
     stream: &mut S,
     request: &Request,
 ) -> Result<(), ProtocolError> {
-    let mut buf = [0u8; 41];
+    let mut buf = [0u8; REQUEST_LEN];
     buf[0] = VERSION;
     buf[1..33].copy_from_slice(request.digest.as_bytes());
     buf[33..41].copy_from_slice(&request.offset.to_be_bytes());
+    if request.can_redirect {
+        buf[41] = FLAG_CAN_REDIRECT;
+    }
     stream.write_all(&buf).await?;
     stream.flush().await?;
     Ok(())
 }
 
 pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, ProtocolError> {
-    let mut buf = [0u8; 41];
-    stream.read_exact(&mut buf).await?;
+    // The version byte first, so that an old requester's shorter request is
+    // answered BAD_REQUEST rather than left waiting for bytes that never come.
+    let mut buf = [0u8; REQUEST_LEN];
+    stream.read_exact(&mut buf[..1]).await?;
     if buf[0] != VERSION {
         return Err(ProtocolError::Version(buf[0]));
     }
+    stream.read_exact(&mut buf[1..]).await?;
     let mut digest = [0u8; 32];
     digest.copy_from_slice(&buf[1..33]);
     let mut offset = [0u8; 8];
@@ -77,36 +110,61 @@ pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Reques
     Ok(Request {
         digest: Sha256Digest::from_bytes(digest),
         offset: u64::from_be_bytes(offset),
+        can_redirect: buf[41] & FLAG_CAN_REDIRECT != 0,
     })
 }
 
-/// Writes a status; for `Status::Ok`, also the length that follows.
-pub async fn write_status<S: AsyncWrite + Unpin>(
+pub async fn write_response<S: AsyncWrite + Unpin>(
     stream: &mut S,
-    status: Status,
-    remaining: u64,
+    response: &Response,
 ) -> Result<(), ProtocolError> {
-    stream.write_all(&[status as u8]).await?;
-    if status == Status::Ok {
-        stream.write_all(&remaining.to_be_bytes()).await?;
+    let mut buf = Vec::with_capacity(43);
+    match response {
+        Response::Data { remaining } => {
+            buf.push(Status::Ok as u8);
+            buf.extend_from_slice(&remaining.to_be_bytes());
+        }
+        Response::Redirect {
+            remaining,
+            port,
+            ticket,
+        } => {
+            buf.push(Status::Redirect as u8);
+            buf.extend_from_slice(&remaining.to_be_bytes());
+            buf.extend_from_slice(&port.to_be_bytes());
+            buf.extend_from_slice(ticket);
+        }
+        Response::Refused(status) => buf.push(*status as u8),
     }
+    stream.write_all(&buf).await?;
     stream.flush().await?;
     Ok(())
 }
 
-/// Reads a status; for `Status::Ok`, also the length that follows.
-pub async fn read_status<S: AsyncRead + Unpin>(
+pub async fn read_response<S: AsyncRead + Unpin>(
     stream: &mut S,
-) -> Result<(Status, u64), ProtocolError> {
+) -> Result<Response, ProtocolError> {
     let mut b = [0u8; 1];
     stream.read_exact(&mut b).await?;
     let status = Status::from_byte(b[0]).ok_or(ProtocolError::UnknownStatus(b[0]))?;
-    if status != Status::Ok {
-        return Ok((status, 0));
+    if !matches!(status, Status::Ok | Status::Redirect) {
+        return Ok(Response::Refused(status));
     }
     let mut len = [0u8; 8];
     stream.read_exact(&mut len).await?;
-    Ok((status, u64::from_be_bytes(len)))
+    let remaining = u64::from_be_bytes(len);
+    if status == Status::Ok {
+        return Ok(Response::Data { remaining });
+    }
+    let mut port = [0u8; 2];
+    stream.read_exact(&mut port).await?;
+    let mut ticket = [0u8; 32];
+    stream.read_exact(&mut ticket).await?;
+    Ok(Response::Redirect {
+        remaining,
+        port: u16::from_be_bytes(port),
+        ticket,
+    })
 }
 
 #[cfg(test)]
@@ -116,40 +174,61 @@ mod tests {
 
     #[tokio::test]
     async fn request_and_status_round_trip() {
-        let request = Request {
-            digest: Sha256Digest::from_bytes([7; 32]),
-            offset: 1 << 40,
-        };
-        let mut buf = Cursor::new(Vec::new());
-        write_request(&mut buf, &request).await.unwrap();
-        assert_eq!(buf.get_ref().len(), 41);
-        buf.set_position(0);
-        assert_eq!(read_request(&mut buf).await.unwrap(), request);
+        for can_redirect in [false, true] {
+            let request = Request {
+                digest: Sha256Digest::from_bytes([7; 32]),
+                offset: 1 << 40,
+                can_redirect,
+            };
+            let mut buf = Cursor::new(Vec::new());
+            write_request(&mut buf, &request).await.unwrap();
+            assert_eq!(buf.get_ref().len(), REQUEST_LEN);
+            buf.set_position(0);
+            assert_eq!(read_request(&mut buf).await.unwrap(), request);
+        }
 
+        let responses = [
+            Response::Data { remaining: 12345 },
+            Response::Refused(Status::Busy),
+            Response::Redirect {
+                remaining: 1 << 33,
+                port: 7505,
+                ticket: [9; 32],
+            },
+            Response::Refused(Status::NotFound),
+        ];
         let mut buf = Cursor::new(Vec::new());
-        write_status(&mut buf, Status::Ok, 12345).await.unwrap();
-        write_status(&mut buf, Status::Busy, 0).await.unwrap();
+        for r in &responses {
+            write_response(&mut buf, r).await.unwrap();
+        }
         buf.set_position(0);
-        assert_eq!(read_status(&mut buf).await.unwrap(), (Status::Ok, 12345));
-        assert_eq!(read_status(&mut buf).await.unwrap(), (Status::Busy, 0));
+        for r in &responses {
+            assert_eq!(&read_response(&mut buf).await.unwrap(), r);
+        }
     }
 
     #[tokio::test]
     async fn rejects_bad_versions_and_statuses() {
-        let mut buf = Cursor::new(vec![9u8; 41]);
+        let mut buf = Cursor::new(vec![9u8; REQUEST_LEN]);
         assert!(matches!(
             read_request(&mut buf).await,
             Err(ProtocolError::Version(9))
         ));
         let mut buf = Cursor::new(vec![200u8]);
         assert!(matches!(
-            read_status(&mut buf).await,
+            read_response(&mut buf).await,
             Err(ProtocolError::UnknownStatus(200))
         ));
-        let mut short = Cursor::new(vec![1u8; 10]);
+        let mut short = Cursor::new(vec![VERSION; 10]);
         assert!(matches!(
             read_request(&mut short).await,
             Err(ProtocolError::Io(_))
+        ));
+        // A version 1 request (41 bytes) is refused, not waited on.
+        let mut old = Cursor::new(vec![1u8; 41]);
+        assert!(matches!(
+            read_request(&mut old).await,
+            Err(ProtocolError::Version(1))
         ));
     }
 }

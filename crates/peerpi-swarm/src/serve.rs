@@ -1,17 +1,20 @@
 //! The serving side of the blob protocol: answers requests from the store,
-//! streaming with backpressure, within per-peer and global stream limits.
+//! on the stream itself or by a ticket for the bulk channel, streaming with
+//! backpressure, within per-peer and global stream limits and the upload limit.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures_util::{AsyncWriteExt, StreamExt};
+use bytes::Bytes;
+use futures_util::{AsyncWriteExt, Stream, StreamExt};
 use libp2p::PeerId;
 use peerpi_store::Store;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::protocol::{self, Status};
+use crate::protocol::{self, Response, Status};
 use crate::{lock, Shared};
 
 pub(crate) struct Limits {
@@ -29,7 +32,7 @@ impl Limits {
         }
     }
 
-    fn acquire(&self, peer: PeerId) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    fn acquire(&self, peer: PeerId) -> Option<Permits> {
         let per_peer = lock(&self.peers)
             .entry(peer)
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_peer)))
@@ -59,13 +62,17 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// The stream permits held while a transfer (or its unredeemed ticket) lives.
+pub(crate) type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
 async fn serve_one(
     peer: PeerId,
     mut stream: libp2p::Stream,
-    permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
-    shared: &Shared,
+    permits: Option<Permits>,
+    shared: &Arc<Shared>,
     store: &Store,
 ) -> Result<(), protocol::ProtocolError> {
+    let refuse = |status| Response::Refused(status);
     let request = match tokio::time::timeout(
         shared.stream_timeout,
         protocol::read_request(&mut stream),
@@ -75,66 +82,150 @@ async fn serve_one(
         Ok(Ok(r)) => r,
         Ok(Err(protocol::ProtocolError::Version(v))) => {
             debug!(%peer, version = v, "unsupported request version");
-            return protocol::write_status(&mut stream, Status::BadRequest, 0).await;
+            return protocol::write_response(&mut stream, &refuse(Status::BadRequest)).await;
         }
         Ok(Err(e)) => return Err(e),
         Err(_) => return Ok(()),
     };
-    if permits.is_none() {
-        return protocol::write_status(&mut stream, Status::Busy, 0).await;
-    }
+    let Some(permits) = permits else {
+        return protocol::write_response(&mut stream, &refuse(Status::Busy)).await;
+    };
     let blob = match store.get(&request.digest) {
         Ok(Some(blob)) => blob,
-        _ => return protocol::write_status(&mut stream, Status::NotFound, 0).await,
+        _ => return protocol::write_response(&mut stream, &refuse(Status::NotFound)).await,
     };
     if request.offset > blob.size {
-        return protocol::write_status(&mut stream, Status::BadRequest, 0).await;
+        return protocol::write_response(&mut stream, &refuse(Status::BadRequest)).await;
     }
     let file = match std::fs::File::open(&blob.path) {
-        Ok(f) => f,
+        Ok(f) => Arc::new(f),
         // Evicted between lookup and open.
-        Err(_) => return protocol::write_status(&mut stream, Status::NotFound, 0).await,
+        Err(_) => return protocol::write_response(&mut stream, &refuse(Status::NotFound)).await,
     };
     let remaining = blob.size - request.offset;
-    protocol::write_status(&mut stream, Status::Ok, remaining).await?;
-    let mut chunks = std::pin::pin!(peerpi_store::read_range(
-        Arc::new(file),
+    if let Some(bulk) = shared.bulk.as_ref() {
+        if request.can_redirect && remaining >= bulk.min_size {
+            let issued = bulk.issue(
+                peer,
+                request.digest,
+                file.clone(),
+                request.offset,
+                remaining,
+                permits,
+            );
+            match issued {
+                Ok(ticket) => {
+                    let redirect = Response::Redirect {
+                        remaining,
+                        port: bulk.port,
+                        ticket,
+                    };
+                    protocol::write_response(&mut stream, &redirect).await?;
+                    stream.close().await?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!("cannot make a ticket ({e}); answering BUSY");
+                    return protocol::write_response(&mut stream, &refuse(Status::Busy)).await;
+                }
+            }
+        }
+    }
+    protocol::write_response(&mut stream, &Response::Data { remaining }).await?;
+    let mut body = std::pin::pin!(outgoing(
+        shared.clone(),
+        peer,
+        file,
         request.offset,
-        remaining
+        remaining,
+        permits
     ));
-    #[cfg(feature = "adversary")]
-    let mut sent = 0u64;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        #[cfg(feature = "adversary")]
-        let chunk = match lie(shared, chunk, sent, remaining).await {
-            Some(c) => c,
-            None => return Ok(()),
-        };
-        #[cfg(feature = "adversary")]
-        {
-            sent += chunk.len() as u64;
-        }
+    while let Some(chunk) = body.next().await {
         // write_all waits for the peer to read: the stream's flow control is the backpressure.
-        stream.write_all(&chunk).await?;
-        #[cfg(feature = "adversary")]
-        if shared.adversary == Some(crate::Adversary::Stall) {
-            stream.flush().await?;
-            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-        }
-        shared
-            .counters
-            .bytes_served
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        shared.peer_mut(peer, |p| p.bytes_out += chunk.len() as u64);
+        stream.write_all(&chunk?).await?;
     }
     stream.close().await?;
     Ok(())
 }
 
+/// The bytes of one transfer, for either channel: `len` bytes of `file` from
+/// `offset`, paced by the upload limit and counted as they go. The permits
+/// are released when the stream is dropped.
+pub(crate) fn outgoing(
+    shared: Arc<Shared>,
+    peer: PeerId,
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
+    permits: Permits,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    struct Transfer<S> {
+        chunks: std::pin::Pin<Box<S>>,
+        shared: Arc<Shared>,
+        peer: PeerId,
+        sent: u64,
+        #[cfg_attr(not(feature = "adversary"), allow(dead_code))]
+        len: u64,
+        _permits: Permits,
+    }
+    let transfer = Transfer {
+        chunks: Box::pin(peerpi_store::read_range(file, offset, len)),
+        shared,
+        peer,
+        sent: 0,
+        len,
+        _permits: permits,
+    };
+    futures_util::stream::unfold(transfer, |mut t| async move {
+        let chunk = match t.chunks.next().await? {
+            Ok(chunk) => chunk,
+            Err(e) => return Some((Err(e), t)),
+        };
+        #[cfg(feature = "adversary")]
+        let chunk = lie(&t.shared, chunk, t.sent, t.len).await?;
+        if let Some(limit) = t.shared.upload_limit.as_ref() {
+            limit.take(chunk.len()).await;
+        }
+        let n = chunk.len() as u64;
+        t.sent += n;
+        t.shared
+            .counters
+            .bytes_served
+            .fetch_add(n, Ordering::Relaxed);
+        t.shared.peer_mut(t.peer, |p| p.bytes_out += n);
+        Some((Ok(chunk), t))
+    })
+}
+
+/// Upload pacing shared by every transfer: bytes per second in all.
+pub(crate) struct UploadLimit {
+    bytes_per_second: u64,
+    next_free: Mutex<tokio::time::Instant>,
+}
+
+impl UploadLimit {
+    pub(crate) fn new(bytes_per_second: u64) -> Self {
+        Self {
+            bytes_per_second: bytes_per_second.max(1),
+            next_free: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits until `n` more bytes may go out.
+    async fn take(&self, n: usize) {
+        let start = {
+            let mut next_free = lock(&self.next_free);
+            let start = (*next_free).max(tokio::time::Instant::now());
+            *next_free = start + Duration::from_secs_f64(n as f64 / self.bytes_per_second as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
 /// Test support: what a lying peer sends instead of `chunk` (`None`: stop).
 #[cfg(feature = "adversary")]
-async fn lie(shared: &Shared, chunk: bytes::Bytes, sent: u64, total: u64) -> Option<bytes::Bytes> {
+async fn lie(shared: &Shared, chunk: Bytes, sent: u64, total: u64) -> Option<Bytes> {
     use crate::Adversary;
     match shared.adversary {
         None => Some(chunk),
@@ -150,7 +241,12 @@ async fn lie(shared: &Shared, chunk: bytes::Bytes, sent: u64, total: u64) -> Opt
         Some(Adversary::Truncate) => {
             (sent < total / 2).then(|| chunk.slice(..chunk.len().min((total / 2 - sent) as usize)))
         }
-        // Half of the first chunk; `serve_one` then goes silent.
-        Some(Adversary::Stall) => Some(chunk.slice(..chunk.len() / 2)),
+        // Half of the first chunk, then silence.
+        Some(Adversary::Stall) => {
+            if sent > 0 {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            Some(chunk.slice(..chunk.len() / 2))
+        }
     }
 }

@@ -169,6 +169,32 @@ pub(crate) async fn start(
         .accept(crate::protocol::PROTOCOL)
         .map_err(|e| SwarmError::Start(e.to_string()))?;
     let (tx, rx) = mpsc::channel(1024);
+    let bulk_listener =
+        match config.bulk_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                SwarmError::Address {
+                    addr: addr.to_string(),
+                    reason: format!("cannot listen for the bulk channel: {e}"),
+                }
+            })?),
+            None => None,
+        };
+    let bulk = match &bulk_listener {
+        Some(listener) => {
+            let addr = listener
+                .local_addr()
+                .map_err(|e| SwarmError::Start(e.to_string()))?;
+            info!(%addr, "bulk channel listening");
+            Some(crate::bulk::Channel::new(
+                addr.port(),
+                config.bulk_min_size,
+                config.stream_timeout,
+            ))
+        }
+        None => None,
+    };
+    let http = crate::bulk::client(config.stream_timeout)
+        .map_err(|e| SwarmError::Start(format!("HTTP client for bulk transfers: {e}")))?;
     let shared = Arc::new(Shared {
         local_peer_id,
         region: config.region.clone(),
@@ -178,9 +204,15 @@ pub(crate) async fn start(
         listen_addrs: Mutex::new(Vec::new()),
         counters: Default::default(),
         stream_timeout: config.stream_timeout,
+        bulk,
+        upload_limit: config.upload_limit.map(crate::serve::UploadLimit::new),
+        http,
         #[cfg(feature = "adversary")]
         adversary: config.adversary,
     });
+    if let Some(listener) = bulk_listener {
+        tokio::spawn(crate::bulk::serve(listener, shared.clone()));
+    }
     let limits = Arc::new(Limits::new(config.max_streams_per_peer, config.max_streams));
     tokio::spawn(accept_loop(incoming, shared.clone(), store.clone(), limits));
     let handle = SwarmHandle {
@@ -321,8 +353,16 @@ impl Runner {
                 peer_id, endpoint, ..
             } => {
                 let addr = endpoint.get_remote_address().clone();
+                let ip = addr.iter().find_map(|part| match part {
+                    Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                    Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                    _ => None,
+                });
                 self.shared.peer_mut(peer_id, |p| {
                     p.connected = true;
+                    if ip.is_some() {
+                        p.ip = ip;
+                    }
                     if !p.addrs.contains(&addr) {
                         p.addrs.push(addr);
                     }

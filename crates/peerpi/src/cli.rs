@@ -120,6 +120,17 @@ pub struct ServeArgs {
     #[arg(long, env = "PEERPI_PEER_TIMEOUT", value_name = "DURATION")]
     pub peer_timeout: Option<String>,
 
+    /// Where peers fetch large blobs over plain HTTP with a one-time ticket
+    /// from the swarm, or `off` to send everything on libp2p streams
+    /// [default: 0.0.0.0:7505].
+    #[arg(long, env = "PEERPI_BULK_LISTEN", value_name = "HOST:PORT|off")]
+    pub bulk_listen: Option<String>,
+
+    /// Upload to peers at most this many bytes per second in all, e.g.
+    /// 50MiB [default: unlimited].
+    #[arg(long, env = "PEERPI_UPLOAD_LIMIT", value_name = "BYTES")]
+    pub upload_limit: Option<String>,
+
     /// Log format [default: text].
     #[arg(long, env = "PEERPI_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,

@@ -44,9 +44,12 @@ pub struct FileConfig {
     pub swarm_key: Option<PathBuf>,
     pub peer_deadline: Option<String>,
     pub peer_timeout: Option<String>,
+    pub bulk_listen: Option<String>,
+    pub upload_limit: Option<String>,
 }
 
 pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/tcp/7504";
+pub const DEFAULT_BULK_LISTEN: &str = "0.0.0.0:7505";
 
 /// Peer-to-peer settings of `peerpi serve`.
 #[derive(Debug, Clone)]
@@ -57,6 +60,10 @@ pub struct P2pConfig {
     pub region: Option<String>,
     pub swarm_key: Option<PathBuf>,
     pub peer_timeout: Duration,
+    /// `None`: the bulk channel is off.
+    pub bulk_listen: Option<SocketAddr>,
+    /// Bytes per second to peers in all; `None`: unlimited.
+    pub upload_limit: Option<u64>,
 }
 
 /// The resolved configuration of `peerpi serve`.
@@ -155,14 +162,25 @@ fn duration(name: &str, value: Option<&str>, default: Duration) -> Result<Durati
     }
 }
 
-fn size(value: Option<&str>) -> Result<u64> {
-    match value {
-        None => Ok(20 << 30),
-        Some(v) => v
-            .parse::<bytesize::ByteSize>()
-            .map(|b| b.as_u64())
-            .map_err(|e| anyhow!("invalid --cache-size {v:?}: {e} (examples: 500MB, 20GiB)")),
+fn size(name: &str, value: &str) -> Result<u64> {
+    value
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| anyhow!("invalid --{name} {value:?}: {e} (examples: 500MB, 20GiB)"))
+}
+
+fn bulk_listen(value: Option<&str>) -> Result<Option<SocketAddr>> {
+    let text = value.unwrap_or(DEFAULT_BULK_LISTEN).trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
     }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .map(Some)
+        .ok_or_else(|| {
+            anyhow!("invalid --bulk-listen {text:?}: expected HOST:PORT (e.g. {DEFAULT_BULK_LISTEN}) or off")
+        })
 }
 
 fn parse_upstream(text: &str, origin: &str) -> Result<Url> {
@@ -297,6 +315,14 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
                     .or(file.peer_timeout.as_deref()),
                 Duration::from_secs(10),
             )?,
+            bulk_listen: bulk_listen(args.bulk_listen.as_deref().or(file.bulk_listen.as_deref()))?,
+            upload_limit: args
+                .upload_limit
+                .as_deref()
+                .or(file.upload_limit.as_deref())
+                .map(|v| size("upload-limit", v))
+                .transpose()?
+                .filter(|&limit| limit > 0),
         })
     } else {
         None
@@ -306,7 +332,10 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
         upstream,
         upstream_source,
         data_dir,
-        cache_size: size(args.cache_size.as_deref().or(file.cache_size.as_deref()))?,
+        cache_size: match args.cache_size.as_deref().or(file.cache_size.as_deref()) {
+            Some(v) => size("cache-size", v)?,
+            None => 20 << 30,
+        },
         page_ttl: duration(
             "page-ttl",
             args.page_ttl.as_deref().or(file.page_ttl.as_deref()),
@@ -416,6 +445,20 @@ mod tests {
         assert!(!p2p.mdns);
         assert_eq!(p2p.region.as_deref(), Some("eu"));
         assert_eq!(p2p.listen[0].to_string(), DEFAULT_P2P_LISTEN);
+        assert_eq!(p2p.bulk_listen, Some(DEFAULT_BULK_LISTEN.parse().unwrap()));
+        assert_eq!(p2p.upload_limit, None);
+        args.bulk_listen = Some("off".into());
+        args.upload_limit = Some("8MiB".into());
+        let p2p = resolve_serve(&args, &env_of(&[])).unwrap().p2p.unwrap();
+        assert_eq!((p2p.bulk_listen, p2p.upload_limit), (None, Some(8 << 20)));
+        args.bulk_listen = Some("127.0.0.1:99999".into());
+        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("--bulk-listen") && e.contains("off"), "{e}");
+        args.bulk_listen = None;
+        args.upload_limit = Some("fast".into());
+        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("--upload-limit"), "{e}");
+        args.upload_limit = None;
         args.bootstrap = vec!["not a multiaddr".into()];
         let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
         assert!(e.contains("--bootstrap") && e.contains("/p2p/"), "{e}");

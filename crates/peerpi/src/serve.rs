@@ -78,6 +78,8 @@ async fn start_swarm(p2p: &P2pConfig, config: &ServeConfig, node: &Node) -> Resu
     swarm_config.mdns = p2p.mdns;
     swarm_config.region = p2p.region.clone();
     swarm_config.stream_timeout = p2p.peer_timeout;
+    swarm_config.bulk_listen = p2p.bulk_listen;
+    swarm_config.upload_limit = p2p.upload_limit;
     if let Some(path) = &p2p.swarm_key {
         let key = peerpi_swarm::read_swarm_key(path)?;
         info!(fingerprint = %key.fingerprint(), "private swarm: only nodes with this key connect");

@@ -1,0 +1,287 @@
+//! The bulk channel: large blob bodies over plain HTTP on a TCP port of their
+//! own. The libp2p blob protocol (authenticated by noise, inside the private
+//! network when there is one) decides who may fetch and hands out one-time
+//! tickets; the body then moves without noise and yamux framing, which on
+//! loopback is several times faster (BENCHMARKS.md). Integrity never depended
+//! on the channel: the requester verifies the whole blob against the digest
+//! from the index, whichever way its bytes came.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use libp2p::PeerId;
+use peerpi_core::Sha256Digest;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::protocol::Ticket;
+use crate::serve::{outgoing, Permits};
+use crate::{lock, FetchError, Shared};
+
+/// Where tickets are redeemed.
+const PATH_PREFIX: &str = "/peerpi/blobs/";
+
+/// What a ticket allows: one range of one blob, to one peer, once, soon.
+struct Issued {
+    peer: PeerId,
+    digest: Sha256Digest,
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
+    permits: Permits,
+    expires: Instant,
+}
+
+/// This node's side of the bulk channel.
+pub(crate) struct Channel {
+    pub(crate) port: u16,
+    /// Smaller transfers stay on the libp2p stream: for them the extra
+    /// connection costs more than the framing.
+    pub(crate) min_size: u64,
+    ttl: Duration,
+    issued: Mutex<HashMap<Ticket, Issued>>,
+}
+
+impl Channel {
+    pub(crate) fn new(port: u16, min_size: u64, ttl: Duration) -> Self {
+        Self {
+            port,
+            min_size,
+            ttl,
+            issued: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A ticket for `len` bytes of `file` from `offset`. The stream permits
+    /// travel with it, so an unredeemed ticket counts against the limits
+    /// until it expires.
+    pub(crate) fn issue(
+        &self,
+        peer: PeerId,
+        digest: Sha256Digest,
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+        permits: Permits,
+    ) -> Result<Ticket, getrandom::Error> {
+        let mut ticket = [0u8; 32];
+        getrandom::fill(&mut ticket)?;
+        let now = Instant::now();
+        let mut issued = lock(&self.issued);
+        issued.retain(|_, i| i.expires > now);
+        issued.insert(
+            ticket,
+            Issued {
+                peer,
+                digest,
+                file,
+                offset,
+                len,
+                permits,
+                expires: now + self.ttl,
+            },
+        );
+        Ok(ticket)
+    }
+
+    fn redeem(&self, ticket: &Ticket) -> Option<Issued> {
+        let issued = lock(&self.issued).remove(ticket)?;
+        (issued.expires > Instant::now()).then_some(issued)
+    }
+}
+
+/// Serves redeemed tickets until the listener fails.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let router = Router::new()
+        .route(&format!("{PATH_PREFIX}{{digest}}"), get(redeem))
+        .with_state(shared);
+    if let Err(e) = axum::serve(listener, router).await {
+        warn!("the bulk channel stopped: {e}");
+    }
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, format!("{message}\n")).into_response()
+}
+
+async fn redeem(
+    State(shared): State<Arc<Shared>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(channel) = shared.bulk.as_ref() else {
+        return refuse(StatusCode::NOT_FOUND, "the bulk channel is off");
+    };
+    let Ok(digest) = digest.parse::<Sha256Digest>() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the path must end in a sha256 digest (64 hex digits)",
+        );
+    };
+    let ticket = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| hex::decode(t.trim()).ok())
+        .and_then(|t| Ticket::try_from(t.as_slice()).ok());
+    let Some(ticket) = ticket else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "a ticket is required (Authorization: Bearer <64 hex digits>); \
+             peers get one by asking for the blob over /peerpi/blob/2",
+        );
+    };
+    let Some(issued) = channel.redeem(&ticket) else {
+        return refuse(StatusCode::FORBIDDEN, "unknown, used or expired ticket");
+    };
+    if issued.digest != digest {
+        return refuse(StatusCode::FORBIDDEN, "this ticket is for another blob");
+    }
+    debug!(peer = %issued.peer, %digest, offset = issued.offset, len = issued.len, "bulk transfer");
+    let body = outgoing(
+        shared.clone(),
+        issued.peer,
+        issued.file,
+        issued.offset,
+        issued.len,
+        issued.permits,
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, issued.len.to_string()),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// The HTTP client for the requesting side: never through a proxy (peers
+/// are addressed directly), never decompressing.
+pub(crate) fn client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .no_gzip()
+        .tcp_nodelay(true)
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+}
+
+/// Redeems `ticket` at `peer`'s bulk channel; the response body carries
+/// exactly `remaining` bytes.
+pub(crate) async fn fetch(
+    shared: &Shared,
+    peer: PeerId,
+    ip: IpAddr,
+    port: u16,
+    digest: &Sha256Digest,
+    ticket: &Ticket,
+    remaining: u64,
+) -> Result<reqwest::Response, FetchError> {
+    let protocol = |reason: String| FetchError::Protocol { peer, reason };
+    let url = format!("http://{}{PATH_PREFIX}{digest}", SocketAddr::new(ip, port));
+    let response = tokio::time::timeout(
+        shared.stream_timeout,
+        shared
+            .http
+            .get(&url)
+            .bearer_auth(hex::encode(ticket))
+            .send(),
+    )
+    .await
+    .map_err(|_| FetchError::Timeout { peer })?
+    .map_err(|e| FetchError::Open {
+        peer,
+        reason: format!("bulk channel {url}: {e}"),
+    })?;
+    if response.status() != StatusCode::OK {
+        return Err(protocol(format!(
+            "bulk channel answered {}",
+            response.status()
+        )));
+    }
+    if response.content_length() != Some(remaining) {
+        return Err(protocol(format!(
+            "bulk channel announced {:?} bytes, the stream said {remaining}",
+            response.content_length()
+        )));
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+
+    const TTL: Duration = Duration::from_millis(200);
+
+    fn permits() -> Permits {
+        let s = Arc::new(Semaphore::new(2));
+        (
+            s.clone().try_acquire_owned().unwrap(),
+            s.try_acquire_owned().unwrap(),
+        )
+    }
+
+    fn file() -> Arc<File> {
+        Arc::new(tempfile::tempfile().unwrap())
+    }
+
+    #[tokio::test]
+    async fn tickets_are_single_use_and_expire() {
+        let channel = Channel::new(1, 0, TTL);
+        let peer = PeerId::random();
+        let digest = Sha256Digest::from_bytes([3; 32]);
+        let ticket = channel
+            .issue(peer, digest, file(), 5, 10, permits())
+            .unwrap();
+        let issued = channel.redeem(&ticket).expect("first use");
+        assert_eq!(
+            (issued.peer, issued.digest, issued.offset, issued.len),
+            (peer, digest, 5, 10)
+        );
+        assert!(channel.redeem(&ticket).is_none(), "second use");
+
+        let late = channel
+            .issue(peer, digest, file(), 0, 10, permits())
+            .unwrap();
+        tokio::time::sleep(TTL * 2).await;
+        assert!(channel.redeem(&late).is_none(), "expired");
+    }
+
+    #[tokio::test]
+    async fn expired_tickets_give_back_their_stream_permits() {
+        let channel = Channel::new(1, 0, TTL);
+        let limit = Arc::new(Semaphore::new(1));
+        let held = (
+            limit.clone().try_acquire_owned().unwrap(),
+            Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+        );
+        let digest = Sha256Digest::from_bytes([4; 32]);
+        channel
+            .issue(PeerId::random(), digest, file(), 0, 1, held)
+            .unwrap();
+        assert_eq!(
+            limit.available_permits(),
+            0,
+            "an open ticket holds its permit"
+        );
+        tokio::time::sleep(TTL * 2).await;
+        // Issuing prunes expired tickets.
+        channel
+            .issue(PeerId::random(), digest, file(), 0, 1, permits())
+            .unwrap();
+        assert_eq!(limit.available_permits(), 1);
+    }
+}

@@ -1,10 +1,14 @@
 //! Scale check for announcing: a node that provides N CIDs (default 100,000)
-//! to a second node on loopback, at an unthrottled rate. Prints the time and
-//! CPU for one full round of announcements and the process RSS before and
-//! after, so the cost of holding and re-providing a large store is known.
+//! to PEERS other nodes (default 1) on loopback. One round of announcements
+//! is what every re-provide interval costs, so this prints, for one round:
+//! the time, the CPU seconds, the bytes that crossed loopback (the network
+//! traffic of all the DHT walks and ADD_PROVIDER messages, both directions
+//! counted once), and the process RSS before and after.
 //!
-//! Run: `cargo run --release --example provide_scale -- [N] [PER_SECOND]`
-//! (PER_SECOND 0, the default, announces as fast as the swarm accepts).
+//! Run: `cargo run --release --example provide_scale -- [N] [PER_SECOND] [PEERS]`
+//! (PER_SECOND 0, the default, announces as fast as the swarm accepts; the
+//! node itself paces re-providing at 50 per second). Loopback bytes are read
+//! from /proc/net/dev, so other loopback traffic on the machine adds to them.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +25,19 @@ fn rss_mib() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Bytes received on the loopback interface so far (each loopback byte is
+/// sent and received once, so this is the traffic).
+fn loopback_bytes() -> u64 {
+    std::fs::read_to_string("/proc/net/dev")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.trim_start().starts_with("lo:"))
+                .and_then(|l| l.split_once(':')?.1.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn cpu_seconds() -> f64 {
@@ -66,10 +83,24 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(0);
+    let peers: usize = std::env::args()
+        .nth(3)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1);
     let pause = (per_second > 0).then(|| Duration::from_secs(1) / per_second);
-    let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let b = node(dirs.1.path(), vec![]).await?;
-    let a = node(dirs.0.path(), b.listen_addrs()).await?;
+    let dir_a = tempfile::tempdir()?;
+    let mut others = Vec::new();
+    let mut bootstrap = Vec::new();
+    for _ in 0..peers {
+        let dir = tempfile::tempdir()?;
+        let peer = node(dir.path(), bootstrap.clone()).await?;
+        if bootstrap.is_empty() {
+            bootstrap = peer.listen_addrs();
+        }
+        others.push((dir, peer));
+    }
+    let a = node(dir_a.path(), bootstrap).await?;
     while a
         .counters()
         .connected_peers
@@ -78,8 +109,11 @@ async fn main() -> anyhow::Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Let identify and Kademlia fill the routing tables.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_before = rss_mib();
     let cpu_before = cpu_seconds();
+    let traffic_before = loopback_bytes();
     let started = Instant::now();
     for i in 0..n {
         let mut bytes = [0u8; 32];
@@ -97,12 +131,16 @@ async fn main() -> anyhow::Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let elapsed = started.elapsed().as_secs_f64();
     // Let the DHT walks that the announcements started finish.
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let cpu = cpu_seconds() - cpu_before;
+    let traffic = loopback_bytes() - traffic_before;
     println!(
-        "provided {n} CIDs in {:.1} s, {:.1} CPU s (both nodes, one process); RSS {rss_before:.1} -> {:.1} MiB",
-        started.elapsed().as_secs_f64(),
-        cpu_seconds() - cpu_before,
+        "provided {n} CIDs to {peers} peer(s) in {elapsed:.1} s: {cpu:.1} CPU s (all nodes, one process), \
+         {:.1} MiB over loopback ({:.0} bytes per CID); RSS {rss_before:.1} -> {:.1} MiB",
+        traffic as f64 / f64::from(1 << 20),
+        traffic as f64 / f64::from(n),
         rss_mib()
     );
     Ok(())

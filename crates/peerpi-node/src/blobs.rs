@@ -289,6 +289,7 @@ impl Node {
         flight: &Flight,
     ) -> Result<(Arc<File>, u64), String> {
         let metrics = &self.inner.metrics;
+        let started = std::time::Instant::now();
         let mut providers = swarm
             .find_providers(*digest)
             .await
@@ -340,38 +341,47 @@ impl Node {
             contributors.push(peer);
             let mut complete = true;
             // Peer bytes are not streamed to clients, so they can be written
-            // in large batches, one PEER_WRITE_BATCH at a time on a blocking
-            // thread while the next batch arrives.
-            let mut pending = bytes::BytesMut::new();
+            // in large batches, one PEER_WRITE_BATCH at a time on blocking
+            // threads while the next batch arrives.
+            let mut pending = Batch::default();
             loop {
                 match download.next_chunk().await {
                     Ok(Some(chunk)) => {
                         metrics.blob_bytes(Source::Peer, chunk.len() as u64);
-                        pending.extend_from_slice(&chunk);
-                        if pending.len() >= PEER_WRITE_BATCH {
-                            writer.push(pending.split().freeze()).await?;
+                        pending.add(chunk);
+                        if pending.len >= PEER_WRITE_BATCH {
+                            writer.push(std::mem::take(&mut pending)).await?;
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        warn!(%peer, %digest, at = writer.len() + pending.len() as u64, "peer transfer failed: {e}; blocking it and resuming elsewhere");
+                        warn!(%peer, %digest, at = writer.len() + pending.len as u64, "peer transfer failed: {e}; blocking it and resuming elsewhere");
                         let _ = swarm.block(peer).await;
                         complete = false;
                         break;
                     }
                 }
             }
-            if !pending.is_empty() {
-                writer.push(pending.freeze()).await?;
+            if pending.len > 0 {
+                writer.push(pending).await?;
             }
             if !complete {
                 continue;
             }
             let len = writer.len();
+            let received = started.elapsed();
             let finished = writer.finish().await?;
+            let written = started.elapsed();
             match self.commit(finished, digest, len).await {
                 Ok(()) => {
-                    info!(%digest, file = %origin.filename, len, from = %peer, "verified and stored from peers");
+                    info!(
+                        %digest, file = %origin.filename, len, from = %peer,
+                        channel = download.channel().as_str(),
+                        received_ms = received.as_millis() as u64,
+                        written_ms = written.as_millis() as u64,
+                        stored_ms = started.elapsed().as_millis() as u64,
+                        "verified and stored from peers"
+                    );
                     return Ok((file, len));
                 }
                 Err(CommitError::Mismatch(e)) => {
@@ -400,26 +410,52 @@ impl Node {
             len: origin.size,
             readable: 0,
         });
-        Ok((BackgroundWriter::new(writer), file))
+        Ok((BackgroundWriter::new(writer, file.clone()), file))
     }
 }
 
-/// A temp-file writer whose appends (write and hash) run on a blocking
-/// thread, at most one at a time, while the caller receives the next batch.
+/// Received chunks gathered for one append, without copying them together.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn add(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+}
+
+/// A temp-file writer whose appends (write and hash, in parallel) run on
+/// blocking threads, one batch at a time, while the caller receives the next
+/// batch. Every `SYNC_EVERY` bytes it also starts flushing what is written to
+/// disk on another thread, so that the fsync before the commit finds little
+/// left to do.
 struct BackgroundWriter {
     idle: Option<BlobWriter>,
     busy: Option<tokio::task::JoinHandle<Result<BlobWriter, peerpi_store::StoreError>>>,
+    file: Arc<File>,
+    syncing: Option<tokio::task::JoinHandle<io::Result<()>>>,
     /// Bytes handed over, written or not yet.
     len: u64,
+    synced_at: u64,
 }
 
+/// Bytes between background flushes of a peer download's temp file.
+const SYNC_EVERY: u64 = 16 << 20;
+
 impl BackgroundWriter {
-    fn new(writer: BlobWriter) -> Self {
+    fn new(writer: BlobWriter, file: Arc<File>) -> Self {
         let len = writer.len();
         Self {
             idle: Some(writer),
             busy: None,
+            file,
+            syncing: None,
             len,
+            synced_at: len,
         }
     }
 
@@ -427,12 +463,19 @@ impl BackgroundWriter {
         self.len
     }
 
-    async fn push(&mut self, chunk: Bytes) -> Result<(), String> {
+    async fn push(&mut self, batch: Batch) -> Result<(), String> {
         let mut writer = self.wait().await?;
-        self.len += chunk.len() as u64;
+        self.len += batch.len as u64;
         self.busy = Some(tokio::task::spawn_blocking(move || {
-            writer.append(&chunk).map(|()| writer)
+            writer.append_batch(&batch.chunks).map(|()| writer)
         }));
+        let sync_idle = self.syncing.as_ref().is_none_or(|s| s.is_finished());
+        if self.len - self.synced_at >= SYNC_EVERY && sync_idle {
+            self.synced_at = self.len;
+            let file = self.file.clone();
+            // Errors surface in the commit's own fsync.
+            self.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        }
         Ok(())
     }
 
@@ -452,7 +495,11 @@ impl BackgroundWriter {
     }
 
     async fn finish(mut self) -> Result<BlobWriter, String> {
-        self.wait().await
+        let writer = self.wait().await?;
+        if let Some(syncing) = self.syncing.take() {
+            let _ = syncing.await;
+        }
+        Ok(writer)
     }
 }
 

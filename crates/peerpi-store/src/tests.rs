@@ -136,3 +136,35 @@ fn pages_and_origins_round_trip() {
     store.put_origins(&[(d, origin.clone())]).unwrap();
     assert_eq!(store.origin(&d).unwrap(), Some(origin));
 }
+
+#[test]
+fn batches_written_and_hashed_in_parallel_match_single_appends() {
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    // Small batches take the one-thread path, large ones the parallel one.
+    for batch_size in [1_000usize, 600_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 64 << 20).unwrap();
+        let chunks: Vec<&[u8]> = data.chunks(97_001).collect();
+        let mut w = store.writer().unwrap();
+        for batch in chunks.chunks(batch_size.div_ceil(97_001)) {
+            w.append_batch(batch).unwrap();
+        }
+        assert_eq!(w.len(), data.len() as u64);
+        let digest = digest_of(&data);
+        store.commit(w, &digest, Some(data.len() as u64)).unwrap();
+        assert_eq!(
+            fs::read(store.get(&digest).unwrap().unwrap().path).unwrap(),
+            data
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 64 << 20).unwrap();
+    let mut w = store.writer().unwrap();
+    let mut tampered = data.clone();
+    tampered[2_999_999] ^= 1;
+    w.append_batch(&[&tampered[..]]).unwrap();
+    assert!(matches!(
+        store.commit(w, &digest_of(&data), None),
+        Err(StoreError::DigestMismatch { .. })
+    ));
+}

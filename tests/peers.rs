@@ -433,6 +433,45 @@ async fn a_peer_killed_mid_transfer_is_replaced_at_the_offset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_blobs_over_quic() {
+    let upstream = fake_index(demo_graph()).await;
+    let quic_only = |c: &mut SwarmConfig| {
+        c.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+    };
+    let a = peer_node(&upstream, &[], quic_only).await;
+    assert!(p2p_addr(&a).to_string().contains("/quic-v1/"));
+    get_bytes(file_url(&a, "beta", "beta-1.0-py3-none-any.whl").await).await;
+    let b = peer_node(&upstream, &[p2p_addr(&a)], quic_only).await;
+    assert!(eventually(Duration::from_secs(10), || connected(&b) >= 1).await);
+    let body = get_bytes(file_url(&b, "beta", "beta-1.0-py3-none-any.whl").await).await;
+    assert_eq!(
+        sha256_hex(&body),
+        upstream
+            .state
+            .file("beta-1.0-py3-none-any.whl")
+            .unwrap()
+            .sha256
+    );
+    assert_eq!(upstream.state.count("/files/beta-1.0-py3-none-any.whl"), 1);
+    assert!(metric(&b, "peerpi_blob_bytes_total", "source=\"peer\"").await > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_swarm_refuses_quic_addresses_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = peerpi_store::Store::open(dir.path(), 1 << 20).unwrap();
+    let mut config = SwarmConfig::new(dir.path().to_path_buf());
+    config.mdns = false;
+    config.swarm_key = Some(PreSharedKey::new([2; 32]));
+    config.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+    let Err(e) = SwarmHandle::start(config, std::sync::Arc::new(store)).await else {
+        panic!("a private swarm must not listen on QUIC");
+    };
+    let e = e.to_string();
+    assert!(e.contains("QUIC") && e.contains("/tcp"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_different_swarm_keys_do_not_connect() {
     let upstream = fake_index(demo_graph()).await;
     let key = |b: u8| PreSharedKey::new([b; 32]);

@@ -177,9 +177,14 @@ pub(crate) fn outgoing(
         _permits: permits,
     };
     futures_util::stream::unfold(transfer, |mut t| async move {
-        let chunk = match t.chunks.next().await? {
-            Ok(chunk) => chunk,
-            Err(e) => return Some((Err(e), t)),
+        let chunk = match t.chunks.next().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => return Some((Err(e), t)),
+            None => {
+                #[cfg(feature = "adversary")]
+                lie_at_end(&t.shared).await;
+                return None;
+            }
         };
         #[cfg(feature = "adversary")]
         let chunk = lie(&t.shared, chunk, t.sent, t.len).await?;
@@ -223,6 +228,19 @@ impl UploadLimit {
     }
 }
 
+/// Test support: a lying peer's behaviour after its last chunk. A staller
+/// stays silent even when the blob fit in one chunk; a truncator lingers a
+/// moment before closing, so that the requester has read the response head
+/// and the lie is the short body, not a reset connection.
+#[cfg(feature = "adversary")]
+async fn lie_at_end(shared: &Shared) {
+    match shared.adversary {
+        Some(crate::Adversary::Stall) => tokio::time::sleep(Duration::from_secs(3600)).await,
+        Some(crate::Adversary::Truncate) => tokio::time::sleep(Duration::from_millis(200)).await,
+        _ => {}
+    }
+}
+
 /// Test support: what a lying peer sends instead of `chunk` (`None`: stop).
 #[cfg(feature = "adversary")]
 async fn lie(shared: &Shared, chunk: Bytes, sent: u64, total: u64) -> Option<Bytes> {
@@ -239,7 +257,11 @@ async fn lie(shared: &Shared, chunk: Bytes, sent: u64, total: u64) -> Option<Byt
             Some(bad.into())
         }
         Some(Adversary::Truncate) => {
-            (sent < total / 2).then(|| chunk.slice(..chunk.len().min((total / 2 - sent) as usize)))
+            if sent >= total / 2 {
+                lie_at_end(shared).await;
+                return None;
+            }
+            Some(chunk.slice(..chunk.len().min((total / 2 - sent) as usize)))
         }
         // Half of the first chunk, then silence.
         Some(Adversary::Stall) => {

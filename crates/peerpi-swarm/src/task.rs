@@ -13,8 +13,8 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    allow_block_list, connection_limits, identify, kad, mdns, noise, ping, tcp, yamux, PeerId,
-    Swarm, Transport,
+    allow_block_list, connection_limits, identify, kad, mdns, noise, ping, quic, tcp, yamux,
+    PeerId, Swarm, Transport,
 };
 use peerpi_core::Sha256Digest;
 use peerpi_store::Store;
@@ -74,14 +74,51 @@ fn transport(
                 .boxed(),
             noise,
         ),
-        None => secure(tcp.boxed(), noise),
+        None => {
+            let quic = quic::tokio::Transport::new(quic::Config::new(key))
+                .map(|(peer, connection), _| (peer, StreamMuxerBox::new(connection)));
+            secure(tcp.boxed(), noise)
+                .or_transport(quic)
+                .map(|either, _| match either {
+                    futures_util::future::Either::Left(out)
+                    | futures_util::future::Either::Right(out) => out,
+                })
+                .boxed()
+        }
     })
+}
+
+fn is_quic(addr: &libp2p::Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
+}
+
+/// A private swarm cannot use QUIC: say so before anything starts.
+fn check_private_addresses(config: &SwarmConfig) -> Result<(), SwarmError> {
+    if config.swarm_key.is_none() {
+        return Ok(());
+    }
+    match config
+        .listen
+        .iter()
+        .chain(&config.bootstrap)
+        .find(|a| is_quic(a))
+    {
+        Some(addr) => Err(SwarmError::Address {
+            addr: addr.to_string(),
+            reason:
+                "QUIC cannot carry the private-network key; with --swarm-key use /tcp addresses"
+                    .into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 pub(crate) async fn start(
     config: SwarmConfig,
     store: Arc<Store>,
 ) -> Result<SwarmHandle, SwarmError> {
+    check_private_addresses(&config)?;
     let keypair = crate::load_or_create_keypair(&config.data_dir)?;
     let local_peer_id = keypair.public().to_peer_id();
     let agent = match &config.region {

@@ -49,6 +49,7 @@ pub struct FileConfig {
 }
 
 pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/tcp/7504";
+pub const DEFAULT_P2P_LISTEN_QUIC: &str = "/ip4/0.0.0.0/udp/7504/quic-v1";
 pub const DEFAULT_BULK_LISTEN: &str = "0.0.0.0:7505";
 
 /// Peer-to-peer settings of `peerpi serve`.
@@ -290,12 +291,18 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
     let data_dir = resolve_data_dir(args.data_dir.as_deref(), &file, env)?;
     let p2p_on = !args.no_p2p && file.p2p.unwrap_or(true);
     let p2p = if p2p_on {
+        let swarm_key = args.swarm_key.clone().or(file.swarm_key.clone());
         let listen = if !args.p2p_listen.is_empty() {
             args.p2p_listen.clone()
         } else {
-            file.p2p_listen
-                .clone()
-                .unwrap_or_else(|| vec![DEFAULT_P2P_LISTEN.to_string()])
+            file.p2p_listen.clone().unwrap_or_else(|| {
+                let mut defaults = vec![DEFAULT_P2P_LISTEN.to_string()];
+                // QUIC cannot carry the private-network key.
+                if swarm_key.is_none() {
+                    defaults.push(DEFAULT_P2P_LISTEN_QUIC.to_string());
+                }
+                defaults
+            })
         };
         let bootstrap = if !args.bootstrap.is_empty() {
             args.bootstrap.clone()
@@ -307,7 +314,7 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
             bootstrap: multiaddrs("bootstrap", &bootstrap)?,
             mdns: !args.no_mdns && file.mdns.unwrap_or(true),
             region: args.region.clone().or(file.region.clone()),
-            swarm_key: args.swarm_key.clone().or(file.swarm_key.clone()),
+            swarm_key,
             peer_timeout: duration(
                 "peer-timeout",
                 args.peer_timeout
@@ -445,6 +452,15 @@ mod tests {
         assert!(!p2p.mdns);
         assert_eq!(p2p.region.as_deref(), Some("eu"));
         assert_eq!(p2p.listen[0].to_string(), DEFAULT_P2P_LISTEN);
+        assert_eq!(p2p.listen[1].to_string(), DEFAULT_P2P_LISTEN_QUIC);
+        args.swarm_key = Some("swarm.key".into());
+        let private = resolve_serve(&args, &env_of(&[])).unwrap().p2p.unwrap();
+        assert_eq!(
+            private.listen.len(),
+            1,
+            "a private swarm listens on TCP only"
+        );
+        args.swarm_key = None;
         assert_eq!(p2p.bulk_listen, Some(DEFAULT_BULK_LISTEN.parse().unwrap()));
         assert_eq!(p2p.upload_limit, None);
         args.bulk_listen = Some("off".into());

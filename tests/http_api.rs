@@ -108,14 +108,7 @@ async fn html_only_upstream_is_understood() {
     assert_eq!(page["meta"]["api-version"], "1.0");
     let url = file_url(&node, "beta", "beta-1.0-py3-none-any.whl").await;
     let body = get_bytes(url).await;
-    assert_eq!(
-        sha256_hex(&body),
-        upstream
-            .state
-            .file("beta-1.0-py3-none-any.whl")
-            .unwrap()
-            .sha256
-    );
+    assert_is_upstream_file(&upstream, "beta-1.0-py3-none-any.whl", &body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,6 +158,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Asserts that `body` is exactly the file `filename` of the fake index.
+#[track_caller]
+pub fn assert_is_upstream_file(upstream: &FakeIndex, filename: &str, body: &[u8]) {
+    let expected = upstream
+        .state
+        .file(filename)
+        .expect("a file of the fake index");
+    assert_eq!(sha256_hex(body), expected.sha256, "{filename}");
+}
+
 /// Reads a counter (summing all series whose labels contain `labels`) from `/metrics`.
 pub async fn metric(node: &TestNode, name: &str, labels: &str) -> f64 {
     let text = client()

@@ -7,7 +7,6 @@
 //! from the index, whichever way its bytes came.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,20 +23,15 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::protocol::Ticket;
-use crate::serve::{outgoing, Permits};
+use crate::serve::{outgoing, Grant};
 use crate::{lock, FetchError, Shared};
 
 /// Where tickets are redeemed.
 const PATH_PREFIX: &str = "/peerpi/blobs/";
 
-/// What a ticket allows: one range of one blob, to one peer, once, soon.
+/// A ticket's grant, until it is redeemed or expires.
 struct Issued {
-    peer: PeerId,
-    digest: Sha256Digest,
-    file: Arc<File>,
-    offset: u64,
-    len: u64,
-    permits: Permits,
+    grant: Grant,
     expires: Instant,
 }
 
@@ -61,18 +55,9 @@ impl Channel {
         }
     }
 
-    /// A ticket for `len` bytes of `file` from `offset`. The stream permits
-    /// travel with it, so an unredeemed ticket counts against the limits
-    /// until it expires.
-    pub(crate) fn issue(
-        &self,
-        peer: PeerId,
-        digest: Sha256Digest,
-        file: Arc<File>,
-        offset: u64,
-        len: u64,
-        permits: Permits,
-    ) -> Result<Ticket, getrandom::Error> {
+    /// A one-time ticket for `grant`. The stream permits travel with it, so an
+    /// unredeemed ticket counts against the limits until it expires.
+    pub(crate) fn issue(&self, grant: Grant) -> Result<Ticket, getrandom::Error> {
         let mut ticket = [0u8; 32];
         getrandom::fill(&mut ticket)?;
         let now = Instant::now();
@@ -81,21 +66,16 @@ impl Channel {
         issued.insert(
             ticket,
             Issued {
-                peer,
-                digest,
-                file,
-                offset,
-                len,
-                permits,
+                grant,
                 expires: now + self.ttl,
             },
         );
         Ok(ticket)
     }
 
-    fn redeem(&self, ticket: &Ticket) -> Option<Issued> {
+    fn redeem(&self, ticket: &Ticket) -> Option<Grant> {
         let issued = lock(&self.issued).remove(ticket)?;
-        (issued.expires > Instant::now()).then_some(issued)
+        (issued.expires > Instant::now()).then_some(issued.grant)
     }
 }
 
@@ -140,27 +120,20 @@ async fn redeem(
              peers get one by asking for the blob over /peerpi/blob/2",
         );
     };
-    let Some(issued) = channel.redeem(&ticket) else {
+    let Some(grant) = channel.redeem(&ticket) else {
         return refuse(StatusCode::FORBIDDEN, "unknown, used or expired ticket");
     };
-    if issued.digest != digest {
+    if grant.digest != digest {
         return refuse(StatusCode::FORBIDDEN, "this ticket is for another blob");
     }
-    debug!(peer = %issued.peer, %digest, offset = issued.offset, len = issued.len, "bulk transfer");
-    let body = outgoing(
-        shared.clone(),
-        issued.peer,
-        issued.file,
-        issued.offset,
-        issued.len,
-        issued.permits,
-    );
+    debug!(peer = %grant.peer, %digest, offset = grant.offset, len = grant.len, "bulk transfer");
+    let len = grant.len;
     (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, issued.len.to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
         ],
-        Body::from_stream(body),
+        Body::from_stream(outgoing(shared.clone(), grant)),
     )
         .into_response()
 }
@@ -222,6 +195,8 @@ pub(crate) async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::Permits;
+    use std::fs::File;
     use tokio::sync::Semaphore;
 
     const TTL: Duration = Duration::from_millis(200);
@@ -243,9 +218,15 @@ mod tests {
         let channel = Channel::new(1, 0, TTL);
         let peer = PeerId::random();
         let digest = Sha256Digest::from_bytes([3; 32]);
-        let ticket = channel
-            .issue(peer, digest, file(), 5, 10, permits())
-            .unwrap();
+        let grant = |offset| Grant {
+            peer,
+            digest,
+            file: file(),
+            offset,
+            len: 10,
+            permits: permits(),
+        };
+        let ticket = channel.issue(grant(5)).unwrap();
         let issued = channel.redeem(&ticket).expect("first use");
         assert_eq!(
             (issued.peer, issued.digest, issued.offset, issued.len),
@@ -253,9 +234,7 @@ mod tests {
         );
         assert!(channel.redeem(&ticket).is_none(), "second use");
 
-        let late = channel
-            .issue(peer, digest, file(), 0, 10, permits())
-            .unwrap();
+        let late = channel.issue(grant(0)).unwrap();
         tokio::time::sleep(TTL * 2).await;
         assert!(channel.redeem(&late).is_none(), "expired");
     }
@@ -269,9 +248,15 @@ mod tests {
             Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
         );
         let digest = Sha256Digest::from_bytes([4; 32]);
-        channel
-            .issue(PeerId::random(), digest, file(), 0, 1, held)
-            .unwrap();
+        let grant = |permits| Grant {
+            peer: PeerId::random(),
+            digest,
+            file: file(),
+            offset: 0,
+            len: 1,
+            permits,
+        };
+        channel.issue(grant(held)).unwrap();
         assert_eq!(
             limit.available_permits(),
             0,
@@ -279,9 +264,7 @@ mod tests {
         );
         tokio::time::sleep(TTL * 2).await;
         // Issuing prunes expired tickets.
-        channel
-            .issue(PeerId::random(), digest, file(), 0, 1, permits())
-            .unwrap();
+        channel.issue(grant(permits())).unwrap();
         assert_eq!(limit.available_permits(), 1);
     }
 }

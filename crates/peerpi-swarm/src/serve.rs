@@ -105,14 +105,14 @@ async fn serve_one(
     let remaining = blob.size - request.offset;
     if let Some(bulk) = shared.bulk.as_ref() {
         if request.can_redirect && remaining >= bulk.min_size {
-            let issued = bulk.issue(
+            let issued = bulk.issue(Grant {
                 peer,
-                request.digest,
-                file.clone(),
-                request.offset,
-                remaining,
+                digest: request.digest,
+                file: file.clone(),
+                offset: request.offset,
+                len: remaining,
                 permits,
-            );
+            });
             match issued {
                 Ok(ticket) => {
                     let redirect = Response::Redirect {
@@ -134,11 +134,14 @@ async fn serve_one(
     protocol::write_response(&mut stream, &Response::Data { remaining }).await?;
     let mut body = std::pin::pin!(outgoing(
         shared.clone(),
-        peer,
-        file,
-        request.offset,
-        remaining,
-        permits
+        Grant {
+            peer,
+            digest: request.digest,
+            file,
+            offset: request.offset,
+            len: remaining,
+            permits,
+        }
     ));
     while let Some(chunk) = body.next().await {
         // write_all waits for the peer to read: the stream's flow control is the backpressure.
@@ -148,16 +151,23 @@ async fn serve_one(
     Ok(())
 }
 
-/// The bytes of one transfer, for either channel: `len` bytes of `file` from
-/// `offset`, paced by the upload limit and counted as they go. The permits
-/// are released when the stream is dropped.
+/// One transfer a peer may receive: a range of one blob, with the stream
+/// permits it holds while it lasts.
+pub(crate) struct Grant {
+    pub(crate) peer: PeerId,
+    pub(crate) digest: peerpi_core::Sha256Digest,
+    pub(crate) file: Arc<std::fs::File>,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) permits: Permits,
+}
+
+/// The bytes of one transfer, for either channel: paced by the upload limit
+/// and counted as they go. The permits are released when the stream is
+/// dropped.
 pub(crate) fn outgoing(
     shared: Arc<Shared>,
-    peer: PeerId,
-    file: Arc<std::fs::File>,
-    offset: u64,
-    len: u64,
-    permits: Permits,
+    grant: Grant,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     struct Transfer<S> {
         chunks: std::pin::Pin<Box<S>>,
@@ -169,12 +179,16 @@ pub(crate) fn outgoing(
         _permits: Permits,
     }
     let transfer = Transfer {
-        chunks: Box::pin(peerpi_store::read_range(file, offset, len)),
+        chunks: Box::pin(peerpi_store::read_range(
+            grant.file,
+            grant.offset,
+            grant.len,
+        )),
         shared,
-        peer,
+        peer: grant.peer,
         sent: 0,
-        len,
-        _permits: permits,
+        len: grant.len,
+        _permits: grant.permits,
     };
     futures_util::stream::unfold(transfer, |mut t| async move {
         let chunk = match t.chunks.next().await {

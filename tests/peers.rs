@@ -155,6 +155,18 @@ async fn liar_is_blocked_and_pip_still_installs(lie: Adversary, channel: Channel
         b.node.swarm().unwrap().is_blocked(&liar_id),
         "{lie:?} over {channel:?}: the liar is blocked"
     );
+    let until = b
+        .node
+        .swarm()
+        .unwrap()
+        .peer_info(&liar_id)
+        .unwrap()
+        .blocked_until;
+    assert_eq!(
+        until.is_none(),
+        lie == Adversary::WrongBytes,
+        "{lie:?}: bad bytes block for good, a broken transfer suspends"
+    );
     assert_eq!(
         upstream.state.count("/files/beta-1.0-py3-none-any.whl"),
         2,
@@ -231,6 +243,10 @@ async fn large_blob_from_a_peer(channel: Channel) {
     assert_eq!(
         metric(&b, "peerpi_blob_fetch_seconds_count", "source=\"peer\"").await,
         1.0
+    );
+    assert_eq!(
+        metric(&b, "peerpi_upstream_bytes_saved_total", "").await,
+        f64::from(3 << 20)
     );
 }
 
@@ -421,6 +437,110 @@ async fn a_peer_killed_mid_transfer_is_replaced_at_the_offset() {
         SIZE,
         "the honest peer sent only what A had not"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_resumed_transfer_fails_only_the_peer_whose_bytes_differ_is_blocked() {
+    let upstream = fake_index(vec![peerpi_testkit::synthetic(
+        "big",
+        "big-1.0.tar.gz",
+        3 << 20,
+        31,
+    )])
+    .await;
+    // B asks the truncating peer first (same region): its half is correct.
+    // The peer it resumes from sends wrong bytes for the rest.
+    let truncator = peer_node(&upstream, &[], |c| {
+        c.adversary = Some(Adversary::Truncate);
+        c.region = Some("here".into());
+    })
+    .await;
+    let forger = peer_node(&upstream, &[p2p_addr(&truncator)], |c| {
+        c.adversary = Some(Adversary::WrongBytes);
+        c.region = Some("there".into());
+    })
+    .await;
+    for n in [&truncator, &forger] {
+        get_bytes(file_url(n, "big", "big-1.0.tar.gz").await).await;
+    }
+    let b = peer_node(&upstream, &[p2p_addr(&truncator), p2p_addr(&forger)], |c| {
+        c.region = Some("here".into())
+    })
+    .await;
+    let swarm = b.node.swarm().unwrap().clone();
+    let (t_id, f_id) = (
+        truncator.node.swarm().unwrap().local_peer_id(),
+        forger.node.swarm().unwrap().local_peer_id(),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            swarm.peer_info(&t_id).is_some_and(|p| p.region.is_some())
+                && swarm.peer_info(&f_id).is_some_and(|p| p.region.is_some())
+        })
+        .await
+    );
+    let body = get_bytes(file_url(&b, "big", "big-1.0.tar.gz").await).await;
+    assert_is_upstream_file(&upstream, "big-1.0.tar.gz", &body);
+    assert_eq!(
+        upstream.state.count("/files/big-1.0.tar.gz"),
+        3,
+        "upstream completed after both peers failed"
+    );
+    assert!(
+        swarm.peer_info(&f_id).unwrap().bytes_in > 0,
+        "the forger sent the second part"
+    );
+    let forger_info = swarm.peer_info(&f_id).unwrap();
+    assert!(
+        forger_info.blocked && forger_info.blocked_until.is_none(),
+        "the forger is blocked for good"
+    );
+    let truncator_info = swarm.peer_info(&t_id).unwrap();
+    assert!(
+        truncator_info.blocked && truncator_info.blocked_until.is_some(),
+        "the truncator's bytes were right: suspended for breaking off, not blocked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_ends_but_a_block_for_bad_bytes_does_not() {
+    let upstream = fake_index(demo_graph()).await;
+    let a = peer_node(&upstream, &[], |_| {}).await;
+    let c = peer_node(&upstream, &[], |_| {}).await;
+    let b = peer_node(&upstream, &[p2p_addr(&a), p2p_addr(&c)], |_| {}).await;
+    assert!(eventually(Duration::from_secs(10), || connected(&b) >= 2).await);
+    let swarm = b.node.swarm().unwrap().clone();
+    let (a_id, c_id) = (
+        a.node.swarm().unwrap().local_peer_id(),
+        c.node.swarm().unwrap().local_peer_id(),
+    );
+    let blocked_count = || {
+        swarm
+            .counters()
+            .blocked_peers
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    swarm
+        .suspend(a_id, Duration::from_millis(500))
+        .await
+        .unwrap();
+    swarm
+        .suspend(c_id, Duration::from_millis(500))
+        .await
+        .unwrap();
+    swarm.block(c_id).await.unwrap();
+    assert!(swarm.is_blocked(&a_id) && swarm.is_blocked(&c_id));
+    assert!(eventually(Duration::from_secs(5), || blocked_count() == 2).await);
+    assert!(
+        eventually(Duration::from_secs(5), || !swarm.is_blocked(&a_id)).await,
+        "the suspension ends"
+    );
+    assert!(eventually(Duration::from_secs(5), || blocked_count() == 1).await);
+    assert!(
+        swarm.is_blocked(&c_id),
+        "a block for bad bytes outlasts a suspension"
+    );
+    assert_eq!(swarm.peer_info(&c_id).unwrap().blocked_until, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,13 +125,15 @@ impl Node {
         let started = std::time::Instant::now();
         let metrics = &self.inner.metrics;
         let mut outcome = Err("no source tried".to_string());
+        let mut suspects = Vec::new();
         if let Some(swarm) = self.inner.swarm.get() {
             outcome = self
-                .fetch_from_peers(swarm, &digest, &origin, &flight)
+                .fetch_from_peers(swarm, &digest, &origin, &flight, &mut suspects)
                 .await;
             match &outcome {
-                Ok(_) => {
+                Ok((_, len)) => {
                     metrics.blob_hit(Source::Peer);
+                    metrics.upstream_bytes_saved(*len);
                     metrics.blob_fetched(Source::Peer, started.elapsed().as_secs_f64());
                 }
                 Err(reason) => debug!(%digest, %reason, "no peer delivered; going upstream"),
@@ -143,6 +145,9 @@ impl Node {
                 metrics.blob_hit(Source::Upstream);
                 metrics.blob_fetched(Source::Upstream, started.elapsed().as_secs_f64());
             }
+        }
+        if let (Some(swarm), Ok((good, _))) = (self.inner.swarm.get(), &outcome) {
+            judge(swarm, &digest, suspects, good.clone()).await;
         }
         match outcome {
             Ok((file, len)) => {
@@ -281,12 +286,17 @@ impl Node {
     /// trusted, and pip does not retry a cut-short download). A peer that
     /// breaks the protocol, stalls or sends bytes that fail verification is
     /// blocked. Gives up when no provider appears within the peer deadline.
+    ///
+    /// When bytes from several peers fail verification together, the hash
+    /// cannot say who lied: their attempts go to `suspects`, to be judged
+    /// against the verified blob once one is stored (see `judge`).
     async fn fetch_from_peers(
         &self,
         swarm: &SwarmHandle,
         digest: &Sha256Digest,
         origin: &Origin,
         flight: &Flight,
+        suspects: &mut Vec<Attempt>,
     ) -> Result<(Arc<File>, u64), String> {
         let metrics = &self.inner.metrics;
         let started = std::time::Instant::now();
@@ -297,7 +307,7 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.inner.config.peer_deadline;
         let mut tried: HashSet<PeerId> = HashSet::new();
         let mut queue: Vec<PeerId> = Vec::new();
-        let mut contributors: Vec<PeerId> = Vec::new();
+        let mut contributors: Vec<(PeerId, std::ops::Range<u64>)> = Vec::new();
         let (mut writer, mut file) = self.new_peer_writer(origin, flight)?;
         loop {
             if queue.is_empty() {
@@ -338,7 +348,7 @@ impl Node {
                     continue;
                 }
             }
-            contributors.push(peer);
+            contributors.push((peer, offset..offset));
             let mut complete = true;
             // Peer bytes are not streamed to clients, so they can be written
             // in large batches, one PEER_WRITE_BATCH at a time on blocking
@@ -355,8 +365,8 @@ impl Node {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        warn!(%peer, %digest, at = writer.len() + pending.len as u64, "peer transfer failed: {e}; blocking it and resuming elsewhere");
-                        let _ = swarm.block(peer).await;
+                        warn!(%peer, %digest, at = writer.len() + pending.len as u64, "peer transfer failed: {e}; suspending it and resuming elsewhere");
+                        let _ = swarm.suspend(peer, self.inner.config.peer_suspension).await;
                         complete = false;
                         break;
                     }
@@ -364,6 +374,9 @@ impl Node {
             }
             if pending.len > 0 {
                 writer.push(pending).await?;
+            }
+            if let Some((_, range)) = contributors.last_mut() {
+                range.end = writer.len();
             }
             if !complete {
                 continue;
@@ -386,10 +399,22 @@ impl Node {
                 }
                 Err(CommitError::Mismatch(e)) => {
                     metrics.verification_failure(Source::Peer);
-                    for liar in contributors.drain(..) {
+                    if let [(liar, _)] = contributors[..] {
                         warn!(peer = %liar, %digest, "bad content from peer ({e}); blocking it");
                         let _ = swarm.block(liar).await;
+                    } else {
+                        for (peer, _) in &contributors {
+                            warn!(%peer, %digest, "bad content from several peers ({e}); suspending them until a verified copy tells who lied");
+                            let _ = swarm
+                                .suspend(*peer, self.inner.config.peer_suspension)
+                                .await;
+                        }
+                        suspects.push(Attempt {
+                            file: file.clone(),
+                            parts: std::mem::take(&mut contributors),
+                        });
                     }
+                    contributors.clear();
                     (writer, file) = self.new_peer_writer(origin, flight)?;
                 }
                 Err(CommitError::Other(e)) => return Err(e),
@@ -501,6 +526,54 @@ impl BackgroundWriter {
         }
         Ok(writer)
     }
+}
+
+/// A peer attempt that failed verification with bytes from several peers:
+/// its temp file (unlinked, still open) and who sent which range.
+pub(crate) struct Attempt {
+    file: Arc<File>,
+    parts: Vec<(PeerId, std::ops::Range<u64>)>,
+}
+
+/// Compares each suspect's range with the verified blob `good` and blocks
+/// the peers whose bytes differ; the others were honest (they stay only
+/// suspended for breaking off, if they did).
+async fn judge(
+    swarm: &SwarmHandle,
+    digest: &Sha256Digest,
+    attempts: Vec<Attempt>,
+    good: Arc<File>,
+) {
+    for attempt in attempts {
+        for (peer, range) in attempt.parts {
+            let (bad, good) = (attempt.file.clone(), good.clone());
+            let differs = tokio::task::spawn_blocking(move || ranges_differ(&bad, &good, range))
+                .await
+                .unwrap_or(Ok(false));
+            match differs {
+                Ok(true) => {
+                    warn!(%peer, %digest, "its part of a failed transfer differs from the verified blob; blocking it");
+                    let _ = swarm.block(peer).await;
+                }
+                Ok(false) => info!(%peer, %digest, "its part of a failed transfer was correct"),
+                Err(e) => warn!(%peer, %digest, "cannot compare a failed transfer: {e}"),
+            }
+        }
+    }
+}
+
+fn ranges_differ(a: &File, b: &File, range: std::ops::Range<u64>) -> io::Result<bool> {
+    let mut offset = range.start;
+    while offset < range.end {
+        let len = (range.end - offset).min(READ_CHUNK);
+        if peerpi_store::read_exact_at(a, offset, len)?
+            != peerpi_store::read_exact_at(b, offset, len)?
+        {
+            return Ok(true);
+        }
+        offset += len;
+    }
+    Ok(false)
 }
 
 enum CommitError {

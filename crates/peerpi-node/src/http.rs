@@ -487,6 +487,9 @@ async fn peers(State(node): State<Node>) -> Response {
                 "bytes_out": p.bytes_out,
                 "connected": p.connected,
                 "blocked": p.blocked,
+                "blocked_for_s": p.blocked_until.map(|u| {
+                    u.saturating_duration_since(std::time::Instant::now()).as_secs()
+                }),
             })
         })
         .collect();

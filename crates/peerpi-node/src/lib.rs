@@ -37,6 +37,9 @@ pub struct NodeConfig {
     /// How long to wait for a peer to start delivering a blob before
     /// going upstream.
     pub peer_deadline: Duration,
+    /// How long a peer that broke off or stalled a transfer is left alone
+    /// (bad content blocks it for good).
+    pub peer_suspension: Duration,
     pub upstream: UpstreamConfig,
 }
 
@@ -49,6 +52,7 @@ impl NodeConfig {
             negative_ttl: Duration::from_secs(60),
             page_max_age: Duration::from_secs(60),
             peer_deadline: Duration::from_secs(2),
+            peer_suspension: Duration::from_secs(600),
             upstream,
         }
     }

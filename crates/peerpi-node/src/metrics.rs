@@ -54,6 +54,7 @@ pub struct Metrics {
     verification_failures: Family<SourceLabels, Counter>,
     fetch_seconds: Family<SourceLabels, Histogram, fn() -> Histogram>,
     peer_transfers: Family<ChannelLabels, Counter>,
+    upstream_bytes_saved: Counter,
     upstream_requests: Family<UpstreamLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     cache_bytes: Gauge,
@@ -92,6 +93,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.001, 2.0, 17))
             }),
             peer_transfers: Family::default(),
+            upstream_bytes_saved: Counter::default(),
             upstream_requests: Family::default(),
             http_requests: Family::default(),
             cache_bytes: Gauge::default(),
@@ -128,6 +130,11 @@ impl Metrics {
             "peer_transfers",
             "Transfers started from peers, by channel: stream (libp2p) or bulk (HTTP with a ticket)",
             m.peer_transfers.clone(),
+        );
+        registry.register(
+            "upstream_bytes_saved",
+            "Bytes of verified blobs that came from peers instead of upstream",
+            m.upstream_bytes_saved.clone(),
         );
         registry.register(
             "upstream_requests",
@@ -189,6 +196,10 @@ impl Metrics {
         self.fetch_seconds
             .get_or_create(&source(s))
             .observe(seconds);
+    }
+
+    pub fn upstream_bytes_saved(&self, bytes: u64) {
+        self.upstream_bytes_saved.inc_by(bytes);
     }
 
     pub fn peer_transfer(&self, channel: &str) {

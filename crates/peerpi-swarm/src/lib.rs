@@ -136,6 +136,9 @@ pub struct PeerInfo {
     pub bytes_out: u64,
     pub connected: bool,
     pub blocked: bool,
+    /// For a suspension (a broken transfer), when it ends; `None` while
+    /// `blocked` means blocked for good (bad content).
+    pub blocked_until: Option<std::time::Instant>,
 }
 
 /// Counters the node exposes as metrics.
@@ -152,6 +155,7 @@ pub(crate) enum Command {
     Unprovide(Sha256Digest),
     FindProviders(Sha256Digest, mpsc::UnboundedSender<PeerId>),
     Block(PeerId),
+    Unblock(PeerId),
 }
 
 pub(crate) struct Shared {
@@ -350,10 +354,51 @@ impl SwarmHandle {
         Ok(rx)
     }
 
-    /// Blocks `peer`: its connections are closed and refused from now on.
+    /// Blocks `peer` for good (it sent bad content): its connections are
+    /// closed and refused from now on.
     pub async fn block(&self, peer: PeerId) -> Result<(), SwarmError> {
-        self.shared.peer_mut(peer, |p| p.blocked = true);
+        self.shared.peer_mut(peer, |p| {
+            p.blocked = true;
+            p.blocked_until = None;
+        });
         self.send(Command::Block(peer)).await
+    }
+
+    /// Blocks `peer` for `duration` (it broke off or stalled a transfer,
+    /// which an honest peer that crashed or restarted also does). A
+    /// permanent block in the meantime wins.
+    pub async fn suspend(&self, peer: PeerId, duration: Duration) -> Result<(), SwarmError> {
+        let until = std::time::Instant::now() + duration;
+        let newly = self.shared.peer_mut(peer, |p| {
+            if p.blocked && p.blocked_until.is_none() {
+                return false;
+            }
+            p.blocked = true;
+            p.blocked_until = Some(p.blocked_until.map_or(until, |u| u.max(until)));
+            true
+        });
+        if !newly {
+            return Ok(());
+        }
+        self.send(Command::Block(peer)).await?;
+        let handle = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            let lifted = handle.shared.peer_mut(peer, |p| {
+                let over = p
+                    .blocked_until
+                    .is_some_and(|u| u <= std::time::Instant::now());
+                if over {
+                    p.blocked = false;
+                    p.blocked_until = None;
+                }
+                over
+            });
+            if lifted {
+                let _ = handle.send(Command::Unblock(peer)).await;
+            }
+        });
+        Ok(())
     }
 
     /// Asks `peer` for `digest` from byte `offset`. Large bodies come over

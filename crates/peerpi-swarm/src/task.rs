@@ -347,6 +347,14 @@ impl Runner {
                 );
                 warn!(%peer, "peer blocked");
             }
+            Command::Unblock(peer) => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                count(
+                    &self.shared.counters.blocked_peers,
+                    self.swarm.behaviour().blocked.blocked_peers().len() as u64,
+                );
+                info!(%peer, "peer suspension over");
+            }
         }
         count(
             &self.shared.counters.provided_keys,

@@ -116,6 +116,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PEERPI_PEER_DEADLINE", value_name = "DURATION")]
     pub peer_deadline: Option<String>,
 
+    /// How long a peer that broke off or stalled a transfer is not asked
+    /// again; a peer that sent bad bytes is blocked for good [default: 10m].
+    #[arg(long, env = "PEERPI_PEER_SUSPENSION", value_name = "DURATION")]
+    pub peer_suspension: Option<String>,
+
     /// Silence after which a peer transfer counts as stalled [default: 10s].
     #[arg(long, env = "PEERPI_PEER_TIMEOUT", value_name = "DURATION")]
     pub peer_timeout: Option<String>,

@@ -43,6 +43,7 @@ pub struct FileConfig {
     pub region: Option<String>,
     pub swarm_key: Option<PathBuf>,
     pub peer_deadline: Option<String>,
+    pub peer_suspension: Option<String>,
     pub peer_timeout: Option<String>,
     pub bulk_listen: Option<String>,
     pub upload_limit: Option<String>,
@@ -84,6 +85,7 @@ pub struct ServeConfig {
     /// `None` when peer-to-peer is off.
     pub p2p: Option<P2pConfig>,
     pub peer_deadline: Duration,
+    pub peer_suspension: Duration,
 }
 
 fn multiaddrs(flag: &str, values: &[String]) -> Result<Vec<Multiaddr>> {
@@ -380,6 +382,13 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
                 .as_deref()
                 .or(file.peer_deadline.as_deref()),
             Duration::from_secs(2),
+        )?,
+        peer_suspension: duration(
+            "peer-suspension",
+            args.peer_suspension
+                .as_deref()
+                .or(file.peer_suspension.as_deref()),
+            Duration::from_secs(600),
         )?,
     })
 }

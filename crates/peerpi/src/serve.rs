@@ -19,6 +19,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     node_config.page_ttl = config.page_ttl;
     node_config.page_max_age = config.page_max_age;
     node_config.peer_deadline = config.peer_deadline;
+    node_config.peer_suspension = config.peer_suspension;
     let (node, report) = Node::open(node_config)?;
     info!(?report, data_dir = %config.data_dir.display(), "store ready");
     if let Some(p2p) = &config.p2p {

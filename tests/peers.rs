@@ -261,6 +261,43 @@ async fn a_large_blob_comes_over_the_stream_when_the_bulk_channel_is_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_bulk_channel_falls_back_to_the_stream() {
+    let upstream = fake_index(vec![peerpi_testkit::synthetic(
+        "big",
+        "big-1.0.tar.gz",
+        2 << 20,
+        41,
+    )])
+    .await;
+    // A's bulk channel listens on another loopback address than its swarm,
+    // so B, which connects to the IP of its libp2p connection, is refused.
+    let a = peer_node(&upstream, &[], |c| {
+        c.bulk_listen = Some("127.0.0.2:0".parse().unwrap());
+    })
+    .await;
+    get_bytes(file_url(&a, "big", "big-1.0.tar.gz").await).await;
+    let b = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
+    let body = get_bytes(file_url(&b, "big", "big-1.0.tar.gz").await).await;
+    assert_is_upstream_file(&upstream, "big-1.0.tar.gz", &body);
+    assert_eq!(
+        upstream.state.count("/files/big-1.0.tar.gz"),
+        1,
+        "only A went upstream"
+    );
+    assert_eq!(
+        metric(&b, "peerpi_peer_transfers_total", "channel=\"stream\"").await,
+        1.0
+    );
+    assert!(
+        !b.node
+            .swarm()
+            .unwrap()
+            .is_blocked(&a.node.swarm().unwrap().local_peer_id()),
+        "an unreachable bulk channel is not a lie"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bulk_channel_serves_nothing_without_a_valid_ticket() {
     let upstream = fake_index(demo_graph()).await;
     let a = peer_node(&upstream, &[], |_| {}).await;

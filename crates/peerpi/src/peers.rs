@@ -44,7 +44,11 @@ pub fn run(args: &PeersArgs) -> Result<()> {
     );
     for p in v["peers"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let state = if p["blocked"].as_bool() == Some(true) {
-            "blocked"
+            if p["blocked_for_s"].is_u64() {
+                "suspended"
+            } else {
+                "blocked"
+            }
         } else if p["connected"].as_bool() == Some(true) {
             "connected"
         } else {

@@ -177,3 +177,37 @@ fn env_prints_exports_for_pip_and_uv() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_taken_bulk_port_is_a_clear_cli_error() {
+    let data = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bulk = taken.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_peerpi"))
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9/simple/",
+            "--no-mdns",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .args([
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bulk-listen",
+            &bulk,
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_remove("PEERPI_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&bulk)
+            && stderr.contains("bulk channel")
+            && stderr.contains("--bulk-listen"),
+        "{stderr}"
+    );
+}

@@ -88,7 +88,7 @@ async fn start_swarm(p2p: &P2pConfig, config: &ServeConfig, node: &Node) -> Resu
     }
     let swarm = SwarmHandle::start(swarm_config, node.shared_store())
         .await
-        .context("cannot start the peer-to-peer swarm (use --p2p-listen to choose another address, or --no-p2p)")?;
+        .context("cannot start the peer-to-peer swarm (choose other addresses with --p2p-listen and --bulk-listen, or run with --no-p2p)")?;
     info!(peer_id = %swarm.local_peer_id(), region = ?p2p.region, "peer-to-peer on");
     Ok(swarm)
 }

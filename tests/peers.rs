@@ -558,18 +558,18 @@ async fn a_suspension_ends_but_a_block_for_bad_bytes_does_not() {
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     swarm
-        .suspend(a_id, Duration::from_millis(500))
+        .suspend(a_id, Duration::from_secs(2))
         .await
         .unwrap();
     swarm
-        .suspend(c_id, Duration::from_millis(500))
+        .suspend(c_id, Duration::from_secs(2))
         .await
         .unwrap();
     swarm.block(c_id).await.unwrap();
     assert!(swarm.is_blocked(&a_id) && swarm.is_blocked(&c_id));
     assert!(eventually(Duration::from_secs(5), || blocked_count() == 2).await);
     assert!(
-        eventually(Duration::from_secs(5), || !swarm.is_blocked(&a_id)).await,
+        eventually(Duration::from_secs(10), || !swarm.is_blocked(&a_id)).await,
         "the suspension ends"
     );
     assert!(eventually(Duration::from_secs(5), || blocked_count() == 1).await);

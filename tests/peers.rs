@@ -557,14 +557,8 @@ async fn a_suspension_ends_but_a_block_for_bad_bytes_does_not() {
             .blocked_peers
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    swarm
-        .suspend(a_id, Duration::from_secs(2))
-        .await
-        .unwrap();
-    swarm
-        .suspend(c_id, Duration::from_secs(2))
-        .await
-        .unwrap();
+    swarm.suspend(a_id, Duration::from_secs(2)).await.unwrap();
+    swarm.suspend(c_id, Duration::from_secs(2)).await.unwrap();
     swarm.block(c_id).await.unwrap();
     assert!(swarm.is_blocked(&a_id) && swarm.is_blocked(&c_id));
     assert!(eventually(Duration::from_secs(5), || blocked_count() == 2).await);

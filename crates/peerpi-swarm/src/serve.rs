@@ -17,10 +17,60 @@ use tracing::{debug, warn};
 use crate::protocol::{self, Response, Status};
 use crate::{lock, Shared};
 
+/// Requests one peer may make per second, on average.
+const REQUESTS_PER_SECOND: f64 = 100.0;
+/// Requests one peer may make at once after a quiet spell.
+const REQUEST_BURST: f64 = 200.0;
+/// Peers remembered before idle ones are forgotten.
+const MAX_TRACKED_PEERS: usize = 4096;
+
+/// Per-peer and global limits on what peers may ask of this node: streams
+/// open at once (transfers, unredeemed tickets included) and the rate of
+/// requests. Over a limit the answer is BUSY.
 pub(crate) struct Limits {
     per_peer: usize,
     all: Arc<Semaphore>,
-    peers: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
+    peers: Mutex<HashMap<PeerId, PeerLimits>>,
+}
+
+struct PeerLimits {
+    streams: Arc<Semaphore>,
+    requests: TokenBucket,
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+struct TokenBucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            tokens: REQUEST_BURST,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: std::time::Instant) {
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * REQUESTS_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(REQUEST_BURST);
+        self.last = now;
+    }
+
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        self.refill(now);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    fn is_full(&mut self, now: std::time::Instant) -> bool {
+        self.refill(now);
+        self.tokens >= REQUEST_BURST
+    }
 }
 
 impl Limits {
@@ -33,11 +83,29 @@ impl Limits {
     }
 
     fn acquire(&self, peer: PeerId) -> Option<Permits> {
-        let per_peer = lock(&self.peers)
-            .entry(peer)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_peer)))
-            .clone();
-        let peer_permit = per_peer.try_acquire_owned().ok()?;
+        self.acquire_at(peer, std::time::Instant::now())
+    }
+
+    fn acquire_at(&self, peer: PeerId, now: std::time::Instant) -> Option<Permits> {
+        let streams = {
+            let mut peers = lock(&self.peers);
+            if peers.len() >= MAX_TRACKED_PEERS && !peers.contains_key(&peer) {
+                // Forget peers with nothing open and nothing owed.
+                let per_peer = self.per_peer;
+                peers.retain(|_, l| {
+                    l.streams.available_permits() < per_peer || !l.requests.is_full(now)
+                });
+            }
+            let limits = peers.entry(peer).or_insert_with(|| PeerLimits {
+                streams: Arc::new(Semaphore::new(self.per_peer)),
+                requests: TokenBucket::new(now),
+            });
+            if !limits.requests.take(now) {
+                return None;
+            }
+            limits.streams.clone()
+        };
+        let peer_permit = streams.try_acquire_owned().ok()?;
         let all_permit = self.all.clone().try_acquire_owned().ok()?;
         Some((peer_permit, all_permit))
     }
@@ -284,5 +352,53 @@ async fn lie(shared: &Shared, chunk: Bytes, sent: u64, total: u64) -> Option<Byt
             }
             Some(chunk.slice(..chunk.len() / 2))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_peer_gets_a_burst_then_the_steady_rate() {
+        let limits = Limits::new(usize::MAX >> 4, usize::MAX >> 4);
+        let (peer, other) = (PeerId::random(), PeerId::random());
+        let start = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..REQUEST_BURST as usize {
+            held.push(limits.acquire_at(peer, start).expect("within the burst"));
+        }
+        assert!(limits.acquire_at(peer, start).is_none(), "burst spent");
+        assert!(
+            limits.acquire_at(other, start).is_some(),
+            "limits are per peer"
+        );
+        let later = start + Duration::from_millis(100);
+        let allowed = (0..100)
+            .filter(|_| limits.acquire_at(peer, later).is_some())
+            .count();
+        assert_eq!(
+            allowed,
+            (REQUESTS_PER_SECOND / 10.0) as usize,
+            "0.1 s earns 10"
+        );
+    }
+
+    #[test]
+    fn streams_are_limited_per_peer_and_in_all() {
+        let limits = Limits::new(2, 3);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let now = Instant::now();
+        let first = limits.acquire_at(a, now).unwrap();
+        let _second = limits.acquire_at(a, now).unwrap();
+        assert!(limits.acquire_at(a, now).is_none(), "two per peer");
+        let _third = limits.acquire_at(b, now).unwrap();
+        assert!(limits.acquire_at(b, now).is_none(), "three in all");
+        drop(first);
+        assert!(
+            limits.acquire_at(b, now).is_some(),
+            "a finished transfer frees its permits"
+        );
     }
 }

@@ -295,6 +295,16 @@ async fn an_unreachable_bulk_channel_falls_back_to_the_stream() {
             .is_blocked(&a.node.swarm().unwrap().local_peer_id()),
         "an unreachable bulk channel is not a lie"
     );
+    assert!(
+        b.node
+            .swarm()
+            .unwrap()
+            .peer_info(&a.node.swarm().unwrap().local_peer_id())
+            .unwrap()
+            .bulk_unreachable_until
+            .is_some(),
+        "not tried again for a while"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

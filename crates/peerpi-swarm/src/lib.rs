@@ -139,7 +139,14 @@ pub struct PeerInfo {
     /// For a suspension (a broken transfer), when it ends; `None` while
     /// `blocked` means blocked for good (bad content).
     pub blocked_until: Option<std::time::Instant>,
+    /// Until when this peer's bulk channel is not tried (it could not be
+    /// reached: a firewall that drops packets would cost a connect timeout
+    /// on every transfer).
+    pub bulk_unreachable_until: Option<std::time::Instant>,
 }
+
+/// How long a peer's unreachable bulk channel is left untried.
+const BULK_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// Counters the node exposes as metrics.
 #[derive(Debug, Default)]
@@ -413,11 +420,13 @@ impl SwarmHandle {
     ) -> Result<PeerDownload, FetchError> {
         // A node with its bulk channel off neither serves nor uses one: its
         // operator wants every byte inside noise (and the private network).
+        let now = std::time::Instant::now();
         let ip = self
             .shared
             .bulk
             .as_ref()
             .and(self.peer_info(&peer))
+            .filter(|p| p.bulk_unreachable_until.is_none_or(|until| until <= now))
             .and_then(|p| p.ip);
         let (response, stream) = self.request(peer, digest, offset, ip.is_some()).await?;
         let download = |remaining, body| PeerDownload {
@@ -442,7 +451,10 @@ impl SwarmHandle {
                 match bulk::fetch(&self.shared, peer, ip, port, &digest, &ticket, remaining).await {
                     Ok(response) => Ok(download(remaining, Body::Bulk(response))),
                     Err(e) => {
-                        tracing::warn!(%peer, "bulk channel unusable ({e}); using the stream");
+                        tracing::warn!(%peer, "bulk channel unusable ({e}); using the stream, and not trying it again for {BULK_RETRY_AFTER:?}");
+                        self.shared.peer_mut(peer, |p| {
+                            p.bulk_unreachable_until = Some(now + BULK_RETRY_AFTER);
+                        });
                         match self.request(peer, digest, offset, false).await? {
                             (protocol::Response::Data { remaining }, stream) => {
                                 Ok(download(remaining, Body::Stream(stream)))

@@ -177,3 +177,42 @@ async fn a_cached_project_still_installs_during_an_upstream_outage() {
         "{output}"
     );
 }
+
+/// The configuration users run: the real process with its swarm on. It
+/// cached a project, stopped cleanly, and comes back while upstream is down:
+/// its first page answer comes from the catalog within a second (the code
+/// before the fix deadlocked here), and pip installs the whole graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_process_serves_pip_with_upstream_down() {
+    let upstream = fake_index(peerpi_testkit::demo_graph()).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut node = NodeProcess::start(&upstream.simple_url(), data.path(), &[]).await;
+    let first = tempfile::tempdir().unwrap();
+    let bin = pip_venv(first.path()).await;
+    pip_install(&bin, &node.url("/simple/"), &["alpha"]).await;
+
+    let addr = node.addr;
+    node.stop_gracefully().await;
+    drop(node);
+    upstream.stop();
+    let node = NodeProcess::start_at(addr, &upstream.simple_url(), data.path(), &[]).await;
+    let started = std::time::Instant::now();
+    let page = tokio::time::timeout(
+        Duration::from_secs(5),
+        client().get(node.url("/simple/alpha/")).send(),
+    )
+    .await
+    .expect("the restarted node answers a cached page")
+    .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered in {:?}",
+        started.elapsed()
+    );
+
+    let second = tempfile::tempdir().unwrap();
+    let bin = pip_venv(second.path()).await;
+    pip_install(&bin, &node.url("/simple/"), &["alpha"]).await;
+    assert_eq!(installed(&bin).await, expected());
+}

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 pub struct TestNode {
     pub addr: SocketAddr,
     pub node: Node,
-    pub dir: tempfile::TempDir,
+    pub dir: std::sync::Arc<tempfile::TempDir>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -55,18 +55,53 @@ pub fn node_config(upstream: &FakeIndex, dir: &Path) -> NodeConfig {
 
 /// A node in this process, serving on an ephemeral loopback port.
 pub async fn start_node(upstream: &FakeIndex, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    start_node_in(upstream, dir, tweak).await
+}
+
+/// Stops `node` (its HTTP server and its handle on the store) and starts a
+/// new one on the same data directory, as a restart would.
+pub async fn restart(
+    node: TestNode,
+    upstream: &FakeIndex,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> TestNode {
+    let dir = node.dir.clone();
+    drop(node);
+    start_node_in(upstream, dir, tweak).await
+}
+
+/// A node in this process on `dir`, serving on an ephemeral loopback port.
+/// Waits (up to 10 s) for a previous node on `dir` to let go of its catalog.
+pub async fn start_node_in(
+    upstream: &FakeIndex,
+    dir: std::sync::Arc<tempfile::TempDir>,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> TestNode {
     let mut config = node_config(upstream, dir.path());
     tweak(&mut config);
-    let (node, _) = Node::open(config).expect("node opens");
+    let start = Instant::now();
+    let node = loop {
+        match Node::open(config.clone()) {
+            Ok((node, _)) => break node,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(10), "node opens: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let router = node.router();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    // The same server, with the same bounds, as `peerpi serve`.
+    let task = tokio::spawn(peerpi_http::serve(
+        listener,
+        router,
+        peerpi_http::Limits::default(),
+        std::future::pending(),
+    ));
     TestNode {
         addr,
         node,
@@ -263,6 +298,25 @@ impl NodeProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGTERM, then waits (up to 30 s) for a clean exit.
+    pub async fn stop_gracefully(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "SIGTERM sent");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "clean exit: {status:?}");
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "exits after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

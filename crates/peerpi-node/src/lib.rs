@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub page_ttl: Duration,
     /// How long an upstream 404 is remembered.
     pub negative_ttl: Duration,
+    /// Estimated bytes of project pages kept in memory (every page is also
+    /// in the catalog on disk).
+    pub page_memory: u64,
     /// `Cache-Control: max-age` sent to clients with pages.
     pub page_max_age: Duration,
     /// How long to wait for a peer to start delivering a blob before
@@ -50,6 +53,7 @@ impl NodeConfig {
             cache_size: 20 << 30,
             page_ttl: Duration::from_secs(600),
             negative_ttl: Duration::from_secs(60),
+            page_memory: 64 << 20,
             page_max_age: Duration::from_secs(60),
             peer_deadline: Duration::from_secs(2),
             peer_suspension: Duration::from_secs(600),
@@ -89,6 +93,7 @@ impl Node {
         })?;
         let upstream = Upstream::new(config.upstream.clone())
             .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let pages = pages::PageState::new(config.page_memory, config.negative_ttl);
         let node = Self {
             inner: Arc::new(Inner {
                 config,
@@ -96,7 +101,7 @@ impl Node {
                 upstream,
                 metrics: metrics::Metrics::new(),
                 flights: Mutex::new(HashMap::new()),
-                pages: pages::PageState::default(),
+                pages,
                 swarm: OnceLock::new(),
             }),
         };

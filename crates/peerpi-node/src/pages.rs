@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -21,9 +21,9 @@ use tracing::{debug, warn};
 
 use crate::{lock, Node, NodeError};
 
-/// More projects than this in memory and the in-memory page map is cleared
-/// (pages stay in the catalog); keeps memory bounded without an LRU.
-const MAX_PAGES_IN_MEMORY: usize = 4096;
+/// Projects remembered as missing upstream (after a 404) at most; the
+/// least recently used are forgotten first.
+const MAX_NEGATIVE_ENTRIES: u64 = 16_384;
 
 /// How the page being served was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,8 @@ pub struct Variant {
 pub struct PageEntry {
     pub cached: CachedPage,
     variants: Mutex<HashMap<(PageFormat, bool), Variant>>,
+    /// Estimated bytes in memory, rendered forms included.
+    weight: u32,
 }
 
 /// The page served for one request.
@@ -72,11 +74,29 @@ pub struct PageView {
 
 type PageFuture = Shared<BoxFuture<'static, Result<PageView, NodeError>>>;
 
-#[derive(Default)]
+/// Pages in memory (bounded by an estimate of their bytes, least recently
+/// used out first; every page is also in the catalog), refreshes in flight,
+/// and projects recently found missing upstream (bounded by count).
 pub struct PageState {
-    entries: Mutex<HashMap<ProjectName, Arc<PageEntry>>>,
+    entries: moka::sync::Cache<ProjectName, Arc<PageEntry>>,
     inflight: Mutex<HashMap<ProjectName, PageFuture>>,
-    negative: Mutex<HashMap<ProjectName, Instant>>,
+    negative: moka::sync::Cache<ProjectName, ()>,
+}
+
+impl PageState {
+    pub fn new(memory_bytes: u64, negative_ttl: Duration) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(memory_bytes)
+                .weigher(|_, entry: &Arc<PageEntry>| entry.weight)
+                .build(),
+            inflight: Mutex::new(HashMap::new()),
+            negative: moka::sync::Cache::builder()
+                .max_capacity(MAX_NEGATIVE_ENTRIES)
+                .time_to_live(negative_ttl)
+                .build(),
+        }
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -89,6 +109,7 @@ pub(crate) fn now_ms() -> u64 {
 impl PageEntry {
     fn new(cached: CachedPage, variants: HashMap<(PageFormat, bool), Variant>) -> Arc<Self> {
         Arc::new(Self {
+            weight: estimated_weight(&cached.page),
             cached,
             variants: Mutex::new(variants),
         })
@@ -118,6 +139,17 @@ impl PageEntry {
         lock(&self.variants).insert((format, gzip), variant.clone());
         variant
     }
+}
+
+/// The bytes a page takes in memory with its (up to four) rendered forms:
+/// about three times its listed text, which every form repeats.
+fn estimated_weight(page: &ProjectPage) -> u32 {
+    let text: usize = page
+        .files
+        .iter()
+        .map(|f| 200 + f.filename.len() * 2 + f.url.len())
+        .sum();
+    u32::try_from(text.saturating_mul(3)).unwrap_or(u32::MAX)
 }
 
 fn gzip_bytes(plain: &[u8]) -> Vec<u8> {
@@ -227,18 +259,21 @@ impl Node {
     /// The project's page, from cache or upstream (see the module doc).
     pub async fn project_page(&self, name: &ProjectName) -> Result<PageView, NodeError> {
         let pages = &self.inner.pages;
-        if let Some(until) = lock(&pages.negative).get(name) {
-            if Instant::now() < *until {
-                return Err(not_found(name));
-            }
+        if pages.negative.contains_key(name) {
+            return Err(not_found(name));
         }
-        let entry = match lock(&pages.entries).get(name).cloned() {
+        // Read the catalog only when memory has no entry: no lock is held here
+        // (a guard alive across `remember` deadlocked a node after restarts).
+        let entry = match pages.entries.get(name) {
             Some(e) => Some(e),
-            None => self.inner.store.page(name.as_str())?.map(|cached| {
-                let e = PageEntry::new(cached, HashMap::new());
-                self.remember(name, e.clone());
-                e
-            }),
+            None => match self.inner.store.page(name.as_str())? {
+                Some(cached) => {
+                    let e = PageEntry::new(cached, HashMap::new());
+                    self.remember(name, e.clone());
+                    Some(e)
+                }
+                None => None,
+            },
         };
         if let Some(entry) = &entry {
             let age_ms = now_ms().saturating_sub(entry.cached.fetched_at_ms);
@@ -252,17 +287,26 @@ impl Node {
         }
         let future = lock(&pages.inflight)
             .entry(name.clone())
-            .or_insert_with(|| self.clone().refresh(name.clone(), entry).boxed().shared())
+            .or_insert_with(|| {
+                // A spawned task: the refresh completes (and stores its page)
+                // even when every client that asked has gone away.
+                let task = tokio::spawn(self.clone().refresh(name.clone(), entry));
+                async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(NodeError::Internal(format!(
+                            "page refresh task failed: {e}"
+                        )))
+                    })
+                }
+                .boxed()
+                .shared()
+            })
             .clone();
         future.await
     }
 
     fn remember(&self, name: &ProjectName, entry: Arc<PageEntry>) {
-        let mut entries = lock(&self.inner.pages.entries);
-        if entries.len() >= MAX_PAGES_IN_MEMORY && !entries.contains_key(name) {
-            entries.clear();
-        }
-        entries.insert(name.clone(), entry);
+        self.inner.pages.entries.insert(name.clone(), entry);
     }
 
     async fn refresh(
@@ -325,10 +369,7 @@ impl Node {
             }
             Ok(PageFetch::NotFound) => {
                 metrics.upstream_request("page", "not_found");
-                lock(&self.inner.pages.negative).insert(
-                    name.clone(),
-                    Instant::now() + self.inner.config.negative_ttl,
-                );
+                self.inner.pages.negative.insert(name.clone(), ());
                 Err(not_found(name))
             }
             Err(e) => {

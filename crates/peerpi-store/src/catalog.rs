@@ -85,6 +85,27 @@ impl Catalog {
             .transpose()
     }
 
+    /// Records an access to a blob only if its record is still `seen`: a
+    /// record that eviction removed (or a commit replaced) in the meantime is
+    /// left as it is. Returns whether the access was recorded.
+    pub(crate) fn touch_blob(
+        &self,
+        digest: &Sha256Digest,
+        seen: &BlobRecord,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let updated = BlobRecord {
+            last_access_ms: now_ms,
+            ..*seen
+        };
+        let swapped = self.blobs.compare_and_swap(
+            digest.as_bytes(),
+            Some(encode(seen)),
+            Some(encode(&updated)),
+        )?;
+        Ok(swapped.is_ok())
+    }
+
     pub(crate) fn remove_blob(
         &self,
         digest: &Sha256Digest,

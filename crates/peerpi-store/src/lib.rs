@@ -61,6 +61,10 @@ pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> St
     move |source| StoreError::Io { context, source }
 }
 
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -157,10 +161,7 @@ impl Store {
 
     fn touch(&self, digest: &Sha256Digest, record: BlobRecord) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut persisted = self
-            .last_persisted_access
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut persisted = lock(&self.last_persisted_access);
         let last = persisted
             .get(digest)
             .copied()
@@ -168,13 +169,12 @@ impl Store {
         if now.saturating_sub(last) >= ACCESS_PERSIST_INTERVAL_MS {
             persisted.insert(*digest, now);
             drop(persisted);
-            self.catalog.put_blob(
-                digest,
-                &BlobRecord {
-                    last_access_ms: now,
-                    ..record
-                },
-            )?;
+            // Conditional: eviction may have removed the record since `get`
+            // read it, and an unconditional write would bring back a record
+            // without a file.
+            if !self.catalog.touch_blob(digest, &record, now)? {
+                lock(&self.last_persisted_access).remove(digest);
+            }
         }
         Ok(())
     }
@@ -241,7 +241,7 @@ impl Store {
         if self.total_bytes() <= self.cap_bytes {
             return Ok(Vec::new());
         }
-        let _guard = self.eviction.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = lock(&self.eviction);
         let mut candidates = self.catalog.blobs()?;
         candidates.sort_by_key(|(digest, record)| (record.last_access_ms, *digest));
         let mut evicted = Vec::new();
@@ -272,6 +272,7 @@ impl Store {
         if self.catalog.remove_blob(digest)?.is_some() {
             self.total_bytes.fetch_sub(size, Ordering::Relaxed);
         }
+        lock(&self.last_persisted_access).remove(digest);
         let path = self.blob_path(digest);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),

@@ -168,3 +168,36 @@ fn batches_written_and_hashed_in_parallel_match_single_appends() {
         Err(StoreError::DigestMismatch { .. })
     ));
 }
+
+/// `get` reads a record, eviction removes it, then `get` records the access:
+/// the access must not bring back a record whose file is gone.
+#[test]
+fn an_access_recorded_after_eviction_does_not_resurrect_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    let d = put(&store, b"evicted between get and touch");
+    let seen = store.catalog.blob(&d).unwrap().unwrap();
+    let stale = BlobRecord {
+        last_access_ms: 0,
+        ..seen
+    };
+    store.catalog.put_blob(&d, &stale).unwrap();
+    store.remove(&d, seen.size).unwrap();
+
+    store.touch(&d, stale).unwrap();
+    assert!(
+        store.catalog.blob(&d).unwrap().is_none(),
+        "no record without a file"
+    );
+    assert_eq!(store.total_bytes(), 0);
+
+    // While the record is there, the access is recorded.
+    let d = put(&store, b"kept");
+    let old = BlobRecord {
+        last_access_ms: 0,
+        ..store.catalog.blob(&d).unwrap().unwrap()
+    };
+    store.catalog.put_blob(&d, &old).unwrap();
+    store.touch(&d, old).unwrap();
+    assert!(store.catalog.blob(&d).unwrap().unwrap().last_access_ms > 0);
+}

@@ -20,7 +20,7 @@ use axum::Router;
 use libp2p::PeerId;
 use peerpi_core::Sha256Digest;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::protocol::Ticket;
 use crate::serve::{outgoing, Grant};
@@ -79,14 +79,22 @@ impl Channel {
     }
 }
 
-/// Serves redeemed tickets until the listener fails.
+/// Connections the bulk channel keeps open at once: every transfer holds a
+/// stream permit too, so more than the global stream limit is never useful.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Serves redeemed tickets. Connections are capped on their own, so a flood
+/// of idle connections here (no ticket needed to connect) cannot starve the
+/// node's HTTP front; idle ones close after the header timeout.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let router = Router::new()
         .route(&format!("{PATH_PREFIX}{{digest}}"), get(redeem))
         .with_state(shared);
-    if let Err(e) = axum::serve(listener, router).await {
-        warn!("the bulk channel stopped: {e}");
-    }
+    let limits = peerpi_http::Limits {
+        max_connections: MAX_CONNECTIONS,
+        ..peerpi_http::Limits::default()
+    };
+    peerpi_http::serve(listener, router, limits, std::future::pending()).await;
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {

@@ -28,12 +28,17 @@ pub enum Fault {
     Status(u16),
     /// Never answer.
     Hang,
+    /// Answer normally after this long.
+    Delay(Duration),
     /// Send file bodies `chunk` bytes at a time with `delay` between chunks.
     Slow { chunk: usize, delay: Duration },
     /// Announce the full length but close after `after` bytes of a file body.
     Truncate { after: u64 },
     /// Serve file bodies with one byte changed.
     WrongBytes,
+    /// Serve file bodies as they are, labelled `Content-Encoding: gzip`
+    /// (as misconfigured servers do with `.tar.gz` files).
+    LabelGzip,
 }
 
 /// Everything the fake index serves, and what it has seen.
@@ -43,6 +48,8 @@ pub struct IndexState {
     counts: Mutex<HashMap<String, u64>>,
     faults: Mutex<Vec<(String, Fault)>>,
     html_only: AtomicBool,
+    /// Where pages say files are (`None`: relative `../../files/` URLs).
+    file_base: RwLock<Option<String>>,
 }
 
 /// The PEP 503 form of `name`; names the product would refuse are kept
@@ -111,6 +118,19 @@ impl IndexState {
 
     pub fn clear_faults(&self) {
         lock(&self.faults).clear();
+    }
+
+    /// List files at `<base>/files/<filename>` (absolute URLs, e.g. on
+    /// another host name) instead of relative URLs.
+    pub fn set_file_base(&self, base: Option<String>) {
+        *self.file_base.write().unwrap_or_else(|p| p.into_inner()) = base;
+    }
+
+    fn file_url(&self, filename: &str, relative_prefix: &str) -> String {
+        match &*self.file_base.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(base) => format!("{base}/files/{filename}"),
+            None => format!("{relative_prefix}{filename}"),
+        }
     }
 
     /// Serve only HTML pages, as a legacy index would.
@@ -199,6 +219,10 @@ async fn count_and_fault(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::GATEWAY_TIMEOUT.into_response()
         }
+        Some(Fault::Delay(delay)) => {
+            tokio::time::sleep(delay).await;
+            next.run(request).await
+        }
         _ => next.run(request).await,
     }
 }
@@ -220,7 +244,7 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn json_page(name: &str, files: &[FakeFile]) -> Vec<u8> {
+fn json_page(state: &IndexState, name: &str, files: &[FakeFile]) -> Vec<u8> {
     let mut versions: Vec<String> = Vec::new();
     let files: Vec<serde_json::Value> = files
         .iter()
@@ -231,7 +255,7 @@ fn json_page(name: &str, files: &[FakeFile]) -> Vec<u8> {
             }
             let mut v = serde_json::json!({
                 "filename": f.filename,
-                "url": format!("../../files/{}", f.filename),
+                "url": state.file_url(&f.filename, "../../files/"),
                 "hashes": { "sha256": f.sha256 },
                 "requires-python": f.requires_python,
                 "size": f.len,
@@ -249,13 +273,14 @@ fn json_page(name: &str, files: &[FakeFile]) -> Vec<u8> {
         .into_bytes()
 }
 
-fn html_page(name: &str, files: &[FakeFile]) -> Vec<u8> {
+fn html_page(state: &IndexState, name: &str, files: &[FakeFile]) -> Vec<u8> {
     let mut html =
         format!("<!DOCTYPE html><html><head><title>Links for {name}</title></head><body>\n");
     for f in files {
         html.push_str(&format!(
-            "<a href=\"/files/{}#sha256={}\"",
-            f.filename, f.sha256
+            "<a href=\"{}#sha256={}\"",
+            state.file_url(&f.filename, "/files/"),
+            f.sha256
         ));
         if let Some(rp) = &f.requires_python {
             html.push_str(&format!(" data-requires-python=\"{}\"", escape(rp)));
@@ -294,11 +319,11 @@ async fn project_page(
             .is_some_and(|a| a.contains("application/vnd.pypi.simple.v1+json"));
     let (body, content_type) = if wants_json {
         (
-            json_page(&project, &files),
+            json_page(&state, &project, &files),
             "application/vnd.pypi.simple.v1+json",
         )
     } else {
-        (html_page(&project, &files), "text/html")
+        (html_page(&state, &project, &files), "text/html")
     };
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..16]);
     if headers
@@ -393,6 +418,9 @@ async fn file(
     let mut response = Response::new(Body::from_stream(body_stream));
     let h = response.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    if fault == Some(Fault::LabelGzip) {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),

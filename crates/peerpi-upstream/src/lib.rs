@@ -1,6 +1,8 @@
 //! The HTTP client for the upstream Simple API index: project pages asked for
-//! as JSON first (HTML understood too), revalidated with ETags, and file
-//! downloads streamed from a byte offset.
+//! as JSON first (HTML understood too), revalidated with ETags, read up to a
+//! size limit; file downloads streamed from a byte offset exactly as sent
+//! (never decoded: the digest is over the bytes the index listed). URLs in
+//! errors carry no credentials.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use peerpi_core::simple::PageParseError;
 use peerpi_core::{ProjectName, ProjectPage};
-use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RANGE};
+use reqwest::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RANGE};
 use reqwest::StatusCode;
 use tracing::debug;
 use url::Url;
@@ -26,6 +28,9 @@ pub struct UpstreamConfig {
     /// Limit on connecting, and on silence between body chunks of a file.
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Largest project page accepted, after decompression (a gzip bomb
+    /// stops here).
+    pub max_page_bytes: u64,
 }
 
 impl UpstreamConfig {
@@ -35,6 +40,7 @@ impl UpstreamConfig {
             page_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            max_page_bytes: 64 << 20,
         }
     }
 }
@@ -53,18 +59,71 @@ pub enum UpstreamError {
         #[source]
         source: PageParseError,
     },
+    #[error("upstream {url} sent a page larger than {limit} bytes")]
+    PageTooLarge { url: String, limit: u64 },
     #[error("bad upstream URL {0:?}")]
     BadUrl(String),
+    #[error("refusing file URL {url}: {reason}")]
+    ForbiddenHost { url: String, reason: String },
     #[error("building the HTTP client: {0}")]
     Client(String),
 }
 
+/// `url` without its user name, password and query string: safe for an
+/// error message, a header or a log line.
+pub fn redacted(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            if parsed.query().is_some() {
+                parsed.set_query(Some("…"));
+            }
+            parsed.to_string()
+        }
+        // Not a URL: keep only what cannot be a secret.
+        Err(_) => url
+            .rsplit_once('@')
+            .map_or_else(|| url.to_string(), |(_, rest)| format!("…@{rest}")),
+    }
+}
+
+/// Whether connections to `ip` could reach something other than the public
+/// internet (this host, its LAN, link-local services such as a cloud
+/// metadata endpoint).
+fn is_non_global(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.octets()[0] == 0
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // 100.64/10
+        }
+        std::net::IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_non_global(v4.into());
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+        }
+    }
+}
+
 impl UpstreamError {
     fn from_reqwest(url: &str, e: reqwest::Error) -> Self {
+        let url = redacted(url);
+        // The error's own text would repeat the URL, credentials included.
+        let e = e.without_url();
         if e.is_timeout() {
-            UpstreamError::Timeout {
-                url: url.to_string(),
-            }
+            UpstreamError::Timeout { url }
         } else {
             let mut reason = e.to_string();
             let mut source = std::error::Error::source(&e);
@@ -72,10 +131,7 @@ impl UpstreamError {
                 reason = format!("{reason}: {s}");
                 source = s.source();
             }
-            UpstreamError::Unreachable {
-                url: url.to_string(),
-                reason,
-            }
+            UpstreamError::Unreachable { url, reason }
         }
     }
 }
@@ -102,7 +158,10 @@ pub struct FileDownload {
 #[derive(Clone)]
 pub struct Upstream {
     config: UpstreamConfig,
-    client: reqwest::Client,
+    /// For pages: compressed transfer welcome (bounded after decoding).
+    pages: reqwest::Client,
+    /// For files: asks for and takes the bytes as stored.
+    files: reqwest::Client,
 }
 
 impl Upstream {
@@ -111,13 +170,23 @@ impl Upstream {
             let path = format!("{}/", config.base.path());
             config.base.set_path(&path);
         }
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("peerpi/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .build()
-            .map_err(|e| UpstreamError::Client(e.to_string()))?;
-        Ok(Self { config, client })
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("peerpi/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(config.connect_timeout)
+                .read_timeout(config.read_timeout)
+        };
+        let build = |b: reqwest::ClientBuilder| {
+            b.build()
+                .map_err(|e| UpstreamError::Client(e.without_url().to_string()))
+        };
+        let pages = build(builder())?;
+        let files = build(builder().no_gzip())?;
+        Ok(Self {
+            config,
+            pages,
+            files,
+        })
     }
 
     pub fn base(&self) -> &Url {
@@ -139,9 +208,9 @@ impl Upstream {
         etag: Option<&str>,
     ) -> Result<PageFetch, UpstreamError> {
         let url = self.page_url(project)?;
-        let url_text = url.to_string();
+        let url_text = redacted(url.as_str());
         let mut request = self
-            .client
+            .pages
             .get(url.clone())
             .header(ACCEPT, PAGE_ACCEPT)
             .timeout(self.config.page_timeout);
@@ -177,10 +246,7 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| UpstreamError::from_reqwest(&url_text, e))?;
+        let body = read_limited(response, self.config.max_page_bytes, &url_text).await?;
         let parsed = if content_type.contains("json") {
             peerpi_core::json::parse_project_page(&body, &final_url)
         } else {
@@ -196,13 +262,18 @@ impl Upstream {
         })
     }
 
-    /// Starts downloading `url` from byte `offset`.
+    /// Starts downloading `url` from byte `offset`. A URL whose host is an
+    /// address on this machine or its private networks is refused unless it
+    /// is the configured upstream's own host: a page must not turn the node
+    /// into a proxy for what sits behind it.
     pub async fn fetch_file(&self, url: &str, offset: u64) -> Result<FileDownload, UpstreamError> {
-        let parsed = Url::parse(url).map_err(|_| UpstreamError::BadUrl(url.to_string()))?;
+        let shown = redacted(url);
+        let parsed = Url::parse(url).map_err(|_| UpstreamError::BadUrl(shown.clone()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(UpstreamError::BadUrl(url.to_string()));
+            return Err(UpstreamError::BadUrl(shown));
         }
-        let mut request = self.client.get(parsed);
+        self.check_file_host(&parsed, &shown)?;
+        let mut request = self.files.get(parsed).header(ACCEPT_ENCODING, "identity");
         if offset > 0 {
             request = request.header(RANGE, format!("bytes={offset}-"));
         }
@@ -218,19 +289,118 @@ impl Upstream {
         };
         if status != expected {
             return Err(UpstreamError::Status {
-                url: url.to_string(),
+                url: shown,
                 status: status.as_u16(),
             });
         }
         let content_length = response.content_length();
-        let url_owned = url.to_string();
         let body = response
             .bytes_stream()
-            .map(move |chunk| chunk.map_err(|e| UpstreamError::from_reqwest(&url_owned, e)))
+            .map(move |chunk| chunk.map_err(|e| UpstreamError::from_reqwest(&shown, e)))
             .boxed();
         Ok(FileDownload {
             content_length,
             body,
         })
+    }
+
+    fn check_file_host(&self, url: &Url, shown: &str) -> Result<(), UpstreamError> {
+        if url.host() == self.config.base.host() {
+            return Ok(());
+        }
+        let forbidden = |reason: &str| UpstreamError::ForbiddenHost {
+            url: shown.to_string(),
+            reason: reason.to_string(),
+        };
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) if is_non_global(ip.into()) => Err(forbidden(
+                "a non-public address that is not the upstream's host",
+            )),
+            Some(url::Host::Ipv6(ip)) if is_non_global(ip.into()) => Err(forbidden(
+                "a non-public address that is not the upstream's host",
+            )),
+            Some(url::Host::Domain(name))
+                if name.eq_ignore_ascii_case("localhost")
+                    || name.to_ascii_lowercase().ends_with(".localhost") =>
+            {
+                Err(forbidden("this machine, which is not the upstream's host"))
+            }
+            None => Err(forbidden("no host")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The whole body, failing once more than `limit` bytes arrived (counted
+/// after any content decoding).
+async fn read_limited(
+    response: reqwest::Response,
+    limit: u64,
+    url: &str,
+) -> Result<Bytes, UpstreamError> {
+    if response.content_length().is_some_and(|len| len > limit) {
+        return Err(UpstreamError::PageTooLarge {
+            url: url.to_string(),
+            limit,
+        });
+    }
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| UpstreamError::from_reqwest(url, e))?;
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(UpstreamError::PageTooLarge {
+                url: url.to_string(),
+                limit,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_urls_carry_no_credentials() {
+        let shown = redacted("https://user:s3cret@index.example/simple/?token=abc");
+        assert!(!shown.contains("s3cret") && !shown.contains("user") && !shown.contains("abc"));
+        assert!(
+            shown.starts_with("https://index.example/simple/"),
+            "{shown}"
+        );
+        assert_eq!(redacted("not a url user:pw@host"), "…@host");
+    }
+
+    #[test]
+    fn file_hosts_on_private_networks_are_refused_unless_upstream() {
+        let upstream = Upstream::new(UpstreamConfig::new(
+            "http://10.1.2.3:8080/simple/".parse().unwrap(),
+        ))
+        .unwrap();
+        let check = |u: &str| upstream.check_file_host(&u.parse().unwrap(), u);
+        assert!(
+            check("http://10.1.2.3:9999/f.whl").is_ok(),
+            "the upstream's own host"
+        );
+        for refused in [
+            "http://127.0.0.1/f.whl",
+            "http://169.254.169.254/latest/meta-data",
+            "http://192.168.1.1/f.whl",
+            "http://[::1]/f.whl",
+            "http://[fe80::1]/f.whl",
+            "http://[::ffff:127.0.0.1]/f.whl",
+            "http://localhost:8080/f.whl",
+            "http://100.64.0.1/f.whl",
+        ] {
+            assert!(
+                matches!(check(refused), Err(UpstreamError::ForbiddenHost { .. })),
+                "{refused}"
+            );
+        }
+        assert!(check("https://files.example/f.whl").is_ok());
+        assert!(check("http://93.184.216.34/f.whl").is_ok());
     }
 }

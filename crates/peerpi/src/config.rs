@@ -86,6 +86,8 @@ pub struct ServeConfig {
     pub p2p: Option<P2pConfig>,
     pub peer_deadline: Duration,
     pub peer_suspension: Duration,
+    /// Connection cap and timeouts of the HTTP front.
+    pub http_limits: peerpi_http::Limits,
 }
 
 fn multiaddrs(flag: &str, values: &[String]) -> Result<Vec<Multiaddr>> {
@@ -187,10 +189,11 @@ fn bulk_listen(value: Option<&str>) -> Result<Option<SocketAddr>> {
 }
 
 fn parse_upstream(text: &str, origin: &str) -> Result<Url> {
+    let shown = peerpi_upstream::redacted(text.trim());
     let url = Url::parse(text.trim())
-        .with_context(|| format!("invalid upstream URL {text:?} from {origin}"))?;
+        .with_context(|| format!("invalid upstream URL {shown:?} from {origin}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        bail!("upstream URL {text:?} from {origin} must be http or https");
+        bail!("upstream URL {shown:?} from {origin} must be http or https");
     }
     Ok(url)
 }
@@ -390,6 +393,7 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
                 .or(file.peer_suspension.as_deref()),
             Duration::from_secs(600),
         )?,
+        http_limits: peerpi_http::Limits::default(),
     })
 }
 

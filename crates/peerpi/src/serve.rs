@@ -12,6 +12,7 @@ use peerpi_swarm::{SwarmConfig, SwarmHandle};
 use crate::config::{P2pConfig, ServeConfig};
 
 pub async fn run(config: ServeConfig) -> Result<()> {
+    raise_open_file_limit();
     let mut upstream = UpstreamConfig::new(config.upstream.clone());
     upstream.page_timeout = config.upstream_timeout;
     let mut node_config = NodeConfig::new(config.data_dir.clone(), upstream);
@@ -39,7 +40,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         })?;
     let addr = listener.local_addr()?;
     info!(
-        upstream = %config.upstream,
+        upstream = %peerpi_upstream::redacted(config.upstream.as_str()),
         upstream_from = %config.upstream_source,
         "listening on http://{addr}/simple/"
     );
@@ -50,18 +51,14 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         let _ = stop_tx.send(true);
     });
     let mut graceful_rx = stop_rx.clone();
-    // Small responses (pages, 304s) should not wait for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, node.router()).with_graceful_shutdown(async move {
+    let server = peerpi_http::serve(listener, node.router(), config.http_limits, async move {
         let _ = graceful_rx.wait_for(|stop| *stop).await;
         info!("shutting down: no new connections, finishing in-flight responses");
     });
     let mut deadline_rx = stop_rx;
     let timeout = config.shutdown_timeout;
     tokio::select! {
-        result = server => result.context("the HTTP server failed")?,
+        () = server => {}
         _ = async {
             let _ = deadline_rx.wait_for(|stop| *stop).await;
             tokio::time::sleep(timeout).await;
@@ -70,6 +67,16 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     node.flush()?;
     info!("catalog flushed; bye");
     Ok(())
+}
+
+/// Every connection, blob and temp file is a descriptor: the soft limit
+/// (often 1,024) is raised to the hard one so that the connection caps, not
+/// the descriptor limit, decide when connections are refused.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open file limit"),
+        Err(e) => warn!("cannot raise the open file limit: {e}"),
+    }
 }
 
 async fn start_swarm(p2p: &P2pConfig, config: &ServeConfig, node: &Node) -> Result<SwarmHandle> {

@@ -219,3 +219,80 @@ async fn file_urls_on_local_hosts_other_than_upstream_are_refused() {
     assert!(body.contains("refusing file URL"), "{body}");
     assert_eq!(upstream.state.count_prefix("/files/"), 0, "nothing fetched");
 }
+
+/// An HTTP/1.0 client (or nginx in front of a node, which speaks HTTP/1.0
+/// to backends by default) cannot tell a body cut short from a complete one
+/// when no length was announced: it must never get unverified bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_client_never_receives_unverified_bytes_of_unknown_length() {
+    let upstream = fake_index(demo_graph()).await;
+    upstream.state.set_html_only(true); // no sizes listed
+    upstream.state.set_unknown_length(true); // none announced
+    upstream.state.set_fault("/files/beta-1.0", Fault::WrongBytes);
+    let node = start_node(&upstream, |_| {}).await;
+    let url = file_url(&node, "beta", "beta-1.0-py3-none-any.whl").await;
+    let path = url::Url::parse(&url).unwrap().path().to_string();
+
+    let (status, head, _) = raw_request(node.addr, &path, "HTTP/1.0").await;
+    assert_eq!(status, 502, "{head}");
+
+    // A good file of unknown length still reaches an HTTP/1.0 client whole.
+    let url = file_url(&node, "delta", "delta-1.0-py3-none-any.whl").await;
+    let path = url::Url::parse(&url).unwrap().path().to_string();
+    let (status, head, body) = raw_request(node.addr, &path, "HTTP/1.0").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-length"), "{head}");
+    assert_is_upstream_file(&upstream, "delta-1.0-py3-none-any.whl", &body);
+}
+
+/// Sends one request with `version` and reads the whole response.
+async fn raw_request(
+    addr: std::net::SocketAddr,
+    path: &str,
+    version: &str,
+) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} {version}\r\nHost: {addr}\r\n{}\r\n", "");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .ok();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head, response[split + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_header_with_too_many_ranges_is_refused_before_parsing() {
+    const MAX_RANGES: usize = 8;
+    let upstream = fake_index(demo_graph()).await;
+    let node = start_node(&upstream, |_| {}).await;
+    let url = file_url(&node, "beta", "beta-1.0-py3-none-any.whl").await;
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+
+    let few: Vec<String> = (0..MAX_RANGES).map(|i| format!("{i}-{i}")).collect();
+    let ok = client()
+        .get(&url)
+        .header("range", format!("bytes={}", few.join(",")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200, "up to the limit: served (whole file)");
+
+    let many: Vec<String> = (0..MAX_RANGES + 1).map(|i| format!("{i}-{i}")).collect();
+    let refused = client()
+        .get(&url)
+        .header("range", format!("bytes={}", many.join(",")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 416);
+    assert!(refused.text().await.unwrap().contains("at most 8 ranges"));
+}

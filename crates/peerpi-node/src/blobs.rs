@@ -120,6 +120,30 @@ impl Node {
         })
     }
 
+    /// The blob once it is verified and stored: waits for its download (if
+    /// one runs) to end.
+    pub async fn verified_blob(&self, digest: &Sha256Digest) -> Result<StoredBlob, NodeError> {
+        let flight = lock(&self.inner.flights).get(digest).cloned();
+        if let Some(flight) = flight {
+            let mut rx = flight.state.subscribe();
+            loop {
+                match &*rx.borrow_and_update() {
+                    FlightState::Done { .. } => break,
+                    FlightState::Failed(reason) => {
+                        return Err(NodeError::Upstream(reason.to_string()))
+                    }
+                    FlightState::Connecting | FlightState::Streaming { .. } => {}
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        self.inner.store.get(digest)?.ok_or_else(|| {
+            NodeError::Upstream(format!("the download of {digest} ended without a verified file"))
+        })
+    }
+
     /// Runs one download to its end and records the outcome for its readers.
     async fn drive(self, digest: Sha256Digest, origin: Origin, flight: Arc<Flight>) {
         let started = std::time::Instant::now();

@@ -50,6 +50,8 @@ pub struct IndexState {
     html_only: AtomicBool,
     /// Where pages say files are (`None`: relative `../../files/` URLs).
     file_base: RwLock<Option<String>>,
+    /// Send file bodies chunked, without `Content-Length`.
+    unknown_length: AtomicBool,
 }
 
 /// The PEP 503 form of `name`; names the product would refuse are kept
@@ -131,6 +133,12 @@ impl IndexState {
             Some(base) => format!("{base}/files/{filename}"),
             None => format!("{relative_prefix}{filename}"),
         }
+    }
+
+    /// Send file bodies without `Content-Length` (chunked), as some servers
+    /// and proxies do.
+    pub fn set_unknown_length(&self, yes: bool) {
+        self.unknown_length.store(yes, Ordering::Relaxed);
     }
 
     /// Serve only HTML pages, as a legacy index would.
@@ -417,7 +425,9 @@ async fn file(
     );
     let mut response = Response::new(Body::from_stream(body_stream));
     let h = response.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    if !state.unknown_length.load(Ordering::Relaxed) {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    }
     if fault == Some(Fault::LabelGzip) {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }

@@ -23,6 +23,19 @@ use crate::{lock, Node, NodeError};
 /// Bytes from a peer gathered before one write to the temp file.
 const PEER_WRITE_BATCH: usize = 1 << 20;
 
+/// Chunks gathered for one write at most (a peer dripping single bytes would
+/// otherwise make a batch of a million tiny chunks).
+const MAX_BATCH_CHUNKS: usize = 4096;
+
+/// Providers asked for one blob before the peer phase gives up.
+const MAX_PROVIDERS_TRIED: usize = 8;
+
+/// How long a peer transfer may run before its average rate is judged.
+const MIN_RATE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Largest core-metadata file accepted (its size is never listed).
+const MAX_METADATA_SIZE: u64 = 16 << 20;
+
 /// How long to gather providers after the first one arrives.
 const PROVIDER_WINDOW: std::time::Duration = std::time::Duration::from_millis(25);
 
@@ -170,13 +183,17 @@ impl Node {
                 metrics.blob_fetched(Source::Upstream, started.elapsed().as_secs_f64());
             }
         }
-        if let (Some(swarm), Ok((good, _))) = (self.inner.swarm.get(), &outcome) {
-            judge(swarm, &digest, suspects, good.clone()).await;
-        }
         match outcome {
             Ok((file, len)) => {
                 info!(%digest, file = %origin.filename, len, "verified and stored");
-                flight.state.send_replace(FlightState::Done { file, len });
+                flight.state.send_replace(FlightState::Done {
+                    file: file.clone(),
+                    len,
+                });
+                // After the clients are released: judging re-reads files.
+                if let (Some(swarm), false) = (self.inner.swarm.get(), suspects.is_empty()) {
+                    tokio::spawn(judge(swarm.clone(), digest, suspects, file));
+                }
             }
             Err(reason) => {
                 warn!(%digest, file = %origin.filename, %reason, "download failed");
@@ -212,8 +229,10 @@ impl Node {
                 ));
             }
         }
-        // Never accept more than was announced: a source cannot make us store endless data.
+        // Never accept more than was announced: a source cannot make us store
+        // endless data. With nothing announced, the size cap applies.
         let limit = origin.size.or(download.content_length);
+        let cap = limit.unwrap_or_else(|| self.size_cap(origin));
         let mut writer = self.inner.store.writer().map_err(|e| e.to_string())?;
         let file = writer.reader().map_err(|e| e.to_string())?;
         flight.state.send_replace(FlightState::Streaming {
@@ -230,12 +249,12 @@ impl Node {
                     return Err(format!("downloading {}: {e}", origin.filename));
                 }
             };
-            if limit.is_some_and(|l| writer.len() + chunk.len() as u64 > l) {
+            if writer.len() + chunk.len() as u64 > cap {
                 metrics.upstream_request("file", "bad_length");
                 metrics.verification_failure(Source::Upstream);
                 return Err(format!(
-                    "upstream sent more bytes than announced for {}",
-                    origin.filename
+                    "upstream sent more than {} bytes for {}",
+                    cap, origin.filename
                 ));
             }
             metrics.blob_bytes(Source::Upstream, chunk.len() as u64);
@@ -304,16 +323,34 @@ impl Node {
         Ok(())
     }
 
+    /// The most bytes accepted for `origin` when no size is known.
+    fn size_cap(&self, origin: &Origin) -> u64 {
+        if origin.filename.ends_with(".metadata") {
+            MAX_METADATA_SIZE
+        } else {
+            self.inner.config.max_file_size
+        }
+    }
+
     /// Fetches from peers that announce the CID, one at a time, resuming at
-    /// the current offset when a peer stalls or drops. Peer bytes are not
-    /// released to clients until the whole blob verified (a peer is not
-    /// trusted, and pip does not retry a cut-short download). A peer that
-    /// breaks the protocol, stalls or sends bytes that fail verification is
-    /// blocked. Gives up when no provider appears within the peer deadline.
+    /// the current offset when a peer stalls, drops or falls below the
+    /// minimum rate. Bounded three ways: the first provider must appear
+    /// within the peer deadline, at most `MAX_PROVIDERS_TRIED` are asked, and
+    /// the whole phase ends once it has taken longer than the blob at the
+    /// minimum rate (plus a grace).
     ///
-    /// When bytes from several peers fail verification together, the hash
-    /// cannot say who lied: their attempts go to `suspects`, to be judged
-    /// against the verified blob once one is stored (see `judge`).
+    /// Peer bytes are held back from clients (no response head either)
+    /// for the hold-back time: a peer is not trusted, and pip does not retry
+    /// a cut-short download, so within it a bad peer costs the client
+    /// nothing. A transfer still running after it is released as it arrives,
+    /// last byte after verification, so that the client's read timeout does
+    /// not end a large download from a slow honest peer.
+    ///
+    /// A peer that lies about the size or sends bad bytes is blocked; one
+    /// that breaks off or is too slow is suspended. When bytes from several
+    /// peers fail verification together, the hash cannot say who lied: their
+    /// attempts go to `suspects`, to be judged against the verified blob once
+    /// one is stored (see `judge`).
     async fn fetch_from_peers(
         &self,
         swarm: &SwarmHandle,
@@ -323,16 +360,22 @@ impl Node {
         suspects: &mut Vec<Attempt>,
     ) -> Result<(Arc<File>, u64), String> {
         let metrics = &self.inner.metrics;
-        let started = std::time::Instant::now();
+        let config = &self.inner.config;
+        let started = tokio::time::Instant::now();
+        let release_at = started + config.peer_hold_back;
+        let min_rate = config.peer_min_rate.max(1) as f64;
+        let cap = origin.size.unwrap_or_else(|| self.size_cap(origin));
         let mut providers = swarm
             .find_providers(*digest)
             .await
             .map_err(|e| e.to_string())?;
-        let deadline = tokio::time::Instant::now() + self.inner.config.peer_deadline;
+        let deadline = started + config.peer_deadline;
+        let mut phase_deadline = None;
         let mut tried: HashSet<PeerId> = HashSet::new();
         let mut queue: Vec<PeerId> = Vec::new();
         let mut contributors: Vec<(PeerId, std::ops::Range<u64>)> = Vec::new();
-        let (mut writer, mut file) = self.new_peer_writer(origin, flight)?;
+        let (mut writer, mut file) = self.new_peer_writer()?;
+        let mut released = false;
         loop {
             if queue.is_empty() {
                 match tokio::time::timeout_at(deadline, providers.recv()).await {
@@ -355,6 +398,9 @@ impl Node {
             if peer == swarm.local_peer_id() || swarm.is_blocked(&peer) || !tried.insert(peer) {
                 continue;
             }
+            if tried.len() > MAX_PROVIDERS_TRIED {
+                return Err(format!("{MAX_PROVIDERS_TRIED} providers tried"));
+            }
             let offset = writer.len();
             let mut download = match swarm.fetch(peer, *digest, offset).await {
                 Ok(d) => d,
@@ -364,43 +410,89 @@ impl Node {
                 }
             };
             metrics.peer_transfer(download.channel().as_str());
-            if let Some(expected) = origin.size {
-                if offset + download.remaining != expected {
-                    warn!(%peer, %digest, announced = offset + download.remaining, expected, "peer lies about the size; blocking it");
-                    metrics.verification_failure(Source::Peer);
-                    let _ = swarm.block(peer).await;
-                    continue;
-                }
+            let total = offset + download.remaining;
+            let size_lie = match origin.size {
+                Some(expected) => total != expected,
+                None => total > cap,
+            };
+            if size_lie {
+                warn!(%peer, %digest, announced = total, listed = ?origin.size, cap, "peer announces a size that is not the listed one, or over the cap; blocking it");
+                metrics.verification_failure(Source::Peer);
+                let _ = swarm.block(peer).await;
+                continue;
             }
+            let phase_deadline = *phase_deadline.get_or_insert_with(|| {
+                tokio::time::Instant::now()
+                    + MIN_RATE_GRACE
+                    + std::time::Duration::from_secs_f64(total as f64 / min_rate)
+            });
             contributors.push((peer, offset..offset));
+            let transfer_started = tokio::time::Instant::now();
+            let mut received_here = 0u64;
             let mut complete = true;
-            // Peer bytes are not streamed to clients, so they can be written
-            // in large batches, one PEER_WRITE_BATCH at a time on blocking
-            // threads while the next batch arrives.
+            let mut phase_over = false;
+            // Peer bytes are written in large batches, one at a time on
+            // blocking threads while the next batch arrives.
             let mut pending = Batch::default();
             loop {
-                match download.next_chunk().await {
-                    Ok(Some(chunk)) => {
-                        metrics.blob_bytes(Source::Peer, chunk.len() as u64);
-                        pending.add(chunk);
-                        if pending.len >= PEER_WRITE_BATCH {
-                            writer.push(std::mem::take(&mut pending)).await?;
-                        }
+                let wake = if released {
+                    phase_deadline
+                } else {
+                    phase_deadline.min(release_at)
+                };
+                let chunk = match tokio::time::timeout_at(wake, download.next_chunk()).await {
+                    Err(_) if !released && tokio::time::Instant::now() >= release_at => {
+                        writer.push(std::mem::take(&mut pending)).await?;
+                        released = true;
+                        debug!(%digest, "peer transfer outlasts the hold-back; releasing its bytes to clients as they arrive");
+                        publish_progress(flight, &file, total, writer.written());
+                        continue;
                     }
-                    Ok(None) => break,
-                    Err(e) => {
+                    Err(_) => {
+                        warn!(%peer, %digest, "the peer phase ran past its deadline; suspending the peer");
+                        let _ = swarm.suspend(peer, config.peer_suspension).await;
+                        complete = false;
+                        phase_over = true;
+                        break;
+                    }
+                    Ok(Ok(Some(chunk))) => chunk,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => {
                         warn!(%peer, %digest, at = writer.len() + pending.len as u64, "peer transfer failed: {e}; suspending it and resuming elsewhere");
-                        let _ = swarm.suspend(peer, self.inner.config.peer_suspension).await;
+                        let _ = swarm.suspend(peer, config.peer_suspension).await;
                         complete = false;
                         break;
                     }
+                };
+                metrics.blob_bytes(Source::Peer, chunk.len() as u64);
+                received_here += chunk.len() as u64;
+                pending.add(chunk);
+                if pending.len >= PEER_WRITE_BATCH || pending.chunks.len() >= MAX_BATCH_CHUNKS {
+                    writer.push(std::mem::take(&mut pending)).await?;
+                    if released {
+                        publish_progress(flight, &file, total, writer.written());
+                    }
+                }
+                let elapsed = transfer_started.elapsed();
+                if elapsed >= MIN_RATE_GRACE
+                    && (received_here as f64) < min_rate * elapsed.as_secs_f64()
+                {
+                    warn!(%peer, %digest, received = received_here, ?elapsed, "peer transfer below the minimum rate; suspending it and resuming elsewhere");
+                    let _ = swarm.suspend(peer, config.peer_suspension).await;
+                    complete = false;
+                    break;
                 }
             }
-            if pending.len > 0 {
-                writer.push(pending).await?;
-            }
+            writer.push(pending).await?;
             if let Some((_, range)) = contributors.last_mut() {
                 range.end = writer.len();
+            }
+            // A peer that sent nothing is no suspect in a failed verification.
+            if contributors.last().is_some_and(|(_, range)| range.is_empty()) {
+                contributors.pop();
+            }
+            if phase_over {
+                return Err("the peer phase ran past its deadline".into());
             }
             if !complete {
                 continue;
@@ -429,9 +521,7 @@ impl Node {
                     } else {
                         for (peer, _) in &contributors {
                             warn!(%peer, %digest, "bad content from several peers ({e}); suspending them until a verified copy tells who lied");
-                            let _ = swarm
-                                .suspend(*peer, self.inner.config.peer_suspension)
-                                .await;
+                            let _ = swarm.suspend(*peer, config.peer_suspension).await;
                         }
                         suspects.push(Attempt {
                             file: file.clone(),
@@ -439,28 +529,31 @@ impl Node {
                         });
                     }
                     contributors.clear();
-                    (writer, file) = self.new_peer_writer(origin, flight)?;
+                    (writer, file) = self.new_peer_writer()?;
+                    released = false;
                 }
                 Err(CommitError::Other(e)) => return Err(e),
             }
         }
     }
 
-    /// A fresh temp file for a peer fetch; clients see none of it until it verified.
-    fn new_peer_writer(
-        &self,
-        origin: &Origin,
-        flight: &Flight,
-    ) -> Result<(BackgroundWriter, Arc<File>), String> {
+    /// A fresh temp file for a peer fetch; clients see none of it until it is
+    /// released or verified.
+    fn new_peer_writer(&self) -> Result<(BackgroundWriter, Arc<File>), String> {
         let writer = self.inner.store.writer().map_err(|e| e.to_string())?;
         let file = writer.reader().map_err(|e| e.to_string())?;
-        flight.state.send_replace(FlightState::Streaming {
-            file: file.clone(),
-            len: origin.size,
-            readable: 0,
-        });
         Ok((BackgroundWriter::new(writer, file.clone()), file))
     }
+}
+
+/// Lets clients read a released peer transfer up to what is written, less
+/// the last byte (which waits for verification).
+fn publish_progress(flight: &Flight, file: &Arc<File>, total: u64, written: u64) {
+    flight.state.send_replace(FlightState::Streaming {
+        file: file.clone(),
+        len: Some(total),
+        readable: written.min(total).saturating_sub(1),
+    });
 }
 
 /// Received chunks gathered for one append, without copying them together.
@@ -484,8 +577,14 @@ impl Batch {
 /// left to do.
 struct BackgroundWriter {
     idle: Option<BlobWriter>,
-    busy: Option<tokio::task::JoinHandle<Result<BlobWriter, peerpi_store::StoreError>>>,
+    /// The append running, and the length once it is done.
+    busy: Option<(
+        tokio::task::JoinHandle<Result<BlobWriter, peerpi_store::StoreError>>,
+        u64,
+    )>,
     file: Arc<File>,
+    /// Bytes in the file (appends finished).
+    written: u64,
     syncing: Option<tokio::task::JoinHandle<io::Result<()>>>,
     /// Bytes handed over, written or not yet.
     len: u64,
@@ -502,6 +601,7 @@ impl BackgroundWriter {
             idle: Some(writer),
             busy: None,
             file,
+            written: len,
             syncing: None,
             len,
             synced_at: len,
@@ -512,12 +612,21 @@ impl BackgroundWriter {
         self.len
     }
 
+    fn written(&self) -> u64 {
+        self.written
+    }
+
     async fn push(&mut self, batch: Batch) -> Result<(), String> {
         let mut writer = self.wait().await?;
+        if batch.len == 0 {
+            self.idle = Some(writer);
+            return Ok(());
+        }
         self.len += batch.len as u64;
-        self.busy = Some(tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             writer.append_batch(&batch.chunks).map(|()| writer)
-        }));
+        });
+        self.busy = Some((task, self.len));
         let sync_idle = self.syncing.as_ref().is_none_or(|s| s.is_finished());
         if self.len - self.synced_at >= SYNC_EVERY && sync_idle {
             self.synced_at = self.len;
@@ -530,11 +639,13 @@ impl BackgroundWriter {
 
     /// The writer, once its last append finished.
     async fn wait(&mut self) -> Result<BlobWriter, String> {
-        if let Some(busy) = self.busy.take() {
-            return busy
+        if let Some((busy, len)) = self.busy.take() {
+            let writer = busy
                 .await
                 .map_err(|e| format!("write task failed: {e}"))?
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string())?;
+            self.written = len;
+            return Ok(writer);
         }
         // Invariant: one of `idle` and `busy` is set between calls; an error
         // above ends the fetch, which drops this writer.
@@ -562,12 +673,7 @@ pub(crate) struct Attempt {
 /// Compares each suspect's range with the verified blob `good` and blocks
 /// the peers whose bytes differ; the others were honest (they stay only
 /// suspended for breaking off, if they did).
-async fn judge(
-    swarm: &SwarmHandle,
-    digest: &Sha256Digest,
-    attempts: Vec<Attempt>,
-    good: Arc<File>,
-) {
+async fn judge(swarm: SwarmHandle, digest: Sha256Digest, attempts: Vec<Attempt>, good: Arc<File>) {
     for attempt in attempts {
         for (peer, range) in attempt.parts {
             let (bad, good) = (attempt.file.clone(), good.clone());
@@ -628,10 +734,11 @@ async fn append(mut writer: BlobWriter, chunk: Bytes) -> Result<BlobWriter, Stri
 }
 
 /// A client's view of a download: what is readable, as it becomes readable;
-/// an error (which cuts the response short) if the download fails.
+/// an error (which cuts the response short) if the download fails, or if
+/// the bytes it was reading were given up for another source's.
 fn follow(rx: watch::Receiver<FlightState>) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
-    stream::unfold(Some((rx, 0u64)), |cursor| async move {
-        let (mut rx, offset) = cursor?;
+    stream::unfold(Some((rx, 0u64, None::<Arc<File>>)), |cursor| async move {
+        let (mut rx, offset, mut reading) = cursor?;
         loop {
             let state = rx.borrow_and_update().clone();
             let readable = match &state {
@@ -643,12 +750,17 @@ fn follow(rx: watch::Receiver<FlightState>) -> impl futures_util::Stream<Item = 
                 FlightState::Connecting => None,
             };
             if let Some((file, end)) = readable {
+                if offset > 0 && reading.as_ref().is_some_and(|r| !Arc::ptr_eq(r, &file)) {
+                    let reason = "the source this response was reading failed; retry";
+                    return Some((Err(io::Error::other(reason)), None));
+                }
+                reading = Some(file.clone());
                 if offset < end {
                     let want = (end - offset).min(READ_CHUNK);
                     return match read_at(file, offset, want).await {
                         Ok(bytes) => {
                             let next = offset + bytes.len() as u64;
-                            Some((Ok(bytes), Some((rx, next))))
+                            Some((Ok(bytes), Some((rx, next, reading))))
                         }
                         Err(e) => Some((Err(e), None)),
                     };

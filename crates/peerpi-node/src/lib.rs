@@ -43,6 +43,20 @@ pub struct NodeConfig {
     /// How long a peer that broke off or stalled a transfer is left alone
     /// (bad content blocks it for good).
     pub peer_suspension: Duration,
+    /// Slowest average rate a peer transfer may keep (after a short grace)
+    /// before it is given up and resumed elsewhere; also bounds the whole
+    /// peer phase to about the blob's size at this rate.
+    pub peer_min_rate: u64,
+    /// How long bytes from peers are held back before the client is sent
+    /// anything: within it a lying peer costs the client nothing (the next
+    /// source takes over unseen); past it, bytes are released as they arrive
+    /// (last byte after verification) so that a large file from a slow
+    /// honest peer keeps the client's read timeout at bay.
+    pub peer_hold_back: Duration,
+    /// Largest file accepted when its size is not known in advance (no
+    /// size listed, none announced); core-metadata files have their own,
+    /// smaller cap.
+    pub max_file_size: u64,
     pub upstream: UpstreamConfig,
 }
 
@@ -57,6 +71,9 @@ impl NodeConfig {
             page_max_age: Duration::from_secs(60),
             peer_deadline: Duration::from_secs(2),
             peer_suspension: Duration::from_secs(600),
+            peer_min_rate: 256 << 10,
+            peer_hold_back: Duration::from_secs(5),
+            max_file_size: 16 << 30,
             upstream,
         }
     }

@@ -73,9 +73,29 @@ impl Channel {
         Ok(ticket)
     }
 
+    /// Drops expired tickets, giving their stream permits back.
+    fn prune(&self, now: Instant) {
+        lock(&self.issued).retain(|_, i| i.expires > now);
+    }
+
     fn redeem(&self, ticket: &Ticket) -> Option<Grant> {
         let issued = lock(&self.issued).remove(ticket)?;
         (issued.expires > Instant::now()).then_some(issued.grant)
+    }
+}
+
+/// Gives the permits of unredeemed tickets back once they expire, whether or
+/// not another ticket is issued (in a two-node swarm a peer that never
+/// redeems would otherwise wedge serving for good). Ends with the swarm.
+pub(crate) async fn prune_tickets(shared: std::sync::Weak<Shared>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Some(channel) = shared.bulk.as_ref() {
+            channel.prune(Instant::now());
+        }
     }
 }
 
@@ -273,6 +293,30 @@ mod tests {
         tokio::time::sleep(TTL * 2).await;
         // Issuing prunes expired tickets.
         channel.issue(grant(permits())).unwrap();
+        assert_eq!(limit.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn pruning_alone_gives_back_the_permits_of_expired_tickets() {
+        let channel = Channel::new(1, 0, TTL);
+        let limit = Arc::new(Semaphore::new(1));
+        let held = (
+            limit.clone().try_acquire_owned().unwrap(),
+            Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+        );
+        channel
+            .issue(Grant {
+                peer: PeerId::random(),
+                digest: Sha256Digest::from_bytes([5; 32]),
+                file: file(),
+                offset: 0,
+                len: 1,
+                permits: held,
+            })
+            .unwrap();
+        channel.prune(Instant::now());
+        assert_eq!(limit.available_permits(), 0, "not expired yet");
+        channel.prune(Instant::now() + TTL * 2);
         assert_eq!(limit.available_permits(), 1);
     }
 }

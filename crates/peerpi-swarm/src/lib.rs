@@ -185,14 +185,39 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Peers remembered before disconnected, unblocked ones are forgotten
+/// (every peer id that ever connected would otherwise stay).
+const MAX_TRACKED_PEERS: usize = 4096;
+/// Addresses remembered per peer, newest kept (each inbound connection comes
+/// from a new ephemeral port).
+const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// The entry for `peer`, made if needed; a full table first forgets the
+/// peers that are neither connected nor blocked.
+fn peer_entry(peers: &mut HashMap<PeerId, PeerInfo>, peer: PeerId) -> &mut PeerInfo {
+    if peers.len() >= MAX_TRACKED_PEERS && !peers.contains_key(&peer) {
+        peers.retain(|_, p| p.connected || p.blocked);
+    }
+    peers.entry(peer).or_insert_with(|| PeerInfo {
+        peer_id: peer.to_string(),
+        ..PeerInfo::default()
+    })
+}
+
+impl PeerInfo {
+    /// Remembers an address the peer was seen at, forgetting the oldest.
+    pub(crate) fn seen_at(&mut self, addr: Multiaddr) {
+        self.addrs.retain(|a| *a != addr);
+        if self.addrs.len() >= MAX_ADDRS_PER_PEER {
+            self.addrs.remove(0);
+        }
+        self.addrs.push(addr);
+    }
+}
+
 impl Shared {
     pub(crate) fn peer_mut<R>(&self, peer: PeerId, f: impl FnOnce(&mut PeerInfo) -> R) -> R {
-        let mut peers = lock(&self.peers);
-        let info = peers.entry(peer).or_insert_with(|| PeerInfo {
-            peer_id: peer.to_string(),
-            ..PeerInfo::default()
-        });
-        f(info)
+        f(peer_entry(&mut lock(&self.peers), peer))
     }
 }
 
@@ -232,7 +257,15 @@ pub struct PeerDownload {
     pub remaining: u64,
     body: Body,
     shared: Arc<Shared>,
+    /// Where stream reads land: chunks handed out share its allocation, so a
+    /// peer dripping single bytes costs single bytes, not a buffer each.
+    buffer: bytes::BytesMut,
 }
+
+/// Bytes read from a stream at most per call.
+const READ_SIZE: usize = 256 * 1024;
+/// A new read buffer is allocated once less than this is left in the old one.
+const MIN_READ_SPACE: usize = 16 * 1024;
 
 impl PeerDownload {
     pub fn channel(&self) -> Channel {
@@ -253,14 +286,20 @@ impl PeerDownload {
         let read = async {
             match &mut self.body {
                 Body::Stream(stream) => {
-                    let mut buf = vec![0u8; 256 * 1024];
-                    let want = buf.len().min(self.remaining as usize);
+                    let buffer = &mut self.buffer;
+                    if buffer.capacity() < MIN_READ_SPACE {
+                        *buffer = bytes::BytesMut::with_capacity(READ_SIZE);
+                    }
+                    let want = buffer
+                        .capacity()
+                        .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                    buffer.resize(want, 0);
                     let n = stream
-                        .read(&mut buf[..want])
+                        .read(&mut buffer[..])
                         .await
                         .map_err(|e| broken(e.to_string()))?;
-                    buf.truncate(n);
-                    Ok(Bytes::from(buf))
+                    buffer.truncate(n);
+                    Ok(buffer.split().freeze())
                 }
                 Body::Bulk(response) => response
                     .chunk()
@@ -434,6 +473,7 @@ impl SwarmHandle {
             remaining,
             body,
             shared: self.shared.clone(),
+            buffer: bytes::BytesMut::new(),
         };
         match (response, ip) {
             (protocol::Response::Data { remaining }, _) => {
@@ -519,4 +559,34 @@ fn unexpected(peer: PeerId, response: protocol::Response) -> FetchError {
 
 pub(crate) fn count(counter: &AtomicU64, value: u64) {
     counter.store(value, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_table_forgets_idle_peers_when_full_and_keeps_blocked_ones() {
+        let mut peers = HashMap::new();
+        let blocked = PeerId::random();
+        peer_entry(&mut peers, blocked).blocked = true;
+        let connected = PeerId::random();
+        peer_entry(&mut peers, connected).connected = true;
+        for _ in 0..MAX_TRACKED_PEERS * 3 {
+            peer_entry(&mut peers, PeerId::random());
+        }
+        assert!(peers.len() <= MAX_TRACKED_PEERS, "{}", peers.len());
+        assert!(peers[&blocked].blocked, "a block is never forgotten");
+        assert!(peers.contains_key(&connected));
+    }
+
+    #[test]
+    fn a_peer_keeps_its_newest_addresses_only() {
+        let mut info = PeerInfo::default();
+        for port in 0..100u16 {
+            info.seen_at(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap());
+        }
+        assert_eq!(info.addrs.len(), MAX_ADDRS_PER_PEER);
+        assert_eq!(info.addrs.last().unwrap().to_string(), "/ip4/127.0.0.1/tcp/99");
+    }
 }

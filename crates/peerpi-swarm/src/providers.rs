@@ -5,7 +5,8 @@
 //! one provider (measured: about 8.5 KB of RSS per provided CID, some 850 MB
 //! for 100,000 blobs). Here a key this node provides costs one `Key` in a set
 //! (its provider record is built when asked for), and other peers' records sit
-//! in a plain `Vec` per key.
+//! in a plain `Vec` per key. Other peers choose what they announce, so their
+//! records are bounded in all (not per key), with a few addresses each.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -19,11 +20,23 @@ pub(crate) struct ProviderStore {
     local: PeerId,
     provided: HashSet<RecordKey>,
     remote: HashMap<RecordKey, Vec<ProviderRecord>>,
+    /// Provider records in `remote`, all keys together.
+    remote_records: usize,
+    last_sweep: Instant,
     records: HashMap<RecordKey, Record>,
-    max_remote_keys: usize,
+    max_remote_records: usize,
     max_providers_per_key: usize,
     max_records: usize,
 }
+
+/// Other peers' provider records kept at most (about 300 bytes each with
+/// their addresses: some 75 MiB when full).
+const MAX_REMOTE_RECORDS: usize = 262_144;
+/// Addresses kept per provider record; the rest are dropped.
+const MAX_ADDRESSES_PER_RECORD: usize = 4;
+/// A full store looks for expired records at most this often (a sweep
+/// walks every record).
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ProviderStore {
     pub(crate) fn new(local: PeerId) -> Self {
@@ -31,8 +44,10 @@ impl ProviderStore {
             local,
             provided: HashSet::new(),
             remote: HashMap::new(),
+            remote_records: 0,
+            last_sweep: Instant::now(),
             records: HashMap::new(),
-            max_remote_keys: 1_000_000,
+            max_remote_records: MAX_REMOTE_RECORDS,
             max_providers_per_key: 20,
             max_records: 1024,
         }
@@ -77,22 +92,34 @@ impl RecordStore for ProviderStore {
             return Ok(());
         }
         let now = Instant::now();
-        if !self.remote.contains_key(&record.key) && self.remote.len() >= self.max_remote_keys {
-            // Make room from expired records before refusing.
+        let mut record = record;
+        record.addresses.truncate(MAX_ADDRESSES_PER_RECORD);
+        if self.remote_records >= self.max_remote_records
+            && now.duration_since(self.last_sweep) >= SWEEP_INTERVAL
+        {
+            self.last_sweep = now;
             self.remote.retain(|_, list| {
                 list.retain(|r| live(r, now));
                 !list.is_empty()
             });
-            if self.remote.len() >= self.max_remote_keys {
-                return Err(Error::MaxProvidedKeys);
-            }
+            self.remote_records = self.remote.values().map(Vec::len).sum();
         }
         let list = self.remote.entry(record.key.clone()).or_default();
+        let before = list.len();
         list.retain(|r| live(r, now));
+        self.remote_records -= before - list.len();
         if let Some(existing) = list.iter_mut().find(|r| r.provider == record.provider) {
             *existing = record;
-        } else if list.len() < self.max_providers_per_key {
+        } else if list.len() < self.max_providers_per_key
+            && self.remote_records < self.max_remote_records
+        {
             list.push(record);
+            self.remote_records += 1;
+        } else {
+            if list.is_empty() {
+                self.remote.remove(&record.key);
+            }
+            return Err(Error::MaxProvidedKeys);
         }
         Ok(())
     }
@@ -124,7 +151,9 @@ impl RecordStore for ProviderStore {
             return;
         }
         if let Some(list) = self.remote.get_mut(k) {
+            let before = list.len();
             list.retain(|r| r.provider != *p);
+            self.remote_records -= before - list.len();
             if list.is_empty() {
                 self.remote.remove(k);
             }
@@ -181,5 +210,28 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(store.providers(&key).len(), 20);
+    }
+
+    #[test]
+    fn remote_records_are_bounded_in_all_with_few_addresses_each() {
+        let mut store = ProviderStore::new(PeerId::random());
+        store.max_remote_records = 100;
+        let addr: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        for i in 0..150u32 {
+            let key = RecordKey::new(&i.to_be_bytes());
+            let record = ProviderRecord::new(key, PeerId::random(), vec![addr.clone(); 50]);
+            let added = store.add_provider(record);
+            assert_eq!(added.is_ok(), i < 100, "record {i}");
+        }
+        assert_eq!(store.remote_records, 100);
+        assert_eq!(store.remote.len(), 100, "refused keys leave no empty list");
+        let first = store.providers(&RecordKey::new(&0u32.to_be_bytes()));
+        assert_eq!(first[0].addresses.len(), MAX_ADDRESSES_PER_RECORD);
+        // Removing makes room again.
+        let key = RecordKey::new(&0u32.to_be_bytes());
+        store.remove_provider(&key, &first[0].provider);
+        assert_eq!(store.remote_records, 99);
+        let again = ProviderRecord::new(key, PeerId::random(), Vec::new());
+        assert!(store.add_provider(again).is_ok());
     }
 }

@@ -82,32 +82,55 @@ impl Limits {
         }
     }
 
-    fn acquire(&self, peer: PeerId) -> Option<Permits> {
-        self.acquire_at(peer, std::time::Instant::now())
+    /// Counts one request against `peer`'s rate; false when over it.
+    fn admit(&self, peer: PeerId) -> bool {
+        self.admit_at(peer, std::time::Instant::now())
     }
 
-    fn acquire_at(&self, peer: PeerId, now: std::time::Instant) -> Option<Permits> {
+    fn admit_at(&self, peer: PeerId, now: std::time::Instant) -> bool {
+        let mut peers = lock(&self.peers);
+        if peers.len() >= MAX_TRACKED_PEERS && !peers.contains_key(&peer) {
+            // Forget peers with nothing open and nothing owed.
+            let per_peer = self.per_peer;
+            peers.retain(|_, l| {
+                l.streams.available_permits() < per_peer || !l.requests.is_full(now)
+            });
+        }
+        self.limits_of(&mut peers, peer, now).requests.take(now)
+    }
+
+    fn limits_of<'a>(
+        &self,
+        peers: &'a mut HashMap<PeerId, PeerLimits>,
+        peer: PeerId,
+        now: std::time::Instant,
+    ) -> &'a mut PeerLimits {
+        peers.entry(peer).or_insert_with(|| PeerLimits {
+            streams: Arc::new(Semaphore::new(self.per_peer)),
+            requests: TokenBucket::new(now),
+        })
+    }
+
+    /// Stream permits for one transfer of `peer`'s: one of its own and one
+    /// of the node's; `None` when either is used up.
+    fn permits(&self, peer: PeerId) -> Option<Permits> {
         let streams = {
             let mut peers = lock(&self.peers);
-            if peers.len() >= MAX_TRACKED_PEERS && !peers.contains_key(&peer) {
-                // Forget peers with nothing open and nothing owed.
-                let per_peer = self.per_peer;
-                peers.retain(|_, l| {
-                    l.streams.available_permits() < per_peer || !l.requests.is_full(now)
-                });
-            }
-            let limits = peers.entry(peer).or_insert_with(|| PeerLimits {
-                streams: Arc::new(Semaphore::new(self.per_peer)),
-                requests: TokenBucket::new(now),
-            });
-            if !limits.requests.take(now) {
-                return None;
-            }
-            limits.streams.clone()
+            self.limits_of(&mut peers, peer, std::time::Instant::now())
+                .streams
+                .clone()
         };
         let peer_permit = streams.try_acquire_owned().ok()?;
         let all_permit = self.all.clone().try_acquire_owned().ok()?;
         Some((peer_permit, all_permit))
+    }
+
+    #[cfg(test)]
+    fn acquire_at(&self, peer: PeerId, now: std::time::Instant) -> Option<Permits> {
+        if !self.admit_at(peer, now) {
+            return None;
+        }
+        self.permits(peer)
     }
 }
 
@@ -119,11 +142,13 @@ pub(crate) async fn accept_loop(
     limits: Arc<Limits>,
 ) {
     while let Some((peer, stream)) = incoming.next().await {
-        let permits = limits.acquire(peer);
+        let admitted = limits.admit(peer);
         let shared = shared.clone();
         let store = store.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_one(peer, stream, permits, &shared, &store).await {
+            let served = serve_one(peer, stream, admitted, &limits, &shared, &store);
+            if let Err(e) = served.await {
                 debug!(%peer, "blob stream ended with an error: {e}");
             }
         });
@@ -133,10 +158,14 @@ pub(crate) async fn accept_loop(
 /// The stream permits held while a transfer (or its unredeemed ticket) lives.
 pub(crate) type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
+/// Answers one request. Stream permits are taken only once the request has
+/// been read, so a peer that opens streams and sends nothing holds no
+/// transfer slot (and its stream ends at the stream timeout).
 async fn serve_one(
     peer: PeerId,
     mut stream: libp2p::Stream,
-    permits: Option<Permits>,
+    admitted: bool,
+    limits: &Limits,
     shared: &Arc<Shared>,
     store: &Store,
 ) -> Result<(), protocol::ProtocolError> {
@@ -155,7 +184,7 @@ async fn serve_one(
         Ok(Err(e)) => return Err(e),
         Err(_) => return Ok(()),
     };
-    let Some(permits) = permits else {
+    let Some(permits) = admitted.then(|| limits.permits(peer)).flatten() else {
         return protocol::write_response(&mut stream, &refuse(Status::Busy)).await;
     };
     let blob = match store.get(&request.digest) {
@@ -212,11 +241,25 @@ async fn serve_one(
         }
     ));
     while let Some(chunk) = body.next().await {
-        // write_all waits for the peer to read: the stream's flow control is the backpressure.
-        stream.write_all(&chunk?).await?;
+        // write_all waits for the peer to read: the stream's flow control is
+        // the backpressure, and a peer that stops reading loses the stream
+        // (and its permits) after the stream timeout.
+        let chunk = chunk?;
+        tokio::time::timeout(shared.stream_timeout, stream.write_all(&chunk))
+            .await
+            .map_err(|_| stalled_reader())??;
     }
-    stream.close().await?;
+    tokio::time::timeout(shared.stream_timeout, stream.close())
+        .await
+        .map_err(|_| stalled_reader())??;
     Ok(())
+}
+
+fn stalled_reader() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the peer stopped reading the transfer",
+    )
 }
 
 /// One transfer a peer may receive: a range of one blob, with the stream

@@ -249,6 +249,10 @@ pub(crate) async fn start(
     });
     if let Some(listener) = bulk_listener {
         tokio::spawn(crate::bulk::serve(listener, shared.clone()));
+        tokio::spawn(crate::bulk::prune_tickets(
+            Arc::downgrade(&shared),
+            Duration::from_secs(1),
+        ));
     }
     let limits = Arc::new(Limits::new(config.max_streams_per_peer, config.max_streams));
     tokio::spawn(accept_loop(incoming, shared.clone(), store.clone(), limits));
@@ -408,9 +412,7 @@ impl Runner {
                     if ip.is_some() {
                         p.ip = ip;
                     }
-                    if !p.addrs.contains(&addr) {
-                        p.addrs.push(addr);
-                    }
+                    p.seen_at(addr);
                 });
                 self.count_connected();
             }

@@ -228,7 +228,9 @@ async fn an_http_1_0_client_never_receives_unverified_bytes_of_unknown_length() 
     let upstream = fake_index(demo_graph()).await;
     upstream.state.set_html_only(true); // no sizes listed
     upstream.state.set_unknown_length(true); // none announced
-    upstream.state.set_fault("/files/beta-1.0", Fault::WrongBytes);
+    upstream
+        .state
+        .set_fault("/files/beta-1.0", Fault::WrongBytes);
     let node = start_node(&upstream, |_| {}).await;
     let url = file_url(&node, "beta", "beta-1.0-py3-none-any.whl").await;
     let path = url::Url::parse(&url).unwrap().path().to_string();
@@ -241,7 +243,10 @@ async fn an_http_1_0_client_never_receives_unverified_bytes_of_unknown_length() 
     let path = url::Url::parse(&url).unwrap().path().to_string();
     let (status, head, body) = raw_request(node.addr, &path, "HTTP/1.0").await;
     assert_eq!(status, 200, "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-length"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
     assert_is_upstream_file(&upstream, "delta-1.0-py3-none-any.whl", &body);
 }
 
@@ -295,4 +300,135 @@ async fn a_range_header_with_too_many_ranges_is_refused_before_parsing() {
         .unwrap();
     assert_eq!(refused.status(), 416);
     assert!(refused.text().await.unwrap().contains("at most 8 ranges"));
+}
+
+/// A peer of the test's: a swarm node that already holds `filename`
+/// (fetched from upstream) and serves it on the libp2p stream.
+async fn holder(
+    upstream: &peerpi_testkit::FakeIndex,
+    project: &str,
+    filename: &str,
+    tweak: impl FnOnce(&mut peerpi_swarm::SwarmConfig),
+) -> TestNode {
+    let a = peer_node(upstream, &[], |c| {
+        c.bulk_listen = None;
+        tweak(c);
+    })
+    .await;
+    get_bytes(&file_url(&a, project, filename).await).await;
+    assert_eq!(a.node.store().blob_count(), 1, "{filename} held");
+    a
+}
+
+fn blocked_for_good(node: &TestNode, peer: &TestNode) -> bool {
+    let id = peer.node.swarm().unwrap().local_peer_id();
+    node.node
+        .swarm()
+        .unwrap()
+        .peer_info(&id)
+        .is_some_and(|p| p.blocked && p.blocked_until.is_none())
+}
+
+fn suspended(node: &TestNode, peer: &TestNode) -> bool {
+    let id = peer.node.swarm().unwrap().local_peer_id();
+    node.node
+        .swarm()
+        .unwrap()
+        .peer_info(&id)
+        .is_some_and(|p| p.blocked && p.blocked_until.is_some())
+}
+
+/// A peer that sends a byte every 50 ms is never silent for a stream
+/// timeout: the minimum rate (256 KiB/s after a 3 s grace) ends it, and
+/// upstream completes the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripping_peer_is_given_up_at_the_minimum_rate() {
+    const BIG: &str = "big-1.0.tar.gz";
+    let upstream = fake_index(vec![peerpi_testkit::synthetic("big", BIG, 1 << 20, 5)]).await;
+    let a = holder(&upstream, "big", BIG, |c| {
+        c.adversary = Some(peerpi_swarm::Adversary::Drip)
+    })
+    .await;
+    let b = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
+    let url = file_url(&b, "big", BIG).await;
+    let body = tokio::time::timeout(Duration::from_secs(20), get_bytes(&url))
+        .await
+        .expect("the file arrives once the dripping peer is given up");
+    assert_is_upstream_file(&upstream, BIG, &body);
+    assert!(suspended(&b, &a), "the dripping peer is suspended");
+    assert_eq!(
+        upstream.state.count(&format!("/files/{BIG}")),
+        2,
+        "A's and B's"
+    );
+}
+
+/// With no size listed, a peer announcing more than the cap (16 GiB for a
+/// file) is blocked for good before a byte is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_a_huge_size_for_an_unsized_file_is_blocked() {
+    let upstream = fake_index(demo_graph()).await;
+    upstream.state.set_html_only(true); // no sizes listed
+    let wheel = "beta-1.0-py3-none-any.whl";
+    let a = holder(&upstream, "beta", wheel, |c| {
+        c.adversary = Some(peerpi_swarm::Adversary::HugeSize)
+    })
+    .await;
+    let b = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
+    let body = get_bytes(&file_url(&b, "beta", wheel).await).await;
+    assert_is_upstream_file(&upstream, wheel, &body);
+    assert!(blocked_for_good(&b, &a), "a size over the cap is a lie");
+}
+
+/// When the peer lies and upstream is down, the client gets a clean 502 (no
+/// response head was sent while the peer's bytes were held back), not a
+/// 200 that ends short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_source_fails_the_client_gets_502_not_a_short_200() {
+    let upstream = fake_index(demo_graph()).await;
+    let wheel = "beta-1.0-py3-none-any.whl";
+    let a = holder(&upstream, "beta", wheel, |c| {
+        c.adversary = Some(peerpi_swarm::Adversary::WrongBytes)
+    })
+    .await;
+    let b = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
+    let url = file_url(&b, "beta", wheel).await;
+    upstream.stop();
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("upstream"), "{body}");
+    assert!(blocked_for_good(&b, &a));
+}
+
+/// A 16 MiB wheel from an honest peer that uploads at 1 MiB/s takes 16 s,
+/// longer than pip's read timeout (10 s here): past the hold-back (1 s
+/// here) the node streams the peer's bytes as they arrive, so pip installs
+/// it (the code before held every byte back and pip timed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pip_installs_a_large_wheel_from_a_slow_honest_peer() {
+    const WHEEL_BYTES: u64 = 16 << 20;
+    let spec = peerpi_testkit::DistSpec::new("heavy", "1.0").padded(WHEEL_BYTES);
+    let upstream = fake_index(vec![peerpi_testkit::wheel(&spec)]).await;
+    let wheel = "heavy-1.0-py3-none-any.whl";
+    let a = holder(&upstream, "heavy", wheel, |c| {
+        c.upload_limit = Some(1 << 20)
+    })
+    .await;
+    let b = peer_node_with(
+        &upstream,
+        &[p2p_addr(&a)],
+        |c| c.peer_hold_back = Duration::from_secs(1),
+        |_| {},
+    )
+    .await;
+    let venv = tempfile::tempdir().unwrap();
+    let bin = common::python::pip_venv(venv.path()).await;
+    common::python::pip_install(&bin, &b.simple_url(), &["--timeout", "10", "heavy"]).await;
+    assert_eq!(
+        upstream.state.count(&format!("/files/{wheel}")),
+        1,
+        "only A went upstream; B's copy came from the slow peer"
+    );
+    assert!(metric(&b, "peerpi_blob_hits_total", "source=\"peer\"").await >= 1.0);
 }

@@ -10,33 +10,7 @@ use std::time::Duration;
 use common::python::*;
 use common::*;
 use peerpi_swarm::{Adversary, Multiaddr, PreSharedKey, SwarmConfig, SwarmHandle};
-use peerpi_testkit::{demo_graph, FakeIndex};
-
-/// A node in this process with a swarm on 127.0.0.1 (no mDNS).
-async fn peer_node(
-    upstream: &FakeIndex,
-    bootstrap: &[Multiaddr],
-    tweak: impl FnOnce(&mut SwarmConfig),
-) -> TestNode {
-    let node = start_node(upstream, |c| c.peer_deadline = Duration::from_secs(3)).await;
-    let mut config = SwarmConfig::new(node.dir.path().to_path_buf());
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    config.bootstrap = bootstrap.to_vec();
-    config.mdns = false;
-    config.stream_timeout = Duration::from_secs(2);
-    config.bulk_listen = Some("127.0.0.1:0".parse().unwrap());
-    tweak(&mut config);
-    let swarm = SwarmHandle::start(config, node.node.shared_store())
-        .await
-        .unwrap();
-    node.node.attach_swarm(swarm.clone()).unwrap();
-    assert!(eventually(Duration::from_secs(5), || !swarm.listen_addrs().is_empty()).await);
-    node
-}
-
-fn p2p_addr(node: &TestNode) -> Multiaddr {
-    node.node.swarm().unwrap().listen_addrs()[0].clone()
-}
+use peerpi_testkit::demo_graph;
 
 fn connected(node: &TestNode) -> u64 {
     node.node

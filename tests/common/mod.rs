@@ -110,6 +110,47 @@ pub async fn start_node_in(
     }
 }
 
+/// A node in this process with a swarm on 127.0.0.1 (no mDNS).
+pub async fn peer_node(
+    upstream: &FakeIndex,
+    bootstrap: &[peerpi_swarm::Multiaddr],
+    tweak: impl FnOnce(&mut peerpi_swarm::SwarmConfig),
+) -> TestNode {
+    peer_node_with(upstream, bootstrap, |_| {}, tweak).await
+}
+
+/// A node with a swarm on 127.0.0.1 (no mDNS), its node configuration
+/// changed by `node_tweak` too.
+pub async fn peer_node_with(
+    upstream: &FakeIndex,
+    bootstrap: &[peerpi_swarm::Multiaddr],
+    node_tweak: impl FnOnce(&mut NodeConfig),
+    tweak: impl FnOnce(&mut peerpi_swarm::SwarmConfig),
+) -> TestNode {
+    let node = start_node(upstream, |c| {
+        c.peer_deadline = Duration::from_secs(3);
+        node_tweak(c);
+    })
+    .await;
+    let mut config = peerpi_swarm::SwarmConfig::new(node.dir.path().to_path_buf());
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.bootstrap = bootstrap.to_vec();
+    config.mdns = false;
+    config.stream_timeout = Duration::from_secs(2);
+    config.bulk_listen = Some("127.0.0.1:0".parse().unwrap());
+    tweak(&mut config);
+    let swarm = peerpi_swarm::SwarmHandle::start(config, node.node.shared_store())
+        .await
+        .unwrap();
+    node.node.attach_swarm(swarm.clone()).unwrap();
+    assert!(eventually(Duration::from_secs(5), || !swarm.listen_addrs().is_empty()).await);
+    node
+}
+
+pub fn p2p_addr(node: &TestNode) -> peerpi_swarm::Multiaddr {
+    node.node.swarm().unwrap().listen_addrs()[0].clone()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

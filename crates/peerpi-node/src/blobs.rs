@@ -153,7 +153,9 @@ impl Node {
             }
         }
         self.inner.store.get(digest)?.ok_or_else(|| {
-            NodeError::Upstream(format!("the download of {digest} ended without a verified file"))
+            NodeError::Upstream(format!(
+                "the download of {digest} ended without a verified file"
+            ))
         })
     }
 
@@ -488,7 +490,10 @@ impl Node {
                 range.end = writer.len();
             }
             // A peer that sent nothing is no suspect in a failed verification.
-            if contributors.last().is_some_and(|(_, range)| range.is_empty()) {
+            if contributors
+                .last()
+                .is_some_and(|(_, range)| range.is_empty())
+            {
                 contributors.pop();
             }
             if phase_over {

@@ -97,6 +97,10 @@ pub enum Adversary {
     Truncate,
     /// Sends the first chunk, then nothing.
     Stall,
+    /// Sends one byte every 50 ms: never silent long enough for a timeout.
+    Drip,
+    /// Announces a terabyte on the stream, whatever the blob's size.
+    HugeSize,
 }
 
 impl SwarmConfig {
@@ -587,6 +591,9 @@ mod tests {
             info.seen_at(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap());
         }
         assert_eq!(info.addrs.len(), MAX_ADDRS_PER_PEER);
-        assert_eq!(info.addrs.last().unwrap().to_string(), "/ip4/127.0.0.1/tcp/99");
+        assert_eq!(
+            info.addrs.last().unwrap().to_string(),
+            "/ip4/127.0.0.1/tcp/99"
+        );
     }
 }

@@ -228,6 +228,11 @@ async fn serve_one(
             }
         }
     }
+    #[cfg(feature = "adversary")]
+    let remaining = match shared.adversary {
+        Some(crate::Adversary::HugeSize) => 1 << 40,
+        _ => remaining,
+    };
     protocol::write_response(&mut stream, &Response::Data { remaining }).await?;
     let mut body = std::pin::pin!(outgoing(
         shared.clone(),
@@ -388,6 +393,11 @@ async fn lie(shared: &Shared, chunk: Bytes, sent: u64, total: u64) -> Option<Byt
             }
             Some(chunk.slice(..chunk.len().min((total / 2 - sent) as usize)))
         }
+        Some(Adversary::Drip) => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Some(chunk.slice(..chunk.len().min(1)))
+        }
+        Some(Adversary::HugeSize) => Some(chunk),
         // Half of the first chunk, then silence.
         Some(Adversary::Stall) => {
             if sent > 0 {

@@ -17,6 +17,8 @@ pub struct DistSpec {
     pub requires_python: Option<String>,
     /// PEP 592: `Some(reason)` marks the file yanked ("" for no reason).
     pub yanked: Option<String>,
+    /// Bytes of filler data in the wheel (a large wheel for transfer tests).
+    pub padding: u64,
 }
 
 impl DistSpec {
@@ -35,6 +37,12 @@ impl DistSpec {
 
     pub fn requires_python(mut self, spec: &str) -> Self {
         self.requires_python = Some(spec.into());
+        self
+    }
+
+    /// Adds `bytes` of incompressible filler to the wheel.
+    pub fn padded(mut self, bytes: u64) -> Self {
+        self.padding = bytes;
         self
     }
 
@@ -187,7 +195,7 @@ pub fn wheel(spec: &DistSpec) -> FakeFile {
     let module = spec.module();
     let dist_info = format!("{module}-{}.dist-info", spec.version);
     let metadata = spec.metadata();
-    let files: Vec<(String, Vec<u8>)> = vec![
+    let mut files: Vec<(String, Vec<u8>)> = vec![
         (
             format!("{module}/__init__.py"),
             format!("__version__ = {:?}\n", spec.version).into_bytes(),
@@ -198,6 +206,15 @@ pub fn wheel(spec: &DistSpec) -> FakeFile {
             b"Wheel-Version: 1.0\nGenerator: peerpi-testkit\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
         ),
     ];
+    if spec.padding > 0 {
+        let mut filler = Vec::with_capacity(spec.padding as usize);
+        let mut gen = SyntheticGen::new(spec.padding);
+        while (filler.len() as u64) < spec.padding {
+            filler.extend_from_slice(&gen.next_chunk());
+        }
+        filler.truncate(spec.padding as usize);
+        files.push((format!("{module}/_filler.bin"), filler));
+    }
     let mut record = String::new();
     for (path, data) in &files {
         record.push_str(&record_line(path, data));

@@ -432,3 +432,126 @@ async fn pip_installs_a_large_wheel_from_a_slow_honest_peer() {
     );
     assert!(metric(&b, "peerpi_blob_hits_total", "source=\"peer\"").await >= 1.0);
 }
+
+/// A tmpfs this test mounts (as root), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+        }
+        Ok(Self { dir })
+    }
+
+    /// Fills the disk with a file until it is full; returns the file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0x5au8; 256 << 10];
+        while file.write_all(&block).is_ok() {}
+        while file.write_all(&block[..4096]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+async fn health(node: &TestNode) -> (u16, String) {
+    let response = client().get(node.url("/healthz")).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The store fills its disk: the node keeps serving what it holds, says it
+/// is degraded, and recovers on its own once space returns, having lost
+/// nothing it had committed (the code before answered 500 to every page
+/// until restarted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_degrades_the_node_which_recovers_when_space_returns() {
+    let disk = match SmallDisk::mount("48m") {
+        Ok(disk) => disk,
+        Err(reason) => {
+            eprintln!("skipped: cannot mount a tmpfs here ({reason})");
+            return;
+        }
+    };
+    let upstream = fake_index(demo_graph()).await;
+    let data = std::sync::Arc::new(tempfile::tempdir_in(disk.dir.path()).unwrap());
+    let node = start_node_in(&upstream, data.clone(), |_| {}).await;
+    let wheel = "beta-1.0-py3-none-any.whl";
+    let wheel_url = file_url(&node, "beta", wheel).await;
+    assert_is_upstream_file(&upstream, wheel, &get_bytes(&wheel_url).await);
+    node.node.flush().unwrap();
+    assert_eq!(health(&node).await.0, 200);
+
+    let filler = disk.fill();
+    // New pages need catalog writes; sled reports a full disk on a write
+    // or on its next flush.
+    let mut degraded = false;
+    for project in ["gamma", "delta", "alpha"].iter().cycle().take(60) {
+        let _ = client()
+            .get(node.url(&format!("/simple/{project}/")))
+            .send()
+            .await;
+        let _ = node.node.flush();
+        if health(&node).await.0 == 503 {
+            degraded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(degraded, "the node reports that it cannot write");
+    let (_, why) = health(&node).await;
+    assert!(why.contains("degraded"), "{why}");
+
+    // What it holds is still served.
+    let held = client().get(&wheel_url).send().await.unwrap();
+    assert_eq!(held.status(), 200);
+    assert_is_upstream_file(&upstream, wheel, &held.bytes().await.unwrap());
+    assert_eq!(
+        page_status_within(&node, "beta", PAGE_ANSWER_LIMIT).await,
+        200
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if health(&node).await.0 == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "healthy again once the disk has room");
+    let url = file_url(&node, "gamma", "gamma-0.1.tar.gz").await;
+    assert_is_upstream_file(&upstream, "gamma-0.1.tar.gz", &get_bytes(&url).await);
+    node.node.flush().unwrap();
+
+    // Nothing committed was lost: after a restart both files are local.
+    let node = restart(node, &upstream, |_| {}).await;
+    for filename in [wheel, "gamma-0.1.tar.gz"] {
+        let sha = upstream.state.file(filename).unwrap().sha256;
+        let digest = peerpi_core::Sha256Digest::from_hex(&sha).unwrap();
+        assert!(
+            node.node.store().get(&digest).unwrap().is_some(),
+            "{filename} kept"
+        );
+    }
+    assert_eq!(node.node.store().blob_count(), 2);
+}

@@ -14,6 +14,9 @@ pub enum NodeError {
     Upstream(String),
     #[error("{0}")]
     Internal(String),
+    /// The node cannot do this now (its store cannot write); a retry later may work.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl NodeError {
@@ -24,12 +27,19 @@ impl NodeError {
             NodeError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             NodeError::Upstream(_) => StatusCode::BAD_GATEWAY,
             NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
 
 impl From<peerpi_store::StoreError> for NodeError {
     fn from(e: peerpi_store::StoreError) -> Self {
-        NodeError::Internal(format!("store: {e}"))
+        use peerpi_store::StoreError;
+        match e {
+            StoreError::Db(_) | StoreError::Unavailable(_) | StoreError::Io { .. } => {
+                NodeError::Unavailable(format!("the store cannot do this now ({e}); retry later"))
+            }
+            _ => NodeError::Internal(format!("store: {e}")),
+        }
     }
 }

@@ -42,7 +42,7 @@ pub fn router(node: Node) -> Router {
         .route("/simple/{project}/", get(project_page))
         .route("/files/{sha256}/{filename}", get(file))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/peers", get(peers))
         .fallback(|| async {
             error(
@@ -93,6 +93,19 @@ fn path_error(rejection: PathRejection) -> Response {
         StatusCode::BAD_REQUEST,
         format!("bad path: {}", rejection.body_text()),
     )
+}
+
+/// `ok`, or 503 with the reason while the store cannot write (what it holds
+/// is still served; a readiness probe, not a liveness one: a restart would
+/// not free the disk).
+async fn healthz(State(node): State<Node>) -> Response {
+    match node.store().degraded() {
+        None => "ok\n".into_response(),
+        Some(reason) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: {reason}; cached files are still served"),
+        ),
+    }
 }
 
 async fn home() -> Response {

@@ -331,14 +331,34 @@ impl Node {
         match result {
             Ok(PageFetch::Fresh { page, etag }) => {
                 metrics.upstream_request("page", "ok");
-                self.inner.store.put_origins(&origins(&page))?;
-                let cached = CachedPage {
+                let fresh = CachedPage {
                     content_id: content_id(&page),
                     page,
                     etag,
                     fetched_at_ms: now_ms(),
                 };
-                self.inner.store.put_page(name.as_str(), &cached)?;
+                // A page is served only once its files' origins are recorded
+                // (else its links would lead nowhere); if the store cannot
+                // write, the last good page is the better answer.
+                let stored = self
+                    .inner
+                    .store
+                    .put_origins(&origins(&fresh.page))
+                    .and_then(|()| self.inner.store.put_page(name.as_str(), &fresh));
+                if let Err(e) = stored {
+                    warn!(project = %name, error = %e, "cannot record the fresh page");
+                    return match cached {
+                        Some(entry) => Ok(PageView {
+                            entry,
+                            status: CacheStatus::Stale,
+                            stale_reason: Some(format!(
+                                "the store cannot record the new page: {e}"
+                            )),
+                        }),
+                        None => Err(e.into()),
+                    };
+                }
+                let cached = fresh;
                 let entry = PageEntry::new(cached, HashMap::new());
                 self.remember(name, entry.clone());
                 Ok(PageView {
@@ -358,7 +378,10 @@ impl Node {
                     fetched_at_ms: now_ms(),
                     ..old.cached.clone()
                 };
-                self.inner.store.put_page(name.as_str(), &refreshed)?;
+                if let Err(e) = self.inner.store.put_page(name.as_str(), &refreshed) {
+                    // Served all the same: only the revalidation time is lost.
+                    warn!(project = %name, error = %e, "cannot record the revalidation");
+                }
                 let entry = PageEntry::new(refreshed, lock(&old.variants).clone());
                 self.remember(name, entry.clone());
                 Ok(PageView {

@@ -1,7 +1,14 @@
 //! The sled catalog: one tree per kind of record, values as JSON so that a
 //! record's shape can grow without a migration.
+//!
+//! sled stops accepting writes for good after one I/O error (a full disk,
+//! say). The catalog notes that it is degraded, keeps answering reads from
+//! the database it has, and once the disk has room again reopens it, so a
+//! node recovers without a restart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use peerpi_core::{ProjectPage, Sha256Digest};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -37,13 +44,6 @@ pub struct Origin {
     pub metadata: Option<Sha256Digest>,
 }
 
-pub(crate) struct Catalog {
-    db: sled::Db,
-    blobs: sled::Tree,
-    pages: sled::Tree,
-    origins: sled::Tree,
-}
-
 fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
@@ -56,8 +56,16 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_else(|_| unreachable!("plain records serialise"))
 }
 
-impl Catalog {
-    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+/// The open database and its trees.
+struct Trees {
+    db: sled::Db,
+    blobs: sled::Tree,
+    pages: sled::Tree,
+    origins: sled::Tree,
+}
+
+impl Trees {
+    fn open(path: &Path) -> Result<Self, sled::Error> {
         let db = sled::Config::new().path(path).open()?;
         Ok(Self {
             blobs: db.open_tree("blobs")?,
@@ -66,12 +74,175 @@ impl Catalog {
             db,
         })
     }
+}
+
+/// Why writes fail now, and when recovery was last tried.
+#[derive(Default)]
+struct Degraded {
+    reason: Option<String>,
+    last_attempt: Option<Instant>,
+}
+
+/// Free bytes the data directory needs before a degraded catalog reopens.
+const ROOM_TO_RECOVER: u64 = 16 << 20;
+/// How often a degraded catalog tries to recover, at most.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(crate) struct Catalog {
+    path: PathBuf,
+    trees: RwLock<Option<Arc<Trees>>>,
+    degraded: Mutex<Degraded>,
+    /// Set on a reopen: writes since the last flush may be lost, so the
+    /// store reconciles with the disk.
+    reopened: std::sync::atomic::AtomicBool,
+}
+
+/// Whether `e` means the database files are damaged (not in use, not
+/// unreadable for permissions).
+pub(crate) fn is_corruption(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Db(
+            sled::Error::Corruption { .. }
+                | sled::Error::Unsupported(_)
+                | sled::Error::ReportableBug(_)
+        )
+    )
+}
+
+fn unavailable(reason: &str) -> StoreError {
+    StoreError::Unavailable(reason.to_string())
+}
+
+/// Whether opening failed because another process holds the database.
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("lock"))
+}
+
+impl Catalog {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        let trees = Trees::open(path).map_err(|e| {
+            if is_locked(&e) {
+                StoreError::Unavailable(format!(
+                    "the catalog {} is in use by another process (is another peerpi running on this data directory?): {e}",
+                    path.display()
+                ))
+            } else {
+                StoreError::Db(e)
+            }
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            trees: RwLock::new(Some(Arc::new(trees))),
+            degraded: Mutex::new(Degraded::default()),
+            reopened: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// True once after each reopen.
+    pub(crate) fn take_reopened(&self) -> bool {
+        self.reopened
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Why the catalog cannot record anything now, if it cannot.
+    pub(crate) fn degraded(&self) -> Option<String> {
+        crate::lock(&self.degraded).reason.clone()
+    }
+
+    fn trees(&self) -> Result<Arc<Trees>, StoreError> {
+        self.trees
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                unavailable(
+                    &self
+                        .degraded()
+                        .unwrap_or_else(|| "the catalog is being reopened".into()),
+                )
+            })
+    }
+
+    /// Runs a read.
+    fn read<T>(&self, op: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.recover_if_room();
+        op(&*self.trees()?)
+    }
+
+    /// Runs a write; a database error marks the catalog degraded.
+    fn write<T>(&self, op: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.recover_if_room();
+        let result = op(&*self.trees()?);
+        if let Err(StoreError::Db(e)) = &result {
+            let mut degraded = crate::lock(&self.degraded);
+            if degraded.reason.is_none() {
+                tracing::error!(error = %e, "the catalog cannot write; serving what it holds until the disk has room");
+                degraded.reason = Some(format!("the catalog cannot write: {e}"));
+                degraded.last_attempt = Some(Instant::now());
+            }
+        }
+        result
+    }
+
+    /// Reopens a degraded catalog once its disk has room again (checked at
+    /// most once per `RECOVERY_INTERVAL`). Returns whether it reopened.
+    pub(crate) fn recover_if_room(&self) -> bool {
+        {
+            let mut degraded = crate::lock(&self.degraded);
+            if degraded.reason.is_none()
+                || degraded
+                    .last_attempt
+                    .is_some_and(|t| t.elapsed() < RECOVERY_INTERVAL)
+            {
+                return false;
+            }
+            degraded.last_attempt = Some(Instant::now());
+        }
+        let room = fs2::available_space(&self.path).unwrap_or(0);
+        if room < ROOM_TO_RECOVER {
+            return false;
+        }
+        let mut slot = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        // Ours is dropped here; in-flight readers let go of theirs shortly,
+        // and only then does sled release its file lock.
+        *slot = None;
+        let started = Instant::now();
+        let reopened = loop {
+            match Trees::open(&self.path) {
+                Ok(trees) => break Ok(trees),
+                Err(e) if is_locked(&e) && started.elapsed() < Duration::from_secs(2) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match reopened {
+            Ok(trees) => {
+                *slot = Some(Arc::new(trees));
+                crate::lock(&self.degraded).reason = None;
+                self.reopened
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!(room, "the catalog is writable again");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reopening the catalog failed; will retry");
+                crate::lock(&self.degraded).reason =
+                    Some(format!("the catalog cannot be reopened: {e}"));
+                false
+            }
+        }
+    }
 
     pub(crate) fn blob(&self, digest: &Sha256Digest) -> Result<Option<BlobRecord>, StoreError> {
-        self.blobs
-            .get(digest.as_bytes())?
-            .map(|v| decode(digest.to_hex().as_bytes(), &v))
-            .transpose()
+        self.read(|t| {
+            t.blobs
+                .get(digest.as_bytes())?
+                .map(|v| decode(digest.to_hex().as_bytes(), &v))
+                .transpose()
+        })
     }
 
     pub(crate) fn put_blob(
@@ -79,10 +250,12 @@ impl Catalog {
         digest: &Sha256Digest,
         record: &BlobRecord,
     ) -> Result<Option<BlobRecord>, StoreError> {
-        self.blobs
-            .insert(digest.as_bytes(), encode(record))?
-            .map(|v| decode(digest.to_hex().as_bytes(), &v))
-            .transpose()
+        self.write(|t| {
+            t.blobs
+                .insert(digest.as_bytes(), encode(record))?
+                .map(|v| decode(digest.to_hex().as_bytes(), &v))
+                .transpose()
+        })
     }
 
     /// Records an access to a blob only if its record is still `seen`: a
@@ -98,66 +271,80 @@ impl Catalog {
             last_access_ms: now_ms,
             ..*seen
         };
-        let swapped = self.blobs.compare_and_swap(
-            digest.as_bytes(),
-            Some(encode(seen)),
-            Some(encode(&updated)),
-        )?;
-        Ok(swapped.is_ok())
+        self.write(|t| {
+            let swapped = t.blobs.compare_and_swap(
+                digest.as_bytes(),
+                Some(encode(seen)),
+                Some(encode(&updated)),
+            )?;
+            Ok(swapped.is_ok())
+        })
     }
 
     pub(crate) fn remove_blob(
         &self,
         digest: &Sha256Digest,
     ) -> Result<Option<BlobRecord>, StoreError> {
-        self.blobs
-            .remove(digest.as_bytes())?
-            .map(|v| decode(digest.to_hex().as_bytes(), &v))
-            .transpose()
+        self.write(|t| {
+            t.blobs
+                .remove(digest.as_bytes())?
+                .map(|v| decode(digest.to_hex().as_bytes(), &v))
+                .transpose()
+        })
     }
 
     pub(crate) fn blob_count(&self) -> usize {
-        self.blobs.len()
+        self.trees().map_or(0, |t| t.blobs.len())
     }
 
     pub(crate) fn blobs(&self) -> Result<Vec<(Sha256Digest, BlobRecord)>, StoreError> {
-        let mut out = Vec::with_capacity(self.blobs.len());
-        for item in self.blobs.iter() {
-            let (k, v) = item?;
-            let bytes: [u8; 32] = k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                key: hex::encode(&k),
-                reason: "blob key is not 32 bytes".into(),
-            })?;
-            out.push((Sha256Digest::from_bytes(bytes), decode(&k, &v)?));
-        }
-        Ok(out)
+        self.read(|t| {
+            let mut out = Vec::with_capacity(t.blobs.len());
+            for item in t.blobs.iter() {
+                let (k, v) = item?;
+                let bytes: [u8; 32] = k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "blob key is not 32 bytes".into(),
+                })?;
+                out.push((Sha256Digest::from_bytes(bytes), decode(&k, &v)?));
+            }
+            Ok(out)
+        })
     }
 
     pub(crate) fn page(&self, project: &str) -> Result<Option<CachedPage>, StoreError> {
-        self.pages
-            .get(project.as_bytes())?
-            .map(|v| decode(project.as_bytes(), &v))
-            .transpose()
+        self.read(|t| {
+            t.pages
+                .get(project.as_bytes())?
+                .map(|v| decode(project.as_bytes(), &v))
+                .transpose()
+        })
     }
 
     pub(crate) fn put_page(&self, project: &str, page: &CachedPage) -> Result<(), StoreError> {
-        self.pages.insert(project.as_bytes(), encode(page))?;
-        Ok(())
+        self.write(|t| {
+            t.pages.insert(project.as_bytes(), encode(page))?;
+            Ok(())
+        })
     }
 
     pub(crate) fn projects(&self) -> Result<Vec<String>, StoreError> {
-        self.pages
-            .iter()
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
-            .collect()
+        self.read(|t| {
+            t.pages
+                .iter()
+                .keys()
+                .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+                .collect()
+        })
     }
 
     pub(crate) fn origin(&self, digest: &Sha256Digest) -> Result<Option<Origin>, StoreError> {
-        self.origins
-            .get(digest.as_bytes())?
-            .map(|v| decode(digest.to_hex().as_bytes(), &v))
-            .transpose()
+        self.read(|t| {
+            t.origins
+                .get(digest.as_bytes())?
+                .map(|v| decode(digest.to_hex().as_bytes(), &v))
+                .transpose()
+        })
     }
 
     pub(crate) fn put_origins(&self, origins: &[(Sha256Digest, Origin)]) -> Result<(), StoreError> {
@@ -165,12 +352,16 @@ impl Catalog {
         for (digest, origin) in origins {
             batch.insert(digest.as_bytes(), encode(origin));
         }
-        self.origins.apply_batch(batch)?;
-        Ok(())
+        self.write(|t| {
+            t.origins.apply_batch(batch)?;
+            Ok(())
+        })
     }
 
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.write(|t| {
+            t.db.flush()?;
+            Ok(())
+        })
     }
 }

@@ -41,6 +41,8 @@ pub enum StoreError {
     },
     #[error("catalog database error: {0}")]
     Db(#[from] sled::Error),
+    #[error("the catalog is unavailable: {0}")]
+    Unavailable(String),
     #[error("catalog record for {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("digest mismatch: expected sha256 {expected}, got {actual}")]
@@ -107,7 +109,21 @@ impl Store {
         for dir in [&blobs_dir, &tmp_dir] {
             fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
-        let catalog = catalog::Catalog::open(&root.join("catalog"))?;
+        let catalog_path = root.join("catalog");
+        let catalog = match catalog::Catalog::open(&catalog_path) {
+            Err(e) if catalog::is_corruption(&e) => {
+                // The blobs are named by CID and re-verified when adopted, so
+                // the catalog can be rebuilt from them; pages are fetched again.
+                let aside = root.join(format!("catalog.corrupt-{}", now_ms()));
+                warn!(error = %e, moved_to = %aside.display(), "the catalog is damaged; rebuilding it from the blob files");
+                fs::rename(&catalog_path, &aside).map_err(io_err(format!(
+                    "moving the damaged catalog aside (remove {} by hand and start again)",
+                    catalog_path.display()
+                )))?;
+                catalog::Catalog::open(&catalog_path)?
+            }
+            other => other?,
+        };
         let store = Self {
             blobs_dir,
             tmp_dir,
@@ -117,7 +133,7 @@ impl Store {
             last_persisted_access: Mutex::new(HashMap::new()),
             eviction: Mutex::new(()),
         };
-        let report = store.reconcile()?;
+        let report = store.reconcile(true)?;
         info!(
             blobs = store.catalog.blob_count(),
             bytes = store.total_bytes(),
@@ -149,10 +165,15 @@ impl Store {
 
     /// The blob if the store holds it; records the access for eviction.
     pub fn get(&self, digest: &Sha256Digest) -> Result<Option<StoredBlob>, StoreError> {
+        self.reconcile_if_reopened();
         let Some(record) = self.catalog.blob(digest)? else {
             return Ok(None);
         };
-        self.touch(digest, record)?;
+        // An access time that cannot be written (a full disk) must not stop
+        // the blob from being served.
+        if let Err(e) = self.touch(digest, record) {
+            tracing::debug!(%digest, "access time not recorded: {e}");
+        }
         Ok(Some(StoredBlob {
             path: self.blob_path(digest),
             size: record.size,
@@ -193,6 +214,7 @@ impl Store {
         expected: &Sha256Digest,
         expected_len: Option<u64>,
     ) -> Result<Vec<Sha256Digest>, StoreError> {
+        self.reconcile_if_reopened();
         let (temp, actual, len) = writer.finish()?;
         if actual != *expected {
             return Err(StoreError::DigestMismatch {
@@ -311,10 +333,33 @@ impl Store {
         self.catalog.flush()
     }
 
-    fn reconcile(&self) -> Result<ReconcileReport, StoreError> {
+    /// Why the store cannot record new blobs or pages now, if it cannot
+    /// (what it holds is still served).
+    pub fn degraded(&self) -> Option<String> {
+        self.catalog.recover_if_room();
+        self.reconcile_if_reopened();
+        self.catalog.degraded()
+    }
+
+    /// After the catalog was reopened (it lost what it had not flushed),
+    /// records and files are matched up again.
+    fn reconcile_if_reopened(&self) {
+        if self.catalog.take_reopened() {
+            match self.reconcile(false) {
+                Ok(report) => info!(?report, "store reconciled after the catalog reopened"),
+                Err(e) => warn!("reconciling after the catalog reopened: {e}"),
+            }
+        }
+    }
+
+    /// Matches the catalog with the files. At start (`at_start`), leftover
+    /// temp files are removed too; later they belong to running downloads.
+    fn reconcile(&self, at_start: bool) -> Result<ReconcileReport, StoreError> {
         let mut report = ReconcileReport::default();
         // 1. Temp files are downloads that never finished: never trusted.
-        for entry in fs::read_dir(&self.tmp_dir).map_err(io_err("listing the temp directory"))? {
+        let temp_files =
+            fs::read_dir(&self.tmp_dir).map_err(io_err("listing the temp directory"))?;
+        for entry in temp_files.filter(|_| at_start) {
             let entry = entry.map_err(io_err("listing the temp directory"))?;
             if fs::remove_file(entry.path()).is_ok() {
                 report.temp_files_removed += 1;

@@ -201,3 +201,34 @@ fn an_access_recorded_after_eviction_does_not_resurrect_the_record() {
     store.touch(&d, old).unwrap();
     assert!(store.catalog.blob(&d).unwrap().unwrap().last_access_ms > 0);
 }
+
+/// A damaged catalog does not stop the store from opening: it is moved
+/// aside and rebuilt from the blob files, which are re-verified.
+#[test]
+fn a_damaged_catalog_is_rebuilt_from_the_blob_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = {
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let d = put(&store, b"survives a damaged catalog");
+        store.flush().unwrap();
+        d
+    };
+    let catalog = dir.path().join("catalog");
+    for entry in fs::read_dir(&catalog).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            fs::write(&path, vec![0xa5u8; 4096]).unwrap();
+        }
+    }
+    let (store, report) = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.orphans_adopted, 1, "{report:?}");
+    assert_eq!(store.get(&d).unwrap().unwrap().size, 26);
+    assert!(
+        fs::read_dir(dir.path()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("catalog.corrupt-")),
+        "the damaged catalog is kept aside for inspection"
+    );
+}

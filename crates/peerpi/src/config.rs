@@ -198,6 +198,27 @@ fn parse_upstream(text: &str, origin: &str) -> Result<Url> {
     Ok(url)
 }
 
+/// How the upstream at `url` is given credentials, if it is: user info in the
+/// URL, or a `machine` entry for its host in the netrc file (`NETRC`, else
+/// `~/.netrc`), which pip and uv both read.
+fn upstream_credentials(url: &Url, env: EnvLookup<'_>) -> Option<&'static str> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some("a user name or password in its URL");
+    }
+    let netrc = env("NETRC")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|home| Path::new(&home).join(".netrc")))?;
+    let text = std::fs::read_to_string(netrc).ok()?;
+    let host = url.host_str()?;
+    let mut words = text.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "machine" && words.next().is_some_and(|m| m.eq_ignore_ascii_case(host)) {
+            return Some("an entry for its host in the netrc file");
+        }
+    }
+    None
+}
+
 /// True when `url` would send requests to the node listening on `listen`.
 pub fn points_at(url: &Url, listen: &SocketAddr) -> bool {
     let Some(port) = url.port_or_known_default() else {
@@ -297,6 +318,14 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
     let p2p_on = !args.no_p2p && file.p2p.unwrap_or(true);
     let p2p = if p2p_on {
         let swarm_key = args.swarm_key.clone().or(file.swarm_key.clone());
+        if swarm_key.is_none() {
+            if let Some(how) = upstream_credentials(&upstream, env) {
+                bail!(
+                    "the upstream {} needs credentials ({how}): an open swarm would serve its                      private packages to any host that joins. Make a swarm key with                      `peerpi keygen --swarm-key FILE` and pass it to every node with --swarm-key FILE,                      or run with --no-p2p",
+                    peerpi_upstream::redacted(upstream.as_str())
+                );
+            }
+        }
         let listen = if !args.p2p_listen.is_empty() {
             args.p2p_listen.clone()
         } else {
@@ -317,7 +346,9 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
         Some(P2pConfig {
             listen: multiaddrs("p2p-listen", &listen)?,
             bootstrap: multiaddrs("bootstrap", &bootstrap)?,
-            mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+            // A private swarm has its members listed (bootstrap): multicasting
+            // on the LAN only when asked (`mdns = true`).
+            mdns: !args.no_mdns && file.mdns.unwrap_or(swarm_key.is_none()),
             region: args.region.clone().or(file.region.clone()),
             swarm_key,
             peer_timeout: duration(
@@ -449,6 +480,45 @@ mod tests {
         let c = resolve_serve(&args, &env).unwrap();
         assert_eq!(c.upstream.as_str(), "https://flag.invalid/simple/");
         assert_eq!(c.cache_size, 2 << 30);
+    }
+
+    #[test]
+    fn an_upstream_with_credentials_needs_a_swarm_key_for_peer_to_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = ServeArgs {
+            data_dir: Some(dir.path().into()),
+            upstream: Some("https://ci:s3cret@private.invalid/simple/".into()),
+            ..ServeArgs::default()
+        };
+        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("--swarm-key") && e.contains("--no-p2p"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+
+        // Credentials from netrc count too.
+        let netrc = dir.path().join("netrc");
+        std::fs::write(
+            &netrc,
+            "machine other.invalid login a password b
+machine private.invalid
+  login ci password s3cret
+",
+        )
+        .unwrap();
+        args.upstream = Some("https://private.invalid/simple/".into());
+        let env = env_of(&[("NETRC", netrc.to_str().unwrap())]);
+        let e = resolve_serve(&args, &env).unwrap_err().to_string();
+        assert!(e.contains("netrc"), "{e}");
+        args.upstream = Some("https://public.invalid/simple/".into());
+        assert!(resolve_serve(&args, &env).is_ok(), "no entry for this host");
+
+        // A private swarm, or none, is fine; a private swarm has mDNS off.
+        args.upstream = Some("https://ci:s3cret@private.invalid/simple/".into());
+        args.swarm_key = Some("swarm.key".into());
+        let p2p = resolve_serve(&args, &env).unwrap().p2p.unwrap();
+        assert!(!p2p.mdns, "mDNS off with a swarm key unless asked for");
+        args.swarm_key = None;
+        args.no_p2p = true;
+        assert!(resolve_serve(&args, &env).unwrap().p2p.is_none());
     }
 
     #[test]

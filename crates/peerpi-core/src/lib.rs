@@ -1,6 +1,7 @@
 //! The vocabulary of peerpi: project names (PEP 503 normalisation), distribution
 //! filenames, digests and CIDs, and the Simple Repository API model with its
-//! HTML (PEP 503) and JSON (PEP 691) parsing and rendering. No I/O lives here.
+//! HTML (PEP 503) and JSON (PEP 691) parsing and rendering, and the byte
+//! ranges a client may ask of a file. No I/O lives here.
 
 pub mod accept;
 pub mod digest;
@@ -8,6 +9,7 @@ pub mod filename;
 pub mod html;
 pub mod json;
 pub mod name;
+pub mod range;
 pub mod simple;
 
 pub use accept::{negotiate, NotAcceptable, PageFormat};

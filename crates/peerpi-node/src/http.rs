@@ -24,12 +24,6 @@ use crate::{BlobBody, Node, NodeError};
 /// Files are named by content: they never change.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-/// Ranges one request may ask for: clients ask for one (pip, uv resuming or
-/// reading a wheel's tail); validating thousands costs CPU for nothing.
-const MAX_RANGES: usize = 8;
-/// Longest `Range` header read at all.
-const MAX_RANGE_HEADER_BYTES: usize = 1024;
-
 pub fn router(node: Node) -> Router {
     Router::new()
         .route("/", get(home))
@@ -404,29 +398,7 @@ fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>,
     let value = value
         .to_str()
         .map_err(|_| "Range header is not ASCII".to_string())?;
-    if !value.trim_start().starts_with("bytes=") {
-        // RFC 9110: a range unit we do not know is ignored.
-        return Ok(None);
-    }
-    if value.len() > MAX_RANGE_HEADER_BYTES || value.split(',').count() > MAX_RANGES {
-        return Err(format!(
-            "Range header asks for too much (at most {MAX_RANGES} ranges in {MAX_RANGE_HEADER_BYTES} bytes)"
-        ));
-    }
-    let parsed = http_range_header::parse_range_header(value).map_err(|_| {
-        format!(
-            "malformed Range header {:?}",
-            value.escape_default().to_string()
-        )
-    })?;
-    let ranges = parsed
-        .validate(size)
-        .map_err(|_| format!("range {value:?} is not satisfiable for a file of {size} bytes"))?;
-    match ranges.as_slice() {
-        [only] => Ok(Some((*only.start(), *only.end() - *only.start() + 1))),
-        // Several ranges: the whole file is a valid answer and saves a multipart body.
-        _ => Ok(None),
-    }
+    peerpi_core::range::byte_range(value, size).map_err(|e| e.to_string())
 }
 
 async fn serve_stored(node: &Node, blob: StoredBlob, headers: &HeaderMap, etag: &str) -> Response {

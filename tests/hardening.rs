@@ -555,3 +555,97 @@ async fn a_full_disk_degrades_the_node_which_recovers_when_space_returns() {
     }
     assert_eq!(node.node.store().blob_count(), 2);
 }
+
+/// A peer that broke off before sending a byte is no suspect when the next
+/// peer's bytes fail verification: the liar alone sent them, so it is
+/// blocked for good at once (the code before counted both, only suspended
+/// them, and with upstream down never found out who lied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sent_nothing_does_not_shield_the_liar_after_it() {
+    const BIG: &str = "big-1.0.tar.gz";
+    let upstream = fake_index(vec![peerpi_testkit::synthetic("big", BIG, 2 << 20, 17)]).await;
+    // B asks the empty-handed peer first (same region), the forger next.
+    let empty = holder(&upstream, "big", BIG, |c| {
+        c.adversary = Some(peerpi_swarm::Adversary::EmptyBody);
+        c.region = Some("here".into());
+    })
+    .await;
+    let forger = holder(&upstream, "big", BIG, |c| {
+        c.adversary = Some(peerpi_swarm::Adversary::WrongBytes);
+        c.region = Some("there".into());
+    })
+    .await;
+    let b = peer_node(&upstream, &[p2p_addr(&empty), p2p_addr(&forger)], |c| {
+        c.region = Some("here".into())
+    })
+    .await;
+    let swarm = b.node.swarm().unwrap().clone();
+    let ids = [&empty, &forger].map(|n| n.node.swarm().unwrap().local_peer_id());
+    assert!(
+        eventually(Duration::from_secs(10), || ids
+            .iter()
+            .all(|id| swarm.peer_info(id).is_some_and(|p| p.region.is_some())))
+        .await,
+        "regions learnt through identify"
+    );
+    let url = file_url(&b, "big", BIG).await;
+    upstream.stop();
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 502, "no honest source is left");
+    assert!(
+        blocked_for_good(&b, &forger),
+        "the liar is blocked for good"
+    );
+    assert!(
+        suspended(&b, &empty),
+        "the peer that broke off is only suspended"
+    );
+}
+
+/// A peer that takes bulk-channel tickets and never redeems them holds this
+/// node's stream permits only until the tickets expire (the stream timeout,
+/// 2 s here); a pruning timer gives them back even when no new ticket is
+/// issued (the code before pruned only when issuing, which needs a permit:
+/// in a two-node swarm the peer was refused for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unredeemed_tickets_give_back_their_permits_when_they_expire() {
+    const PER_PEER_STREAMS: usize = 8;
+    const BIG: &str = "big-1.0.tar.gz";
+    let upstream = fake_index(vec![peerpi_testkit::synthetic("big", BIG, 3 << 20, 23)]).await;
+    let a = peer_node(&upstream, &[], |_| {}).await;
+    get_bytes(&file_url(&a, "big", BIG).await).await;
+    let b = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
+    assert!(eventually(Duration::from_secs(10), || connected(&b) >= 1).await);
+    let a_id = a.node.swarm().unwrap().local_peer_id();
+    let sha = upstream.state.file(BIG).unwrap().sha256;
+    let digest = peerpi_core::Sha256Digest::from_hex(&sha).unwrap();
+    let swarm = b.node.swarm().unwrap().clone();
+    for i in 0..PER_PEER_STREAMS {
+        assert!(
+            swarm.take_ticket_and_walk_away(a_id, digest).await.unwrap(),
+            "ticket {i}"
+        );
+    }
+    assert!(
+        !swarm.take_ticket_and_walk_away(a_id, digest).await.unwrap(),
+        "every permit is held by an unredeemed ticket: BUSY"
+    );
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let body = get_bytes(&file_url(&b, "big", BIG).await).await;
+    assert_is_upstream_file(&upstream, BIG, &body);
+    assert_eq!(
+        upstream.state.count(&format!("/files/{BIG}")),
+        1,
+        "B's copy came from A"
+    );
+}
+
+fn connected(node: &TestNode) -> u64 {
+    node.node
+        .swarm()
+        .unwrap()
+        .counters()
+        .connected_peers
+        .load(std::sync::atomic::Ordering::Relaxed)
+}

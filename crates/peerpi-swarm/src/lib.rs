@@ -101,6 +101,8 @@ pub enum Adversary {
     Drip,
     /// Announces a terabyte on the stream, whatever the blob's size.
     HugeSize,
+    /// Announces the length, then closes without sending a byte.
+    EmptyBody,
 }
 
 impl SwarmConfig {
@@ -510,6 +512,19 @@ impl SwarmHandle {
             }
             (other, _) => Err(unexpected(peer, other)),
         }
+    }
+
+    /// Test support: asks `peer` for `digest` as a fetch would and drops the
+    /// answer, so that a ticket it hands out is never redeemed. True when
+    /// the answer was a ticket (a redirect to the bulk channel).
+    #[cfg(feature = "adversary")]
+    pub async fn take_ticket_and_walk_away(
+        &self,
+        peer: PeerId,
+        digest: Sha256Digest,
+    ) -> Result<bool, FetchError> {
+        let (response, _) = self.request(peer, digest, 0, true).await?;
+        Ok(matches!(response, protocol::Response::Redirect { .. }))
     }
 
     /// One request on a new stream, up to the response header.

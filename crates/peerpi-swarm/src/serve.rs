@@ -398,6 +398,10 @@ async fn lie(shared: &Shared, chunk: Bytes, sent: u64, total: u64) -> Option<Byt
             Some(chunk.slice(..chunk.len().min(1)))
         }
         Some(Adversary::HugeSize) => Some(chunk),
+        Some(Adversary::EmptyBody) => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            None
+        }
         // Half of the first chunk, then silence.
         Some(Adversary::Stall) => {
             if sent > 0 {

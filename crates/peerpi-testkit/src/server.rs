@@ -84,6 +84,12 @@ impl IndexState {
             .push(file);
     }
 
+    /// Every file served, of every project.
+    pub fn files(&self) -> Vec<FakeFile> {
+        let projects = self.projects.read().unwrap_or_else(|p| p.into_inner());
+        projects.values().flatten().cloned().collect()
+    }
+
     pub fn file(&self, filename: &str) -> Option<FakeFile> {
         let projects = self.projects.read().unwrap_or_else(|p| p.into_inner());
         projects

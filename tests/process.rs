@@ -211,3 +211,43 @@ fn a_taken_bulk_port_is_a_clear_cli_error() {
         "{stderr}"
     );
 }
+
+/// With the usual limit of 1,024 open files, 1,100 idle connections to the
+/// bulk port (no ticket is needed to connect) used every descriptor and the
+/// HTTP front stopped answering, `/healthz` included. The bulk channel now
+/// has its own cap (256) and the front answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_to_the_bulk_port_do_not_starve_the_front() {
+    const IDLE: usize = 1100;
+    const OPEN_FILES: &str = "--nofile=1024:1024";
+    rlimit::increase_nofile_limit(8192).unwrap();
+    let upstream = fake_index(peerpi_testkit::demo_graph()).await;
+    let data = tempfile::tempdir().unwrap();
+    let bulk = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let node = NodeProcess::start_wrapped(
+        &["prlimit", OPEN_FILES, "--"],
+        addr,
+        &upstream.simple_url(),
+        data.path(),
+        &["--bulk-listen", &bulk],
+    )
+    .await;
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        match tokio::net::TcpStream::connect(&bulk).await {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connect {}: {e}", idle.len()),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for path in ["/healthz", "/simple/alpha/"] {
+        let answer =
+            tokio::time::timeout(Duration::from_secs(3), client().get(node.url(path)).send())
+                .await
+                .unwrap_or_else(|_| panic!("{path} answered within 3 s"))
+                .unwrap();
+        assert_eq!(answer.status(), 200, "{path}");
+    }
+    drop(idle);
+}

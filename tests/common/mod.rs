@@ -299,10 +299,31 @@ impl NodeProcess {
         data_dir: &Path,
         extra: &[&str],
     ) -> Self {
+        Self::start_wrapped(&[], addr, upstream, data_dir, extra).await
+    }
+
+    /// Starts the binary through `wrapper` (a command and its arguments that
+    /// run what follows them, e.g. `prlimit --nofile=1024:1024 --`).
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        addr: SocketAddr,
+        upstream: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Self {
         let log =
             std::fs::File::create(std::env::temp_dir().join(format!("peerpi-{}.log", addr.port())))
                 .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_peerpi"))
+        let binary = env!("CARGO_BIN_EXE_peerpi");
+        let mut command = match wrapper {
+            [] => Command::new(binary),
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+        };
+        let child = command
             .args([
                 "serve",
                 "--upstream",

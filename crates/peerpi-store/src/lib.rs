@@ -96,6 +96,8 @@ pub struct Store {
     catalog: catalog::Catalog,
     cap_bytes: u64,
     total_bytes: AtomicU64,
+    /// Bytes in temp files of running downloads: they count against the cap.
+    in_progress: std::sync::Arc<AtomicU64>,
     last_persisted_access: Mutex<HashMap<Sha256Digest, u64>>,
     eviction: Mutex<()>,
 }
@@ -130,6 +132,7 @@ impl Store {
             catalog,
             cap_bytes,
             total_bytes: AtomicU64::new(0),
+            in_progress: std::sync::Arc::new(AtomicU64::new(0)),
             last_persisted_access: Mutex::new(HashMap::new()),
             eviction: Mutex::new(()),
         };
@@ -149,6 +152,16 @@ impl Store {
 
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written so far by downloads that have not finished.
+    pub fn in_progress_bytes(&self) -> u64 {
+        self.in_progress.load(Ordering::Relaxed)
+    }
+
+    /// Stored blobs and running downloads together, as the cap counts them.
+    fn used_bytes(&self) -> u64 {
+        self.total_bytes() + self.in_progress_bytes()
     }
 
     pub fn blob_count(&self) -> usize {
@@ -202,7 +215,7 @@ impl Store {
 
     /// A new temp file in the store's temp directory, hashing what is written.
     pub fn writer(&self) -> Result<BlobWriter, StoreError> {
-        BlobWriter::new(&self.tmp_dir)
+        BlobWriter::new(&self.tmp_dir, self.in_progress.clone())
     }
 
     /// Moves a verified writer's file into place and records it. Fails, and
@@ -254,13 +267,14 @@ impl Store {
         self.evict_to_cap(Some(expected))
     }
 
-    /// Removes least recently used blobs until the store is within its cap.
-    /// `keep` is never evicted (the blob just committed).
+    /// Removes least recently used blobs until the store, running downloads
+    /// included, is within its cap. `keep` is never evicted (the blob just
+    /// committed).
     pub fn evict_to_cap(
         &self,
         keep: Option<&Sha256Digest>,
     ) -> Result<Vec<Sha256Digest>, StoreError> {
-        if self.total_bytes() <= self.cap_bytes {
+        if self.used_bytes() <= self.cap_bytes {
             return Ok(Vec::new());
         }
         let _guard = lock(&self.eviction);
@@ -268,7 +282,7 @@ impl Store {
         candidates.sort_by_key(|(digest, record)| (record.last_access_ms, *digest));
         let mut evicted = Vec::new();
         for (digest, record) in candidates {
-            if self.total_bytes() <= self.cap_bytes {
+            if self.used_bytes() <= self.cap_bytes {
                 break;
             }
             if Some(&digest) == keep {

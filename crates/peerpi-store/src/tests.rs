@@ -5,11 +5,8 @@ fn digest_of(bytes: &[u8]) -> Sha256Digest {
 }
 
 fn put(store: &Store, bytes: &[u8]) -> Sha256Digest {
-    let digest = digest_of(bytes);
-    let mut w = store.writer().unwrap();
-    w.append(bytes).unwrap();
-    store.commit(w, &digest, Some(bytes.len() as u64)).unwrap();
-    digest
+    put_evicting(store, bytes);
+    digest_of(bytes)
 }
 
 #[test]
@@ -231,4 +228,33 @@ fn a_damaged_catalog_is_rebuilt_from_the_blob_files() {
             .starts_with("catalog.corrupt-")),
         "the damaged catalog is kept aside for inspection"
     );
+}
+
+/// Temp files of running downloads count against the cap: committing makes
+/// room for them too, and a finished or dropped download gives its bytes back.
+#[test]
+fn running_downloads_count_against_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 250).unwrap();
+    let old = put(&store, &[b'a'; 100]);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let _newer = put(&store, &[b'b'; 100]);
+    let mut running = store.writer().unwrap();
+    running.append(&[b'r'; 100]).unwrap();
+    assert_eq!(store.in_progress_bytes(), 100);
+
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let evicted = put_evicting(&store, &[b'c'; 40]);
+    assert_eq!(evicted, vec![old], "200 stored + 40 + 100 running > 250");
+    assert!(store.total_bytes() + store.in_progress_bytes() <= 250);
+
+    drop(running);
+    assert_eq!(store.in_progress_bytes(), 0);
+}
+
+fn put_evicting(store: &Store, bytes: &[u8]) -> Vec<Sha256Digest> {
+    let digest = digest_of(bytes);
+    let mut w = store.writer().unwrap();
+    w.append(bytes).unwrap();
+    store.commit(w, &digest, Some(bytes.len() as u64)).unwrap()
 }

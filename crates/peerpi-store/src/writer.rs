@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use peerpi_core::Sha256Digest;
@@ -20,10 +21,31 @@ pub struct BlobWriter {
     temp: NamedTempFile,
     hasher: Sha256,
     len: u64,
+    counted: InProgress,
+}
+
+/// This writer's bytes in the store's count of bytes being downloaded,
+/// given back when the writer is finished or dropped.
+struct InProgress {
+    all: Arc<AtomicU64>,
+    mine: u64,
+}
+
+impl InProgress {
+    fn add(&mut self, n: u64) {
+        self.mine += n;
+        self.all.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.all.fetch_sub(self.mine, Ordering::Relaxed);
+    }
 }
 
 impl BlobWriter {
-    pub(crate) fn new(tmp_dir: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn new(tmp_dir: &Path, in_progress: Arc<AtomicU64>) -> Result<Self, StoreError> {
         let temp = tempfile::Builder::new()
             .prefix("partial-")
             .tempfile_in(tmp_dir)
@@ -32,6 +54,10 @@ impl BlobWriter {
             temp,
             hasher: Sha256::new(),
             len: 0,
+            counted: InProgress {
+                all: in_progress,
+                mine: 0,
+            },
         })
     }
 
@@ -43,6 +69,7 @@ impl BlobWriter {
             .map_err(io_err("writing a temp file"))?;
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
+        self.counted.add(bytes.len() as u64);
         Ok(())
     }
 
@@ -70,6 +97,7 @@ impl BlobWriter {
         });
         written.map_err(io_err("writing a temp file"))?;
         self.len += total as u64;
+        self.counted.add(total as u64);
         Ok(())
     }
 

@@ -3,11 +3,13 @@
 //! digest before it is stored or released as a complete file) and the axum
 //! HTTP front that serves the Simple Repository API to pip and uv.
 
-mod blobs;
 mod error;
+mod flight;
 mod http;
 pub mod metrics;
 mod pages;
+mod reputation;
+mod sources;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,8 +20,8 @@ use peerpi_store::{ReconcileReport, Store};
 use peerpi_swarm::SwarmHandle;
 use peerpi_upstream::{Upstream, UpstreamConfig};
 
-pub use blobs::BlobBody;
 pub use error::NodeError;
+pub use flight::BlobBody;
 pub use pages::CacheStatus;
 
 /// Everything a node needs to run.
@@ -90,7 +92,7 @@ struct Inner {
     store: Arc<Store>,
     upstream: Upstream,
     metrics: metrics::Metrics,
-    flights: Mutex<HashMap<peerpi_core::Sha256Digest, Arc<blobs::Flight>>>,
+    flights: Mutex<HashMap<peerpi_core::Sha256Digest, Arc<flight::Flight>>>,
     pages: pages::PageState,
     swarm: OnceLock<SwarmHandle>,
 }

@@ -1,0 +1,324 @@
+//! One download per digest (single flight): served from the store, or
+//! fetched from peers, then upstream, into a hashing temp file that every
+//! waiting client reads as it grows. The last byte is released only after
+//! the digest matched, so a client never receives a complete file that
+//! failed verification: on a mismatch its response is cut short and nothing
+//! is stored. The sources themselves are in `sources/`.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use peerpi_core::Sha256Digest;
+use peerpi_store::{BlobWriter, Origin, StoredBlob};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Source;
+use crate::sources::peers::{judge, PeerBounds, PeerPhase};
+use crate::{lock, Node, NodeError};
+
+/// Largest core-metadata file accepted (its size is never listed).
+const MAX_METADATA_SIZE: u64 = 16 << 20;
+
+/// Bytes read per read call from a growing temp file.
+const READ_CHUNK: u64 = peerpi_store::READ_CHUNK;
+
+/// The state of one download, shared with every client reading it.
+#[derive(Clone)]
+pub(crate) enum FlightState {
+    /// Waiting for upstream's response headers.
+    Connecting,
+    /// Bytes `0..readable` of `file` may be read. `len` is the announced length.
+    Streaming {
+        file: Arc<File>,
+        len: Option<u64>,
+        readable: u64,
+    },
+    /// Verified and committed; all `len` bytes may be read.
+    Done {
+        file: Arc<File>,
+        len: u64,
+    },
+    Failed(Arc<str>),
+}
+
+pub(crate) struct Flight {
+    pub(crate) state: watch::Sender<FlightState>,
+}
+
+impl Flight {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: watch::channel(FlightState::Connecting).0,
+        }
+    }
+}
+
+/// A blob body for a client.
+pub enum BlobBody {
+    /// In the store.
+    Stored(StoredBlob),
+    /// Being fetched (from peers or upstream); `len` when known in advance.
+    Fetching {
+        len: Option<u64>,
+        stream: BoxStream<'static, io::Result<Bytes>>,
+    },
+}
+
+impl Node {
+    /// Where the blob with this digest can be fetched from, from a page seen earlier.
+    pub fn origin(&self, digest: &Sha256Digest) -> Result<Option<Origin>, NodeError> {
+        Ok(self.inner.store.origin(digest)?)
+    }
+
+    /// The blob with `digest`: from the store, or joined to / starting its
+    /// download. Fails when it is unknown or no source could start sending.
+    pub async fn blob(&self, digest: &Sha256Digest) -> Result<BlobBody, NodeError> {
+        if let Some(stored) = self.inner.store.get(digest)? {
+            self.inner.metrics.blob_hit(Source::Local);
+            return Ok(BlobBody::Stored(stored));
+        }
+        let origin = self.origin(digest)?.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "no file with sha256 {digest} is known here: request its project page first"
+            ))
+        })?;
+        let flight = {
+            let mut flights = lock(&self.inner.flights);
+            match flights.get(digest) {
+                Some(f) => f.clone(),
+                None => {
+                    // A download may have been committed since the first check.
+                    if let Some(stored) = self.inner.store.get(digest)? {
+                        self.inner.metrics.blob_hit(Source::Local);
+                        return Ok(BlobBody::Stored(stored));
+                    }
+                    let flight = Arc::new(Flight::new());
+                    flights.insert(*digest, flight.clone());
+                    tokio::spawn(self.clone().drive(*digest, origin.clone(), flight.clone()));
+                    flight
+                }
+            }
+        };
+        let mut rx = flight.state.subscribe();
+        // Wait for the response to start, so that its status is known.
+        let len = loop {
+            match &*rx.borrow_and_update() {
+                FlightState::Connecting => {}
+                FlightState::Streaming { len, .. } => break len.or(origin.size),
+                FlightState::Done { len, .. } => break Some(*len),
+                FlightState::Failed(reason) => return Err(NodeError::Upstream(reason.to_string())),
+            }
+            if rx.changed().await.is_err() {
+                return Err(NodeError::Internal(
+                    "the download ended without a result".into(),
+                ));
+            }
+        };
+        Ok(BlobBody::Fetching {
+            len,
+            stream: follow(rx).boxed(),
+        })
+    }
+
+    /// The blob once it is verified and stored: waits for its download (if
+    /// one runs) to end.
+    pub async fn verified_blob(&self, digest: &Sha256Digest) -> Result<StoredBlob, NodeError> {
+        let flight = lock(&self.inner.flights).get(digest).cloned();
+        if let Some(flight) = flight {
+            let mut rx = flight.state.subscribe();
+            loop {
+                match &*rx.borrow_and_update() {
+                    FlightState::Done { .. } => break,
+                    FlightState::Failed(reason) => {
+                        return Err(NodeError::Upstream(reason.to_string()))
+                    }
+                    FlightState::Connecting | FlightState::Streaming { .. } => {}
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        self.inner.store.get(digest)?.ok_or_else(|| {
+            NodeError::Upstream(format!(
+                "the download of {digest} ended without a verified file"
+            ))
+        })
+    }
+
+    /// Runs one download to its end and records the outcome for its readers.
+    async fn drive(self, digest: Sha256Digest, origin: Origin, flight: Arc<Flight>) {
+        let started = std::time::Instant::now();
+        let metrics = &self.inner.metrics;
+        let mut outcome = Err("no source tried".to_string());
+        let mut suspects = Vec::new();
+        if let Some(swarm) = self.inner.swarm.get() {
+            let phase = PeerPhase {
+                net: swarm,
+                store: &self.inner.store,
+                bounds: self.peer_bounds(&origin),
+                metrics,
+                flight: &flight,
+            };
+            let commit = |writer, len| self.commit(writer, digest, len);
+            outcome = phase.run(digest, &origin, &mut suspects, commit).await;
+            match &outcome {
+                Ok((_, len)) => {
+                    metrics.blob_hit(Source::Peer);
+                    metrics.upstream_bytes_saved(*len);
+                    metrics.blob_fetched(Source::Peer, started.elapsed().as_secs_f64());
+                }
+                Err(reason) => debug!(%digest, %reason, "no peer delivered; going upstream"),
+            }
+        }
+        if outcome.is_err() {
+            outcome = self.fetch_upstream(&digest, &origin, &flight).await;
+            if outcome.is_ok() {
+                metrics.blob_hit(Source::Upstream);
+                metrics.blob_fetched(Source::Upstream, started.elapsed().as_secs_f64());
+            }
+        }
+        match outcome {
+            Ok((file, len)) => {
+                info!(%digest, file = %origin.filename, len, "verified and stored");
+                flight.state.send_replace(FlightState::Done {
+                    file: file.clone(),
+                    len,
+                });
+                // After the clients are released: judging re-reads files.
+                if let (Some(swarm), false) = (self.inner.swarm.get(), suspects.is_empty()) {
+                    let swarm = swarm.clone();
+                    tokio::spawn(async move { judge(&swarm, digest, suspects, file).await });
+                }
+            }
+            Err(reason) => {
+                warn!(%digest, file = %origin.filename, %reason, "download failed");
+                flight
+                    .state
+                    .send_replace(FlightState::Failed(reason.into()));
+            }
+        }
+        lock(&self.inner.flights).remove(&digest);
+    }
+
+    /// Verifies and stores a finished download, then announces it to peers
+    /// and withdraws what eviction removed.
+    pub(crate) async fn commit(
+        &self,
+        writer: BlobWriter,
+        digest: Sha256Digest,
+        len: u64,
+    ) -> Result<(), CommitError> {
+        let store = self.inner.store.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || store.commit(writer, &digest, Some(len)))
+                .await
+                .map_err(|e| CommitError::Other(format!("commit task failed: {e}")))?;
+        let evicted = match committed {
+            Ok(evicted) => evicted,
+            Err(
+                e @ (peerpi_store::StoreError::DigestMismatch { .. }
+                | peerpi_store::StoreError::LengthMismatch { .. }),
+            ) => return Err(CommitError::Mismatch(e.to_string())),
+            Err(e) => return Err(CommitError::Other(e.to_string())),
+        };
+        if let Some(swarm) = self.inner.swarm.get() {
+            for gone in evicted {
+                let _ = swarm.unprovide(gone).await;
+            }
+            let _ = swarm.provide(digest).await;
+        }
+        Ok(())
+    }
+
+    /// The most bytes accepted for `origin` when no size is known.
+    pub(crate) fn size_cap(&self, origin: &Origin) -> u64 {
+        if origin.filename.ends_with(".metadata") {
+            MAX_METADATA_SIZE
+        } else {
+            self.inner.config.max_file_size
+        }
+    }
+
+    /// The bounds of the peer phase for a blob from `origin`.
+    fn peer_bounds(&self, origin: &Origin) -> PeerBounds {
+        let config = &self.inner.config;
+        PeerBounds {
+            first_provider: config.peer_deadline,
+            hold_back: config.peer_hold_back,
+            min_rate: config.peer_min_rate,
+            min_rate_grace: crate::sources::peers::MIN_RATE_GRACE,
+            suspension: config.peer_suspension,
+            size_cap: origin.size.unwrap_or_else(|| self.size_cap(origin)),
+        }
+    }
+}
+
+/// Lets clients read a released peer transfer up to what is written, less
+/// the last byte (which waits for verification).
+pub(crate) fn publish_progress(flight: &Flight, file: &Arc<File>, total: u64, written: u64) {
+    flight.state.send_replace(FlightState::Streaming {
+        file: file.clone(),
+        len: Some(total),
+        readable: written.min(total).saturating_sub(1),
+    });
+}
+
+pub(crate) enum CommitError {
+    /// The bytes are not the ones the digest names.
+    Mismatch(String),
+    Other(String),
+}
+
+/// A client's view of a download: what is readable, as it becomes readable;
+/// an error (which cuts the response short) if the download fails, or if
+/// the bytes it was reading were given up for another source's.
+fn follow(rx: watch::Receiver<FlightState>) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
+    stream::unfold(Some((rx, 0u64, None::<Arc<File>>)), |cursor| async move {
+        let (mut rx, offset, mut reading) = cursor?;
+        loop {
+            let state = rx.borrow_and_update().clone();
+            let readable = match &state {
+                FlightState::Streaming { file, readable, .. } => Some((file.clone(), *readable)),
+                FlightState::Done { file, len } => Some((file.clone(), *len)),
+                FlightState::Failed(reason) => {
+                    return Some((Err(io::Error::other(reason.to_string())), None));
+                }
+                FlightState::Connecting => None,
+            };
+            if let Some((file, end)) = readable {
+                if offset > 0 && reading.as_ref().is_some_and(|r| !Arc::ptr_eq(r, &file)) {
+                    let reason = "the source this response was reading failed; retry";
+                    return Some((Err(io::Error::other(reason)), None));
+                }
+                reading = Some(file.clone());
+                if offset < end {
+                    let want = (end - offset).min(READ_CHUNK);
+                    return match read_at(file, offset, want).await {
+                        Ok(bytes) => {
+                            let next = offset + bytes.len() as u64;
+                            Some((Ok(bytes), Some((rx, next, reading))))
+                        }
+                        Err(e) => Some((Err(e), None)),
+                    };
+                }
+                if matches!(state, FlightState::Done { .. }) {
+                    return None;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Some((Err(io::Error::other("download abandoned")), None));
+            }
+        }
+    })
+}
+
+async fn read_at(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || peerpi_store::read_exact_at(&file, offset, len))
+        .await
+        .map_err(io::Error::other)?
+}

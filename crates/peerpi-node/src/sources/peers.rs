@@ -1,0 +1,556 @@
+//! The peer source: providers found on the DHT, asked one at a time, each
+//! transfer resumed at the offset reached when a peer breaks off, and every
+//! byte verified with the whole blob before it is stored. The policy (order,
+//! bounds, hold-back, blame) is written against [`PeerNetwork`], which the
+//! swarm implements and the unit tests script.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use peerpi_core::Sha256Digest;
+use peerpi_store::{BlobWriter, Origin, Store};
+use peerpi_swarm::{PeerId, SwarmHandle};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::flight::{publish_progress, CommitError, Flight};
+use crate::metrics::{Metrics, Source};
+use crate::reputation::{Misdeed, Verdict};
+
+/// Bytes from a peer gathered before one write to the temp file.
+const PEER_WRITE_BATCH: usize = 1 << 20;
+
+/// Chunks gathered for one write at most (a peer dripping single bytes would
+/// otherwise make a batch of a million tiny chunks).
+const MAX_BATCH_CHUNKS: usize = 4096;
+
+/// Providers asked for one blob before the peer phase gives up.
+pub(crate) const MAX_PROVIDERS_TRIED: usize = 8;
+
+/// How long a peer transfer may run before its average rate is judged.
+pub(crate) const MIN_RATE_GRACE: Duration = Duration::from_secs(3);
+
+/// How long to gather providers after the first one arrives.
+const PROVIDER_WINDOW: Duration = Duration::from_millis(25);
+
+/// Bytes compared per read when judging a failed transfer.
+const COMPARE_CHUNK: u64 = peerpi_store::READ_CHUNK;
+
+/// What the peer phase needs of a peer-to-peer network.
+pub(crate) trait PeerNetwork: Send + Sync {
+    type Transfer: PeerTransfer + Send;
+
+    fn local_peer_id(&self) -> PeerId;
+
+    /// Starts a provider lookup; providers arrive as they are found and the
+    /// channel closes when the lookup ends.
+    fn find_providers(
+        &self,
+        digest: Sha256Digest,
+    ) -> impl Future<Output = Result<mpsc::UnboundedReceiver<PeerId>, String>> + Send;
+
+    /// False for a blocked or suspended peer.
+    fn usable(&self, peer: &PeerId) -> bool;
+
+    /// Puts the peers to ask in order, best first.
+    fn order(&self, peers: &mut [PeerId]);
+
+    /// Asks `peer` for `digest` from `offset`, up to its announced length.
+    fn fetch(
+        &self,
+        peer: PeerId,
+        digest: Sha256Digest,
+        offset: u64,
+    ) -> impl Future<Output = Result<Self::Transfer, String>> + Send;
+
+    /// Applies a verdict to a peer.
+    fn sentence(&self, peer: PeerId, verdict: Verdict) -> impl Future<Output = ()> + Send;
+}
+
+/// A blob arriving from one peer.
+pub(crate) trait PeerTransfer {
+    /// Bytes announced to follow the requested offset.
+    fn remaining(&self) -> u64;
+
+    /// How the bytes travel, for metrics and logs.
+    fn channel(&self) -> &'static str;
+
+    /// The next piece; `None` at the announced end. Silence past the
+    /// network's timeout and an early end are errors.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, String>> + Send;
+}
+
+impl PeerNetwork for SwarmHandle {
+    type Transfer = peerpi_swarm::PeerDownload;
+
+    fn local_peer_id(&self) -> PeerId {
+        SwarmHandle::local_peer_id(self)
+    }
+
+    async fn find_providers(
+        &self,
+        digest: Sha256Digest,
+    ) -> Result<mpsc::UnboundedReceiver<PeerId>, String> {
+        SwarmHandle::find_providers(self, digest)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn usable(&self, peer: &PeerId) -> bool {
+        !self.is_blocked(peer)
+    }
+
+    /// Same region first, then lower round-trip time, unknown last.
+    fn order(&self, peers: &mut [PeerId]) {
+        let mine = self.region().map(str::to_string);
+        peers.sort_by_key(|peer| {
+            let info = self.peer_info(peer);
+            let same_region = info
+                .as_ref()
+                .and_then(|i| i.region.clone())
+                .is_some_and(|r| Some(r) == mine);
+            let rtt = info.and_then(|i| i.rtt).unwrap_or(Duration::MAX);
+            (!same_region, rtt)
+        });
+    }
+
+    async fn fetch(
+        &self,
+        peer: PeerId,
+        digest: Sha256Digest,
+        offset: u64,
+    ) -> Result<Self::Transfer, String> {
+        SwarmHandle::fetch(self, peer, digest, offset)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn sentence(&self, peer: PeerId, verdict: Verdict) {
+        let _ = match verdict {
+            Verdict::Block => self.block(peer).await,
+            Verdict::Suspend(duration) => self.suspend(peer, duration).await,
+        };
+    }
+}
+
+impl PeerTransfer for peerpi_swarm::PeerDownload {
+    fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    fn channel(&self) -> &'static str {
+        peerpi_swarm::PeerDownload::channel(self).as_str()
+    }
+
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
+        peerpi_swarm::PeerDownload::next_chunk(self)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The bounds of one peer phase.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerBounds {
+    /// How long to wait for the first provider.
+    pub first_provider: Duration,
+    /// How long bytes are held back from clients before they are released.
+    pub hold_back: Duration,
+    /// Slowest average rate a transfer may keep after `min_rate_grace`.
+    pub min_rate: u64,
+    pub min_rate_grace: Duration,
+    /// How long a peer that broke off or was too slow is left alone.
+    pub suspension: Duration,
+    /// The blob's listed size, or the cap when none is listed.
+    pub size_cap: u64,
+}
+
+/// One peer phase of a flight.
+pub(crate) struct PeerPhase<'a, N> {
+    pub net: &'a N,
+    pub store: &'a Store,
+    pub bounds: PeerBounds,
+    pub metrics: &'a Metrics,
+    pub flight: &'a Flight,
+}
+
+impl<N: PeerNetwork> PeerPhase<'_, N> {
+    async fn sentence(&self, peer: PeerId, misdeed: Misdeed) {
+        self.net
+            .sentence(peer, misdeed.verdict(self.bounds.suspension))
+            .await;
+    }
+
+    /// Fetches from peers that announce the CID, one at a time, resuming at
+    /// the current offset when a peer stalls, drops or falls below the
+    /// minimum rate. Bounded three ways: the first provider must appear
+    /// within `first_provider`, at most `MAX_PROVIDERS_TRIED` are asked, and
+    /// the whole phase ends once it has taken longer than the blob at the
+    /// minimum rate (plus the grace).
+    ///
+    /// Peer bytes are held back from clients (no response head either)
+    /// for `hold_back`: a peer is not trusted, and pip does not retry a
+    /// cut-short download, so within it a bad peer costs the client nothing.
+    /// A transfer still running after it is released as it arrives, last
+    /// byte after verification, so that the client's read timeout does not
+    /// end a large download from a slow honest peer.
+    ///
+    /// `commit` verifies and stores a finished temp file. When bytes from
+    /// several peers fail verification together, the hash cannot say who
+    /// lied: their attempts go to `suspects`, to be judged against the
+    /// verified blob once one is stored (see [`judge`]).
+    pub(crate) async fn run<C, F>(
+        &self,
+        digest: Sha256Digest,
+        origin: &Origin,
+        suspects: &mut Vec<Attempt>,
+        commit: C,
+    ) -> Result<(Arc<File>, u64), String>
+    where
+        C: Fn(BlobWriter, u64) -> F,
+        F: Future<Output = Result<(), CommitError>>,
+    {
+        let (net, metrics, bounds) = (self.net, self.metrics, self.bounds);
+        let started = tokio::time::Instant::now();
+        let release_at = started + bounds.hold_back;
+        let min_rate = bounds.min_rate.max(1) as f64;
+        let mut providers = net.find_providers(digest).await?;
+        let deadline = started + bounds.first_provider;
+        let mut phase_deadline = None;
+        let mut tried: HashSet<PeerId> = HashSet::new();
+        let mut queue: Vec<PeerId> = Vec::new();
+        let mut contributors: Vec<(PeerId, std::ops::Range<u64>)> = Vec::new();
+        let (mut writer, mut file) = new_writer(self.store)?;
+        let mut released = false;
+        loop {
+            if queue.is_empty() {
+                match tokio::time::timeout_at(deadline, providers.recv()).await {
+                    Ok(Some(p)) => queue.push(p),
+                    Ok(None) => return Err("no (more) providers".into()),
+                    Err(_) => return Err("no provider delivered before the peer deadline".into()),
+                }
+                // Providers arrive one DHT response at a time: gather what
+                // comes within a short window so that region and RTT can
+                // choose among them, without waiting for the whole query.
+                let _ = tokio::time::timeout(PROVIDER_WINDOW, async {
+                    while let Some(p) = providers.recv().await {
+                        queue.push(p);
+                    }
+                })
+                .await;
+                net.order(&mut queue);
+            }
+            let peer = queue.remove(0);
+            if peer == net.local_peer_id() || !net.usable(&peer) || !tried.insert(peer) {
+                continue;
+            }
+            if tried.len() > MAX_PROVIDERS_TRIED {
+                return Err(format!("{MAX_PROVIDERS_TRIED} providers tried"));
+            }
+            let offset = writer.len();
+            let mut transfer = match net.fetch(peer, digest, offset).await {
+                Ok(t) => t,
+                Err(e) => {
+                    debug!(%peer, %digest, "peer fetch did not start: {e}");
+                    continue;
+                }
+            };
+            metrics.peer_transfer(transfer.channel());
+            let total = offset + transfer.remaining();
+            let size_lie = match origin.size {
+                Some(expected) => total != expected,
+                None => total > bounds.size_cap,
+            };
+            if size_lie {
+                warn!(%peer, %digest, announced = total, listed = ?origin.size, cap = bounds.size_cap, "peer announces a size that is not the listed one, or over the cap");
+                metrics.verification_failure(Source::Peer);
+                self.sentence(peer, Misdeed::SizeLie).await;
+                continue;
+            }
+            let phase_deadline = *phase_deadline.get_or_insert_with(|| {
+                tokio::time::Instant::now()
+                    + bounds.min_rate_grace
+                    + Duration::from_secs_f64(total as f64 / min_rate)
+            });
+            contributors.push((peer, offset..offset));
+            let transfer_started = tokio::time::Instant::now();
+            let mut received_here = 0u64;
+            let mut failed: Option<Misdeed> = None;
+            // Peer bytes are written in large batches, one at a time on
+            // blocking threads while the next batch arrives.
+            let mut pending = Batch::default();
+            loop {
+                let wake = if released {
+                    phase_deadline
+                } else {
+                    phase_deadline.min(release_at)
+                };
+                let chunk = match tokio::time::timeout_at(wake, transfer.next_chunk()).await {
+                    Err(_) if !released && tokio::time::Instant::now() >= release_at => {
+                        writer.push(std::mem::take(&mut pending)).await?;
+                        released = true;
+                        debug!(%digest, "peer transfer outlasts the hold-back; releasing its bytes to clients as they arrive");
+                        publish_progress(self.flight, &file, total, writer.written());
+                        continue;
+                    }
+                    Err(_) => {
+                        warn!(%peer, %digest, "the peer phase ran past its deadline");
+                        failed = Some(Misdeed::Overran);
+                        break;
+                    }
+                    Ok(Ok(Some(chunk))) => chunk,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => {
+                        warn!(%peer, %digest, at = writer.len() + pending.len as u64, "peer transfer failed: {e}; resuming elsewhere");
+                        failed = Some(Misdeed::BrokeOff);
+                        break;
+                    }
+                };
+                metrics.blob_bytes(Source::Peer, chunk.len() as u64);
+                received_here += chunk.len() as u64;
+                pending.add(chunk);
+                if pending.len >= PEER_WRITE_BATCH || pending.chunks.len() >= MAX_BATCH_CHUNKS {
+                    writer.push(std::mem::take(&mut pending)).await?;
+                    if released {
+                        publish_progress(self.flight, &file, total, writer.written());
+                    }
+                }
+                let elapsed = transfer_started.elapsed();
+                if elapsed >= bounds.min_rate_grace
+                    && (received_here as f64) < min_rate * elapsed.as_secs_f64()
+                {
+                    warn!(%peer, %digest, received = received_here, ?elapsed, "peer transfer below the minimum rate; resuming elsewhere");
+                    failed = Some(Misdeed::TooSlow);
+                    break;
+                }
+            }
+            writer.push(pending).await?;
+            if let Some((_, range)) = contributors.last_mut() {
+                range.end = writer.len();
+            }
+            // A peer that sent nothing is no suspect in a failed verification.
+            if contributors
+                .last()
+                .is_some_and(|(_, range)| range.is_empty())
+            {
+                contributors.pop();
+            }
+            if let Some(misdeed) = failed {
+                self.sentence(peer, misdeed).await;
+                if misdeed == Misdeed::Overran {
+                    return Err("the peer phase ran past its deadline".into());
+                }
+                continue;
+            }
+            let len = writer.len();
+            let received = started.elapsed();
+            let finished = writer.finish().await?;
+            let written = started.elapsed();
+            match commit(finished, len).await {
+                Ok(()) => {
+                    info!(
+                        %digest, file = %origin.filename, len, from = %peer,
+                        channel = transfer.channel(),
+                        received_ms = received.as_millis() as u64,
+                        written_ms = written.as_millis() as u64,
+                        stored_ms = started.elapsed().as_millis() as u64,
+                        "verified and stored from peers"
+                    );
+                    return Ok((file, len));
+                }
+                Err(CommitError::Mismatch(e)) => {
+                    metrics.verification_failure(Source::Peer);
+                    if let [(liar, _)] = contributors[..] {
+                        warn!(peer = %liar, %digest, "bad content from peer ({e})");
+                        self.sentence(liar, Misdeed::BadBytes).await;
+                    } else {
+                        for (peer, _) in &contributors {
+                            warn!(%peer, %digest, "bad content from several peers ({e}); suspended until a verified copy tells who lied");
+                            self.sentence(*peer, Misdeed::Suspect).await;
+                        }
+                        suspects.push(Attempt {
+                            file: file.clone(),
+                            parts: std::mem::take(&mut contributors),
+                        });
+                    }
+                    contributors.clear();
+                    (writer, file) = new_writer(self.store)?;
+                    released = false;
+                }
+                Err(CommitError::Other(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A fresh temp file for a peer fetch; clients see none of it until it is
+/// released or verified.
+fn new_writer(store: &Store) -> Result<(BackgroundWriter, Arc<File>), String> {
+    let writer = store.writer().map_err(|e| e.to_string())?;
+    let file = writer.reader().map_err(|e| e.to_string())?;
+    Ok((BackgroundWriter::new(writer, file.clone()), file))
+}
+
+/// Received chunks gathered for one append, without copying them together.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn add(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+}
+
+/// A temp-file writer whose appends (write and hash, in parallel) run on
+/// blocking threads, one batch at a time, while the caller receives the next
+/// batch. Every `SYNC_EVERY` bytes it also starts flushing what is written to
+/// disk on another thread, so that the fsync before the commit finds little
+/// left to do.
+struct BackgroundWriter {
+    idle: Option<BlobWriter>,
+    /// The append running, and the length once it is done.
+    busy: Option<(
+        tokio::task::JoinHandle<Result<BlobWriter, peerpi_store::StoreError>>,
+        u64,
+    )>,
+    file: Arc<File>,
+    /// Bytes in the file (appends finished).
+    written: u64,
+    syncing: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    /// Bytes handed over, written or not yet.
+    len: u64,
+    synced_at: u64,
+}
+
+/// Bytes between background flushes of a peer download's temp file.
+const SYNC_EVERY: u64 = 16 << 20;
+
+impl BackgroundWriter {
+    fn new(writer: BlobWriter, file: Arc<File>) -> Self {
+        let len = writer.len();
+        Self {
+            idle: Some(writer),
+            busy: None,
+            file,
+            written: len,
+            syncing: None,
+            len,
+            synced_at: len,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn push(&mut self, batch: Batch) -> Result<(), String> {
+        let mut writer = self.wait().await?;
+        if batch.len == 0 {
+            self.idle = Some(writer);
+            return Ok(());
+        }
+        self.len += batch.len as u64;
+        let task = tokio::task::spawn_blocking(move || {
+            writer.append_batch(&batch.chunks).map(|()| writer)
+        });
+        self.busy = Some((task, self.len));
+        let sync_idle = self.syncing.as_ref().is_none_or(|s| s.is_finished());
+        if self.len - self.synced_at >= SYNC_EVERY && sync_idle {
+            self.synced_at = self.len;
+            let file = self.file.clone();
+            // Errors surface in the commit's own fsync.
+            self.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        }
+        Ok(())
+    }
+
+    /// The writer, once its last append finished.
+    async fn wait(&mut self) -> Result<BlobWriter, String> {
+        if let Some((busy, len)) = self.busy.take() {
+            let writer = busy
+                .await
+                .map_err(|e| format!("write task failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+            self.written = len;
+            return Ok(writer);
+        }
+        // Invariant: one of `idle` and `busy` is set between calls; an error
+        // above ends the fetch, which drops this writer.
+        self.idle
+            .take()
+            .ok_or_else(|| "temp file writer used after a failed write".to_string())
+    }
+
+    async fn finish(mut self) -> Result<BlobWriter, String> {
+        let writer = self.wait().await?;
+        if let Some(syncing) = self.syncing.take() {
+            let _ = syncing.await;
+        }
+        Ok(writer)
+    }
+}
+
+/// A peer attempt that failed verification with bytes from several peers:
+/// its temp file (unlinked, still open) and who sent which range.
+pub(crate) struct Attempt {
+    file: Arc<File>,
+    parts: Vec<(PeerId, std::ops::Range<u64>)>,
+}
+
+/// Compares each suspect's range with the verified blob `good` and blocks
+/// the peers whose bytes differ; the others were honest (they stay only
+/// suspended for breaking off, if they did).
+pub(crate) async fn judge<N: PeerNetwork>(
+    net: &N,
+    digest: Sha256Digest,
+    attempts: Vec<Attempt>,
+    good: Arc<File>,
+) {
+    for attempt in attempts {
+        for (peer, range) in attempt.parts {
+            let (bad, good) = (attempt.file.clone(), good.clone());
+            let differs = tokio::task::spawn_blocking(move || ranges_differ(&bad, &good, range))
+                .await
+                .unwrap_or(Ok(false));
+            match differs {
+                Ok(true) => {
+                    warn!(%peer, %digest, "its part of a failed transfer differs from the verified blob");
+                    net.sentence(peer, Misdeed::BadBytes.verdict(Duration::ZERO))
+                        .await;
+                }
+                Ok(false) => info!(%peer, %digest, "its part of a failed transfer was correct"),
+                Err(e) => warn!(%peer, %digest, "cannot compare a failed transfer: {e}"),
+            }
+        }
+    }
+}
+
+fn ranges_differ(a: &File, b: &File, range: std::ops::Range<u64>) -> io::Result<bool> {
+    let mut offset = range.start;
+    while offset < range.end {
+        let len = (range.end - offset).min(COMPARE_CHUNK);
+        if peerpi_store::read_exact_at(a, offset, len)?
+            != peerpi_store::read_exact_at(b, offset, len)?
+        {
+            return Ok(true);
+        }
+        offset += len;
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests;

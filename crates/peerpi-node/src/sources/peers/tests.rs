@@ -1,0 +1,447 @@
+//! The peer phase against a scripted network: each peer serves the blob (or
+//! lies about it) in a way the test chose, with real temp files and the
+//! real store, so resume, blame, bounds and hold-back are checked without a
+//! swarm.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::flight::FlightState;
+
+/// How a scripted peer serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script {
+    Honest,
+    /// The right bytes, `per_chunk` at a time with a pause before each.
+    Slow {
+        per_chunk: usize,
+        pause_ms: u64,
+    },
+    /// Every byte flipped.
+    Wrong,
+    /// The right bytes up to this offset, then an early end.
+    StopsAt(u64),
+    /// Announces this many bytes more than it has.
+    Overclaims(u64),
+    /// Will not start a transfer.
+    Refuses,
+}
+
+struct ScriptedNet {
+    blob: Bytes,
+    providers: Vec<PeerId>,
+    scripts: HashMap<PeerId, Script>,
+    sentences: Mutex<Vec<(PeerId, Verdict)>>,
+    /// (peer, offset) of every transfer started.
+    asked: Mutex<Vec<(PeerId, u64)>>,
+}
+
+impl ScriptedNet {
+    fn new(blob: &[u8], peers: &[Script]) -> (Self, Vec<PeerId>) {
+        let ids: Vec<PeerId> = peers.iter().map(|_| PeerId::random()).collect();
+        let net = Self {
+            blob: Bytes::copy_from_slice(blob),
+            providers: ids.clone(),
+            scripts: ids.iter().copied().zip(peers.iter().copied()).collect(),
+            sentences: Mutex::new(Vec::new()),
+            asked: Mutex::new(Vec::new()),
+        };
+        (net, ids)
+    }
+
+    fn verdict(&self, peer: PeerId) -> Option<Verdict> {
+        self.sentences
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == peer)
+            .map(|(_, v)| *v)
+    }
+}
+
+struct ScriptedTransfer {
+    rest: Bytes,
+    announced: u64,
+    script: Script,
+    sent: u64,
+    offset: u64,
+}
+
+impl PeerTransfer for ScriptedTransfer {
+    fn remaining(&self) -> u64 {
+        self.announced
+    }
+
+    fn channel(&self) -> &'static str {
+        "stream"
+    }
+
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
+        let chunk_len = match self.script {
+            Script::Slow {
+                per_chunk,
+                pause_ms,
+            } => {
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                per_chunk
+            }
+            _ => 64 * 1024,
+        };
+        if let Script::StopsAt(at) = self.script {
+            if self.offset + self.sent >= at {
+                return Err("stream ended early".into());
+            }
+        }
+        if self.rest.is_empty() {
+            return if self.sent == self.announced {
+                Ok(None)
+            } else {
+                Err("stream ended early".into())
+            };
+        }
+        let mut take = chunk_len.min(self.rest.len());
+        if let Script::StopsAt(at) = self.script {
+            take = take.min((at - self.offset - self.sent) as usize);
+        }
+        let mut chunk = self.rest.split_to(take);
+        if self.script == Script::Wrong {
+            chunk = chunk.iter().map(|b| !b).collect::<Vec<u8>>().into();
+        }
+        self.sent += chunk.len() as u64;
+        Ok(Some(chunk))
+    }
+}
+
+impl PeerNetwork for ScriptedNet {
+    type Transfer = ScriptedTransfer;
+
+    fn local_peer_id(&self) -> PeerId {
+        PeerId::random()
+    }
+
+    async fn find_providers(
+        &self,
+        _: Sha256Digest,
+    ) -> Result<mpsc::UnboundedReceiver<PeerId>, String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for p in &self.providers {
+            let _ = tx.send(*p);
+        }
+        Ok(rx)
+    }
+
+    fn usable(&self, peer: &PeerId) -> bool {
+        self.verdict(*peer).is_none()
+    }
+
+    /// The order the test listed them in.
+    fn order(&self, peers: &mut [PeerId]) {
+        peers.sort_by_key(|p| self.providers.iter().position(|q| q == p));
+    }
+
+    async fn fetch(
+        &self,
+        peer: PeerId,
+        _: Sha256Digest,
+        offset: u64,
+    ) -> Result<ScriptedTransfer, String> {
+        self.asked.lock().unwrap().push((peer, offset));
+        let script = self.scripts[&peer];
+        if script == Script::Refuses {
+            return Err("refused".into());
+        }
+        let rest = self.blob.slice(offset as usize..);
+        let extra = match script {
+            Script::Overclaims(n) => n,
+            _ => 0,
+        };
+        Ok(ScriptedTransfer {
+            announced: rest.len() as u64 + extra,
+            rest,
+            script,
+            sent: 0,
+            offset,
+        })
+    }
+
+    async fn sentence(&self, peer: PeerId, verdict: Verdict) {
+        self.sentences.lock().unwrap().push((peer, verdict));
+    }
+}
+
+const SUSPENSION: Duration = Duration::from_secs(600);
+
+fn bounds(size: u64) -> PeerBounds {
+    PeerBounds {
+        first_provider: Duration::from_secs(2),
+        hold_back: Duration::from_secs(30),
+        min_rate: 1024,
+        min_rate_grace: Duration::from_millis(300),
+        suspension: SUSPENSION,
+        size_cap: size,
+    }
+}
+
+fn blob(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn digest_of(bytes: &[u8]) -> Sha256Digest {
+    Sha256Digest::from_bytes(Sha256::digest(bytes).into())
+}
+
+fn origin(size: Option<u64>) -> Origin {
+    Origin {
+        url: "http://index.invalid/f.whl".into(),
+        filename: "f-1.0-py3-none-any.whl".into(),
+        size,
+        metadata: None,
+    }
+}
+
+struct Outcome {
+    result: Result<(Arc<File>, u64), String>,
+    suspects: Vec<Attempt>,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+async fn run_phase(
+    net: &ScriptedNet,
+    bytes: &[u8],
+    size: Option<u64>,
+    bounds: PeerBounds,
+) -> Outcome {
+    run_with_flight(net, bytes, size, bounds, &Flight::new()).await
+}
+
+async fn run_with_flight(
+    net: &ScriptedNet,
+    bytes: &[u8],
+    size: Option<u64>,
+    bounds: PeerBounds,
+    flight: &Flight,
+) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1 << 30).unwrap();
+    let metrics = Metrics::new();
+    let digest = digest_of(bytes);
+    let phase = PeerPhase {
+        net,
+        store: &store,
+        bounds,
+        metrics: &metrics,
+        flight,
+    };
+    let mut suspects = Vec::new();
+    let commit = |writer: BlobWriter, len: u64| {
+        let committed = store.commit(writer, &digest, Some(len));
+        async move {
+            match committed {
+                Ok(_) => Ok(()),
+                Err(e @ peerpi_store::StoreError::DigestMismatch { .. }) => {
+                    Err(CommitError::Mismatch(e.to_string()))
+                }
+                Err(e) => Err(CommitError::Other(e.to_string())),
+            }
+        }
+    };
+    let result = phase
+        .run(digest, &origin(size), &mut suspects, commit)
+        .await;
+    Outcome {
+        result,
+        suspects,
+        store,
+        _dir: dir,
+    }
+}
+
+fn stored(outcome: &Outcome, bytes: &[u8]) -> bool {
+    outcome
+        .store
+        .get(&digest_of(bytes))
+        .unwrap()
+        .is_some_and(|b| std::fs::read(b.path).unwrap() == bytes)
+}
+
+#[tokio::test]
+async fn a_transfer_broken_off_resumes_at_its_offset_from_the_next_peer() {
+    let bytes = blob(300_000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::StopsAt(100_000), Script::Honest]);
+    let outcome = run_phase(&net, &bytes, Some(300_000), bounds(300_000)).await;
+    assert_eq!(outcome.result.as_ref().unwrap().1, 300_000);
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(
+        *net.asked.lock().unwrap(),
+        vec![(ids[0], 0), (ids[1], 100_000)]
+    );
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Suspend(SUSPENSION)));
+    assert_eq!(net.verdict(ids[1]), None, "the honest peer is left alone");
+}
+
+#[tokio::test]
+async fn a_lone_liar_is_blocked_and_the_next_peer_delivers() {
+    let bytes = blob(200_000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::Wrong, Script::Honest]);
+    let outcome = run_phase(&net, &bytes, Some(200_000), bounds(200_000)).await;
+    assert!(outcome.result.is_ok());
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Block));
+    assert!(outcome.suspects.is_empty());
+}
+
+#[tokio::test]
+async fn bad_bytes_from_two_peers_make_suspects_judged_against_the_verified_copy() {
+    let bytes = blob(200_000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::StopsAt(80_000), Script::Wrong]);
+    let outcome = run_phase(&net, &bytes, Some(200_000), bounds(200_000)).await;
+    assert!(outcome.result.is_err(), "no honest peer left");
+    assert_eq!(outcome.suspects.len(), 1);
+    assert_eq!(
+        outcome.suspects[0].parts,
+        vec![(ids[0], 0..80_000), (ids[1], 80_000..200_000)]
+    );
+    // Both suspended, none blocked, until a verified copy is there.
+    for id in &ids {
+        assert_eq!(net.verdict(*id), Some(Verdict::Suspend(SUSPENSION)));
+    }
+    let good = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut &good, &bytes).unwrap();
+    judge(&net, digest_of(&bytes), outcome.suspects, Arc::new(good)).await;
+    assert_eq!(net.verdict(ids[1]), Some(Verdict::Block), "the forger");
+    assert_eq!(
+        net.verdict(ids[0]),
+        Some(Verdict::Suspend(SUSPENSION)),
+        "its part was right"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_sent_nothing_is_no_suspect() {
+    let bytes = blob(100_000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::StopsAt(0), Script::Wrong]);
+    let outcome = run_phase(&net, &bytes, Some(100_000), bounds(100_000)).await;
+    assert!(outcome.result.is_err());
+    assert!(outcome.suspects.is_empty(), "one liar, known at once");
+    assert_eq!(net.verdict(ids[1]), Some(Verdict::Block));
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Suspend(SUSPENSION)));
+}
+
+#[tokio::test]
+async fn a_transfer_below_the_minimum_rate_is_given_up_after_the_grace() {
+    let bytes = blob(50_000);
+    // 10 bytes every 20 ms: 500 B/s, under the 1 KiB/s minimum.
+    let drip = Script::Slow {
+        per_chunk: 10,
+        pause_ms: 20,
+    };
+    let (net, ids) = ScriptedNet::new(&bytes, &[drip, Script::Honest]);
+    let started = std::time::Instant::now();
+    let outcome = run_phase(&net, &bytes, Some(50_000), bounds(50_000)).await;
+    assert!(outcome.result.is_ok());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Suspend(SUSPENSION)));
+    let resumed_at = net.asked.lock().unwrap()[1].1;
+    assert!(resumed_at > 0, "the drip's bytes were kept");
+}
+
+/// The minimum rate is judged as bytes arrive; a peer that goes silent
+/// (and, on a real network, within its stream timeout) is stopped by the
+/// phase deadline: the grace plus the blob at the minimum rate.
+#[tokio::test]
+async fn the_whole_phase_ends_at_the_blob_size_over_the_minimum_rate() {
+    let bytes = blob(2000);
+    let silent = Script::Slow {
+        per_chunk: 10,
+        pause_ms: 100_000,
+    };
+    let (net, ids) = ScriptedNet::new(&bytes, &[silent]);
+    let mut b = bounds(2000);
+    b.min_rate = 1000; // 2,000 bytes at 1,000 B/s: 2 s, plus 0.3 s of grace
+    let started = std::time::Instant::now();
+    let outcome = run_phase(&net, &bytes, Some(2000), b).await;
+    let err = outcome.result.unwrap_err();
+    assert!(err.contains("deadline"), "{err}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Suspend(SUSPENSION)));
+}
+
+#[tokio::test]
+async fn at_most_eight_providers_are_asked() {
+    let bytes = blob(1000);
+    let (net, _) = ScriptedNet::new(&bytes, &[Script::Refuses; 12]);
+    let outcome = run_phase(&net, &bytes, Some(1000), bounds(1000)).await;
+    let err = outcome.result.unwrap_err();
+    assert!(err.contains("8 providers"), "{err}");
+    assert_eq!(net.asked.lock().unwrap().len(), MAX_PROVIDERS_TRIED);
+}
+
+#[tokio::test]
+async fn a_size_over_the_cap_for_an_unsized_blob_blocks_before_any_byte() {
+    let bytes = blob(1000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::Overclaims(1 << 40), Script::Honest]);
+    let outcome = run_phase(&net, &bytes, None, bounds(16 << 20)).await;
+    assert!(outcome.result.is_ok());
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Block));
+}
+
+#[tokio::test]
+async fn a_transfer_that_outlasts_the_hold_back_is_released_before_it_verifies() {
+    let bytes = blob(3 << 20);
+    let slow = Script::Slow {
+        per_chunk: 256 * 1024,
+        pause_ms: 60,
+    };
+    let (net, _) = ScriptedNet::new(&bytes, &[slow]);
+    let mut b = bounds(3 << 20);
+    b.hold_back = Duration::from_millis(200);
+    let flight = Flight::new();
+    let mut states = flight.state.subscribe();
+    let watcher = tokio::spawn(async move {
+        let mut released_before_done = 0u64;
+        while states.changed().await.is_ok() {
+            if let FlightState::Streaming { readable, len, .. } = &*states.borrow() {
+                assert_eq!(*len, Some(3 << 20));
+                assert!(*readable < 3 << 20, "the last byte waits for verification");
+                released_before_done = released_before_done.max(*readable);
+            }
+        }
+        released_before_done
+    });
+    let outcome = run_with_flight(&net, &bytes, Some(3 << 20), b, &flight).await;
+    assert!(outcome.result.is_ok());
+    drop(flight);
+    let released = watcher.await.unwrap();
+    assert!(
+        released > 1 << 20,
+        "bytes flowed before the end: {released}"
+    );
+}
+
+#[tokio::test]
+async fn a_transfer_within_the_hold_back_releases_nothing_before_it_verifies() {
+    let bytes = blob(1 << 20);
+    let (net, _) = ScriptedNet::new(&bytes, &[Script::Honest]);
+    let flight = Flight::new();
+    let outcome = run_with_flight(&net, &bytes, Some(1 << 20), bounds(1 << 20), &flight).await;
+    assert!(outcome.result.is_ok());
+    assert!(
+        matches!(&*flight.state.borrow(), FlightState::Connecting),
+        "no response head before the blob verified"
+    );
+}

@@ -184,7 +184,7 @@ async fn hostile(
         dir.path().to_path_buf(),
         UpstreamConfig::new(upstream.simple_url().parse().expect("url")),
     );
-    let (node, _) = Node::open(config).expect("hostile node");
+    let (store, _) = Node::open_store(&config).expect("hostile store");
     let mut swarm_config = SwarmConfig::new(dir.path().to_path_buf());
     swarm_config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
     swarm_config.bootstrap = vec![bootstrap.parse().expect("bootstrap")];
@@ -192,10 +192,10 @@ async fn hostile(
     swarm_config.adversary = Some(trick);
     swarm_config.bulk_listen = Some("127.0.0.1:0".parse().expect("addr"));
     swarm_config.region = Some("b".into());
-    let swarm = SwarmHandle::start(swarm_config, node.shared_store())
+    let swarm = SwarmHandle::start(swarm_config, store.clone())
         .await
         .expect("hostile swarm");
-    node.attach_swarm(swarm).expect("swarm");
+    let node = Node::new(config, store, Some(swarm)).expect("hostile node");
     for f in upstream.state.files() {
         if let Ok(name) = peerpi_core::ProjectName::new(&f.project) {
             let _ = node.project_page(&name).await;

@@ -78,18 +78,41 @@ pub async fn start_node_in(
     dir: std::sync::Arc<tempfile::TempDir>,
     tweak: impl FnOnce(&mut NodeConfig),
 ) -> TestNode {
+    launch(upstream, dir, tweak, None).await
+}
+
+/// Opens the store, starts the swarm (if configured) on it, then the node,
+/// as `peerpi serve` does.
+async fn launch(
+    upstream: &FakeIndex,
+    dir: std::sync::Arc<tempfile::TempDir>,
+    tweak: impl FnOnce(&mut NodeConfig),
+    swarm: Option<peerpi_swarm::SwarmConfig>,
+) -> TestNode {
     let mut config = node_config(upstream, dir.path());
     tweak(&mut config);
     let start = Instant::now();
-    let node = loop {
-        match Node::open(config.clone()) {
-            Ok((node, _)) => break node,
+    let store = loop {
+        match Node::open_store(&config) {
+            Ok((store, _)) => break store,
             Err(e) => {
-                assert!(start.elapsed() < Duration::from_secs(10), "node opens: {e}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "store opens: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     };
+    let swarm = match swarm {
+        Some(swarm_config) => Some(
+            peerpi_swarm::SwarmHandle::start(swarm_config, store.clone())
+                .await
+                .expect("swarm starts"),
+        ),
+        None => None,
+    };
+    let node = Node::new(config, store, swarm).expect("node");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -127,22 +150,25 @@ pub async fn peer_node_with(
     node_tweak: impl FnOnce(&mut NodeConfig),
     tweak: impl FnOnce(&mut peerpi_swarm::SwarmConfig),
 ) -> TestNode {
-    let node = start_node(upstream, |c| {
-        c.peer_deadline = Duration::from_secs(3);
-        node_tweak(c);
-    })
-    .await;
-    let mut config = peerpi_swarm::SwarmConfig::new(node.dir.path().to_path_buf());
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut config = peerpi_swarm::SwarmConfig::new(dir.path().to_path_buf());
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     config.bootstrap = bootstrap.to_vec();
     config.mdns = false;
     config.stream_timeout = Duration::from_secs(2);
     config.bulk_listen = Some("127.0.0.1:0".parse().unwrap());
     tweak(&mut config);
-    let swarm = peerpi_swarm::SwarmHandle::start(config, node.node.shared_store())
-        .await
-        .unwrap();
-    node.node.attach_swarm(swarm.clone()).unwrap();
+    let node = launch(
+        upstream,
+        dir,
+        |c| {
+            c.peer_deadline = Duration::from_secs(3);
+            node_tweak(c);
+        },
+        Some(config),
+    )
+    .await;
+    let swarm = node.node.swarm().expect("a swarm").clone();
     assert!(eventually(Duration::from_secs(5), || !swarm.listen_addrs().is_empty()).await);
     node
 }

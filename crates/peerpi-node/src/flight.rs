@@ -156,7 +156,7 @@ impl Node {
         let metrics = &self.inner.metrics;
         let mut outcome = Err("no source tried".to_string());
         let mut suspects = Vec::new();
-        if let Some(swarm) = self.inner.swarm.get() {
+        if let Some(swarm) = self.inner.swarm.as_ref() {
             let phase = PeerPhase {
                 net: swarm,
                 store: &self.inner.store,
@@ -190,7 +190,7 @@ impl Node {
                     len,
                 });
                 // After the clients are released: judging re-reads files.
-                if let (Some(swarm), false) = (self.inner.swarm.get(), suspects.is_empty()) {
+                if let (Some(swarm), false) = (self.inner.swarm.as_ref(), suspects.is_empty()) {
                     let swarm = swarm.clone();
                     tokio::spawn(async move { judge(&swarm, digest, suspects, file).await });
                 }
@@ -226,7 +226,7 @@ impl Node {
             ) => return Err(CommitError::Mismatch(e.to_string())),
             Err(e) => return Err(CommitError::Other(e.to_string())),
         };
-        if let Some(swarm) = self.inner.swarm.get() {
+        if let Some(swarm) = self.inner.swarm.as_ref() {
             for gone in evicted {
                 let _ = swarm.unprovide(gone).await;
             }

@@ -13,7 +13,7 @@ mod sources;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use peerpi_store::{ReconcileReport, Store};
@@ -94,7 +94,7 @@ struct Inner {
     metrics: metrics::Metrics,
     flights: Mutex<HashMap<peerpi_core::Sha256Digest, Arc<flight::Flight>>>,
     pages: pages::PageState,
-    swarm: OnceLock<SwarmHandle>,
+    swarm: Option<SwarmHandle>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,29 +102,47 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Node {
-    /// Opens the store (reconciling it with the disk) and prepares the client.
+    /// Opens the store (reconciling it with the disk) and prepares a node
+    /// without peers.
     pub fn open(config: NodeConfig) -> Result<(Self, ReconcileReport), NodeError> {
+        let (store, report) = Self::open_store(&config)?;
+        Ok((Self::new(config, store, None)?, report))
+    }
+
+    /// Opens (creating if needed) the node's store, reconciling it with the
+    /// disk. A swarm serves from it, so it is opened first: store, swarm,
+    /// then [`Node::new`].
+    pub fn open_store(config: &NodeConfig) -> Result<(Arc<Store>, ReconcileReport), NodeError> {
         let (store, report) = Store::open(&config.data_dir, config.cache_size).map_err(|e| {
             NodeError::Internal(format!(
                 "opening the store in {}: {e}",
                 config.data_dir.display()
             ))
         })?;
+        Ok((Arc::new(store), report))
+    }
+
+    /// A node over an open store; with a swarm, blobs are looked for on
+    /// peers before upstream, and announced once stored.
+    pub fn new(
+        config: NodeConfig,
+        store: Arc<Store>,
+        swarm: Option<SwarmHandle>,
+    ) -> Result<Self, NodeError> {
         let upstream = Upstream::new(config.upstream.clone())
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         let pages = pages::PageState::new(config.page_memory, config.negative_ttl);
-        let node = Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                store: Arc::new(store),
+                store,
                 upstream,
                 metrics: metrics::Metrics::new(),
                 flights: Mutex::new(HashMap::new()),
                 pages,
-                swarm: OnceLock::new(),
+                swarm,
             }),
-        };
-        Ok((node, report))
+        })
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -135,22 +153,8 @@ impl Node {
         &self.inner.store
     }
 
-    /// The store, shared (the swarm serves blobs from it).
-    pub fn shared_store(&self) -> Arc<Store> {
-        self.inner.store.clone()
-    }
-
-    /// Joins the node to a swarm: blobs are then looked for on peers before
-    /// upstream, and announced once stored. Set once, right after `open`.
-    pub fn attach_swarm(&self, swarm: SwarmHandle) -> Result<(), NodeError> {
-        self.inner
-            .swarm
-            .set(swarm)
-            .map_err(|_| NodeError::Internal("the node already has a swarm".into()))
-    }
-
     pub fn swarm(&self) -> Option<&SwarmHandle> {
-        self.inner.swarm.get()
+        self.inner.swarm.as_ref()
     }
 
     pub fn metrics(&self) -> &metrics::Metrics {

@@ -21,14 +21,16 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     node_config.page_max_age = config.page_max_age;
     node_config.peer_deadline = config.peer_deadline;
     node_config.peer_suspension = config.peer_suspension;
-    let (node, report) = Node::open(node_config)?;
+    let (store, report) = Node::open_store(&node_config)?;
     info!(?report, data_dir = %config.data_dir.display(), "store ready");
-    if let Some(p2p) = &config.p2p {
-        let swarm = start_swarm(p2p, &config, &node).await?;
-        node.attach_swarm(swarm)?;
-    } else {
-        info!("peer-to-peer is off (--no-p2p)");
-    }
+    let swarm = match &config.p2p {
+        Some(p2p) => Some(start_swarm(p2p, &config, store.clone()).await?),
+        None => {
+            info!("peer-to-peer is off (--no-p2p)");
+            None
+        }
+    };
+    let node = Node::new(node_config, store, swarm)?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -79,7 +81,11 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn start_swarm(p2p: &P2pConfig, config: &ServeConfig, node: &Node) -> Result<SwarmHandle> {
+async fn start_swarm(
+    p2p: &P2pConfig,
+    config: &ServeConfig,
+    store: std::sync::Arc<peerpi_store::Store>,
+) -> Result<SwarmHandle> {
     let mut swarm_config = SwarmConfig::new(config.data_dir.clone());
     swarm_config.listen = p2p.listen.clone();
     swarm_config.bootstrap = p2p.bootstrap.clone();
@@ -93,7 +99,7 @@ async fn start_swarm(p2p: &P2pConfig, config: &ServeConfig, node: &Node) -> Resu
         info!(fingerprint = %key.fingerprint(), "private swarm: only nodes with this key connect");
         swarm_config.swarm_key = Some(key);
     }
-    let swarm = SwarmHandle::start(swarm_config, node.shared_store())
+    let swarm = SwarmHandle::start(swarm_config, store)
         .await
         .context("cannot start the peer-to-peer swarm (choose other addresses with --p2p-listen and --bulk-listen, or run with --no-p2p)")?;
     info!(peer_id = %swarm.local_peer_id(), region = ?p2p.region, "peer-to-peer on");

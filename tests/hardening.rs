@@ -36,8 +36,11 @@ async fn assert_healthy(node: &TestNode) {
     assert_eq!(health.status(), 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_node_answers_a_cached_page_from_its_catalog() {
+/// A node that cached alpha's page, restarted (with `tweak`) while its
+/// upstream is down.
+async fn restarted_with_upstream_down(
+    tweak: impl FnOnce(&mut peerpi_node::NodeConfig),
+) -> TestNode {
     let upstream = fake_index(demo_graph()).await;
     let node = start_node(&upstream, |_| {}).await;
     assert_eq!(
@@ -45,9 +48,13 @@ async fn a_restarted_node_answers_a_cached_page_from_its_catalog() {
         200
     );
     node.node.flush().unwrap();
-
     upstream.stop();
-    let node = restart(node, &upstream, |_| {}).await;
+    restart(node, &upstream, tweak).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_answers_a_cached_page_from_its_catalog() {
+    let node = restarted_with_upstream_down(|_| {}).await;
     // Fresh in the catalog, not in memory: served without upstream.
     assert_eq!(
         page_status_within(&node, "alpha", PAGE_ANSWER_LIMIT).await,
@@ -62,16 +69,7 @@ async fn a_restarted_node_answers_a_cached_page_from_its_catalog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_serves_an_expired_page_stale_when_upstream_is_down() {
-    let upstream = fake_index(demo_graph()).await;
-    let node = start_node(&upstream, |_| {}).await;
-    assert_eq!(
-        page_status_within(&node, "alpha", Duration::from_secs(10)).await,
-        200
-    );
-    node.node.flush().unwrap();
-
-    upstream.stop();
-    let node = restart(node, &upstream, |c| c.page_ttl = Duration::ZERO).await;
+    let node = restarted_with_upstream_down(|c| c.page_ttl = Duration::ZERO).await;
     let response = tokio::time::timeout(
         Duration::from_secs(5),
         client()
@@ -639,13 +637,4 @@ async fn unredeemed_tickets_give_back_their_permits_when_they_expire() {
         1,
         "B's copy came from A"
     );
-}
-
-fn connected(node: &TestNode) -> u64 {
-    node.node
-        .swarm()
-        .unwrap()
-        .counters()
-        .connected_peers
-        .load(std::sync::atomic::Ordering::Relaxed)
 }

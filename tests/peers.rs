@@ -12,15 +12,6 @@ use common::*;
 use peerpi_swarm::{Adversary, Multiaddr, PreSharedKey, SwarmConfig, SwarmHandle};
 use peerpi_testkit::demo_graph;
 
-fn connected(node: &TestNode) -> u64 {
-    node.node
-        .swarm()
-        .unwrap()
-        .counters()
-        .connected_peers
-        .load(std::sync::atomic::Ordering::Relaxed)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_and_third_nodes_install_from_peers_not_upstream() {
     let upstream = fake_index(demo_graph()).await;

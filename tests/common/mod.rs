@@ -173,6 +173,16 @@ pub async fn peer_node_with(
     node
 }
 
+/// Peers the node's swarm is connected to.
+pub fn connected(node: &TestNode) -> u64 {
+    node.node
+        .swarm()
+        .unwrap()
+        .counters()
+        .connected_peers
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn p2p_addr(node: &TestNode) -> peerpi_swarm::Multiaddr {
     node.node.swarm().unwrap().listen_addrs()[0].clone()
 }

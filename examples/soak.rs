@@ -17,6 +17,8 @@
 //! Run: `cargo build --release && cargo run --release --example soak -- [MINUTES]`
 //! (default 30). Needs python3 with venv and uv on PATH.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a harness: a failed setup ends the run loudly
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

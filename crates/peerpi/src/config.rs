@@ -482,6 +482,48 @@ mod tests {
         assert_eq!(c.cache_size, 2 << 30);
     }
 
+    /// Every `peerpi serve` setting is declared in the clap struct, the
+    /// config file struct and the README's table: this keeps the three in
+    /// step (a flag added to one and forgotten in another fails here).
+    #[test]
+    fn every_serve_flag_has_a_variable_a_file_key_and_a_readme_row() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../../README.md");
+        let cli = crate::cli::Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let mut checked = 0;
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "config" {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let env = env.unwrap_or_else(|| panic!("--{long} has no PEERPI_* variable"));
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long}")))
+                .unwrap_or_else(|| panic!("README's table has no row for --{long}"));
+            assert!(row.contains(&format!("`{env}`")), "README row of --{long} names {env}");
+            // The file key: the flag's name, or `mdns`/`p2p` for the `no-` switches.
+            let (key, value) = match long.strip_prefix("no-") {
+                Some(positive) => (positive.to_string(), "false".to_string()),
+                None if arg.get_num_args().is_some_and(|n| n.max_values() > 1)
+                    || matches!(long, "p2p-listen" | "bootstrap") =>
+                {
+                    (long.to_string(), "[\"x\"]".to_string())
+                }
+                None if long == "log-format" => (long.to_string(), "\"json\"".to_string()),
+                None => (long.to_string(), "\"x\"".to_string()),
+            };
+            assert!(row.contains(&format!("`{key}")), "README row of --{long} names the key {key}");
+            let toml_text = format!("{key} = {value}\n");
+            toml::from_str::<FileConfig>(&toml_text)
+                .unwrap_or_else(|e| panic!("peerpi.toml has no key {key} for --{long}: {e}"));
+            checked += 1;
+        }
+        assert!(checked >= 20, "{checked} flags checked");
+    }
+
     #[test]
     fn an_upstream_with_credentials_needs_a_swarm_key_for_peer_to_peer() {
         let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::protocol::Ticket;
-use crate::serve::{outgoing, Grant};
+use crate::provider::{outgoing, Grant};
 use crate::{lock, FetchError, Shared};
 
 /// Where tickets are redeemed.
@@ -223,7 +223,7 @@ pub(crate) async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::Permits;
+    use crate::limits::Permits;
     use std::fs::File;
     use tokio::sync::Semaphore;
 

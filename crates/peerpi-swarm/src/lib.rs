@@ -5,12 +5,21 @@
 //! channel) served from the store and fetched from peers; misbehaving peers
 //! blocked. One task owns the swarm; the rest of the program talks to it
 //! through a [`SwarmHandle`].
+//!
+//! By role: `protocol` (the wire format), `provider` (the serving side) with
+//! `limits` (streams, request rate, upload pacing), `get` (the fetching
+//! side), `bulk` (the HTTP channel, both sides), `task` (the event loop),
+//! `providers` (the DHT record store), `adversary` (test support only).
 
+#[cfg(feature = "adversary")]
+mod adversary;
 mod bulk;
+mod get;
 mod identity;
+mod limits;
 pub mod protocol;
+mod provider;
 mod providers;
-mod serve;
 mod task;
 
 use std::collections::HashMap;
@@ -20,12 +29,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::AsyncReadExt;
 use peerpi_core::Sha256Digest;
 use peerpi_store::Store;
 use tokio::sync::mpsc;
 
+pub use get::{Channel, PeerDownload};
 pub use identity::{load_or_create_keypair, read_swarm_key, write_new_swarm_key, KEY_FILE};
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
@@ -181,7 +189,7 @@ pub(crate) struct Shared {
     counters: SwarmCounters,
     stream_timeout: Duration,
     bulk: Option<bulk::Channel>,
-    upload_limit: Option<serve::UploadLimit>,
+    upload_limit: Option<limits::UploadLimit>,
     http: reqwest::Client,
     #[cfg(feature = "adversary")]
     adversary: Option<Adversary>,
@@ -231,106 +239,6 @@ impl Shared {
 #[derive(Clone)]
 pub struct SwarmHandle {
     shared: Arc<Shared>,
-}
-
-/// How a transfer's bytes travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    /// On the libp2p stream (noise + yamux).
-    Stream,
-    /// On the peer's bulk channel (plain HTTP, redeeming a ticket).
-    Bulk,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Stream => "stream",
-            Channel::Bulk => "bulk",
-        }
-    }
-}
-
-enum Body {
-    Stream(libp2p::Stream),
-    Bulk(reqwest::Response),
-}
-
-/// A blob arriving from a peer.
-pub struct PeerDownload {
-    pub peer: PeerId,
-    /// Bytes that follow, from the requested offset.
-    pub remaining: u64,
-    body: Body,
-    shared: Arc<Shared>,
-    /// Where stream reads land: chunks handed out share its allocation, so a
-    /// peer dripping single bytes costs single bytes, not a buffer each.
-    buffer: bytes::BytesMut,
-}
-
-/// Bytes read from a stream at most per call.
-const READ_SIZE: usize = 256 * 1024;
-/// A new read buffer is allocated once less than this is left in the old one.
-const MIN_READ_SPACE: usize = 16 * 1024;
-
-impl PeerDownload {
-    pub fn channel(&self) -> Channel {
-        match self.body {
-            Body::Stream(_) => Channel::Stream,
-            Body::Bulk(_) => Channel::Bulk,
-        }
-    }
-
-    /// The next piece of the blob; `None` at the end. Silence longer than the
-    /// stream timeout is an error (a stalled peer), and so is an early end.
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
-        if self.remaining == 0 {
-            return Ok(None);
-        }
-        let peer = self.peer;
-        let broken = |reason: String| FetchError::Protocol { peer, reason };
-        let read = async {
-            match &mut self.body {
-                Body::Stream(stream) => {
-                    let buffer = &mut self.buffer;
-                    if buffer.capacity() < MIN_READ_SPACE {
-                        *buffer = bytes::BytesMut::with_capacity(READ_SIZE);
-                    }
-                    let want = buffer
-                        .capacity()
-                        .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-                    buffer.resize(want, 0);
-                    let n = stream
-                        .read(&mut buffer[..])
-                        .await
-                        .map_err(|e| broken(e.to_string()))?;
-                    buffer.truncate(n);
-                    Ok(buffer.split().freeze())
-                }
-                Body::Bulk(response) => response
-                    .chunk()
-                    .await
-                    .map(Option::unwrap_or_default)
-                    .map_err(|e| broken(e.to_string())),
-            }
-        };
-        let chunk = tokio::time::timeout(self.shared.stream_timeout, read)
-            .await
-            .map_err(|_| FetchError::Timeout { peer })??;
-        if chunk.is_empty() {
-            return Err(broken(format!(
-                "stream ended {} bytes early",
-                self.remaining
-            )));
-        }
-        if chunk.len() as u64 > self.remaining {
-            return Err(broken("more bytes than announced".into()));
-        }
-        self.remaining -= chunk.len() as u64;
-        self.shared
-            .peer_mut(peer, |p| p.bytes_in += chunk.len() as u64);
-        Ok(Some(chunk))
-    }
 }
 
 impl SwarmHandle {
@@ -451,128 +359,6 @@ impl SwarmHandle {
             }
         });
         Ok(())
-    }
-
-    /// Asks `peer` for `digest` from byte `offset`. Large bodies come over
-    /// the peer's bulk channel when both sides have one on; if that channel
-    /// cannot be reached, the same peer is asked again for the body on the
-    /// stream.
-    pub async fn fetch(
-        &self,
-        peer: PeerId,
-        digest: Sha256Digest,
-        offset: u64,
-    ) -> Result<PeerDownload, FetchError> {
-        // A node with its bulk channel off neither serves nor uses one: its
-        // operator wants every byte inside noise (and the private network).
-        let now = std::time::Instant::now();
-        let ip = self
-            .shared
-            .bulk
-            .as_ref()
-            .and(self.peer_info(&peer))
-            .filter(|p| p.bulk_unreachable_until.is_none_or(|until| until <= now))
-            .and_then(|p| p.ip);
-        let (response, stream) = self.request(peer, digest, offset, ip.is_some()).await?;
-        let download = |remaining, body| PeerDownload {
-            peer,
-            remaining,
-            body,
-            shared: self.shared.clone(),
-            buffer: bytes::BytesMut::new(),
-        };
-        match (response, ip) {
-            (protocol::Response::Data { remaining }, _) => {
-                Ok(download(remaining, Body::Stream(stream)))
-            }
-            (
-                protocol::Response::Redirect {
-                    remaining,
-                    port,
-                    ticket,
-                },
-                Some(ip),
-            ) => {
-                drop(stream);
-                match bulk::fetch(&self.shared, peer, ip, port, &digest, &ticket, remaining).await {
-                    Ok(response) => Ok(download(remaining, Body::Bulk(response))),
-                    Err(e) => {
-                        tracing::warn!(%peer, "bulk channel unusable ({e}); using the stream, and not trying it again for {BULK_RETRY_AFTER:?}");
-                        self.shared.peer_mut(peer, |p| {
-                            p.bulk_unreachable_until = Some(now + BULK_RETRY_AFTER);
-                        });
-                        match self.request(peer, digest, offset, false).await? {
-                            (protocol::Response::Data { remaining }, stream) => {
-                                Ok(download(remaining, Body::Stream(stream)))
-                            }
-                            (other, _) => Err(unexpected(peer, other)),
-                        }
-                    }
-                }
-            }
-            (other, _) => Err(unexpected(peer, other)),
-        }
-    }
-
-    /// Test support: asks `peer` for `digest` as a fetch would and drops the
-    /// answer, so that a ticket it hands out is never redeemed. True when
-    /// the answer was a ticket (a redirect to the bulk channel).
-    #[cfg(feature = "adversary")]
-    pub async fn take_ticket_and_walk_away(
-        &self,
-        peer: PeerId,
-        digest: Sha256Digest,
-    ) -> Result<bool, FetchError> {
-        let (response, _) = self.request(peer, digest, 0, true).await?;
-        Ok(matches!(response, protocol::Response::Redirect { .. }))
-    }
-
-    /// One request on a new stream, up to the response header.
-    async fn request(
-        &self,
-        peer: PeerId,
-        digest: Sha256Digest,
-        offset: u64,
-        can_redirect: bool,
-    ) -> Result<(protocol::Response, libp2p::Stream), FetchError> {
-        let timeout = self.shared.stream_timeout;
-        let mut control = lock(&self.shared.control).clone();
-        let mut stream =
-            tokio::time::timeout(timeout, control.open_stream(peer, protocol::PROTOCOL))
-                .await
-                .map_err(|_| FetchError::Timeout { peer })?
-                .map_err(|e| FetchError::Open {
-                    peer,
-                    reason: e.to_string(),
-                })?;
-        let request = protocol::Request {
-            digest,
-            offset,
-            can_redirect,
-        };
-        let exchange = async {
-            protocol::write_request(&mut stream, &request).await?;
-            protocol::read_response(&mut stream).await
-        };
-        let response = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| FetchError::Timeout { peer })?
-            .map_err(|e| FetchError::Protocol {
-                peer,
-                reason: e.to_string(),
-            })?;
-        Ok((response, stream))
-    }
-}
-
-/// A response that carries no data for this request.
-fn unexpected(peer: PeerId, response: protocol::Response) -> FetchError {
-    match response {
-        protocol::Response::Refused(status) => FetchError::Refused { peer, status },
-        other => FetchError::Protocol {
-            peer,
-            reason: format!("unexpected answer {other:?}"),
-        },
     }
 }
 

@@ -110,9 +110,9 @@ impl RecordStore for ProviderStore {
         self.remote_records -= before - list.len();
         if let Some(existing) = list.iter_mut().find(|r| r.provider == record.provider) {
             *existing = record;
-        } else if list.len() < self.max_providers_per_key
-            && self.remote_records < self.max_remote_records
-        {
+        } else if list.len() >= self.max_providers_per_key {
+            // Enough providers known for this key (as libp2p's own store does).
+        } else if self.remote_records < self.max_remote_records {
             list.push(record);
             self.remote_records += 1;
         } else {

@@ -21,8 +21,9 @@ use peerpi_store::Store;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::limits::Limits;
+use crate::provider::accept_loop;
 use crate::providers::ProviderStore;
-use crate::serve::{accept_loop, Limits};
 use crate::{count, lock, Command, Shared, SwarmConfig, SwarmError, SwarmHandle};
 
 const AGENT_PREFIX: &str = concat!("peerpi/", env!("CARGO_PKG_VERSION"));
@@ -242,7 +243,7 @@ pub(crate) async fn start(
         counters: Default::default(),
         stream_timeout: config.stream_timeout,
         bulk,
-        upload_limit: config.upload_limit.map(crate::serve::UploadLimit::new),
+        upload_limit: config.upload_limit.map(crate::limits::UploadLimit::new),
         http,
         #[cfg(feature = "adversary")]
         adversary: config.adversary,

@@ -503,7 +503,10 @@ mod tests {
                 .lines()
                 .find(|l| l.starts_with(&format!("| `--{long}")))
                 .unwrap_or_else(|| panic!("README's table has no row for --{long}"));
-            assert!(row.contains(&format!("`{env}`")), "README row of --{long} names {env}");
+            assert!(
+                row.contains(&format!("`{env}`")),
+                "README row of --{long} names {env}"
+            );
             // The file key: the flag's name, or `mdns`/`p2p` for the `no-` switches.
             let (key, value) = match long.strip_prefix("no-") {
                 Some(positive) => (positive.to_string(), "false".to_string()),
@@ -515,7 +518,10 @@ mod tests {
                 None if long == "log-format" => (long.to_string(), "\"json\"".to_string()),
                 None => (long.to_string(), "\"x\"".to_string()),
             };
-            assert!(row.contains(&format!("`{key}")), "README row of --{long} names the key {key}");
+            assert!(
+                row.contains(&format!("`{key}")),
+                "README row of --{long} names the key {key}"
+            );
             let toml_text = format!("{key} = {value}\n");
             toml::from_str::<FileConfig>(&toml_text)
                 .unwrap_or_else(|e| panic!("peerpi.toml has no key {key} for --{long}: {e}"));

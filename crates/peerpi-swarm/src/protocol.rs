@@ -172,6 +172,19 @@ mod tests {
     use super::*;
     use futures_util::io::Cursor;
 
+    /// Found by fuzzing (`blob_protocol`): flag bits this version does not
+    /// know are ignored (a later version may add some), never an error.
+    #[tokio::test]
+    async fn unknown_request_flags_are_ignored() {
+        let mut bytes = vec![VERSION];
+        bytes.extend_from_slice(&[b'x'; 32]);
+        bytes.extend_from_slice(&7u64.to_be_bytes());
+        bytes.push(0x78); // CAN_REDIRECT clear, unknown bits set
+        let request = read_request(&mut Cursor::new(bytes)).await.unwrap();
+        assert_eq!(request.offset, 7);
+        assert!(!request.can_redirect);
+    }
+
     #[tokio::test]
     async fn request_and_status_round_trip() {
         for can_redirect in [false, true] {

@@ -638,3 +638,28 @@ async fn unredeemed_tickets_give_back_their_permits_when_they_expire() {
         "B's copy came from A"
     );
 }
+
+/// Eviction removes the record, then the file; a request between the two
+/// found the record and failed to open the file (503 "just evicted" twice
+/// in the soak run). A missing file is now a miss: fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_whose_file_vanished_is_fetched_again_not_refused() {
+    let upstream = fake_index(demo_graph()).await;
+    let node = start_node(&upstream, |_| {}).await;
+    let wheel = "beta-1.0-py3-none-any.whl";
+    let url = file_url(&node, "beta", wheel).await;
+    get_bytes(&url).await;
+    let sha = upstream.state.file(wheel).unwrap().sha256;
+    let digest = peerpi_core::Sha256Digest::from_hex(&sha).unwrap();
+    std::fs::remove_file(node.node.store().blob_path(&digest)).unwrap();
+
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_is_upstream_file(&upstream, wheel, &response.bytes().await.unwrap());
+    assert_eq!(upstream.state.count(&format!("/files/{wheel}")), 2);
+    assert_eq!(
+        node.node.store().blob_count(),
+        1,
+        "stored again, one record"
+    );
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use peerpi_core::Sha256Digest;
-use peerpi_store::{BlobWriter, Origin, StoredBlob};
+use peerpi_store::{BlobWriter, OpenedBlob, Origin};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -59,8 +59,8 @@ impl Flight {
 
 /// A blob body for a client.
 pub enum BlobBody {
-    /// In the store.
-    Stored(StoredBlob),
+    /// In the store, open for reading.
+    Stored(OpenedBlob),
     /// Being fetched (from peers or upstream); `len` when known in advance.
     Fetching {
         len: Option<u64>,
@@ -77,7 +77,7 @@ impl Node {
     /// The blob with `digest`: from the store, or joined to / starting its
     /// download. Fails when it is unknown or no source could start sending.
     pub async fn blob(&self, digest: &Sha256Digest) -> Result<BlobBody, NodeError> {
-        if let Some(stored) = self.inner.store.get(digest)? {
+        if let Some(stored) = self.inner.store.open_blob(digest)? {
             self.inner.metrics.blob_hit(Source::Local);
             return Ok(BlobBody::Stored(stored));
         }
@@ -92,7 +92,7 @@ impl Node {
                 Some(f) => f.clone(),
                 None => {
                     // A download may have been committed since the first check.
-                    if let Some(stored) = self.inner.store.get(digest)? {
+                    if let Some(stored) = self.inner.store.open_blob(digest)? {
                         self.inner.metrics.blob_hit(Source::Local);
                         return Ok(BlobBody::Stored(stored));
                     }
@@ -126,7 +126,7 @@ impl Node {
 
     /// The blob once it is verified and stored: waits for its download (if
     /// one runs) to end.
-    pub async fn verified_blob(&self, digest: &Sha256Digest) -> Result<StoredBlob, NodeError> {
+    pub async fn verified_blob(&self, digest: &Sha256Digest) -> Result<OpenedBlob, NodeError> {
         let flight = lock(&self.inner.flights).get(digest).cloned();
         if let Some(flight) = flight {
             let mut rx = flight.state.subscribe();
@@ -143,7 +143,7 @@ impl Node {
                 }
             }
         }
-        self.inner.store.get(digest)?.ok_or_else(|| {
+        self.inner.store.open_blob(digest)?.ok_or_else(|| {
             NodeError::Upstream(format!(
                 "the download of {digest} ended without a verified file"
             ))

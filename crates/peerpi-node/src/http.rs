@@ -16,7 +16,7 @@ use axum::Router;
 use futures_util::StreamExt;
 use peerpi_core::filename::check_safe_filename;
 use peerpi_core::{negotiate, PageFormat, ProjectName, Sha256Digest};
-use peerpi_store::StoredBlob;
+use peerpi_store::OpenedBlob;
 
 use crate::metrics::{Source, SwarmSample};
 use crate::{BlobBody, Node, NodeError};
@@ -401,7 +401,7 @@ fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>,
     peerpi_core::range::byte_range(value, size).map_err(|e| e.to_string())
 }
 
-async fn serve_stored(node: &Node, blob: StoredBlob, headers: &HeaderMap, etag: &str) -> Response {
+async fn serve_stored(node: &Node, blob: OpenedBlob, headers: &HeaderMap, etag: &str) -> Response {
     let (status, start, len) = match requested_range(headers, blob.size) {
         Ok(None) => (StatusCode::OK, 0, blob.size),
         Ok(Some((start, len))) => (StatusCode::PARTIAL_CONTENT, start, len),
@@ -413,15 +413,7 @@ async fn serve_stored(node: &Node, blob: StoredBlob, headers: &HeaderMap, etag: 
             return r;
         }
     };
-    let file = match tokio::fs::File::open(&blob.path).await {
-        Ok(f) => f.into_std().await,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the file was just evicted or is unreadable ({e}); retry"),
-            )
-        }
-    };
+    let file = blob.file;
     let counter = node.clone();
     let stream = peerpi_store::read_range(Arc::new(file), start, len).inspect(move |chunk| {
         if let Ok(c) = chunk {

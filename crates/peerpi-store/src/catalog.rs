@@ -66,7 +66,10 @@ struct Trees {
 
 impl Trees {
     fn open(path: &Path) -> Result<Self, sled::Error> {
-        let db = sled::Config::new().path(path).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CATALOG_CACHE_BYTES)
+            .open()?;
         Ok(Self {
             blobs: db.open_tree("blobs")?,
             pages: db.open_tree("pages")?,
@@ -82,6 +85,10 @@ struct Degraded {
     reason: Option<String>,
     last_attempt: Option<Instant>,
 }
+
+/// Memory sled may use to cache the catalog's pages (its default is 1 GiB,
+/// which a soak run watched it grow towards).
+const CATALOG_CACHE_BYTES: u64 = 64 << 20;
 
 /// Free bytes the data directory needs before a degraded catalog reopens.
 const ROOM_TO_RECOVER: u64 = 16 << 20;

@@ -81,6 +81,14 @@ pub struct StoredBlob {
     pub size: u64,
 }
 
+/// A blob opened for reading: the handle stays valid even if eviction
+/// removes the file afterwards.
+#[derive(Debug)]
+pub struct OpenedBlob {
+    pub file: fs::File,
+    pub size: u64,
+}
+
 /// What opening the store found and repaired.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -191,6 +199,29 @@ impl Store {
             path: self.blob_path(digest),
             size: record.size,
         }))
+    }
+
+    /// The blob opened for reading, if the store holds it. A record whose
+    /// file is gone (evicted a moment ago, or removed by hand) counts as
+    /// absent, so the caller fetches the blob again instead of failing.
+    pub fn open_blob(&self, digest: &Sha256Digest) -> Result<Option<OpenedBlob>, StoreError> {
+        let Some(blob) = self.get(digest)? else {
+            return Ok(None);
+        };
+        match fs::File::open(&blob.path) {
+            Ok(file) => Ok(Some(OpenedBlob {
+                file,
+                size: blob.size,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                warn!(%digest, "catalog record without its file; dropping the record");
+                if self.catalog.remove_blob(digest)?.is_some() {
+                    self.total_bytes.fetch_sub(blob.size, Ordering::Relaxed);
+                }
+                Ok(None)
+            }
+            Err(e) => Err(io_err(format!("opening {}", blob.path.display()))(e)),
+        }
     }
 
     fn touch(&self, digest: &Sha256Digest, record: BlobRecord) -> Result<(), StoreError> {

@@ -99,6 +99,9 @@ pub(crate) struct Catalog {
     path: PathBuf,
     trees: RwLock<Option<Arc<Trees>>>,
     degraded: Mutex<Degraded>,
+    /// Mirrors `degraded.reason.is_some()`, so that the healthy path of
+    /// every catalog operation costs a load, not a lock.
+    is_degraded: std::sync::atomic::AtomicBool,
     /// Set on a reopen: writes since the last flush may be lost, so the
     /// store reconciles with the disk.
     reopened: std::sync::atomic::AtomicBool,
@@ -143,6 +146,7 @@ impl Catalog {
             path: path.to_path_buf(),
             trees: RwLock::new(Some(Arc::new(trees))),
             degraded: Mutex::new(Degraded::default()),
+            is_degraded: std::sync::atomic::AtomicBool::new(false),
             reopened: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -188,6 +192,8 @@ impl Catalog {
                 tracing::error!(error = %e, "the catalog cannot write; serving what it holds until the disk has room");
                 degraded.reason = Some(format!("the catalog cannot write: {e}"));
                 degraded.last_attempt = Some(Instant::now());
+                self.is_degraded
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
         }
         result
@@ -196,6 +202,9 @@ impl Catalog {
     /// Reopens a degraded catalog once its disk has room again (checked at
     /// most once per `RECOVERY_INTERVAL`). Returns whether it reopened.
     pub(crate) fn recover_if_room(&self) -> bool {
+        if !self.is_degraded.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         {
             let mut degraded = crate::lock(&self.degraded);
             if degraded.reason.is_none()
@@ -229,6 +238,8 @@ impl Catalog {
             Ok(trees) => {
                 *slot = Some(Arc::new(trees));
                 crate::lock(&self.degraded).reason = None;
+                self.is_degraded
+                    .store(false, std::sync::atomic::Ordering::Release);
                 self.reopened
                     .store(true, std::sync::atomic::Ordering::Release);
                 tracing::info!(room, "the catalog is writable again");

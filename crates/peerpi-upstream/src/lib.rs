@@ -312,13 +312,17 @@ impl Upstream {
             url: shown.to_string(),
             reason: reason.to_string(),
         };
+        let address = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        if address.is_some_and(is_non_global) {
+            return Err(forbidden(
+                "a non-public address that is not the upstream's host",
+            ));
+        }
         match url.host() {
-            Some(url::Host::Ipv4(ip)) if is_non_global(ip.into()) => Err(forbidden(
-                "a non-public address that is not the upstream's host",
-            )),
-            Some(url::Host::Ipv6(ip)) if is_non_global(ip.into()) => Err(forbidden(
-                "a non-public address that is not the upstream's host",
-            )),
             Some(url::Host::Domain(name))
                 if name.eq_ignore_ascii_case("localhost")
                     || name.to_ascii_lowercase().ends_with(".localhost") =>

@@ -27,6 +27,8 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// List the peers a running node knows.
     Peers(PeersArgs),
+    /// TUF: sign a repository (init, add, sign, rotate) or run a TUF client.
+    Tuf(crate::tuf::TufArgs),
 }
 
 /// Settings shared by every subcommand that needs the node's configuration.

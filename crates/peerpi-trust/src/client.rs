@@ -1,0 +1,335 @@
+//! The TUF client workflow over a metadata directory and a fetcher: refresh
+//! (root rotation, timestamp, snapshot, top-level targets), lazy target
+//! lookup (a pre-order walk that loads only the delegated roles on the
+//! target's path) and bounded, verified target download.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tough::schema::{Hashes, Target, Targets};
+use tough::TargetName;
+use url::Url;
+
+use crate::datastore::{quote_segment, write_atomically, MetadataDir};
+use crate::error::{Result, TrustError};
+use crate::fetch::{fetch_failed, Fetch, FetchError};
+use crate::paths::delegates;
+use crate::trusted::{
+    check_length_and_hashes, snapshot_meta, TimestampUpdate, TrustedSet, ROOT, TARGETS,
+};
+
+/// Download limits and walk bounds. The metadata limits apply where the
+/// repository signed no length.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub root_bytes: u64,
+    pub timestamp_bytes: u64,
+    pub snapshot_bytes: u64,
+    pub targets_bytes: u64,
+    /// Root versions fetched in one refresh at most.
+    pub max_root_rotations: u64,
+    /// Targets roles visited in one lookup at most.
+    pub max_delegations: usize,
+}
+
+impl Default for Limits {
+    /// The reference implementation's defaults.
+    fn default() -> Self {
+        Limits {
+            root_bytes: 512_000,
+            timestamp_bytes: 16_384,
+            snapshot_bytes: 2_000_000,
+            targets_bytes: 5_000_000,
+            max_root_rotations: 256,
+            max_delegations: 32,
+        }
+    }
+}
+
+/// A target as trusted metadata describes it.
+#[derive(Debug, Clone)]
+pub struct TargetInfo {
+    pub path: String,
+    pub length: u64,
+    pub hashes: Hashes,
+}
+
+impl TargetInfo {
+    fn new(path: &str, target: &Target) -> Self {
+        TargetInfo {
+            path: path.to_string(),
+            length: target.length,
+            hashes: target.hashes.clone(),
+        }
+    }
+
+    /// The signed SHA-256 of the target.
+    pub fn sha256(&self) -> &[u8] {
+        &self.hashes.sha256
+    }
+
+    /// Whether `bytes` are this target.
+    pub fn verify(&self, bytes: &[u8]) -> Result<()> {
+        check_length_and_hashes(&self.path, bytes, Some(self.length), Some(&self.hashes))
+    }
+}
+
+/// A TUF client bound to one repository and one metadata directory.
+pub struct Client<F> {
+    store: MetadataDir,
+    fetcher: F,
+    metadata_url: Url,
+    limits: Limits,
+    /// The latest time this client has seen: expiry is judged against the
+    /// later of this and the system clock, so a clock stepped back cannot
+    /// revive expired metadata within one process.
+    latest_time: jiff::Timestamp,
+    set: Option<TrustedSet>,
+}
+
+impl<F: Fetch> Client<F> {
+    /// A client over `store`, which must hold a trusted `root.json`.
+    pub fn new(store: MetadataDir, fetcher: F, metadata_url: &Url, limits: Limits) -> Result<Self> {
+        let root_file = store.file(ROOT);
+        if !root_file.exists() {
+            return Err(TrustError::NoRoot { path: root_file });
+        }
+        Ok(Client {
+            store,
+            fetcher,
+            metadata_url: with_trailing_slash(metadata_url),
+            limits,
+            latest_time: jiff::Timestamp::UNIX_EPOCH,
+            set: None,
+        })
+    }
+
+    /// The trusted metadata after the last successful refresh.
+    pub fn trusted(&self) -> Option<&TrustedSet> {
+        self.set.as_ref()
+    }
+
+    fn now(&mut self) -> jiff::Timestamp {
+        self.latest_time = self.latest_time.max(jiff::Timestamp::now());
+        self.latest_time
+    }
+
+    /// Brings root, timestamp, snapshot and top-level targets up to date.
+    /// On error, what was verified before the failing step stays persisted
+    /// (a rotated root, say) and this client trusts nothing until the next
+    /// successful refresh.
+    pub async fn refresh(&mut self) -> Result<()> {
+        self.set = None;
+        let root = self.store.read(ROOT)?.ok_or_else(|| TrustError::NoRoot {
+            path: self.store.file(ROOT),
+        })?;
+        let mut set = TrustedSet::new(&root, self.now())?;
+        self.rotate_root(&mut set).await?;
+        self.load_timestamp(&mut set).await?;
+        self.load_snapshot(&mut set).await?;
+        self.load_targets(&mut set, TARGETS, ROOT).await?;
+        self.set = Some(set);
+        Ok(())
+    }
+
+    async fn rotate_root(&self, set: &mut TrustedSet) -> Result<()> {
+        let first = set.root().version.get() + 1;
+        for version in first..first + self.limits.max_root_rotations {
+            let url = self.metadata_file_url(ROOT, Some(version))?;
+            match self.fetcher.fetch(&url, self.limits.root_bytes).await {
+                Ok(bytes) => {
+                    set.update_root(&bytes)?;
+                    self.store.write(ROOT, &bytes)?;
+                }
+                Err(FetchError::NotFound) => break,
+                Err(e) => return Err(fetch_failed("root", &url, e)),
+            }
+        }
+        set.check_root_fresh()
+    }
+
+    async fn load_timestamp(&self, set: &mut TrustedSet) -> Result<()> {
+        if let Some(local) = self.store.read("timestamp")? {
+            // The stored timestamp is a reference against rollback even when
+            // it has expired; if the keys rotated it no longer verifies and
+            // is ignored (fast-forward recovery).
+            if let Err(e) = set.update_timestamp(&local) {
+                tracing::debug!(error = %e, "stored timestamp is not final");
+            }
+        }
+        let url = self.metadata_file_url("timestamp", None)?;
+        let bytes = self
+            .fetcher
+            .fetch(&url, self.limits.timestamp_bytes)
+            .await
+            .map_err(|e| fetch_failed("timestamp", &url, e))?;
+        if set.update_timestamp(&bytes)? == TimestampUpdate::Updated {
+            self.store.write("timestamp", &bytes)?;
+        }
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, set: &mut TrustedSet) -> Result<()> {
+        if let Some(local) = self.store.read("snapshot")? {
+            match set.update_snapshot(&local, true) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!(error = %e, "stored snapshot is not final"),
+            }
+        }
+        let timestamp = set
+            .timestamp()
+            .ok_or(TrustError::NotRefreshed("timestamp"))?;
+        let meta = snapshot_meta(timestamp)?;
+        let limit = meta.length.unwrap_or(self.limits.snapshot_bytes);
+        let version = set.root().consistent_snapshot.then(|| meta.version.get());
+        let url = self.metadata_file_url("snapshot", version)?;
+        let bytes = self
+            .fetcher
+            .fetch(&url, limit)
+            .await
+            .map_err(|e| fetch_failed("snapshot", &url, e))?;
+        set.update_snapshot(&bytes, false)?;
+        self.store.write("snapshot", &bytes)
+    }
+
+    /// Loads `role` (stored copy if it is still the one the snapshot names,
+    /// otherwise from the repository) unless this refresh already has it.
+    async fn load_targets(&self, set: &mut TrustedSet, role: &str, delegator: &str) -> Result<()> {
+        if set.targets(role).is_some() {
+            return Ok(());
+        }
+        if let Some(local) = self.store.read(role)? {
+            match set.update_targets(&local, role, delegator) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!(role, error = %e, "stored targets metadata is not final"),
+            }
+        }
+        let entry = set
+            .snapshot_entry(role)
+            .ok_or_else(|| TrustError::NotInSnapshot { role: role.into() })?;
+        let limit = entry.length.unwrap_or(self.limits.targets_bytes);
+        let version = set.root().consistent_snapshot.then(|| entry.version.get());
+        let url = self.metadata_file_url(role, version)?;
+        let bytes = self
+            .fetcher
+            .fetch(&url, limit)
+            .await
+            .map_err(|e| fetch_failed(role, &url, e))?;
+        set.update_targets(&bytes, role, delegator)?;
+        self.store.write(role, &bytes)
+    }
+
+    /// Finds `target` by walking delegations in pre-order from the
+    /// top-level targets, loading only roles trusted for its path, stopping
+    /// at a terminating delegation and after `max_delegations` roles.
+    /// `Ok(None)`: no trusted role lists it.
+    pub async fn lookup(&mut self, target: &str) -> Result<Option<TargetInfo>> {
+        let mut set = self.set.take().ok_or(TrustError::NotRefreshed("targets"))?;
+        let found = self.walk(&mut set, target).await;
+        self.set = Some(set);
+        found
+    }
+
+    async fn walk(&self, set: &mut TrustedSet, target: &str) -> Result<Option<TargetInfo>> {
+        let name = TargetName::new(target).ok();
+        let mut to_visit: Vec<(String, String)> = vec![(TARGETS.into(), ROOT.into())];
+        let mut visited: Vec<String> = Vec::new();
+        while visited.len() < self.limits.max_delegations {
+            let Some((role, delegator)) = to_visit.pop() else {
+                break;
+            };
+            if visited.contains(&role) {
+                continue;
+            }
+            self.load_targets(set, &role, &delegator).await?;
+            let targets: &Targets = set
+                .targets(&role)
+                .ok_or(TrustError::NotRefreshed("targets"))?;
+            if let Some(found) = name.as_ref().and_then(|n| targets.targets.get(n)) {
+                return Ok(Some(TargetInfo::new(target, found)));
+            }
+            let mut children = Vec::new();
+            for child in targets.delegations.iter().flat_map(|d| &d.roles) {
+                if !delegates(child, target) {
+                    continue;
+                }
+                children.push((child.name.clone(), role.clone()));
+                if child.terminating {
+                    to_visit.clear();
+                    break;
+                }
+            }
+            visited.push(role);
+            to_visit.extend(children.into_iter().rev());
+        }
+        Ok(None)
+    }
+
+    /// Downloads `info` from `base_url` into `dir` (as one file named by
+    /// the quoted target path), unless a verified copy is already there.
+    /// Reads at most the signed length; writes only verified bytes.
+    pub async fn download(&self, info: &TargetInfo, base_url: &Url, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join(quote_segment(&info.path));
+        if let Ok(existing) = std::fs::read(&path) {
+            if info.verify(&existing).is_ok() {
+                return Ok(path);
+            }
+        }
+        let consistent = self
+            .set
+            .as_ref()
+            .ok_or(TrustError::NotRefreshed("root"))?
+            .root()
+            .consistent_snapshot;
+        let url = target_url(base_url, info, consistent)?;
+        let bytes = self
+            .fetcher
+            .fetch(&url, info.length)
+            .await
+            .map_err(|e| fetch_failed(&info.path, &url, e))?;
+        info.verify(&bytes)?;
+        write_atomically(&path, &bytes)?;
+        Ok(path)
+    }
+
+    fn metadata_file_url(&self, role: &str, version: Option<u64>) -> Result<Url> {
+        let name = quote_segment(role);
+        let file = match version {
+            Some(v) => format!("{v}.{name}.json"),
+            None => format!("{name}.json"),
+        };
+        self.metadata_url
+            .join(&file)
+            .map_err(|e| TrustError::malformed(role, format!("no URL for it: {e}")))
+    }
+}
+
+/// Where a target is published: `base/path`, or with consistent snapshots
+/// `base/dir/HASH.name` (the SHA-256, the directory kept).
+pub fn target_url(base: &Url, info: &TargetInfo, consistent: bool) -> Result<Url> {
+    let path = if consistent {
+        let digest = hex::encode(info.sha256());
+        match info.path.rsplit_once('/') {
+            Some((dir, name)) => format!("{dir}/{digest}.{name}"),
+            None => format!("{digest}.{}", info.path),
+        }
+    } else {
+        info.path.clone()
+    };
+    let base = with_trailing_slash(base);
+    Url::parse(&format!("{base}{path}"))
+        .map_err(|e| TrustError::malformed(&info.path, format!("no URL for it: {e}")))
+}
+
+fn with_trailing_slash(url: &Url) -> Url {
+    let mut url = url.clone();
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    url
+}
+
+/// The SHA-256 of `bytes`, for callers that hold bytes and a `TargetInfo`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}

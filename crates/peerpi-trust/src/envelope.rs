@@ -1,0 +1,219 @@
+//! Signed metadata as it arrives: parse the envelope, check the `_type` and
+//! `spec_version`, and count valid signatures from distinct keys against a
+//! role's threshold.
+//!
+//! Signatures are checked over the canonical JSON of the `signed` object *as
+//! received* (not re-serialised from typed structs), so that fields this
+//! client does not model still count, exactly as the reference
+//! implementation does it.
+
+use std::collections::HashMap;
+
+use olpc_cjson::CanonicalFormatter;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::key::{EcdsaScheme, Ed25519Scheme, Key, RsaScheme};
+
+use crate::error::{Result, TrustError};
+
+/// The major version of the TUF specification this client implements.
+const SPEC_MAJOR: &str = "1";
+
+/// Parsed metadata with the bytes its signatures cover.
+#[derive(Debug, Clone)]
+pub struct Envelope<T> {
+    /// The typed `signed` object.
+    pub signed: T,
+    /// Canonical JSON of `signed`, what every signature covers.
+    canonical: Vec<u8>,
+    /// key id → signature bytes; one per key id (a repeated key id is refused).
+    signatures: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl<T: DeserializeOwned> Envelope<T> {
+    /// Parses `bytes` as metadata of type `role_type` ("root", "timestamp",
+    /// "snapshot" or "targets"). `role` names the role in errors.
+    pub fn parse(bytes: &[u8], role_type: &str, role: &str) -> Result<Self> {
+        let mut top: serde_json::Map<String, Value> =
+            serde_json::from_slice(bytes).map_err(|e| TrustError::malformed(role, e))?;
+        let signed = top
+            .remove("signed")
+            .ok_or_else(|| TrustError::malformed(role, "no \"signed\" object"))?;
+        let raw_signatures = top
+            .remove("signatures")
+            .ok_or_else(|| TrustError::malformed(role, "no \"signatures\" list"))?;
+        if let Some(extra) = top.keys().next() {
+            return Err(TrustError::malformed(
+                role,
+                format!("unexpected field {extra:?}"),
+            ));
+        }
+        let found_type = signed.get("_type").and_then(Value::as_str);
+        if found_type != Some(role_type) {
+            return Err(TrustError::malformed(
+                role,
+                format!("_type is {found_type:?}, expected {role_type:?}"),
+            ));
+        }
+        check_spec_version(&signed, role)?;
+        let signatures = parse_signatures(raw_signatures, role)?;
+        let canonical = canonical_json(&signed).map_err(|e| TrustError::malformed(role, e))?;
+        let signed = serde_json::from_value(signed).map_err(|e| TrustError::malformed(role, e))?;
+        Ok(Envelope {
+            signed,
+            canonical,
+            signatures,
+        })
+    }
+}
+
+impl<T> Envelope<T> {
+    /// Checks that at least `threshold` distinct keys among `keyids` signed.
+    /// A key listed under two key ids, or a key id signing twice, counts once.
+    pub fn verify(
+        &self,
+        role: &str,
+        keys: &HashMap<Decoded<Hex>, Key>,
+        keyids: &[Decoded<Hex>],
+        threshold: u64,
+    ) -> Result<()> {
+        let mut signers: Vec<&Key> = Vec::new();
+        for keyid in keyids {
+            let (Some(key), Some(sig)) = (keys.get(keyid), self.signatures.get(keyid.as_ref()))
+            else {
+                continue;
+            };
+            if verify_signature(key, &self.canonical, sig) && !signers.contains(&key) {
+                signers.push(key);
+            }
+        }
+        if (signers.len() as u64) < threshold {
+            return Err(TrustError::ThresholdNotMet {
+                role: role.to_string(),
+                valid: signers.len(),
+                threshold,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_spec_version(signed: &Value, role: &str) -> Result<()> {
+    let version = signed
+        .get("spec_version")
+        .and_then(Value::as_str)
+        .ok_or_else(|| TrustError::malformed(role, "no spec_version"))?;
+    let parts: Vec<&str> = version.split('.').collect();
+    let numeric = parts
+        .iter()
+        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !(2..=3).contains(&parts.len()) || !numeric || parts[0] != SPEC_MAJOR {
+        return Err(TrustError::malformed(
+            role,
+            format!("spec_version {version:?} is not supported (major version {SPEC_MAJOR})"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_signatures(raw: Value, role: &str) -> Result<HashMap<Vec<u8>, Vec<u8>>> {
+    #[derive(serde::Deserialize)]
+    struct RawSignature {
+        keyid: String,
+        sig: String,
+    }
+    let list: Vec<RawSignature> =
+        serde_json::from_value(raw).map_err(|e| TrustError::malformed(role, e))?;
+    let mut signatures = HashMap::with_capacity(list.len());
+    for entry in list {
+        let keyid = hex::decode(&entry.keyid).map_err(|_| {
+            TrustError::malformed(role, format!("key id {:?} is not hex", entry.keyid))
+        })?;
+        // A signature that is not hex can never verify; keep it out rather
+        // than refuse the whole file (other keys may still meet the threshold).
+        let sig = hex::decode(&entry.sig).unwrap_or_default();
+        if signatures.insert(keyid, sig).is_some() {
+            return Err(TrustError::malformed(
+                role,
+                format!("two signatures from key id {}", entry.keyid),
+            ));
+        }
+    }
+    Ok(signatures)
+}
+
+/// The canonical JSON form (OLPC canonical JSON, as securesystemslib
+/// writes it) of any serialisable value.
+pub fn canonical_json<S: Serialize + ?Sized>(value: &S) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut serializer =
+        serde_json::Serializer::with_formatter(&mut out, CanonicalFormatter::new());
+    value.serialize(&mut serializer)?;
+    Ok(out)
+}
+
+fn verify_signature(key: &Key, message: &[u8], signature: &[u8]) -> bool {
+    use aws_lc_rs::signature;
+    let (algorithm, public): (&dyn signature::VerificationAlgorithm, &[u8]) = match key {
+        Key::Ed25519 {
+            keyval,
+            scheme: Ed25519Scheme::Ed25519,
+            ..
+        } => (&signature::ED25519, &keyval.public),
+        Key::Ecdsa {
+            keyval,
+            scheme: EcdsaScheme::EcdsaSha2Nistp256,
+            ..
+        }
+        | Key::EcdsaOld {
+            keyval,
+            scheme: EcdsaScheme::EcdsaSha2Nistp256,
+            ..
+        } => (&signature::ECDSA_P256_SHA256_ASN1, &keyval.public),
+        Key::Rsa {
+            keyval,
+            scheme: RsaScheme::RsassaPssSha256,
+            ..
+        } => (&signature::RSA_PSS_2048_8192_SHA256, &keyval.public),
+    };
+    signature::UnparsedPublicKey::new(algorithm, public)
+        .verify(message, signature)
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_versions_of_major_one_are_accepted_others_refused() {
+        for ok in ["1.0.31", "1.0", "1.2.0"] {
+            check_spec_version(&serde_json::json!({ "spec_version": ok }), "root").unwrap();
+        }
+        for bad in ["2.0.0", "1", "1.0.0.0", "one.0", "1..0", ""] {
+            assert!(
+                check_spec_version(&serde_json::json!({ "spec_version": bad }), "root").is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_id_in_signatures_is_refused() {
+        let bytes = br#"{"signed":{"_type":"timestamp","spec_version":"1.0.31"},
+            "signatures":[{"keyid":"ab","sig":"00"},{"keyid":"ab","sig":"01"}]}"#;
+        let err = Envelope::<Value>::parse(bytes, "timestamp", "timestamp").unwrap_err();
+        assert!(err.to_string().contains("two signatures"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_extra_top_level_fields_are_refused() {
+        let wrong = br#"{"signed":{"_type":"snapshot","spec_version":"1.0.31"},"signatures":[]}"#;
+        assert!(Envelope::<Value>::parse(wrong, "timestamp", "timestamp").is_err());
+        let extra =
+            br#"{"signed":{"_type":"timestamp","spec_version":"1.0.31"},"signatures":[],"x":1}"#;
+        assert!(Envelope::<Value>::parse(extra, "timestamp", "timestamp").is_err());
+    }
+}

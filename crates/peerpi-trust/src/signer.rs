@@ -1,0 +1,783 @@
+//! The signer: creates and maintains a repository shaped like PEP 458 on
+//! disk. Root (a threshold of offline keys) names the keys of targets
+//! (offline), snapshot and timestamp (the online key); top-level targets
+//! delegates every target path to one of N hashed bins by
+//! `path_hash_prefixes`; the bins are signed by the online key.
+//!
+//! Adding targets rewrites only the bins they fall in, then snapshot and
+//! timestamp, each written whole before the next (new files, then the
+//! timestamp last), so a client reading the repository meanwhile sees the
+//! old state or the new one. One signer at a time: an exclusive lock on the
+//! repository directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use fs2::FileExt;
+use serde::de::DeserializeOwned;
+use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::key::Key;
+use tough::schema::{
+    DelegatedRole, Delegations, Hashes, Metafile, PathHashPrefix, PathSet, RoleKeys, RoleType,
+    Root, Signed, Snapshot, Target, Targets, Timestamp,
+};
+use tough::TargetName;
+
+use crate::datastore::{quote_segment, write_atomically};
+use crate::error::{Result, TrustError};
+use crate::keys::{sign_role, SigningKey};
+use crate::paths::path_digest;
+
+/// The specification version written into every role (python-tuf accepts
+/// any 1.x).
+pub const SPEC_VERSION: &str = "1.0.31";
+
+/// How long each role's signature is valid. A role is re-signed by `sign`
+/// once less than half of its period is left.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub root: jiff::SignedDuration,
+    pub targets: jiff::SignedDuration,
+    pub bins: jiff::SignedDuration,
+    pub snapshot: jiff::SignedDuration,
+    pub timestamp: jiff::SignedDuration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        let days = |d: i64| jiff::SignedDuration::from_hours(24 * d);
+        Lifetimes {
+            root: days(365),
+            targets: days(365),
+            bins: days(30),
+            snapshot: days(7),
+            timestamp: days(1),
+        }
+    }
+}
+
+/// What `init` makes.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Number of hashed bins: a power of two from 1 to 65,536.
+    pub bins: u32,
+    pub root_keys: usize,
+    pub root_threshold: u64,
+    pub lifetimes: Lifetimes,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            bins: 16_384,
+            root_keys: 1,
+            root_threshold: 1,
+            lifetimes: Lifetimes::default(),
+        }
+    }
+}
+
+/// A target to sign: its path in the repository and the digest and length
+/// of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTarget {
+    pub path: String,
+    pub length: u64,
+    pub sha256: [u8; 32],
+}
+
+/// The signing keys of one run; only those the operation needs must be set.
+#[derive(Default)]
+pub struct Keys {
+    pub root: Vec<SigningKey>,
+    pub targets: Option<SigningKey>,
+    pub online: Option<SigningKey>,
+}
+
+impl Keys {
+    fn online(&self) -> Result<&SigningKey> {
+        self.online
+            .as_ref()
+            .ok_or_else(|| TrustError::Signer("this needs the online key (--online-key)".into()))
+    }
+
+    fn targets(&self) -> Result<&SigningKey> {
+        self.targets
+            .as_ref()
+            .ok_or_else(|| TrustError::Signer("this needs the targets key (--targets-key)".into()))
+    }
+
+    fn root(&self) -> Result<Vec<&SigningKey>> {
+        if self.root.is_empty() {
+            return Err(TrustError::Signer(
+                "this needs the root key(s) (--root-key)".into(),
+            ));
+        }
+        Ok(self.root.iter().collect())
+    }
+}
+
+/// Which keys `rotate` replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    Root,
+    Targets,
+    /// Timestamp, snapshot and the bins.
+    Online,
+}
+
+/// What one signer run changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub root_version: Option<u64>,
+    pub targets_version: Option<u64>,
+    pub bins_signed: usize,
+    pub snapshot_version: Option<u64>,
+    pub timestamp_version: Option<u64>,
+}
+
+/// A repository on disk, locked for this signer.
+pub struct Repository {
+    dir: PathBuf,
+    _lock: File,
+}
+
+/// The newest signed state, as read from the repository.
+struct State {
+    root: Root,
+    targets: Targets,
+    snapshot: Snapshot,
+    timestamp: Timestamp,
+}
+
+impl Repository {
+    /// Creates a new repository in `dir` (its `metadata/` must not exist)
+    /// with new keys written to `keys_dir` (`root-N.pk8`, `targets.pk8`,
+    /// `online.pk8`; move the root and targets keys offline afterwards).
+    pub fn init(dir: &Path, keys_dir: &Path, options: &InitOptions) -> Result<Changes> {
+        let bins = options.bins;
+        if !bins.is_power_of_two() || bins > 65_536 {
+            return Err(TrustError::Signer(format!(
+                "--bins {bins}: must be a power of two from 1 to 65536"
+            )));
+        }
+        if options.root_keys == 0
+            || options.root_threshold == 0
+            || options.root_threshold > options.root_keys as u64
+        {
+            return Err(TrustError::Signer(format!(
+                "--root-threshold {} must be between 1 and --root-keys {}",
+                options.root_threshold, options.root_keys
+            )));
+        }
+        if dir.join("metadata").exists() {
+            return Err(TrustError::Signer(format!(
+                "{} already holds a repository (metadata/ exists)",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(keys_dir).map_err(|e| TrustError::io(keys_dir, e))?;
+        let keys = Keys {
+            root: (1..=options.root_keys)
+                .map(|n| SigningKey::create(&keys_dir.join(format!("root-{n}.pk8"))))
+                .collect::<Result<_>>()?,
+            targets: Some(SigningKey::create(&keys_dir.join("targets.pk8"))?),
+            online: Some(SigningKey::create(&keys_dir.join("online.pk8"))?),
+        };
+        std::fs::create_dir_all(dir.join("metadata"))
+            .map_err(|e| TrustError::io(dir.join("metadata"), e))?;
+        let repo = Repository::open(dir)?;
+        repo.write_initial(&keys, options)
+    }
+
+    /// Opens `dir` and takes its lock (waiting for another signer to finish).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let metadata = dir.join("metadata");
+        if !metadata.is_dir() {
+            return Err(TrustError::Signer(format!(
+                "{} is not a repository (no metadata/; run `peerpi tuf init` first)",
+                dir.display()
+            )));
+        }
+        let lock_path = dir.join(".signer.lock");
+        let lock = File::create(&lock_path).map_err(|e| TrustError::io(&lock_path, e))?;
+        lock.lock_exclusive()
+            .map_err(|e| TrustError::io(&lock_path, e))?;
+        Ok(Repository {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.dir.join("metadata")
+    }
+
+    pub fn targets_dir(&self) -> PathBuf {
+        self.dir.join("targets")
+    }
+
+    fn write_initial(&self, keys: &Keys, options: &InitOptions) -> Result<Changes> {
+        let now = now();
+        let online = keys.online()?;
+        let targets_key = keys.targets()?;
+        let root_keys = keys.root()?;
+        let mut all_keys: HashMap<Decoded<Hex>, Key> = HashMap::new();
+        for key in root_keys.iter().copied().chain([targets_key, online]) {
+            all_keys.insert(key.keyid().clone(), key.public().clone());
+        }
+        let role_keys = |ids: Vec<Decoded<Hex>>, threshold: u64| RoleKeys {
+            keyids: ids,
+            threshold: non_zero(threshold),
+            _extra: HashMap::new(),
+        };
+        let root_ids = root_keys.iter().map(|k| k.keyid().clone()).collect();
+        let root = Root {
+            spec_version: SPEC_VERSION.into(),
+            consistent_snapshot: true,
+            version: non_zero(1),
+            expires: expiry(now, options.lifetimes.root),
+            keys: all_keys,
+            roles: HashMap::from([
+                (RoleType::Root, role_keys(root_ids, options.root_threshold)),
+                (
+                    RoleType::Targets,
+                    role_keys(vec![targets_key.keyid().clone()], 1),
+                ),
+                (
+                    RoleType::Snapshot,
+                    role_keys(vec![online.keyid().clone()], 1),
+                ),
+                (
+                    RoleType::Timestamp,
+                    role_keys(vec![online.keyid().clone()], 1),
+                ),
+            ]),
+            _extra: HashMap::new(),
+        };
+        self.write_root(&root, &root_keys)?;
+
+        let layout = BinLayout::new(options.bins);
+        let mut snapshot = Snapshot::new(
+            SPEC_VERSION.into(),
+            non_zero(1),
+            expiry(now, options.lifetimes.snapshot),
+        );
+        let bin_expiry = expiry(now, options.lifetimes.bins);
+        for index in 0..options.bins {
+            let bin = Targets::new(SPEC_VERSION.into(), non_zero(1), bin_expiry);
+            let name = layout.name(index);
+            let length = self.write_versioned(&name, 1, sign_role(bin, &[online])?)?;
+            snapshot
+                .meta
+                .insert(format!("{name}.json"), metafile(1, length));
+        }
+        let mut targets = Targets::new(
+            SPEC_VERSION.into(),
+            non_zero(1),
+            expiry(now, options.lifetimes.targets),
+        );
+        targets.delegations = Some(layout.delegations(online)?);
+        let length = self.write_versioned("targets", 1, sign_role(&targets, &[targets_key])?)?;
+        snapshot
+            .meta
+            .insert("targets.json".into(), metafile(1, length));
+        self.publish_snapshot(snapshot, None, online, options.lifetimes)?;
+        Ok(Changes {
+            root_version: Some(1),
+            targets_version: Some(1),
+            bins_signed: options.bins as usize,
+            snapshot_version: Some(1),
+            timestamp_version: Some(1),
+        })
+    }
+
+    /// Signs `new` into the bins their paths hash to. A target already
+    /// listed is replaced. Only the touched bins, snapshot and timestamp
+    /// are rewritten.
+    pub fn add(&self, new: &[NewTarget], keys: &Keys, lifetimes: Lifetimes) -> Result<Changes> {
+        if new.is_empty() {
+            return Ok(Changes::default());
+        }
+        let online = keys.online()?;
+        let state = self.state()?;
+        let index = BinIndex::new(&state.targets)?;
+        let mut by_bin: BTreeMap<&str, Vec<&NewTarget>> = BTreeMap::new();
+        for target in new {
+            let bin = index.bin_of(&target.path).ok_or_else(|| {
+                TrustError::Signer(format!("no bin is delegated {:?}", target.path))
+            })?;
+            by_bin.entry(bin).or_default().push(target);
+        }
+        let now = now();
+        let mut snapshot = state.snapshot.clone();
+        for (bin, targets) in &by_bin {
+            let mut role: Targets = self.read_current(&snapshot, bin)?;
+            for target in targets {
+                let name = TargetName::new(target.path.clone()).map_err(|e| {
+                    TrustError::Signer(format!("target path {:?}: {e}", target.path))
+                })?;
+                role.targets.insert(name, target_entry(target));
+            }
+            self.resign_into(
+                &mut snapshot,
+                bin,
+                role,
+                online,
+                expiry(now, lifetimes.bins),
+            )?;
+        }
+        let mut changes =
+            self.publish_snapshot(snapshot, Some(&state.timestamp), online, lifetimes)?;
+        changes.bins_signed = by_bin.len();
+        Ok(changes)
+    }
+
+    /// Re-signs every role with less than half of its lifetime left, with
+    /// the keys given. Roles whose keys were not given are listed in the
+    /// error only if they would expire within their whole re-sign window.
+    pub fn sign(&self, keys: &Keys, lifetimes: Lifetimes) -> Result<(Changes, Vec<String>)> {
+        let state = self.state()?;
+        let now = now();
+        let due = |expires: jiff::Timestamp, lifetime: jiff::SignedDuration| {
+            expires.duration_since(now) < lifetime / 2
+        };
+        let mut changes = Changes::default();
+        let mut waiting = Vec::new();
+        let mut root = state.root.clone();
+        if due(root.expires, lifetimes.root) {
+            if keys.root.is_empty() {
+                waiting.push(format!("root expires {} (needs --root-key)", root.expires));
+            } else {
+                root.expires = expiry(now, lifetimes.root);
+                changes.root_version = Some(self.bump_root(&mut root, keys, &[])?);
+            }
+        }
+        let mut snapshot = state.snapshot.clone();
+        let mut snapshot_changed = false;
+        if due(state.targets.expires, lifetimes.targets) {
+            match &keys.targets {
+                None => waiting.push(format!(
+                    "targets expires {} (needs --targets-key)",
+                    state.targets.expires
+                )),
+                Some(key) => {
+                    let targets = state.targets.clone();
+                    let expires = expiry(now, lifetimes.targets);
+                    changes.targets_version =
+                        Some(self.resign_into(&mut snapshot, "targets", targets, key, expires)?);
+                    snapshot_changed = true;
+                }
+            }
+        }
+        let Some(online) = keys.online.as_ref() else {
+            waiting.push("timestamp, snapshot and bins (needs --online-key)".into());
+            return Ok((changes, waiting));
+        };
+        let bins: Vec<String> = BinIndex::new(&state.targets)?
+            .names()
+            .map(str::to_owned)
+            .collect();
+        for bin in &bins {
+            let role: Targets = self.read_current(&snapshot, bin)?;
+            if due(role.expires, lifetimes.bins) {
+                self.resign_into(
+                    &mut snapshot,
+                    bin,
+                    role,
+                    online,
+                    expiry(now, lifetimes.bins),
+                )?;
+                changes.bins_signed += 1;
+                snapshot_changed = true;
+            }
+        }
+        let snapshot_due = snapshot_changed || due(snapshot.expires, lifetimes.snapshot);
+        if snapshot_due
+            || due(state.timestamp.expires, lifetimes.timestamp)
+            || changes.root_version.is_some()
+        {
+            let published = if snapshot_due {
+                self.publish_snapshot(snapshot, Some(&state.timestamp), online, lifetimes)?
+            } else {
+                self.publish_timestamp(Some(&state.timestamp), None, online, lifetimes)?
+            };
+            changes.snapshot_version = published.snapshot_version;
+            changes.timestamp_version = published.timestamp_version;
+        }
+        Ok((changes, waiting))
+    }
+
+    /// Replaces the keys of `which` with `new_key` and publishes everything
+    /// that names or is signed by them. The new root is signed by the old
+    /// root keys (a threshold of them, as given) and the new ones.
+    pub fn rotate(
+        &self,
+        which: KeyRole,
+        new_key: &SigningKey,
+        keys: &Keys,
+        lifetimes: Lifetimes,
+    ) -> Result<Changes> {
+        let state = self.state()?;
+        let now = now();
+        let mut root = state.root.clone();
+        let mut changes = Changes::default();
+        let replace = |root: &mut Root, role: RoleType| {
+            if let Some(role_keys) = root.roles.get_mut(&role) {
+                role_keys.keyids = vec![new_key.keyid().clone()];
+                role_keys.threshold = non_zero(1);
+            }
+        };
+        root.keys
+            .insert(new_key.keyid().clone(), new_key.public().clone());
+        match which {
+            KeyRole::Root => replace(&mut root, RoleType::Root),
+            KeyRole::Targets => replace(&mut root, RoleType::Targets),
+            KeyRole::Online => {
+                replace(&mut root, RoleType::Timestamp);
+                replace(&mut root, RoleType::Snapshot);
+            }
+        }
+        prune_unused_keys(&mut root);
+        root.expires = expiry(now, lifetimes.root);
+        let extra_signers: Vec<&SigningKey> = if which == KeyRole::Root {
+            vec![new_key]
+        } else {
+            vec![]
+        };
+        changes.root_version = Some(self.bump_root(&mut root, keys, &extra_signers)?);
+        if which == KeyRole::Root {
+            return Ok(changes);
+        }
+        let mut snapshot = state.snapshot.clone();
+        let mut targets = state.targets.clone();
+        let targets_expiry = expiry(now, lifetimes.targets);
+        let online = match which {
+            KeyRole::Targets => {
+                changes.targets_version = Some(self.resign_into(
+                    &mut snapshot,
+                    "targets",
+                    targets,
+                    new_key,
+                    targets_expiry,
+                )?);
+                keys.online()?
+            }
+            _ => {
+                let index = BinIndex::new(&targets)?;
+                let bins: Vec<String> = index.names().map(str::to_owned).collect();
+                let delegations = targets
+                    .delegations
+                    .as_mut()
+                    .ok_or_else(|| TrustError::Signer("targets delegates no bins".into()))?;
+                delegations.keys =
+                    HashMap::from([(new_key.keyid().clone(), new_key.public().clone())]);
+                for role in &mut delegations.roles {
+                    role.keyids = vec![new_key.keyid().clone()];
+                }
+                changes.targets_version = Some(self.resign_into(
+                    &mut snapshot,
+                    "targets",
+                    targets,
+                    keys.targets()?,
+                    targets_expiry,
+                )?);
+                for bin in &bins {
+                    let role: Targets = self.read_current(&snapshot, bin)?;
+                    self.resign_into(
+                        &mut snapshot,
+                        bin,
+                        role,
+                        new_key,
+                        expiry(now, lifetimes.bins),
+                    )?;
+                }
+                changes.bins_signed = bins.len();
+                new_key
+            }
+        };
+        let published =
+            self.publish_snapshot(snapshot, Some(&state.timestamp), online, lifetimes)?;
+        changes.snapshot_version = published.snapshot_version;
+        changes.timestamp_version = published.timestamp_version;
+        Ok(changes)
+    }
+
+    /// Writes the next root version signed by `keys.root` and `extra`.
+    fn bump_root(&self, root: &mut Root, keys: &Keys, extra: &[&SigningKey]) -> Result<u64> {
+        let version = root.version.get() + 1;
+        root.version = non_zero(version);
+        let mut signers = keys.root()?;
+        signers.extend_from_slice(extra);
+        self.write_root(root, &signers)?;
+        Ok(version)
+    }
+
+    fn write_root(&self, root: &Root, signers: &[&SigningKey]) -> Result<()> {
+        let bytes = sign_role(root, signers)?;
+        self.write_versioned("root", root.version.get(), bytes.clone())?;
+        // The newest root under its plain name too, for installing a client.
+        write_atomically(&self.metadata_dir().join("root.json"), &bytes)
+    }
+
+    /// Bumps `role`'s version, signs it and records it in `snapshot`.
+    fn resign_into(
+        &self,
+        snapshot: &mut Snapshot,
+        name: &str,
+        mut role: Targets,
+        key: &SigningKey,
+        expires: jiff::Timestamp,
+    ) -> Result<u64> {
+        let version = role.version.get() + 1;
+        role.version = non_zero(version);
+        role.expires = expires;
+        let length = self.write_versioned(name, version, sign_role(&role, &[key])?)?;
+        snapshot
+            .meta
+            .insert(format!("{name}.json"), metafile(version, length));
+        Ok(version)
+    }
+
+    /// Writes the next snapshot (version 1 when there is no `previous`
+    /// timestamp, a new repository) and the timestamp naming it.
+    fn publish_snapshot(
+        &self,
+        mut snapshot: Snapshot,
+        previous: Option<&Timestamp>,
+        online: &SigningKey,
+        lifetimes: Lifetimes,
+    ) -> Result<Changes> {
+        let version = previous.map_or(1, |_| snapshot.version.get() + 1);
+        snapshot.version = non_zero(version);
+        snapshot.expires = expiry(now(), lifetimes.snapshot);
+        let bytes = sign_role(&snapshot, &[online])?;
+        self.write_versioned("snapshot", version, bytes.clone())?;
+        let mut changes =
+            self.publish_timestamp(previous, Some((version, &bytes)), online, lifetimes)?;
+        changes.snapshot_version = Some(version);
+        Ok(changes)
+    }
+
+    /// Writes the next timestamp, naming `snapshot` (version and bytes) or
+    /// else the snapshot the previous one names.
+    fn publish_timestamp(
+        &self,
+        previous: Option<&Timestamp>,
+        snapshot: Option<(u64, &[u8])>,
+        online: &SigningKey,
+        lifetimes: Lifetimes,
+    ) -> Result<Changes> {
+        let expires = expiry(now(), lifetimes.timestamp);
+        let mut timestamp = previous
+            .cloned()
+            .unwrap_or_else(|| Timestamp::new(SPEC_VERSION.into(), non_zero(1), expires));
+        let version = previous.map_or(1, |t| t.version.get() + 1);
+        timestamp.version = non_zero(version);
+        timestamp.expires = expires;
+        if let Some((snapshot_version, bytes)) = snapshot {
+            let mut meta = metafile(snapshot_version, bytes.len() as u64);
+            meta.hashes = Some(Hashes {
+                sha256: crate::client::sha256(bytes).to_vec().into(),
+                _extra: HashMap::new(),
+            });
+            timestamp.meta = HashMap::from([("snapshot.json".to_string(), meta)]);
+        }
+        let path = self.metadata_dir().join("timestamp.json");
+        write_atomically(&path, &sign_role(&timestamp, &[online])?)?;
+        Ok(Changes {
+            timestamp_version: Some(version),
+            ..Changes::default()
+        })
+    }
+
+    /// Writes `VERSION.NAME.json`; returns its length.
+    fn write_versioned(&self, role: &str, version: u64, bytes: Vec<u8>) -> Result<u64> {
+        let path = self
+            .metadata_dir()
+            .join(format!("{version}.{}.json", quote_segment(role)));
+        write_atomically(&path, &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    fn read_signed<T: DeserializeOwned>(&self, file: &str) -> Result<T> {
+        let path = self.metadata_dir().join(file);
+        let bytes = std::fs::read(&path).map_err(|e| TrustError::io(&path, e))?;
+        let signed: Signed<T> = serde_json::from_slice(&bytes)
+            .map_err(|e| TrustError::Signer(format!("{}: {e}", path.display())))?;
+        Ok(signed.signed)
+    }
+
+    /// The version of `role` that `snapshot` names.
+    fn read_current<T: DeserializeOwned>(&self, snapshot: &Snapshot, role: &str) -> Result<T> {
+        let version = snapshot
+            .meta
+            .get(&format!("{role}.json"))
+            .ok_or_else(|| TrustError::NotInSnapshot { role: role.into() })?
+            .version;
+        self.read_signed(&format!("{version}.{}.json", quote_segment(role)))
+    }
+
+    fn state(&self) -> Result<State> {
+        let timestamp: Timestamp = self.read_signed("timestamp.json")?;
+        let snapshot_version = crate::trusted::snapshot_meta(&timestamp)?.version;
+        let snapshot: Snapshot = self.read_signed(&format!("{snapshot_version}.snapshot.json"))?;
+        let targets = self.read_current(&snapshot, "targets")?;
+        let root = self.read_signed("root.json")?;
+        Ok(State {
+            root,
+            targets,
+            snapshot,
+            timestamp,
+        })
+    }
+}
+
+/// How N bins split the hash space: bin `i` holds the prefixes
+/// `i * per_bin .. (i + 1) * per_bin` of `digits` hex digits.
+struct BinLayout {
+    digits: usize,
+    per_bin: u32,
+    bins: u32,
+}
+
+impl BinLayout {
+    fn new(bins: u32) -> Self {
+        // The fewest hex digits that give every bin at least one prefix.
+        let mut digits = 1;
+        while 16u64.pow(digits as u32) < u64::from(bins) {
+            digits += 1;
+        }
+        let per_bin = (16u64.pow(digits as u32) / u64::from(bins)) as u32;
+        BinLayout {
+            digits,
+            per_bin,
+            bins,
+        }
+    }
+
+    fn name(&self, index: u32) -> String {
+        format!("bin-{:0width$x}", index, width = self.digits)
+    }
+
+    fn prefixes(&self, index: u32) -> impl Iterator<Item = String> + '_ {
+        let first = index * self.per_bin;
+        (first..first + self.per_bin).map(|p| format!("{:0width$x}", p, width = self.digits))
+    }
+
+    fn delegations(&self, online: &SigningKey) -> Result<Delegations> {
+        let mut delegations = Delegations::new();
+        delegations
+            .keys
+            .insert(online.keyid().clone(), online.public().clone());
+        for index in 0..self.bins {
+            let prefixes = self
+                .prefixes(index)
+                .map(PathHashPrefix::new)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| TrustError::Signer(format!("hash prefix: {e}")))?;
+            delegations.roles.push(DelegatedRole {
+                name: self.name(index),
+                keyids: vec![online.keyid().clone()],
+                threshold: non_zero(1),
+                paths: PathSet::PathHashPrefixes(prefixes),
+                terminating: true,
+                targets: None,
+            });
+        }
+        Ok(delegations)
+    }
+}
+
+/// Hash prefix → bin name, read back from the signed delegations.
+struct BinIndex<'a> {
+    digits: usize,
+    by_prefix: HashMap<&'a str, &'a str>,
+    names: Vec<&'a str>,
+}
+
+impl<'a> BinIndex<'a> {
+    fn new(targets: &'a Targets) -> Result<Self> {
+        let roles = targets
+            .delegations
+            .as_ref()
+            .map(|d| d.roles.as_slice())
+            .unwrap_or_default();
+        let mut by_prefix = HashMap::new();
+        let mut digits = 0;
+        let mut names = Vec::with_capacity(roles.len());
+        for role in roles {
+            let PathSet::PathHashPrefixes(prefixes) = &role.paths else {
+                return Err(TrustError::Signer(format!(
+                    "role {} is not a hashed bin; this signer only maintains hashed bins",
+                    role.name
+                )));
+            };
+            names.push(role.name.as_str());
+            for prefix in prefixes {
+                digits = prefix.value().len();
+                by_prefix.insert(prefix.value(), role.name.as_str());
+            }
+        }
+        Ok(BinIndex {
+            digits,
+            by_prefix,
+            names,
+        })
+    }
+
+    fn bin_of(&self, path: &str) -> Option<&'a str> {
+        let digest = path_digest(path);
+        self.by_prefix.get(&digest[..self.digits]).copied()
+    }
+
+    fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.names.iter().copied()
+    }
+}
+
+fn prune_unused_keys(root: &mut Root) {
+    let used: Vec<Decoded<Hex>> = root
+        .roles
+        .values()
+        .flat_map(|r| r.keyids.iter().cloned())
+        .collect();
+    root.keys.retain(|id, _| used.contains(id));
+}
+
+fn target_entry(target: &NewTarget) -> Target {
+    Target {
+        length: target.length,
+        hashes: Hashes {
+            sha256: target.sha256.to_vec().into(),
+            _extra: HashMap::new(),
+        },
+        custom: HashMap::new(),
+        _extra: HashMap::new(),
+    }
+}
+
+fn metafile(version: u64, length: u64) -> Metafile {
+    Metafile {
+        length: Some(length),
+        hashes: None,
+        version: non_zero(version),
+        _extra: HashMap::new(),
+    }
+}
+
+fn non_zero(n: u64) -> NonZeroU64 {
+    NonZeroU64::new(n.max(1)).unwrap_or(NonZeroU64::MIN)
+}
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+/// `now + lifetime`, in whole seconds (python-tuf refuses fractions).
+fn expiry(now: jiff::Timestamp, lifetime: jiff::SignedDuration) -> jiff::Timestamp {
+    let seconds = now.as_second().saturating_add(lifetime.as_secs());
+    jiff::Timestamp::from_second(seconds).unwrap_or(jiff::Timestamp::MAX)
+}

@@ -4,6 +4,7 @@
 //! tests, the testnet and the benchmarks; it is not part of the product.
 
 pub mod dist;
+pub mod repo_server;
 pub mod server;
 
 pub use dist::{sdist, synthetic, wheel, DistSpec, FakeFile};

@@ -209,6 +209,45 @@ mod tests {
     }
 
     #[test]
+    fn one_key_under_two_key_ids_counts_once_toward_the_threshold() {
+        use crate::keys::{sign_role, SigningKey};
+        let (key, _) = SigningKey::generate().unwrap();
+        let signed =
+            serde_json::json!({ "_type": "timestamp", "spec_version": "1.0.31", "version": 2 });
+        let mut envelope: Value =
+            serde_json::from_slice(&sign_role(signed, &[&key]).unwrap()).unwrap();
+        let alias: Decoded<Hex> = vec![7u8; 32].into();
+        let first = envelope["signatures"][0].clone();
+        let mut second = first.clone();
+        second["keyid"] = hex::encode(&alias).into();
+        envelope["signatures"] = serde_json::json!([first, second]);
+        let parsed = Envelope::<Value>::parse(
+            &serde_json::to_vec(&envelope).unwrap(),
+            "timestamp",
+            "timestamp",
+        )
+        .unwrap();
+        let keys = HashMap::from([
+            (key.keyid().clone(), key.public().clone()),
+            (alias.clone(), key.public().clone()),
+        ]);
+        let ids = [key.keyid().clone(), alias];
+        parsed.verify("timestamp", &keys, &ids, 1).unwrap();
+        let err = parsed.verify("timestamp", &keys, &ids, 2).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TrustError::ThresholdNotMet {
+                    valid: 1,
+                    threshold: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn wrong_type_and_extra_top_level_fields_are_refused() {
         let wrong = br#"{"signed":{"_type":"snapshot","spec_version":"1.0.31"},"signatures":[]}"#;
         assert!(Envelope::<Value>::parse(wrong, "timestamp", "timestamp").is_err());

@@ -28,7 +28,7 @@ pub enum Command {
     /// List the peers a running node knows.
     Peers(PeersArgs),
     /// TUF: sign a repository (init, add, sign, rotate) or run a TUF client.
-    Tuf(crate::tuf::TufArgs),
+    Tuf(Box<crate::tuf::TufArgs>),
 }
 
 /// Settings shared by every subcommand that needs the node's configuration.

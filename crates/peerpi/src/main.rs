@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             })
             .map_err(Into::into),
         Command::Peers(args) => peerpi::peers::run(&args),
-        Command::Tuf(args) => peerpi::tuf::run(args),
+        Command::Tuf(args) => peerpi::tuf::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

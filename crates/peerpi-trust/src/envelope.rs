@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::key::{EcdsaScheme, Ed25519Scheme, Key, RsaScheme};
+use tough::schema::{Root, Snapshot, Targets, Timestamp};
 
 use crate::error::{Result, TrustError};
 
@@ -32,7 +33,50 @@ pub struct Envelope<T> {
     signatures: HashMap<Vec<u8>, Vec<u8>>,
 }
 
-impl<T: DeserializeOwned> Envelope<T> {
+/// A role type as `tough` models it. Key maps are read here rather than by
+/// `tough`, which refuses a key whose id is not the hash of the key as
+/// serialised; the specification does not require that check, and the
+/// reference implementation does not make it (a key with an extra field
+/// keeps its id).
+pub trait Metadata: DeserializeOwned {
+    /// Takes the key map out of `signed`, leaving an empty one.
+    fn take_keys(_signed: &mut Value) -> Option<Value> {
+        None
+    }
+    /// Puts the key map back into the typed value.
+    fn put_keys(&mut self, _keys: HashMap<Decoded<Hex>, Key>) {}
+}
+
+impl Metadata for Root {
+    fn take_keys(signed: &mut Value) -> Option<Value> {
+        signed
+            .get_mut("keys")
+            .map(|keys| std::mem::replace(keys, Value::Object(Default::default())))
+    }
+    fn put_keys(&mut self, keys: HashMap<Decoded<Hex>, Key>) {
+        self.keys = keys;
+    }
+}
+
+impl Metadata for Targets {
+    fn take_keys(signed: &mut Value) -> Option<Value> {
+        signed
+            .get_mut("delegations")
+            .and_then(|d| d.get_mut("keys"))
+            .map(|keys| std::mem::replace(keys, Value::Object(Default::default())))
+    }
+    fn put_keys(&mut self, keys: HashMap<Decoded<Hex>, Key>) {
+        if let Some(delegations) = &mut self.delegations {
+            delegations.keys = keys;
+        }
+    }
+}
+
+impl Metadata for Timestamp {}
+impl Metadata for Snapshot {}
+impl Metadata for Value {}
+
+impl<T: Metadata> Envelope<T> {
     /// Parses `bytes` as metadata of type `role_type` ("root", "timestamp",
     /// "snapshot" or "targets"). `role` names the role in errors.
     pub fn parse(bytes: &[u8], role_type: &str, role: &str) -> Result<Self> {
@@ -60,7 +104,16 @@ impl<T: DeserializeOwned> Envelope<T> {
         check_spec_version(&signed, role)?;
         let signatures = parse_signatures(raw_signatures, role)?;
         let canonical = canonical_json(&signed).map_err(|e| TrustError::malformed(role, e))?;
-        let signed = serde_json::from_value(signed).map_err(|e| TrustError::malformed(role, e))?;
+        let mut signed = signed;
+        let keys = T::take_keys(&mut signed)
+            .map(serde_json::from_value::<HashMap<Decoded<Hex>, Key>>)
+            .transpose()
+            .map_err(|e| TrustError::malformed(role, format!("keys: {e}")))?;
+        let mut signed: T =
+            serde_json::from_value(signed).map_err(|e| TrustError::malformed(role, e))?;
+        if let Some(keys) = keys {
+            signed.put_keys(keys);
+        }
         Ok(Envelope {
             signed,
             canonical,

@@ -4,6 +4,8 @@
 //! A fresh `Client` per refresh is a restart: rollback protection must come
 //! from the metadata directory alone.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -206,6 +208,38 @@ async fn a_published_target_downloads_and_verifies() {
     );
     assert_eq!(fx.trusted_version("timestamp"), Some(2));
     assert_eq!(fx.trusted_version("snapshot"), Some(2));
+}
+
+#[tokio::test]
+async fn unknown_fields_count_in_signatures_and_a_key_keeps_its_listed_id() {
+    // Specification section 4: undefined attribute-value pairs are part of
+    // what is signed. A key with an extra field is no longer hashed to its
+    // listed id; the id as listed is what identifies it (as in python-tuf).
+    let fx = Fixture::new(4).await;
+    let root_key = fx.key("root-1.pk8");
+    let root_id = hex::encode(root_key.keyid());
+    std::fs::copy(fx.metadata("1.root.json"), fx.metadata("2.root.json")).unwrap();
+    fx.tamper("2.root.json", &[&root_key], |signed| {
+        signed["version"] = 2.into();
+        signed["custom-field"] = "value".into();
+        signed["keys"][&root_id]["extra-field"] = serde_json::json!({ "a": 1, "b": 2 });
+        signed["roles"]["root"]["another-field"] = "value".into();
+    });
+    fx.refresh().await.unwrap();
+    assert_eq!(fx.trusted_version("root"), Some(2));
+    // A field added after signing is caught.
+    let mut envelope: Value = serde_json::from_slice(&fx.published("2.root.json")).unwrap();
+    envelope["signed"]["version"] = 3.into();
+    envelope["signed"]["sneaked-in"] = true.into();
+    std::fs::write(
+        fx.metadata("3.root.json"),
+        serde_json::to_vec(&envelope).unwrap(),
+    )
+    .unwrap();
+    expect(
+        fx.refresh().await.map(|_| ()),
+        |e| matches!(e, TrustError::ThresholdNotMet { role, valid: 0, .. } if role == "root"),
+    );
 }
 
 // Rollback -----------------------------------------------------------------

@@ -7,6 +7,8 @@
 //! installs them); `PEERPI_TEST_PYTHON` names the interpreter (default
 //! `python3`). Missing packages fail the test with the fix, never skip it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -7,6 +7,12 @@ use peerpi::cli::{Cli, Command, LogFormat};
 use peerpi::config;
 use tracing_subscriber::EnvFilter;
 
+/// glibc's malloc keeps freed memory in per-thread arenas: in the 30-minute
+/// soak the live heap stayed near 11 MiB (peak 27 MiB, heaptrack) while RSS
+/// climbed past 70 MiB. mimalloc returns freed pages to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -206,6 +206,10 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
 
 fn add(args: &AddArgs) -> anyhow::Result<()> {
     let repo = Repository::open(&args.repo.repo)?;
+    let keys = args.keys.load()?;
+    if keys.online.is_none() {
+        bail!("adding targets needs the online key: --online-key FILE (or PEERPI_TUF_ONLINE_KEY)");
+    }
     let mut targets = Vec::new();
     if let Some(from) = &args.from {
         targets.extend(read_target_lines(from)?);
@@ -219,7 +223,7 @@ fn add(args: &AddArgs) -> anyhow::Result<()> {
     if targets.is_empty() {
         bail!("nothing to add: give TARGET_PATH=FILE arguments or --from FILE");
     }
-    let changes = repo.add(&targets, &args.keys.load()?, Lifetimes::default())?;
+    let changes = repo.add(&targets, &keys, Lifetimes::default())?;
     report(&changes);
     Ok(())
 }

@@ -32,18 +32,41 @@ fn ok(output: &Output) -> String {
 async fn sign_then_download_with_the_conformance_cli() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = ok(&peerpi(d, &["tuf", "init", "--repo", "repo", "--keys", "keys", "--bins", "64"]));
+    let out = ok(&peerpi(
+        d,
+        &[
+            "tuf", "init", "--repo", "repo", "--keys", "keys", "--bins", "64",
+        ],
+    ));
     assert!(out.contains("64 bin(s)"), "{out}");
     std::fs::write(d.join("a.whl"), b"wheel").unwrap();
     let out = ok(&peerpi(
         d,
-        &["tuf", "add", "--repo", "repo", "--online-key", "keys/online.pk8", "pkgs/a.whl=a.whl"],
+        &[
+            "tuf",
+            "add",
+            "--repo",
+            "repo",
+            "--online-key",
+            "keys/online.pk8",
+            "pkgs/a.whl=a.whl",
+        ],
     ));
     assert!(out.contains("1 bin(s), snapshot v2, timestamp v2"), "{out}");
 
     let server = RepoServer::start(&d.join("repo")).await.unwrap();
     let (metadata_url, targets_url) = (server.url("metadata/"), server.url("targets/"));
-    ok(&peerpi(d, &["tuf", "client", "--metadata-dir", "meta", "init", "repo/metadata/1.root.json"]));
+    ok(&peerpi(
+        d,
+        &[
+            "tuf",
+            "client",
+            "--metadata-dir",
+            "meta",
+            "init",
+            "repo/metadata/1.root.json",
+        ],
+    ));
     let download = |target: &str| {
         let args = [
             "tuf",
@@ -67,7 +90,9 @@ async fn sign_then_download_with_the_conformance_cli() {
             peerpi(&d, &args)
         }
     };
-    let fetched = tokio::task::spawn_blocking(download("pkgs/a.whl")).await.unwrap();
+    let fetched = tokio::task::spawn_blocking(download("pkgs/a.whl"))
+        .await
+        .unwrap();
     ok(&fetched);
     assert_eq!(std::fs::read(d.join("out/pkgs%2Fa.whl")).unwrap(), b"wheel");
     // Only non-versioned metadata files in the metadata directory.
@@ -77,21 +102,43 @@ async fn sign_then_download_with_the_conformance_cli() {
         .collect();
     files.sort();
     assert_eq!(files.len(), 5, "{files:?}");
-    assert!(files.iter().all(|f| !f.starts_with(|c: char| c.is_ascii_digit())), "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| !f.starts_with(|c: char| c.is_ascii_digit())),
+        "{files:?}"
+    );
 
     // An unknown target exits 1 with a message.
-    let missing = tokio::task::spawn_blocking(download("pkgs/b.whl")).await.unwrap();
+    let missing = tokio::task::spawn_blocking(download("pkgs/b.whl"))
+        .await
+        .unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no trusted role lists this target"));
 
     // A timestamp rolled back on the server: refresh exits 1.
     let timestamp = d.join("repo/metadata/timestamp.json");
     let newer = std::fs::read(&timestamp).unwrap();
-    ok(&peerpi(d, &["tuf", "add", "--repo", "repo", "--online-key", "keys/online.pk8", "pkgs/c.whl=a.whl"]));
-    let refreshed = tokio::task::spawn_blocking(download("pkgs/c.whl")).await.unwrap();
+    ok(&peerpi(
+        d,
+        &[
+            "tuf",
+            "add",
+            "--repo",
+            "repo",
+            "--online-key",
+            "keys/online.pk8",
+            "pkgs/c.whl=a.whl",
+        ],
+    ));
+    let refreshed = tokio::task::spawn_blocking(download("pkgs/c.whl"))
+        .await
+        .unwrap();
     ok(&refreshed);
     std::fs::write(&timestamp, newer).unwrap();
-    let rolled_back = tokio::task::spawn_blocking(download("pkgs/a.whl")).await.unwrap();
+    let rolled_back = tokio::task::spawn_blocking(download("pkgs/a.whl"))
+        .await
+        .unwrap();
     assert_eq!(rolled_back.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&rolled_back.stderr).contains("rollback"));
 }
@@ -104,7 +151,12 @@ fn signer_errors_name_the_fix() {
     assert_eq!(no_repo.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&no_repo.stderr).contains("run `peerpi tuf init` first"));
 
-    ok(&peerpi(d, &["tuf", "init", "--repo", "repo", "--keys", "keys", "--bins", "4"]));
+    ok(&peerpi(
+        d,
+        &[
+            "tuf", "init", "--repo", "repo", "--keys", "keys", "--bins", "4",
+        ],
+    ));
     std::fs::write(d.join("f"), b"x").unwrap();
     let no_key = peerpi(d, &["tuf", "add", "--repo", "repo", "t=f"]);
     assert_eq!(no_key.status.code(), Some(1));
@@ -114,10 +166,26 @@ fn signer_errors_name_the_fix() {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a repository"));
 
-    let bad_bins = peerpi(d, &["tuf", "init", "--repo", "r2", "--keys", "k2", "--bins", "100"]);
+    let bad_bins = peerpi(
+        d,
+        &[
+            "tuf", "init", "--repo", "r2", "--keys", "k2", "--bins", "100",
+        ],
+    );
     assert!(String::from_utf8_lossy(&bad_bins.stderr).contains("power of two"));
 
-    let escape = peerpi(d, &["tuf", "add", "--repo", "repo", "--online-key", "keys/online.pk8", "../x=f"]);
+    let escape = peerpi(
+        d,
+        &[
+            "tuf",
+            "add",
+            "--repo",
+            "repo",
+            "--online-key",
+            "keys/online.pk8",
+            "../x=f",
+        ],
+    );
     assert_eq!(escape.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&escape.stderr).contains("relative"));
 }

@@ -84,6 +84,8 @@ pub struct Client<F> {
     /// later of this and the system clock, so a clock stepped back cannot
     /// revive expired metadata within one process.
     latest_time: jiff::Timestamp,
+    /// Where the latest time is kept across restarts, if anywhere.
+    clock_file: Option<PathBuf>,
     set: Option<TrustedSet>,
 }
 
@@ -100,8 +102,34 @@ impl<F: Fetch> Client<F> {
             metadata_url: with_trailing_slash(metadata_url),
             limits,
             latest_time: jiff::Timestamp::UNIX_EPOCH,
+            clock_file: None,
             set: None,
         })
+    }
+
+    /// Keeps the latest time seen in `file` (seconds since the epoch), so
+    /// that a node restarted with its clock set back still refuses what
+    /// had expired. Not for the conformance CLI: the reference client keeps
+    /// no such state, and the suite moves the clock forward for one run
+    /// only.
+    pub fn with_clock_file(mut self, file: PathBuf) -> Result<Self> {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let seconds: i64 = text.trim().parse().map_err(|_| {
+                    TrustError::malformed(
+                        "clock",
+                        format!("{}: not a number of seconds", file.display()),
+                    )
+                })?;
+                let floor = jiff::Timestamp::from_second(seconds)
+                    .map_err(|e| TrustError::malformed("clock", e))?;
+                self.latest_time = self.latest_time.max(floor);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(TrustError::io(&file, e)),
+        }
+        self.clock_file = Some(file);
+        Ok(self)
     }
 
     /// The trusted metadata after the last successful refresh.
@@ -129,6 +157,9 @@ impl<F: Fetch> Client<F> {
         self.load_snapshot(&mut set).await?;
         self.load_targets(&mut set, TARGETS, ROOT).await?;
         self.set = Some(set);
+        if let Some(file) = &self.clock_file {
+            write_atomically(file, self.latest_time.as_second().to_string().as_bytes())?;
+        }
         Ok(())
     }
 

@@ -454,6 +454,27 @@ async fn an_expired_root_is_persisted_by_rotation_then_refused() {
     assert_eq!(fx.trusted_version("timestamp"), Some(1));
 }
 
+#[tokio::test]
+async fn a_clock_set_back_after_a_restart_does_not_revive_expired_metadata() {
+    let fx = Fixture::new(4).await;
+    let clock = fx.dir.path().join("clock");
+    let client = || fx.client().with_clock_file(clock.clone()).unwrap();
+    client().refresh().await.unwrap();
+    let stored: i64 = std::fs::read_to_string(&clock).unwrap().parse().unwrap();
+    assert!((jiff::Timestamp::now().as_second() - stored).abs() < 60);
+    // The node saw a time 400 days ahead (its clock was wrong, or time
+    // passed); set back, it must still judge expiry by the later time.
+    let later = jiff::Timestamp::now().as_second() + 400 * 86_400;
+    std::fs::write(&clock, later.to_string()).unwrap();
+    let mut restarted = client();
+    expect(
+        restarted.refresh().await,
+        |e| matches!(e, TrustError::Expired { role, .. } if role == "root"),
+    );
+    // Without the clock file (the conformance CLI) the system clock rules.
+    fx.refresh().await.unwrap();
+}
+
 // Mix-and-match --------------------------------------------------------------
 
 #[tokio::test]

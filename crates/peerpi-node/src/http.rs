@@ -37,6 +37,7 @@ pub fn router(node: Node) -> Router {
         .route("/files/{sha256}/{filename}", get(file))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/tuf/{*path}", get(tuf_file))
         .route("/peers", get(peers))
         .fallback(|| async {
             error(
@@ -98,6 +99,50 @@ async fn healthz(State(node): State<Node>) -> Response {
         Some(reason) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("degraded: {reason}; cached files are still served"),
+        ),
+    }
+}
+
+/// The signer's TUF repository, read-only. Versioned metadata and targets
+/// (named by version or hash) never change; `timestamp.json` and
+/// `root.json` do.
+async fn tuf_file(State(node): State<Node>, Path(path): Path<String>) -> Response {
+    let Some(repo) = node.tuf_repo() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this node is not a TUF signer (see --signer)",
+        );
+    };
+    let relative = std::path::Path::new(&path);
+    let plain = relative
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain || !(path.starts_with("metadata/") || path.starts_with("targets/")) {
+        return error(StatusCode::NOT_FOUND, "no such TUF file");
+    }
+    match tokio::fs::read(repo.join(relative)).await {
+        Ok(bytes) => {
+            let mutable = path == "metadata/timestamp.json" || path == "metadata/root.json";
+            let cache = if mutable {
+                "no-cache"
+            } else {
+                "public, max-age=31536000, immutable"
+            };
+            (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream"),
+                    (header::CACHE_CONTROL, cache),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            error(StatusCode::NOT_FOUND, "no such TUF file")
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading {path}: {e}"),
         ),
     }
 }

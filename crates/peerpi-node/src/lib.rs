@@ -9,6 +9,7 @@ mod http;
 pub mod metrics;
 mod pages;
 mod reputation;
+pub mod signing;
 mod sources;
 
 use std::collections::HashMap;
@@ -60,6 +61,9 @@ pub struct NodeConfig {
     /// smaller cap.
     pub max_file_size: u64,
     pub upstream: UpstreamConfig,
+    /// When set, this node signs the pages it fetches into a TUF repository
+    /// and serves it at `/tuf/`.
+    pub signer: Option<signing::SignerConfig>,
 }
 
 impl NodeConfig {
@@ -77,6 +81,7 @@ impl NodeConfig {
             peer_hold_back: Duration::from_secs(5),
             max_file_size: 16 << 30,
             upstream,
+            signer: None,
         }
     }
 }
@@ -95,6 +100,7 @@ struct Inner {
     flights: Mutex<HashMap<peerpi_core::Sha256Digest, Arc<flight::Flight>>>,
     pages: pages::PageState,
     swarm: Option<SwarmHandle>,
+    signer: Option<Arc<signing::PageSigner>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -132,6 +138,11 @@ impl Node {
         let upstream = Upstream::new(config.upstream.clone())
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         let pages = pages::PageState::new(config.page_memory, config.negative_ttl);
+        let signer = config
+            .signer
+            .clone()
+            .map(signing::PageSigner::start)
+            .transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -141,6 +152,7 @@ impl Node {
                 flights: Mutex::new(HashMap::new()),
                 pages,
                 swarm,
+                signer,
             }),
         })
     }
@@ -155,6 +167,11 @@ impl Node {
 
     pub fn swarm(&self) -> Option<&SwarmHandle> {
         self.inner.swarm.as_ref()
+    }
+
+    /// The TUF repository this node signs into, on a signer node.
+    pub fn tuf_repo(&self) -> Option<&std::path::Path> {
+        self.inner.signer.as_deref().map(signing::PageSigner::repo)
     }
 
     pub fn metrics(&self) -> &metrics::Metrics {

@@ -359,6 +359,7 @@ impl Node {
                     };
                 }
                 let cached = fresh;
+                self.queue_for_signing(name, &cached.page);
                 let entry = PageEntry::new(cached, HashMap::new());
                 self.remember(name, entry.clone());
                 Ok(PageView {
@@ -382,6 +383,9 @@ impl Node {
                     // Served all the same: only the revalidation time is lost.
                     warn!(project = %name, error = %e, "cannot record the revalidation");
                 }
+                // Pages cached before the signer was turned on are signed
+                // on their next revalidation.
+                self.queue_for_signing(name, &refreshed.page);
                 let entry = PageEntry::new(refreshed, lock(&old.variants).clone());
                 self.remember(name, entry.clone());
                 Ok(PageView {
@@ -411,6 +415,17 @@ impl Node {
                     ))),
                 }
             }
+        }
+    }
+
+    /// On a signer node, queues the page's canonical bytes (the PEP 691
+    /// JSON every node renders from it) for signing.
+    fn queue_for_signing(&self, name: &ProjectName, page: &ProjectPage) {
+        if let Some(signer) = &self.inner.signer {
+            signer.queue(
+                name.as_str(),
+                peerpi_core::json::render_project_page(&client_view(page)),
+            );
         }
     }
 

@@ -138,6 +138,20 @@ pub struct ServeArgs {
     #[arg(long, env = "PEERPI_UPLOAD_LIMIT", value_name = "BYTES")]
     pub upload_limit: Option<String>,
 
+    /// Sign every fetched page into a TUF repository and serve it at
+    /// /tuf/: the directory holding the repository's online key
+    /// (online.pk8, from `peerpi tuf init`) [default: not a signer].
+    #[arg(long, env = "PEERPI_SIGNER", value_name = "KEYDIR")]
+    pub signer: Option<PathBuf>,
+
+    /// The TUF repository a signer signs into [default: DATA_DIR/tuf].
+    #[arg(long, env = "PEERPI_TUF_REPO", value_name = "DIR")]
+    pub tuf_repo: Option<PathBuf>,
+
+    /// How often a signer signs the pages it fetched [default: 10s].
+    #[arg(long, env = "PEERPI_SIGN_INTERVAL", value_name = "DURATION")]
+    pub sign_interval: Option<String>,
+
     /// Log format [default: text].
     #[arg(long, env = "PEERPI_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,

@@ -47,6 +47,9 @@ pub struct FileConfig {
     pub peer_timeout: Option<String>,
     pub bulk_listen: Option<String>,
     pub upload_limit: Option<String>,
+    pub signer: Option<PathBuf>,
+    pub tuf_repo: Option<PathBuf>,
+    pub sign_interval: Option<String>,
 }
 
 pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/tcp/7504";
@@ -88,6 +91,8 @@ pub struct ServeConfig {
     pub peer_suspension: Duration,
     /// Connection cap and timeouts of the HTTP front.
     pub http_limits: peerpi_http::Limits,
+    /// `Some` on a signer node.
+    pub signer: Option<peerpi_node::signing::SignerConfig>,
 }
 
 fn multiaddrs(flag: &str, values: &[String]) -> Result<Vec<Multiaddr>> {
@@ -374,7 +379,6 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
         listen,
         upstream,
         upstream_source,
-        data_dir,
         cache_size: match args.cache_size.as_deref().or(file.cache_size.as_deref()) {
             Some(v) => size("cache-size", v)?,
             None => 20 << 30,
@@ -425,6 +429,25 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
             Duration::from_secs(600),
         )?,
         http_limits: peerpi_http::Limits::default(),
+        signer: match args.signer.clone().or(file.signer.clone()) {
+            None => None,
+            Some(keys) => Some(peerpi_node::signing::SignerConfig {
+                online_key: keys.join("online.pk8"),
+                repo: args
+                    .tuf_repo
+                    .clone()
+                    .or(file.tuf_repo.clone())
+                    .unwrap_or_else(|| data_dir.join("tuf")),
+                interval: duration(
+                    "sign-interval",
+                    args.sign_interval
+                        .as_deref()
+                        .or(file.sign_interval.as_deref()),
+                    Duration::from_secs(10),
+                )?,
+            }),
+        },
+        data_dir,
     })
 }
 

@@ -21,6 +21,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     node_config.page_max_age = config.page_max_age;
     node_config.peer_deadline = config.peer_deadline;
     node_config.peer_suspension = config.peer_suspension;
+    node_config.signer = config.signer.clone();
     let (store, report) = Node::open_store(&node_config)?;
     info!(?report, data_dir = %config.data_dir.display(), "store ready");
     let swarm = match &config.p2p {

@@ -338,12 +338,29 @@ impl NodeProcess {
         Self::start_wrapped(&[], addr, upstream, data_dir, extra).await
     }
 
+    /// Starts a node with no `--upstream` (a `--trust tuf` node takes its
+    /// pages and files from the signer).
+    pub async fn start_without_upstream(data_dir: &Path, extra: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::spawn(&[], addr, None, data_dir, extra).await
+    }
+
     /// Starts the binary through `wrapper` (a command and its arguments that
     /// run what follows them, e.g. `prlimit --nofile=1024:1024 --`).
     pub async fn start_wrapped(
         wrapper: &[&str],
         addr: SocketAddr,
         upstream: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Self {
+        Self::spawn(wrapper, addr, Some(upstream), data_dir, extra).await
+    }
+
+    async fn spawn(
+        wrapper: &[&str],
+        addr: SocketAddr,
+        upstream: Option<&str>,
         data_dir: &Path,
         extra: &[&str],
     ) -> Self {
@@ -359,14 +376,12 @@ impl NodeProcess {
                 c
             }
         };
+        command.arg("serve");
+        if let Some(upstream) = upstream {
+            command.args(["--upstream", upstream]);
+        }
         let child = command
-            .args([
-                "serve",
-                "--upstream",
-                upstream,
-                "--listen",
-                &addr.to_string(),
-            ])
+            .args(["--listen", &addr.to_string()])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)

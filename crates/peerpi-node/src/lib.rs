@@ -11,6 +11,7 @@ mod pages;
 mod reputation;
 pub mod signing;
 mod sources;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -64,6 +65,8 @@ pub struct NodeConfig {
     /// When set, this node signs the pages it fetches into a TUF repository
     /// and serves it at `/tuf/`.
     pub signer: Option<signing::SignerConfig>,
+    /// When set, pages are checked against TUF metadata (see `trust`).
+    pub trust: Option<trust::TrustConfig>,
 }
 
 impl NodeConfig {
@@ -82,6 +85,7 @@ impl NodeConfig {
             max_file_size: 16 << 30,
             upstream,
             signer: None,
+            trust: None,
         }
     }
 }
@@ -101,6 +105,7 @@ struct Inner {
     pages: pages::PageState,
     swarm: Option<SwarmHandle>,
     signer: Option<Arc<signing::PageSigner>>,
+    trust: Option<trust::PageTrust>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -143,6 +148,11 @@ impl Node {
             .clone()
             .map(signing::PageSigner::start)
             .transpose()?;
+        let trust = config
+            .trust
+            .clone()
+            .map(|t| trust::PageTrust::open(t, &config.data_dir))
+            .transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -153,6 +163,7 @@ impl Node {
                 pages,
                 swarm,
                 signer,
+                trust,
             }),
         })
     }

@@ -15,7 +15,14 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use peerpi_core::filename::check_safe_filename;
 use peerpi_core::{CoreMetadata, DistFilename, PageFormat, ProjectName, ProjectPage, Sha256Digest};
 use peerpi_store::{CachedPage, Origin};
+use peerpi_trust::TargetInfo;
 use peerpi_upstream::PageFetch;
+
+use crate::trust::{PageTrust, TrustMode};
+
+/// The ETag a node records for a page it verified under TUF: the signed
+/// digest, so that a refresh that finds the same digest is a revalidation.
+const TUF_ETAG: &str = "tuf:";
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
@@ -315,7 +322,18 @@ impl Node {
         cached: Option<Arc<PageEntry>>,
     ) -> Result<PageView, NodeError> {
         let etag = cached.as_ref().and_then(|c| c.cached.etag.clone());
-        let result = self.inner.upstream.fetch_page(&name, etag.as_deref()).await;
+        let result = match &self.inner.trust {
+            None => self.inner.upstream.fetch_page(&name, etag.as_deref()).await,
+            Some(trust) => match self.fetch_trusted_page(trust, &name, etag.as_deref()).await {
+                Ok(result) => result,
+                Err(refused) => {
+                    // Not served stale: expired or unverifiable metadata
+                    // must not keep old pages alive (freeze attack).
+                    lock(&self.inner.pages.inflight).remove(&name);
+                    return Err(refused);
+                }
+            },
+        };
         let view = self.apply_fetch(&name, cached, result);
         lock(&self.inner.pages.inflight).remove(&name);
         view
@@ -416,6 +434,134 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// The page under TUF (see `trust`): the signed target's bytes, fetched
+    /// by digest; in `tuf-or-index` mode the upstream index where TUF has
+    /// no answer. `Err` refuses the page outright.
+    async fn fetch_trusted_page(
+        &self,
+        trust: &PageTrust,
+        name: &ProjectName,
+        etag: Option<&str>,
+    ) -> Result<Result<PageFetch, peerpi_upstream::UpstreamError>, NodeError> {
+        let mode = trust.config().mode;
+        let index_etag = etag.filter(|e| !e.starts_with(TUF_ETAG));
+        let signer = trust.config().signer_base();
+        match trust.signed(name.as_str(), false).await {
+            Ok(Some(info)) => Ok(self.signed_page(trust, name, &info, etag).await),
+            Ok(None) if mode == TrustMode::TufOrIndex => {
+                Ok(self.inner.upstream.fetch_page(name, index_etag).await)
+            }
+            Err(e) if mode == TrustMode::TufOrIndex => {
+                warn!(project = %name, error = %e, "TUF metadata unusable; using the index");
+                Ok(self.inner.upstream.fetch_page(name, index_etag).await)
+            }
+            Err(e) => Err(NodeError::Unavailable(format!(
+                "the page of {name} cannot be verified: {e}; pages are refused until the \
+                 signer at {signer} publishes fresh metadata"
+            ))),
+            Ok(None) => {
+                if !trust.ask_signer(name.as_str()).await {
+                    return Ok(Ok(PageFetch::NotFound));
+                }
+                let deadline = std::time::Instant::now() + trust.config().wait;
+                while std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    match trust.signed(name.as_str(), true).await {
+                        Ok(Some(info)) => {
+                            return Ok(self.signed_page(trust, name, &info, etag).await)
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(NodeError::Unavailable(format!(
+                                "the page of {name} cannot be verified: {e}"
+                            )))
+                        }
+                    }
+                }
+                Err(NodeError::Unavailable(format!(
+                    "{name} is not signed yet: the signer at {signer} was asked and did not \
+                     sign it within {:?}; retry shortly",
+                    trust.config().wait
+                )))
+            }
+        }
+    }
+
+    /// The page whose bytes `info` signs, unless it is the cached one.
+    async fn signed_page(
+        &self,
+        trust: &PageTrust,
+        name: &ProjectName,
+        info: &TargetInfo,
+        etag: Option<&str>,
+    ) -> Result<PageFetch, peerpi_upstream::UpstreamError> {
+        let tag = format!("{TUF_ETAG}{}", hex::encode(info.sha256()));
+        if etag == Some(tag.as_str()) {
+            return Ok(PageFetch::NotModified);
+        }
+        let page_url = trust.page_url(name.as_str());
+        let unreachable = |reason: String| peerpi_upstream::UpstreamError::Unreachable {
+            url: page_url.to_string(),
+            reason,
+        };
+        let bytes = self
+            .signed_page_bytes(trust, name, info)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let page = peerpi_core::json::parse_project_page(&bytes, &page_url).map_err(|source| {
+            peerpi_upstream::UpstreamError::BadPage {
+                url: page_url.to_string(),
+                source,
+            }
+        })?;
+        Ok(PageFetch::Fresh {
+            page,
+            etag: Some(tag),
+        })
+    }
+
+    /// The signed page's bytes, fetched by digest like any blob (store,
+    /// peers, then the signer) and so verified, stored and announced.
+    async fn signed_page_bytes(
+        &self,
+        trust: &PageTrust,
+        name: &ProjectName,
+        info: &TargetInfo,
+    ) -> Result<Vec<u8>, NodeError> {
+        let max = self.inner.config.upstream.max_page_bytes;
+        if info.length > max {
+            return Err(NodeError::Upstream(format!(
+                "the signed page of {name} is {} bytes, over the {max}-byte page limit",
+                info.length
+            )));
+        }
+        let digest = Sha256Digest::from_hex(&hex::encode(info.sha256()))
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let url = trust
+            .target_url(info)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let origin = Origin {
+            url: url.to_string(),
+            filename: format!("{name}.index.json"),
+            size: Some(info.length),
+            metadata: None,
+        };
+        self.inner.store.put_origins(&[(digest, origin)])?;
+        let opened = match self.blob(&digest).await? {
+            crate::BlobBody::Stored(opened) => opened,
+            crate::BlobBody::Fetching { .. } => self.verified_blob(&digest).await?,
+        };
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut bytes = Vec::with_capacity(opened.size as usize);
+            let mut file = opened.file;
+            file.read_to_end(&mut bytes).map(|_| bytes)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+        .map_err(|e| NodeError::Internal(format!("reading the page blob: {e}")))
     }
 
     /// On a signer node, queues the page's canonical bytes (the PEP 691

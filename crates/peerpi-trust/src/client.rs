@@ -143,11 +143,32 @@ impl<F: Fetch> Client<F> {
     }
 
     /// Brings root, timestamp, snapshot and top-level targets up to date.
-    /// On error, what was verified before the failing step stays persisted
-    /// (a rotated root, say) and this client trusts nothing until the next
+    /// What was verified before a failing step stays persisted (a rotated
+    /// root, say). When the repository could not be reached, the metadata
+    /// trusted before stays in use for lookups until it expires (a node
+    /// keeps serving through a signer outage, within the timestamp's
+    /// expiry); any other failure leaves nothing trusted until the next
     /// successful refresh.
     pub async fn refresh(&mut self) -> Result<()> {
-        self.set = None;
+        let outcome = self.fresh_set().await;
+        match outcome {
+            Ok(set) => {
+                self.set = Some(set);
+                if let Some(file) = &self.clock_file {
+                    write_atomically(file, self.latest_time.as_second().to_string().as_bytes())?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if !matches!(e, TrustError::Fetch { .. }) {
+                    self.set = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn fresh_set(&mut self) -> Result<TrustedSet> {
         let root = self.store.read(ROOT)?.ok_or_else(|| TrustError::NoRoot {
             path: self.store.file(ROOT),
         })?;
@@ -156,11 +177,7 @@ impl<F: Fetch> Client<F> {
         self.load_timestamp(&mut set).await?;
         self.load_snapshot(&mut set).await?;
         self.load_targets(&mut set, TARGETS, ROOT).await?;
-        self.set = Some(set);
-        if let Some(file) = &self.clock_file {
-            write_atomically(file, self.latest_time.as_second().to_string().as_bytes())?;
-        }
-        Ok(())
+        Ok(set)
     }
 
     async fn rotate_root(&self, set: &mut TrustedSet) -> Result<()> {
@@ -255,7 +272,12 @@ impl<F: Fetch> Client<F> {
     /// at a terminating delegation and after `max_delegations` roles.
     /// `Ok(None)`: no trusted role lists it.
     pub async fn lookup(&mut self, target: &str) -> Result<Option<TargetInfo>> {
+        let now = self.now();
         let mut set = self.set.take().ok_or(TrustError::NotRefreshed("targets"))?;
+        if let Err(e) = set.check_current(now) {
+            // Expired since the last refresh: nothing is trusted any more.
+            return Err(e);
+        }
         let found = self.walk(&mut set, target).await;
         self.set = Some(set);
         found

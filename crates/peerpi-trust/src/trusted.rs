@@ -226,6 +226,29 @@ impl TrustedSet {
         Ok(())
     }
 
+    /// Moves the reference time forward (a set kept between refreshes) and
+    /// checks that root, timestamp, snapshot and top-level targets are
+    /// still unexpired at it.
+    pub fn check_current(&mut self, now: jiff::Timestamp) -> Result<()> {
+        self.now = self.now.max(now);
+        self.check_root_fresh()?;
+        let timestamp = self
+            .timestamp
+            .as_ref()
+            .ok_or(TrustError::NotRefreshed("timestamp"))?;
+        self.check_fresh("timestamp", timestamp.signed.expires)?;
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .ok_or(TrustError::NotRefreshed("snapshot"))?;
+        self.check_fresh("snapshot", snapshot.signed.expires)?;
+        let targets = self
+            .targets
+            .get(TARGETS)
+            .ok_or(TrustError::NotRefreshed("targets"))?;
+        self.check_fresh(TARGETS, targets.signed.expires)
+    }
+
     /// The snapshot's entry for `role`, if it lists one.
     pub fn snapshot_entry(&self, role: &str) -> Option<&Metafile> {
         self.snapshot()?.meta.get(&format!("{role}.json"))

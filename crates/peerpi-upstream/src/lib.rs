@@ -31,6 +31,9 @@ pub struct UpstreamConfig {
     /// Largest project page accepted, after decompression (a gzip bomb
     /// stops here).
     pub max_page_bytes: u64,
+    /// Another host whose files may be fetched even on a private address:
+    /// the TUF signer node, whose signed pages link files on itself.
+    pub signer: Option<Url>,
 }
 
 impl UpstreamConfig {
@@ -41,6 +44,7 @@ impl UpstreamConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             max_page_bytes: 64 << 20,
+            signer: None,
         }
     }
 }
@@ -305,7 +309,10 @@ impl Upstream {
     }
 
     fn check_file_host(&self, url: &Url, shown: &str) -> Result<(), UpstreamError> {
-        if url.host() == self.config.base.host() {
+        let signer_host = self.config.signer.as_ref().and_then(Url::host);
+        if url.host() == self.config.base.host()
+            || (signer_host.is_some() && url.host() == signer_host)
+        {
             return Ok(());
         }
         let forbidden = |reason: &str| UpstreamError::ForbiddenHost {

@@ -152,9 +152,34 @@ pub struct ServeArgs {
     #[arg(long, env = "PEERPI_SIGN_INTERVAL", value_name = "DURATION")]
     pub sign_interval: Option<String>,
 
+    /// Which pages to trust: `tuf` (only pages a TUF signer signed; no
+    /// upstream), `tuf-or-index` (signed pages where there are, the upstream
+    /// index otherwise), `index` (the upstream index over TLS) [default:
+    /// index].
+    #[arg(long, env = "PEERPI_TRUST", value_enum)]
+    pub trust: Option<TrustArg>,
+
+    /// The TUF root to trust (the repository's 1.root.json, installed by
+    /// the operator) [required with --trust tuf or tuf-or-index].
+    #[arg(long, env = "PEERPI_TUF_ROOT", value_name = "FILE")]
+    pub tuf_root: Option<PathBuf>,
+
+    /// The signer's TUF repository, e.g. http://signer:7503/tuf/ [required
+    /// with --trust tuf or tuf-or-index].
+    #[arg(long, env = "PEERPI_TUF_URL", value_name = "URL")]
+    pub tuf_url: Option<String>,
+
     /// Log format [default: text].
     #[arg(long, env = "PEERPI_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrustArg {
+    Tuf,
+    TufOrIndex,
+    Index,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

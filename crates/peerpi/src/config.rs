@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use peerpi_node::trust::TrustMode;
 use peerpi_swarm::Multiaddr;
 use serde::Deserialize;
 use url::Url;
 
-use crate::cli::{CommonArgs, LogFormat, ServeArgs};
+use crate::cli::{CommonArgs, LogFormat, ServeArgs, TrustArg};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7503";
 
@@ -50,6 +51,9 @@ pub struct FileConfig {
     pub signer: Option<PathBuf>,
     pub tuf_repo: Option<PathBuf>,
     pub sign_interval: Option<String>,
+    pub trust: Option<TrustArg>,
+    pub tuf_root: Option<PathBuf>,
+    pub tuf_url: Option<String>,
 }
 
 pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/tcp/7504";
@@ -93,6 +97,8 @@ pub struct ServeConfig {
     pub http_limits: peerpi_http::Limits,
     /// `Some` on a signer node.
     pub signer: Option<peerpi_node::signing::SignerConfig>,
+    /// `None`: pages come from the upstream index (`--trust index`).
+    pub trust: Option<peerpi_node::trust::TrustConfig>,
 }
 
 fn multiaddrs(flag: &str, values: &[String]) -> Result<Vec<Multiaddr>> {
@@ -306,7 +312,19 @@ pub fn inherited_upstream(
 pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig> {
     let file = load_file(&args.common, env)?;
     let listen = resolve_listen(args.common.listen.as_deref(), &file)?;
+    let trust = resolve_trust(args, &file)?;
     let (upstream, upstream_source) = match (&args.upstream, &file.upstream) {
+        _ if trust.as_ref().is_some_and(|t| t.mode == TrustMode::Tuf) => {
+            if args.upstream.is_some() || file.upstream.is_some() {
+                bail!(
+                    "--trust tuf takes pages and files from the signer (--tuf-url), never from \
+                     an upstream index: drop --upstream, or use --trust tuf-or-index"
+                );
+            }
+            let signer = trust.as_ref().map(|t| t.signer_base()).ok_or_else(|| anyhow!("no signer"))?;
+            let base = signer.join("simple/").context("the signer's URL")?;
+            (base, "the TUF signer (--tuf-url)".to_string())
+        }
         (Some(u), _) => (parse_upstream(u, "--upstream / PEERPI_UPSTREAM")?, "--upstream / PEERPI_UPSTREAM".to_string()),
         (None, Some(u)) => (parse_upstream(u, "the config file")?, "the config file".to_string()),
         (None, None) => inherited_upstream(env, &listen)?.ok_or_else(|| {
@@ -429,6 +447,7 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
             Duration::from_secs(600),
         )?,
         http_limits: peerpi_http::Limits::default(),
+        trust,
         signer: match args.signer.clone().or(file.signer.clone()) {
             None => None,
             Some(keys) => Some(peerpi_node::signing::SignerConfig {
@@ -449,6 +468,43 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
         },
         data_dir,
     })
+}
+
+/// `--trust` with its root and signer URL.
+fn resolve_trust(
+    args: &ServeArgs,
+    file: &FileConfig,
+) -> Result<Option<peerpi_node::trust::TrustConfig>> {
+    let mode = match args.trust.or(file.trust).unwrap_or(TrustArg::Index) {
+        TrustArg::Index => return Ok(None),
+        TrustArg::Tuf => TrustMode::Tuf,
+        TrustArg::TufOrIndex => TrustMode::TufOrIndex,
+    };
+    let root =
+        args.tuf_root
+            .clone()
+            .or(file.tuf_root.clone())
+            .ok_or_else(|| {
+                anyhow!(
+            "--trust {} needs --tuf-root FILE: the repository's 1.root.json, installed by the \
+             operator (from `peerpi tuf init` on the signer's side)",
+            if mode == TrustMode::Tuf { "tuf" } else { "tuf-or-index" }
+        )
+            })?;
+    let url = args.tuf_url.as_deref().or(file.tuf_url.as_deref()).ok_or_else(|| {
+        anyhow!("--trust needs --tuf-url URL: the signer's repository, e.g. http://signer:7503/tuf/")
+    })?;
+    let mut url = Url::parse(url).map_err(|e| anyhow!("invalid --tuf-url {url:?}: {e}"))?;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(Some(peerpi_node::trust::TrustConfig {
+        mode,
+        root,
+        url,
+        refresh: Duration::from_secs(10),
+        wait: Duration::from_secs(30),
+    }))
 }
 
 /// The shell lines that point pip and uv at a node listening on `listen`.
@@ -539,6 +595,7 @@ mod tests {
                     (long.to_string(), "[\"x\"]".to_string())
                 }
                 None if long == "log-format" => (long.to_string(), "\"json\"".to_string()),
+                None if long == "trust" => (long.to_string(), "\"tuf-or-index\"".to_string()),
                 None => (long.to_string(), "\"x\"".to_string()),
             };
             assert!(
@@ -551,6 +608,45 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 20, "{checked} flags checked");
+    }
+
+    #[test]
+    fn trust_modes_need_a_root_and_a_signer_and_tuf_mode_takes_no_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = ServeArgs {
+            data_dir: Some(dir.path().into()),
+            trust: Some(TrustArg::Tuf),
+            ..ServeArgs::default()
+        };
+        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("--tuf-root FILE"), "{e}");
+        args.tuf_root = Some(dir.path().join("root.json"));
+        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("--tuf-url URL"), "{e}");
+        args.tuf_url = Some("http://signer.internal:7503/tuf".into());
+        let config = resolve_serve(
+            &args,
+            &env_of(&[("PIP_INDEX_URL", "https://elsewhere.invalid/simple/")]),
+        )
+        .unwrap();
+        // The signer is the only source, whatever pip's settings say.
+        assert_eq!(
+            config.upstream.as_str(),
+            "http://signer.internal:7503/simple/"
+        );
+        let trust = config.trust.unwrap();
+        assert_eq!(
+            (trust.mode, trust.url.as_str()),
+            (TrustMode::Tuf, "http://signer.internal:7503/tuf/")
+        );
+        args.upstream = Some("https://index.invalid/simple/".into());
+        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("drop --upstream"), "{e}");
+        args.trust = Some(TrustArg::TufOrIndex);
+        let config = resolve_serve(&args, &env_of(&[])).unwrap();
+        assert_eq!(config.upstream.as_str(), "https://index.invalid/simple/");
+        args.trust = Some(TrustArg::Index);
+        assert!(resolve_serve(&args, &env_of(&[])).unwrap().trust.is_none());
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     node_config.peer_deadline = config.peer_deadline;
     node_config.peer_suspension = config.peer_suspension;
     node_config.signer = config.signer.clone();
+    node_config.trust = config.trust.clone();
+    if let Some(trust) = &config.trust {
+        node_config.upstream.signer = Some(trust.signer_base());
+        info!(mode = ?trust.mode, signer = %trust.url, "pages are verified against TUF metadata");
+    }
     let (store, report) = Node::open_store(&node_config)?;
     info!(?report, data_dir = %config.data_dir.display(), "store ready");
     let swarm = match &config.p2p {

@@ -1,0 +1,158 @@
+//! A node's TUF client: which bytes are the signed page of a project. The
+//! metadata comes from the signer's `/tuf/` (it is signed, so only its
+//! freshness matters); the page bytes are a blob fetched by their signed
+//! digest like any file (store, then peers, then the signer).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use peerpi_trust::{Client, HttpFetcher, Limits, MetadataDir, TargetInfo, TrustError};
+use tracing::{info, warn};
+use url::Url;
+
+use crate::signing::page_target;
+use crate::{lock, NodeError};
+
+/// How a node decides which pages to trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustMode {
+    /// Every page must be a signed target; the node never talks to the
+    /// upstream index itself (its files come from peers or the signer).
+    Tuf,
+    /// Signed pages where the project is a target; the upstream index over
+    /// TLS for the others, and whenever the TUF metadata cannot be used.
+    TufOrIndex,
+}
+
+/// TUF settings of a node.
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    pub mode: TrustMode,
+    /// The root the operator installed (copied into the node's metadata
+    /// directory on first start; later roots come by rotation).
+    pub root: PathBuf,
+    /// The signer's repository, e.g. `http://signer:7503/tuf/`.
+    pub url: Url,
+    /// How often the timestamp is refreshed, at most.
+    pub refresh: Duration,
+    /// How long a request for a project the signer has not signed yet
+    /// waits for its signature (`tuf` mode).
+    pub wait: Duration,
+}
+
+impl TrustConfig {
+    /// The signer node's own base URL (its `/simple/` and `/files/`).
+    pub fn signer_base(&self) -> Url {
+        self.url.join("../").unwrap_or_else(|_| self.url.clone())
+    }
+}
+
+pub(crate) struct PageTrust {
+    config: TrustConfig,
+    client: tokio::sync::Mutex<Client<HttpFetcher>>,
+    last_refresh: Mutex<Option<Instant>>,
+    asker: reqwest::Client,
+}
+
+impl PageTrust {
+    pub(crate) fn open(config: TrustConfig, data_dir: &Path) -> Result<Self, NodeError> {
+        let dir = data_dir.join("tuf-client");
+        let fail = |what: String| NodeError::Internal(format!("TUF client: {what}"));
+        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        let installed = dir.join("root.json");
+        if !installed.exists() {
+            std::fs::copy(&config.root, &installed).map_err(|e| {
+                fail(format!(
+                    "--tuf-root {}: {e} (copy the repository's 1.root.json from the signer's \
+                     operator, never from the network)",
+                    config.root.display()
+                ))
+            })?;
+            info!(root = %config.root.display(), "installed the trusted TUF root");
+        }
+        let metadata_url = config
+            .url
+            .join("metadata/")
+            .map_err(|e| fail(format!("--tuf-url {}: {e}", config.url)))?;
+        let fetcher = HttpFetcher::new(Duration::from_secs(30)).map_err(|e| fail(e.to_string()))?;
+        let client = Client::new(
+            MetadataDir::new(&dir),
+            fetcher,
+            &metadata_url,
+            Limits::default(),
+        )
+        .and_then(|c| c.with_clock_file(dir.join("clock")))
+        .map_err(|e| fail(e.to_string()))?;
+        let asker = reqwest::Client::builder()
+            .timeout(config.wait)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(PageTrust {
+            config,
+            client: tokio::sync::Mutex::new(client),
+            last_refresh: Mutex::new(None),
+            asker,
+        })
+    }
+
+    pub(crate) fn config(&self) -> &TrustConfig {
+        &self.config
+    }
+
+    /// The signed page of `project`: `Ok(None)` when no trusted role lists
+    /// it. Refreshes the metadata when the last refresh is older than the
+    /// cadence (or `force`).
+    pub(crate) async fn signed(
+        &self,
+        project: &str,
+        force: bool,
+    ) -> Result<Option<TargetInfo>, TrustError> {
+        let mut client = self.client.lock().await;
+        let due =
+            force || lock(&self.last_refresh).is_none_or(|at| at.elapsed() >= self.config.refresh);
+        if due {
+            *lock(&self.last_refresh) = Some(Instant::now());
+            if let Err(e) = client.refresh().await {
+                warn!(error = %e, "TUF refresh failed");
+                if client.trusted().is_none() {
+                    return Err(e);
+                }
+            }
+        }
+        client.lookup(&page_target(project)).await
+    }
+
+    /// Where the signer publishes the page's bytes.
+    pub(crate) fn target_url(&self, info: &TargetInfo) -> Result<Url, TrustError> {
+        let base = self
+            .config
+            .url
+            .join("targets/")
+            .map_err(|e| TrustError::Fetch {
+                url: self.config.url.to_string(),
+                reason: e.to_string(),
+            })?;
+        peerpi_trust::client::target_url(&base, info, true)
+    }
+
+    /// Asks the signer for `project`'s page, which makes it fetch the page
+    /// from upstream and sign it within its cadence. `false` when the
+    /// signer says there is no such project.
+    pub(crate) async fn ask_signer(&self, project: &str) -> bool {
+        let url = self.page_url(project);
+        match self.asker.get(url.clone()).send().await {
+            Ok(response) => response.status() != reqwest::StatusCode::NOT_FOUND,
+            Err(e) => {
+                warn!(%url, error = %e, "cannot ask the signer for a page");
+                true
+            }
+        }
+    }
+
+    /// The page's URL on the signer: relative file links resolve against it.
+    pub(crate) fn page_url(&self, project: &str) -> Url {
+        let base = self.config.signer_base();
+        base.join(&format!("simple/{project}/")).unwrap_or(base)
+    }
+}

@@ -1,0 +1,257 @@
+//! A cluster under TUF, as operators run it: one signer node and nodes in
+//! `--trust tuf` mode, real binaries with their swarms on loopback, real pip
+//! and uv. Once the signer has signed a dependency graph, the upstream index
+//! goes away and the other nodes still install it: pages and files from
+//! peers and the signer, every page checked against its signed digest.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::python::*;
+use common::*;
+use peerpi_testkit::demo_graph;
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    signer: NodeProcess,
+}
+
+impl Cluster {
+    async fn start(upstream: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_peerpi"))
+            .current_dir(dir.path())
+            .args([
+                "tuf",
+                "init",
+                "--repo",
+                "signer/tuf",
+                "--keys",
+                "keys",
+                "--bins",
+                "256",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let keys = dir.path().join("keys");
+        let signer = NodeProcess::start(
+            upstream,
+            &dir.path().join("signer"),
+            &[
+                "--signer",
+                keys.to_str().unwrap(),
+                "--sign-interval",
+                "200ms",
+            ],
+        )
+        .await;
+        Cluster { dir, signer }
+    }
+
+    fn root(&self) -> String {
+        self.dir
+            .path()
+            .join("signer/tuf/metadata/1.root.json")
+            .display()
+            .to_string()
+    }
+
+    /// A node in `--trust tuf` mode, bootstrapped to the signer.
+    async fn tuf_node(&self, name: &str) -> NodeProcess {
+        let bootstrap = p2p_addr_of(&self.signer).await;
+        let tuf_url = self.signer.url("/tuf/");
+        let root = self.root();
+        let args = [
+            "--trust",
+            "tuf",
+            "--tuf-root",
+            &root,
+            "--tuf-url",
+            &tuf_url,
+            "--bootstrap",
+            &bootstrap,
+        ];
+        NodeProcess::start_without_upstream(&self.dir.path().join(name), &args).await
+    }
+
+    /// Waits (bounded) until the signer has signed the pages of `projects`.
+    async fn wait_signed(&self, projects: &[String]) {
+        let store = self.dir.path().join("watcher");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::copy(self.root(), store.join("root.json")).unwrap();
+        let mut watcher = peerpi_trust::Client::new(
+            peerpi_trust::MetadataDir::new(&store),
+            peerpi_trust::HttpFetcher::new(Duration::from_secs(10)).unwrap(),
+            &url::Url::parse(&self.signer.url("/tuf/metadata/")).unwrap(),
+            peerpi_trust::Limits::default(),
+        )
+        .unwrap();
+        let started = Instant::now();
+        'wait: loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the signer never signed {projects:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            watcher.refresh().await.unwrap();
+            for project in projects {
+                let target = format!("simple/{project}/index.json");
+                if watcher.lookup(&target).await.unwrap().is_none() {
+                    continue 'wait;
+                }
+            }
+            return;
+        }
+    }
+}
+
+async fn p2p_addr_of(node: &NodeProcess) -> String {
+    let text = client()
+        .get(node.url("/peers"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let peers: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let id = peers["peer_id"].as_str().unwrap();
+    let addr = peers["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+        .unwrap();
+    if addr.contains("/p2p/") {
+        addr.to_string()
+    } else {
+        format!("{addr}/p2p/{id}")
+    }
+}
+
+#[tokio::test]
+async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
+    let upstream = fake_index(demo_graph()).await;
+    let cluster = Cluster::start(&upstream.simple_url()).await;
+    // The signer fetches (and signs) the graph as a normal node would.
+    let warm = pip_venv(&cluster.dir.path().join("warm")).await;
+    pip_install(&warm, &cluster.signer.url("/simple/"), &["alpha"]).await;
+    let projects: Vec<String> = expected().into_iter().map(|(name, _)| name).collect();
+    cluster.wait_signed(&projects).await;
+
+    let b = cluster.tuf_node("b").await;
+    let c = cluster.tuf_node("c").await;
+    upstream.stop();
+
+    let venv_b = pip_venv(&cluster.dir.path().join("venv-b")).await;
+    let started = Instant::now();
+    pip_install(&venv_b, &b.url("/simple/"), &["alpha"]).await;
+    let b_took = started.elapsed();
+    assert_eq!(installed(&venv_b).await, expected());
+
+    let venv_c = cluster.dir.path().join("venv-c");
+    uv_install(&venv_c, &c.url("/simple/"), &["alpha"]).await;
+    assert_eq!(installed(&venv_c.join("bin")).await, expected());
+
+    // The pages B served are the signed ones: its ETag is the signed digest.
+    let page = client()
+        .get(b.url("/simple/alpha/"))
+        .header("Accept", "application/vnd.pypi.simple.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    eprintln!("B installed the graph with the index down in {b_took:?}");
+}
+
+#[tokio::test]
+async fn a_cold_project_is_answered_once_the_signer_signed_it() {
+    let upstream = fake_index(demo_graph()).await;
+    let cluster = Cluster::start(&upstream.simple_url()).await;
+    let b = cluster.tuf_node("b").await;
+    // Nobody asked for it before: B asks the signer and waits for its
+    // signature (sign interval 200 ms; B polls every 250 ms).
+    let started = Instant::now();
+    let page = client()
+        .get(b.url("/simple/alpha/"))
+        .header("Accept", "application/vnd.pypi.simple.v1+json")
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(page.status(), 200, "{}", page.text().await.unwrap());
+    assert!(took < Duration::from_secs(30));
+    eprintln!("cold project through a tuf node: {took:?}");
+    // A project upstream does not have is a 404, not a wait.
+    let missing = client()
+        .get(b.url("/simple/no-such-project/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn a_restarted_tuf_node_keeps_its_trust_state() {
+    let upstream = fake_index(demo_graph()).await;
+    let cluster = Cluster::start(&upstream.simple_url()).await;
+    let mut b = cluster.tuf_node("b").await;
+    let ok = client().get(b.url("/simple/alpha/")).send().await.unwrap();
+    assert_eq!(ok.status(), 200, "{}", ok.text().await.unwrap());
+    b.stop_gracefully().await;
+    let stored = cluster.dir.path().join("b/tuf-client/timestamp.json");
+    let version = |bytes: &[u8]| {
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        value["signed"]["version"].as_u64().unwrap()
+    };
+    let before = version(&std::fs::read(&stored).unwrap());
+    assert!(before > 1, "B trusted the timestamp that signs alpha");
+    // The signer signs on while B is down.
+    let more = client()
+        .get(cluster.signer.url("/simple/beta/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(more.status(), 200);
+    let b = cluster.tuf_node("b").await;
+    let page = client().get(b.url("/simple/beta/")).send().await.unwrap();
+    assert_eq!(page.status(), 200, "{}", page.text().await.unwrap());
+    let after = version(&std::fs::read(&stored).unwrap());
+    assert!(
+        after > before,
+        "versions only move forward across a restart: {before} -> {after}"
+    );
+    // The root B trusts is the installed one, kept in its own directory.
+    assert!(cluster.dir.path().join("b/tuf-client/root.json").exists());
+}
+
+async fn uv_install(venv: &Path, index: &str, packages: &[&str]) {
+    run(
+        tokio::process::Command::new("uv")
+            .args(["venv", "--quiet"])
+            .arg(venv),
+        "uv venv",
+    )
+    .await;
+    run(
+        tokio::process::Command::new("uv")
+            .args(["pip", "install", "--no-cache", "--python"])
+            .arg(venv.join("bin/python"))
+            .args(["--index-url", index])
+            .args(packages)
+            .env("UV_NO_CONFIG", "1"),
+        "uv pip install",
+    )
+    .await;
+}

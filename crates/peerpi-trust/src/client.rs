@@ -274,10 +274,9 @@ impl<F: Fetch> Client<F> {
     pub async fn lookup(&mut self, target: &str) -> Result<Option<TargetInfo>> {
         let now = self.now();
         let mut set = self.set.take().ok_or(TrustError::NotRefreshed("targets"))?;
-        if let Err(e) = set.check_current(now) {
-            // Expired since the last refresh: nothing is trusted any more.
-            return Err(e);
-        }
+        // Expired since the last refresh: the set is dropped, nothing is
+        // trusted until a refresh succeeds.
+        set.check_current(now)?;
         let found = self.walk(&mut set, target).await;
         self.set = Some(set);
         found

@@ -320,15 +320,6 @@ async fn holder(
     a
 }
 
-fn blocked_for_good(node: &TestNode, peer: &TestNode) -> bool {
-    let id = peer.node.swarm().unwrap().local_peer_id();
-    node.node
-        .swarm()
-        .unwrap()
-        .peer_info(&id)
-        .is_some_and(|p| p.blocked && p.blocked_until.is_none())
-}
-
 fn suspended(node: &TestNode, peer: &TestNode) -> bool {
     let id = peer.node.swarm().unwrap().local_peer_id();
     node.node

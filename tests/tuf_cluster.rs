@@ -173,6 +173,29 @@ async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
         .unwrap();
     assert_eq!(page.status(), 200);
     eprintln!("B installed the graph with the index down in {b_took:?}");
+    // B's TUF state is visible to its operator.
+    let metrics = client()
+        .get(b.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in B's metrics"))
+    };
+    assert!(value("peerpi_tuf_refresh_total{outcome=\"ok\"}") >= 1.0);
+    let timestamp_left = value("peerpi_tuf_expires_seconds{role=\"timestamp\"}");
+    assert!(
+        timestamp_left > 3_600.0 && timestamp_left <= 86_400.0,
+        "{timestamp_left}"
+    );
 }
 
 #[tokio::test]
@@ -234,6 +257,75 @@ async fn a_restarted_tuf_node_keeps_its_trust_state() {
     );
     // The root B trusts is the installed one, kept in its own directory.
     assert!(cluster.dir.path().join("b/tuf-client/root.json").exists());
+    // What an operator sees.
+    let status = Command::new(env!("CARGO_BIN_EXE_peerpi"))
+        .args(["tuf", "status", "--data-dir"])
+        .arg(cluster.dir.path().join("b"))
+        .args(["--tuf-url", &cluster.signer.url("/tuf/")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(text.contains(&format!("timestamp  v{after}")), "{text}");
+    assert!(text.contains("bins cached: 2"), "{text}");
+    assert!(text.contains("answers"), "{text}");
+}
+
+/// A peer that holds a signed page but serves other bytes for it (what
+/// an old page version or a tampered page looks like by digest): refused,
+/// the peer blocked for good, the page served all the same from the signer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_a_tampered_page_is_refused_and_blocked() {
+    let upstream = fake_index(demo_graph()).await;
+    let cluster = Cluster::start(&upstream.simple_url()).await;
+    let signer_simple = cluster.signer.url("/simple/");
+    let trust = peerpi_node::trust::TrustConfig {
+        mode: peerpi_node::trust::TrustMode::Tuf,
+        root: cluster.root().into(),
+        url: url::Url::parse(&cluster.signer.url("/tuf/")).unwrap(),
+        refresh: Duration::from_secs(10),
+        wait: Duration::from_secs(30),
+    };
+    let under_tuf = |c: &mut peerpi_node::NodeConfig| {
+        c.upstream.base = signer_simple.parse().unwrap();
+        c.trust = Some(trust.clone());
+    };
+    let signer_addr: peerpi_swarm::Multiaddr = p2p_addr_of(&cluster.signer).await.parse().unwrap();
+    let liar = peer_node_with(&upstream, &[signer_addr], under_tuf, |s| {
+        s.adversary = Some(peerpi_swarm::Adversary::WrongBytes)
+    })
+    .await;
+    // The liar verifies and stores the page like anyone (it lies only when serving).
+    let honest_copy = client()
+        .get(liar.url("/simple/alpha/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(honest_copy.status(), 200);
+    let b = peer_node_with(&upstream, &[p2p_addr(&liar)], under_tuf, |_| {}).await;
+    let page = client()
+        .get(b.url("/simple/alpha/"))
+        .header("Accept", "application/vnd.pypi.simple.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let served = page.bytes().await.unwrap();
+    let signed = client()
+        .get(cluster.signer.url("/simple/alpha/"))
+        .header("Accept", "application/vnd.pypi.simple.v1+json")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(served, signed);
+    assert!(blocked_for_good(&b, &liar), "the liar is blocked for good");
 }
 
 async fn uv_install(venv: &Path, index: &str, packages: &[&str]) {

@@ -173,6 +173,17 @@ pub async fn peer_node_with(
     node
 }
 
+/// Whether `node` blocked `peer` for good (it sent bad bytes).
+#[allow(dead_code)] // not every test binary uses it
+pub fn blocked_for_good(node: &TestNode, peer: &TestNode) -> bool {
+    let id = peer.node.swarm().unwrap().local_peer_id();
+    node.node
+        .swarm()
+        .unwrap()
+        .peer_info(&id)
+        .is_some_and(|p| p.blocked && p.blocked_until.is_none())
+}
+
 /// Peers the node's swarm is connected to.
 pub fn connected(node: &TestNode) -> u64 {
     node.node

@@ -47,8 +47,26 @@ pub struct HttpLabels {
     pub status: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub role: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    tuf_refreshes: Family<OutcomeLabels, Counter>,
+    tuf_pages_refused: Family<ReasonLabels, Counter>,
+    tuf_expires: Family<RoleLabels, Gauge>,
     blob_bytes: Family<SourceLabels, Counter>,
     blob_hits: Family<SourceLabels, Counter>,
     verification_failures: Family<SourceLabels, Counter>,
@@ -85,6 +103,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("peerpi");
         let m = Self {
+            tuf_refreshes: Family::default(),
+            tuf_pages_refused: Family::default(),
+            tuf_expires: Family::default(),
             blob_bytes: Family::default(),
             blob_hits: Family::default(),
             verification_failures: Family::default(),
@@ -177,7 +198,46 @@ impl Metrics {
             "Blob bytes this node served to other peers",
             m.peer_bytes_served.clone(),
         );
+        registry.register(
+            "tuf_refresh",
+            "TUF metadata refreshes, by outcome (ok, error)",
+            m.tuf_refreshes.clone(),
+        );
+        registry.register(
+            "tuf_pages_refused",
+            "Pages refused under TUF, by reason (unverifiable: the metadata cannot be trusted; not_signed: the signer did not sign it in time)",
+            m.tuf_pages_refused.clone(),
+        );
+        registry.register(
+            "tuf_expires_seconds",
+            "Seconds until the trusted TUF metadata of each top-level role expires",
+            m.tuf_expires.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    pub fn tuf_refresh(&self, outcome: &str) {
+        self.tuf_refreshes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn tuf_page_refused(&self, reason: &str) {
+        self.tuf_pages_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn tuf_expires(&self, role: &str, seconds: i64) {
+        self.tuf_expires
+            .get_or_create(&RoleLabels {
+                role: role.to_string(),
+            })
+            .set(seconds);
     }
 
     pub fn blob_bytes(&self, s: Source, bytes: u64) {

@@ -448,7 +448,8 @@ impl Node {
         let mode = trust.config().mode;
         let index_etag = etag.filter(|e| !e.starts_with(TUF_ETAG));
         let signer = trust.config().signer_base();
-        match trust.signed(name.as_str(), false).await {
+        let metrics = &self.inner.metrics;
+        match trust.signed(name.as_str(), false, metrics).await {
             Ok(Some(info)) => Ok(self.signed_page(trust, name, &info, etag).await),
             Ok(None) if mode == TrustMode::TufOrIndex => {
                 Ok(self.inner.upstream.fetch_page(name, index_etag).await)
@@ -457,10 +458,13 @@ impl Node {
                 warn!(project = %name, error = %e, "TUF metadata unusable; using the index");
                 Ok(self.inner.upstream.fetch_page(name, index_etag).await)
             }
-            Err(e) => Err(NodeError::Unavailable(format!(
-                "the page of {name} cannot be verified: {e}; pages are refused until the \
-                 signer at {signer} publishes fresh metadata"
-            ))),
+            Err(e) => {
+                metrics.tuf_page_refused("unverifiable");
+                Err(NodeError::Unavailable(format!(
+                    "the page of {name} cannot be verified: {e}; pages are refused until the \
+                     signer at {signer} publishes fresh metadata"
+                )))
+            }
             Ok(None) => {
                 if !trust.ask_signer(name.as_str()).await {
                     return Ok(Ok(PageFetch::NotFound));
@@ -468,18 +472,20 @@ impl Node {
                 let deadline = std::time::Instant::now() + trust.config().wait;
                 while std::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    match trust.signed(name.as_str(), true).await {
+                    match trust.signed(name.as_str(), true, metrics).await {
                         Ok(Some(info)) => {
                             return Ok(self.signed_page(trust, name, &info, etag).await)
                         }
                         Ok(None) => {}
                         Err(e) => {
+                            metrics.tuf_page_refused("unverifiable");
                             return Err(NodeError::Unavailable(format!(
                                 "the page of {name} cannot be verified: {e}"
-                            )))
+                            )));
                         }
                     }
                 }
+                metrics.tuf_page_refused("not_signed");
                 Err(NodeError::Unavailable(format!(
                     "{name} is not signed yet: the signer at {signer} was asked and did not \
                      sign it within {:?}; retry shortly",

@@ -11,6 +11,7 @@ use peerpi_trust::{Client, HttpFetcher, Limits, MetadataDir, TargetInfo, TrustEr
 use tracing::{info, warn};
 use url::Url;
 
+use crate::metrics::Metrics;
 use crate::signing::page_target;
 use crate::{lock, NodeError};
 
@@ -107,13 +108,32 @@ impl PageTrust {
         &self,
         project: &str,
         force: bool,
+        metrics: &Metrics,
     ) -> Result<Option<TargetInfo>, TrustError> {
         let mut client = self.client.lock().await;
         let due =
             force || lock(&self.last_refresh).is_none_or(|at| at.elapsed() >= self.config.refresh);
         if due {
             *lock(&self.last_refresh) = Some(Instant::now());
-            if let Err(e) = client.refresh().await {
+            let outcome = client.refresh().await;
+            metrics.tuf_refresh(if outcome.is_ok() { "ok" } else { "error" });
+            if let Some(set) = client.trusted() {
+                let now = jiff::Timestamp::now().as_second();
+                let mut expiries = vec![("root", set.root().expires)];
+                if let Some(t) = set.timestamp() {
+                    expiries.push(("timestamp", t.expires));
+                }
+                if let Some(s) = set.snapshot() {
+                    expiries.push(("snapshot", s.expires));
+                }
+                if let Some(t) = set.targets("targets") {
+                    expiries.push(("targets", t.expires));
+                }
+                for (role, expires) in expiries {
+                    metrics.tuf_expires(role, expires.as_second() - now);
+                }
+            }
+            if let Err(e) = outcome {
                 warn!(error = %e, "TUF refresh failed");
                 if client.trusted().is_none() {
                     return Err(e);

@@ -32,6 +32,20 @@ pub enum TufCommand {
     Rotate(RotateArgs),
     /// A TUF client (the TUF conformance suite's command-line protocol).
     Client(ClientArgs),
+    /// A node's TUF state: versions and expiries it trusts, bins cached,
+    /// whether the signer answers.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The node's data directory (its TUF state is in tuf-client/).
+    #[arg(long, env = "PEERPI_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The signer's repository, to check that it answers and how far
+    /// ahead it is.
+    #[arg(long, env = "PEERPI_TUF_URL", value_name = "URL")]
+    pub tuf_url: Option<Url>,
 }
 
 #[derive(Debug, Args)]
@@ -183,7 +197,75 @@ pub fn run(args: TufArgs) -> anyhow::Result<()> {
         TufCommand::Sign(args) => sign(&args),
         TufCommand::Rotate(args) => rotate(&args),
         TufCommand::Client(args) => client(args),
+        TufCommand::Status(args) => status(&args),
     }
+}
+
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            let file = crate::config::load_file(&Default::default(), &crate::config::process_env)?;
+            crate::config::resolve_data_dir(None, &file, &crate::config::process_env)?
+        }
+    };
+    let dir = data_dir.join("tuf-client");
+    if !dir.join("root.json").exists() {
+        bail!(
+            "{} holds no TUF state: this node does not run with --trust tuf or tuf-or-index \
+             (or has not started yet)",
+            dir.display()
+        );
+    }
+    let now = jiff::Timestamp::now();
+    let mut local_timestamp = None;
+    let mut bins = 0usize;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".json"))
+        .collect();
+    entries.sort();
+    for name in &entries {
+        let role = name.trim_end_matches(".json");
+        if !["root", "timestamp", "snapshot", "targets"].contains(&role) {
+            bins += 1;
+            continue;
+        }
+        let bytes = std::fs::read(dir.join(name)).with_context(|| format!("{name}"))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not JSON", dir.join(name).display()))?;
+        let version = value["signed"]["version"].as_u64().unwrap_or(0);
+        let expires = value["signed"]["expires"].as_str().unwrap_or("?");
+        let left = expires
+            .parse::<jiff::Timestamp>()
+            .map(|e| {
+                let seconds = e.as_second() - now.as_second();
+                if seconds <= 0 {
+                    "EXPIRED".to_string()
+                } else {
+                    format!("{}h left", seconds / 3600)
+                }
+            })
+            .unwrap_or_default();
+        if role == "timestamp" {
+            local_timestamp = Some(version);
+        }
+        println!("{role:<10} v{version:<8} expires {expires} ({left})");
+    }
+    println!("bins cached: {bins}");
+    if let Some(url) = &args.tuf_url {
+        let timestamp = url.join("metadata/timestamp.json")?;
+        match remote_version(&timestamp) {
+            Ok(version) => println!(
+                "signer {url}: answers, timestamp v{version} (this node trusts v{})",
+                local_timestamp.unwrap_or(0)
+            ),
+            Err(e) => println!("signer {url}: does not answer ({e})"),
+        }
+    }
+    Ok(())
 }
 
 fn init(args: &InitArgs) -> anyhow::Result<()> {
@@ -266,6 +348,28 @@ fn report(changes: &Changes) {
     } else {
         println!("signed: {}", signed.join(", "));
     }
+}
+
+/// The version of the metadata file at `url`.
+fn remote_version(url: &Url) -> anyhow::Result<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let body = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?
+            .get(url.clone())
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        let value: serde_json::Value = serde_json::from_slice(&body)?;
+        value["signed"]["version"]
+            .as_u64()
+            .context("no version in the signer's timestamp")
+    })
 }
 
 fn read_target_lines(from: &Path) -> anyhow::Result<Vec<NewTarget>> {

@@ -328,6 +328,94 @@ async fn a_peer_serving_a_tampered_page_is_refused_and_blocked() {
     assert!(blocked_for_good(&b, &liar), "the liar is blocked for good");
 }
 
+/// Freeze: once the metadata a node trusts has expired (here: the node's
+/// clock floor is moved 400 days ahead, as if the signer had been down that
+/// long), a `tuf` node refuses pages, even cached ones, with the reason; a
+/// `tuf-or-index` node falls back to the index.
+#[tokio::test]
+async fn expired_metadata_refuses_pages_in_tuf_mode_and_falls_back_in_tuf_or_index() {
+    let upstream = fake_index(demo_graph()).await;
+    let cluster = Cluster::start(&upstream.simple_url()).await;
+    let mut b = cluster.tuf_node("b").await;
+    let ok = client().get(b.url("/simple/alpha/")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    b.stop_gracefully().await;
+    let later = jiff::Timestamp::now().as_second() + 400 * 86_400;
+    std::fs::write(
+        cluster.dir.path().join("b/tuf-client/clock"),
+        later.to_string(),
+    )
+    .unwrap();
+    let b = cluster.tuf_node("b").await;
+    let refused = client().get(b.url("/simple/alpha/")).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("expired") && body.contains("signer"),
+        "{body}"
+    );
+
+    // The same state in tuf-or-index mode: the index answers instead.
+    let dir = cluster.dir.path().join("d");
+    std::fs::create_dir_all(dir.join("tuf-client")).unwrap();
+    for file in [
+        "root.json",
+        "timestamp.json",
+        "snapshot.json",
+        "targets.json",
+        "clock",
+    ] {
+        std::fs::copy(
+            cluster.dir.path().join("b/tuf-client").join(file),
+            dir.join("tuf-client").join(file),
+        )
+        .unwrap();
+    }
+    let root = cluster.root();
+    let tuf_url = cluster.signer.url("/tuf/");
+    let d = NodeProcess::start(
+        &upstream.simple_url(),
+        &dir,
+        &[
+            "--trust",
+            "tuf-or-index",
+            "--tuf-root",
+            &root,
+            "--tuf-url",
+            &tuf_url,
+        ],
+    )
+    .await;
+    let fallback = client().get(d.url("/simple/alpha/")).send().await.unwrap();
+    assert_eq!(fallback.status(), 200);
+}
+
+#[test]
+fn a_node_refuses_to_start_with_a_root_that_is_not_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.json");
+    std::fs::write(&root, br#"{"signed": {}, "signatures": []}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_peerpi"))
+        .args([
+            "serve",
+            "--trust",
+            "tuf",
+            "--no-p2p",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--tuf-root")
+        .arg(&root)
+        .args(["--tuf-url", "http://127.0.0.1:9/tuf/"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a usable TUF root"), "{stderr}");
+}
+
 async fn uv_install(venv: &Path, index: &str, packages: &[&str]) {
     run(
         tokio::process::Command::new("uv")

@@ -285,6 +285,18 @@ impl Node {
         if let Some(entry) = &entry {
             let age_ms = now_ms().saturating_sub(entry.cached.fetched_at_ms);
             if u128::from(age_ms) < self.inner.config.page_ttl.as_millis() {
+                if let Some(trust) = &self.inner.trust {
+                    if trust.config().mode == TrustMode::Tuf {
+                        if let Err(e) = trust.ensure_current(&self.inner.metrics).await {
+                            self.inner.metrics.tuf_page_refused("unverifiable");
+                            return Err(NodeError::Unavailable(format!(
+                                "the page of {name} cannot be vouched for any more: {e}; pages \
+                                 are refused until the signer at {} publishes fresh metadata",
+                                trust.config().signer_base()
+                            )));
+                        }
+                    }
+                }
                 return Ok(PageView {
                     entry: entry.clone(),
                     status: CacheStatus::Hit,

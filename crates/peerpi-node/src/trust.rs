@@ -4,6 +4,7 @@
 //! digest like any file (store, then peers, then the signer).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,9 @@ pub(crate) struct PageTrust {
     config: TrustConfig,
     client: tokio::sync::Mutex<Client<HttpFetcher>>,
     last_refresh: Mutex<Option<Instant>>,
+    /// When the trusted metadata expires (seconds since the epoch; 0: none
+    /// trusted).
+    fresh_until: AtomicI64,
     asker: reqwest::Client,
 }
 
@@ -72,6 +76,16 @@ impl PageTrust {
             })?;
             info!(root = %config.root.display(), "installed the trusted TUF root");
         }
+        // A root that does not parse or is not signed by its own keys is
+        // refused now, not at the first page request.
+        let root =
+            std::fs::read(&installed).map_err(|e| fail(format!("{}: {e}", installed.display())))?;
+        peerpi_trust::trusted::TrustedSet::new(&root, jiff::Timestamp::now()).map_err(|e| {
+            fail(format!(
+                "{} is not a usable TUF root: {e} (install the repository's 1.root.json)",
+                installed.display()
+            ))
+        })?;
         let metadata_url = config
             .url
             .join("metadata/")
@@ -93,6 +107,7 @@ impl PageTrust {
             config,
             client: tokio::sync::Mutex::new(client),
             last_refresh: Mutex::new(None),
+            fresh_until: AtomicI64::new(0),
             asker,
         })
     }
@@ -111,36 +126,74 @@ impl PageTrust {
         metrics: &Metrics,
     ) -> Result<Option<TargetInfo>, TrustError> {
         let mut client = self.client.lock().await;
+        self.refresh_if_due(&mut client, force, metrics).await?;
+        client.lookup(&page_target(project)).await
+    }
+
+    /// Whether the metadata trusted now is unexpired (refreshing it first
+    /// when due): a cached page is served under `tuf` only while it is.
+    pub(crate) async fn ensure_current(&self, metrics: &Metrics) -> Result<(), TrustError> {
+        let due = lock(&self.last_refresh).is_none_or(|at| at.elapsed() >= self.config.refresh);
+        if due {
+            let mut client = self.client.lock().await;
+            self.refresh_if_due(&mut client, false, metrics).await?;
+        }
+        let until = self.fresh_until.load(Ordering::Relaxed);
+        let now = jiff::Timestamp::now().as_second();
+        if now >= until {
+            return Err(TrustError::Expired {
+                role: "the trusted metadata".into(),
+                expires: jiff::Timestamp::from_second(until).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                now: jiff::Timestamp::from_second(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+            });
+        }
+        Ok(())
+    }
+
+    async fn refresh_if_due(
+        &self,
+        client: &mut Client<HttpFetcher>,
+        force: bool,
+        metrics: &Metrics,
+    ) -> Result<(), TrustError> {
         let due =
             force || lock(&self.last_refresh).is_none_or(|at| at.elapsed() >= self.config.refresh);
-        if due {
-            *lock(&self.last_refresh) = Some(Instant::now());
-            let outcome = client.refresh().await;
-            metrics.tuf_refresh(if outcome.is_ok() { "ok" } else { "error" });
-            if let Some(set) = client.trusted() {
-                let now = jiff::Timestamp::now().as_second();
-                let mut expiries = vec![("root", set.root().expires)];
-                if let Some(t) = set.timestamp() {
-                    expiries.push(("timestamp", t.expires));
-                }
-                if let Some(s) = set.snapshot() {
-                    expiries.push(("snapshot", s.expires));
-                }
-                if let Some(t) = set.targets("targets") {
-                    expiries.push(("targets", t.expires));
-                }
-                for (role, expires) in expiries {
-                    metrics.tuf_expires(role, expires.as_second() - now);
-                }
+        if !due {
+            return Ok(());
+        }
+        *lock(&self.last_refresh) = Some(Instant::now());
+        let outcome = client.refresh().await;
+        metrics.tuf_refresh(if outcome.is_ok() { "ok" } else { "error" });
+        let mut until = 0;
+        if let Some(set) = client.trusted() {
+            let now = jiff::Timestamp::now().as_second();
+            let mut expiries = vec![("root", set.root().expires)];
+            if let Some(t) = set.timestamp() {
+                expiries.push(("timestamp", t.expires));
             }
-            if let Err(e) = outcome {
-                warn!(error = %e, "TUF refresh failed");
-                if client.trusted().is_none() {
-                    return Err(e);
-                }
+            if let Some(s) = set.snapshot() {
+                expiries.push(("snapshot", s.expires));
+            }
+            if let Some(t) = set.targets("targets") {
+                expiries.push(("targets", t.expires));
+            }
+            until = expiries
+                .iter()
+                .map(|(_, e)| e.as_second())
+                .min()
+                .unwrap_or(0);
+            for (role, expires) in expiries {
+                metrics.tuf_expires(role, expires.as_second() - now);
             }
         }
-        client.lookup(&page_target(project)).await
+        self.fresh_until.store(until, Ordering::Relaxed);
+        if let Err(e) = outcome {
+            warn!(error = %e, "TUF refresh failed");
+            if client.trusted().is_none() {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Where the signer publishes the page's bytes.

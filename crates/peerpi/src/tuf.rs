@@ -233,7 +233,8 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
             bins += 1;
             continue;
         }
-        let bytes = std::fs::read(dir.join(name)).with_context(|| dir.join(name).display().to_string())?;
+        let bytes =
+            std::fs::read(dir.join(name)).with_context(|| dir.join(name).display().to_string())?;
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not JSON", dir.join(name).display()))?;
         let version = value["signed"]["version"].as_u64().unwrap_or(0);

@@ -13,7 +13,6 @@ use url::Url;
 use crate::datastore::{quote_segment, write_atomically, MetadataDir};
 use crate::error::{Result, TrustError};
 use crate::fetch::{fetch_failed, Fetch, FetchError};
-use crate::paths::delegates;
 use crate::trusted::{
     check_length_and_hashes, snapshot_meta, TimestampUpdate, TrustedSet, ROOT, TARGETS,
 };
@@ -301,12 +300,9 @@ impl<F: Fetch> Client<F> {
                 return Ok(Some(TargetInfo::new(target, found)));
             }
             let mut children = Vec::new();
-            for child in targets.delegations.iter().flat_map(|d| &d.roles) {
-                if !delegates(child, target) {
-                    continue;
-                }
-                children.push((child.name.clone(), role.clone()));
-                if child.terminating {
+            for (child, terminating) in set.delegated_for(&role, target) {
+                children.push((child, role.clone()));
+                if terminating {
                     to_visit.clear();
                     break;
                 }

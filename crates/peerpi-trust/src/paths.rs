@@ -4,9 +4,11 @@
 //! Both match the path exactly as signed, never a normalised form, like the
 //! reference implementation.
 
+use std::collections::HashMap;
+
 use globset::GlobBuilder;
 use sha2::{Digest, Sha256};
-use tough::schema::{DelegatedRole, PathSet};
+use tough::schema::{DelegatedRole, Delegations, PathSet};
 
 /// The lowercase hex SHA-256 of a target path, what hash prefixes match.
 pub fn path_digest(target: &str) -> String {
@@ -25,6 +27,63 @@ pub fn delegates(role: &DelegatedRole, target: &str) -> bool {
                 .iter()
                 .any(|prefix| digest.starts_with(prefix.value()))
         }
+    }
+}
+
+/// The roles one targets role delegates to, indexed so that a lookup does
+/// not test each of 16,384 bins: hash-prefix delegations by prefix (one map
+/// per prefix length), pattern delegations in a list. Built once per
+/// verified version of the delegating role.
+#[derive(Debug, Default)]
+pub struct DelegationIndex {
+    by_prefix: HashMap<usize, HashMap<String, Vec<usize>>>,
+    by_pattern: Vec<usize>,
+}
+
+impl DelegationIndex {
+    pub fn new(delegations: &Delegations) -> Self {
+        let mut index = DelegationIndex::default();
+        for (i, role) in delegations.roles.iter().enumerate() {
+            match &role.paths {
+                PathSet::Paths(_) => index.by_pattern.push(i),
+                PathSet::PathHashPrefixes(prefixes) => {
+                    for prefix in prefixes {
+                        let value = prefix.value();
+                        index
+                            .by_prefix
+                            .entry(value.len())
+                            .or_default()
+                            .entry(value.to_string())
+                            .or_default()
+                            .push(i);
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// Positions, in listed order, of the roles in `roles` (the list this
+    /// index was built from) trusted for `target`.
+    pub fn matching(&self, roles: &[DelegatedRole], target: &str) -> Vec<usize> {
+        let mut hits = Vec::new();
+        if !self.by_prefix.is_empty() {
+            let digest = path_digest(target);
+            for (&len, prefixes) in &self.by_prefix {
+                if let Some(found) = digest.get(..len).and_then(|p| prefixes.get(p)) {
+                    hits.extend_from_slice(found);
+                }
+            }
+        }
+        hits.extend(
+            self.by_pattern
+                .iter()
+                .copied()
+                .filter(|&i| roles.get(i).is_some_and(|role| delegates(role, target))),
+        );
+        hits.sort_unstable();
+        hits.dedup();
+        hits
     }
 }
 
@@ -64,6 +123,45 @@ mod tests {
         assert!(pattern_matches("*/*", "a/b"));
         assert!(pattern_matches("a/[bc]/d", "a/c/d"));
         assert!(!pattern_matches("a/[!bc]/d", "a/c/d"));
+    }
+
+    #[test]
+    fn the_index_finds_the_same_roles_in_the_same_order_as_testing_each() {
+        let roles: serde_json::Value = serde_json::json!({
+            "keys": {},
+            "roles": [
+                { "name": "py", "keyids": [], "threshold": 1, "terminating": false, "paths": ["*.py"] },
+                { "name": "bin-a", "keyids": [], "threshold": 1, "terminating": false,
+                  "path_hash_prefixes": ["0", "1", "2", "3", "4", "5", "6", "7"] },
+                { "name": "all", "keyids": [], "threshold": 1, "terminating": false, "paths": ["*"] },
+                { "name": "bin-b", "keyids": [], "threshold": 1, "terminating": false,
+                  "path_hash_prefixes": ["8", "9", "a", "b", "c", "d", "e", "f"] },
+                { "name": "two-digit", "keyids": [], "threshold": 1, "terminating": false,
+                  "path_hash_prefixes": ["00", "ff", "5e"] }
+            ]
+        });
+        let delegations: Delegations = serde_json::from_value(roles).unwrap();
+        let index = DelegationIndex::new(&delegations);
+        for n in 0..500 {
+            for target in [
+                format!("pkg-{n}.py"),
+                format!("dir/pkg-{n}.whl"),
+                format!("t{n}"),
+            ] {
+                let expected: Vec<usize> = delegations
+                    .roles
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, role)| delegates(role, &target))
+                    .map(|(i, _)| i)
+                    .collect();
+                assert_eq!(
+                    index.matching(&delegations.roles, &target),
+                    expected,
+                    "{target}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tough::schema::{Hashes, Metafile, RoleType, Root, Snapshot, Targets, Timesta
 
 use crate::envelope::Envelope;
 use crate::error::{Result, TrustError};
+use crate::paths::DelegationIndex;
 
 /// The role that signs top-level targets.
 pub const TARGETS: &str = "targets";
@@ -35,6 +36,8 @@ pub struct TrustedSet {
     timestamp: Option<Envelope<Timestamp>>,
     snapshot: Option<Envelope<Snapshot>>,
     targets: HashMap<String, Envelope<Targets>>,
+    /// Each trusted targets role's delegations, indexed for lookups.
+    delegation_indexes: HashMap<String, DelegationIndex>,
 }
 
 impl TrustedSet {
@@ -50,6 +53,7 @@ impl TrustedSet {
             timestamp: None,
             snapshot: None,
             targets: HashMap::new(),
+            delegation_indexes: HashMap::new(),
         })
     }
 
@@ -222,6 +226,10 @@ impl TrustedSet {
             });
         }
         self.check_fresh(role, new.signed.expires)?;
+        if let Some(delegations) = &new.signed.delegations {
+            self.delegation_indexes
+                .insert(role.to_string(), DelegationIndex::new(delegations));
+        }
         self.targets.insert(role.to_string(), new);
         Ok(())
     }
@@ -247,6 +255,26 @@ impl TrustedSet {
             .get(TARGETS)
             .ok_or(TrustError::NotRefreshed("targets"))?;
         self.check_fresh(TARGETS, targets.signed.expires)
+    }
+
+    /// The roles `role` delegates `target` to, in listed order, with
+    /// whether each is terminating.
+    pub fn delegated_for(&self, role: &str, target: &str) -> Vec<(String, bool)> {
+        let (Some(targets), Some(index)) = (self.targets(role), self.delegation_indexes.get(role))
+        else {
+            return Vec::new();
+        };
+        let roles = targets
+            .delegations
+            .as_ref()
+            .map(|d| d.roles.as_slice())
+            .unwrap_or_default();
+        index
+            .matching(roles, target)
+            .into_iter()
+            .filter_map(|i| roles.get(i))
+            .map(|r| (r.name.clone(), r.terminating))
+            .collect()
     }
 
     /// The snapshot's entry for `role`, if it lists one.

@@ -63,12 +63,14 @@ async fn start(dir: &Path, args: &[&str]) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("peerpi starts (cargo build --release first)");
+    // Owned at once, so that a node that never comes up is killed and reaped.
+    let node = Proc { child, addr };
     let client = reqwest::Client::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
         if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await {
             if r.status() == 200 {
-                return Proc { child, addr };
+                return node;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -24,25 +24,7 @@ struct Cluster {
 impl Cluster {
     async fn start(upstream: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_peerpi"))
-            .current_dir(dir.path())
-            .args([
-                "tuf",
-                "init",
-                "--repo",
-                "signer/tuf",
-                "--keys",
-                "keys",
-                "--bins",
-                "256",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        tuf_init(dir.path(), "signer/tuf", "256");
         let keys = dir.path().join("keys");
         let signer = NodeProcess::start(
             upstream,
@@ -116,14 +98,7 @@ impl Cluster {
 }
 
 async fn p2p_addr_of(node: &NodeProcess) -> String {
-    let text = client()
-        .get(node.url("/peers"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(node.url("/peers")).await;
     let peers: serde_json::Value = serde_json::from_str(&text).unwrap();
     let id = peers["peer_id"].as_str().unwrap();
     let addr = peers["listen"]
@@ -174,14 +149,7 @@ async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
     assert_eq!(page.status(), 200);
     eprintln!("B installed the graph with the index down in {b_took:?}");
     // B's TUF state is visible to its operator.
-    let metrics = client()
-        .get(b.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(b.url("/metrics")).await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -315,15 +283,7 @@ async fn a_peer_serving_a_tampered_page_is_refused_and_blocked() {
         .unwrap();
     assert_eq!(page.status(), 200);
     let served = page.bytes().await.unwrap();
-    let signed = client()
-        .get(cluster.signer.url("/simple/alpha/"))
-        .header("Accept", "application/vnd.pypi.simple.v1+json")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let signed = get_json_page(cluster.signer.url("/simple/alpha/")).await;
     assert_eq!(served, signed);
     assert!(blocked_for_good(&b, &liar), "the liar is blocked for good");
 }

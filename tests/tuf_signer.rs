@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,26 +17,11 @@ use peerpi_testkit::demo_graph;
 use peerpi_trust::{Client, HttpFetcher, Limits, MetadataDir};
 use url::Url;
 
-fn tuf_init(dir: &Path, bins: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_peerpi"))
-        .current_dir(dir)
-        .args([
-            "tuf", "init", "--repo", "data/tuf", "--keys", "keys", "--bins", bins,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn pages_a_signer_fetched_are_signed_and_verify_as_the_served_json() {
     let upstream = fake_index(demo_graph()).await;
     let dir = tempfile::tempdir().unwrap();
-    tuf_init(dir.path(), "256");
+    tuf_init(dir.path(), "data/tuf", "256");
     let keys = dir.path().join("keys");
     let node = NodeProcess::start(
         &upstream.simple_url(),
@@ -88,9 +72,10 @@ async fn pages_a_signer_fetched_are_signed_and_verify_as_the_served_json() {
         .await
         .unwrap();
     let signed = std::fs::read(file).unwrap();
-    let served = client_bytes(&node.url("/simple/alpha/")).await;
+    let served = get_json_page(node.url("/simple/alpha/")).await;
     assert_eq!(
-        signed, served,
+        signed,
+        served.as_ref(),
         "the signed page is the JSON page the node serves"
     );
     // Every project pip needed was signed (alpha's dependencies too).
@@ -106,26 +91,11 @@ async fn pages_a_signer_fetched_are_signed_and_verify_as_the_served_json() {
         .is_none());
 }
 
-async fn client_bytes(url: &str) -> Vec<u8> {
-    client()
-        .get(url)
-        .header("Accept", "application/vnd.pypi.simple.v1+json")
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec()
-}
-
 #[tokio::test]
 async fn the_tuf_route_serves_only_repository_files() {
     let upstream = fake_index(demo_graph()).await;
     let dir = tempfile::tempdir().unwrap();
-    tuf_init(dir.path(), "16");
+    tuf_init(dir.path(), "data/tuf", "16");
     std::fs::write(dir.path().join("data/secret.txt"), b"not for peers").unwrap();
     let keys = dir.path().join("keys");
     let node = NodeProcess::start(

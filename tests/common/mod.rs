@@ -221,6 +221,39 @@ pub async fn get_bytes(url: impl reqwest::IntoUrl) -> bytes::Bytes {
         .expect("body")
 }
 
+/// GETs `url` as PEP 691 JSON; the body of a 200 (panics otherwise).
+#[allow(dead_code)] // not every test binary uses it
+pub async fn get_json_page(url: impl reqwest::IntoUrl) -> bytes::Bytes {
+    client()
+        .get(url)
+        .header("Accept", JSON)
+        .send()
+        .await
+        .expect("request")
+        .error_for_status()
+        .expect("200")
+        .bytes()
+        .await
+        .expect("body")
+}
+
+/// `peerpi tuf init --repo REPO --keys keys --bins BINS`, run in `dir`.
+#[allow(dead_code)] // not every test binary uses it
+pub fn tuf_init(dir: &Path, repo: &str, bins: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_peerpi"))
+        .current_dir(dir)
+        .args([
+            "tuf", "init", "--repo", repo, "--keys", "keys", "--bins", bins,
+        ])
+        .output()
+        .expect("peerpi runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// GETs `url` and returns the body as text (panics on a transport error).
 pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
     client()

@@ -34,6 +34,8 @@ impl Cluster {
                 keys.to_str().unwrap(),
                 "--sign-interval",
                 "200ms",
+                "--page-ttl",
+                "1s",
             ],
         )
         .await;
@@ -50,6 +52,10 @@ impl Cluster {
 
     /// A node in `--trust tuf` mode, bootstrapped to the signer.
     async fn tuf_node(&self, name: &str) -> NodeProcess {
+        self.tuf_node_with(name, &[]).await
+    }
+
+    async fn tuf_node_with(&self, name: &str, extra: &[&str]) -> NodeProcess {
         let bootstrap = p2p_addr_of(&self.signer).await;
         let tuf_url = self.signer.url("/tuf/");
         let root = self.root();
@@ -63,6 +69,7 @@ impl Cluster {
             "--bootstrap",
             &bootstrap,
         ];
+        let args: Vec<&str> = args.iter().copied().chain(extra.iter().copied()).collect();
         NodeProcess::start_without_upstream(&self.dir.path().join(name), &args).await
     }
 
@@ -191,6 +198,36 @@ async fn a_cold_project_is_answered_once_the_signer_signed_it() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+/// A new upstream release reaches a `tuf` node: the node's revalidations
+/// tell the signer the project is in use, the signer revalidates and signs
+/// the changed page. (Before, a project only `tuf` nodes asked for was never
+/// fetched again by the signer, and new releases never appeared.)
+#[tokio::test]
+async fn a_new_upstream_release_reaches_a_tuf_node() {
+    let upstream = fake_index(demo_graph()).await;
+    let cluster = Cluster::start(&upstream.simple_url()).await;
+    let b = cluster.tuf_node_with("b", &["--page-ttl", "1s"]).await;
+    let first = get_text(b.url("/simple/alpha/")).await;
+    assert!(first.contains("alpha-1.0"), "{first}");
+    upstream
+        .state
+        .add(peerpi_testkit::wheel(&peerpi_testkit::DistSpec::new(
+            "alpha", "2.0",
+        )));
+    let started = Instant::now();
+    loop {
+        let page = get_text(b.url("/simple/alpha/")).await;
+        if page.contains("alpha-2.0") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the new release never reached the tuf node"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

@@ -462,7 +462,10 @@ impl Node {
         let signer = trust.config().signer_base();
         let metrics = &self.inner.metrics;
         match trust.signed(name.as_str(), false, metrics).await {
-            Ok(Some(info)) => Ok(self.signed_page(trust, name, &info, etag).await),
+            Ok(Some(info)) => {
+                trust.nudge_signer(name.as_str());
+                Ok(self.signed_page(trust, name, &info, etag).await)
+            }
             Ok(None) if mode == TrustMode::TufOrIndex => {
                 Ok(self.inner.upstream.fetch_page(name, index_etag).await)
             }

@@ -223,6 +223,21 @@ impl PageTrust {
         }
     }
 
+    /// Tells the signer, without waiting, that `project` is still in use:
+    /// its GET makes the signer revalidate the page with upstream (within
+    /// its own page TTL) and sign a changed page. Without it the signer
+    /// would never learn of a new release of a project that only `tuf`
+    /// nodes ask for.
+    pub(crate) fn nudge_signer(&self, project: &str) {
+        let url = self.page_url(project);
+        let asker = self.asker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = asker.get(url.clone()).send().await {
+                tracing::debug!(%url, error = %e, "cannot nudge the signer");
+            }
+        });
+    }
+
     /// The page's URL on the signer: relative file links resolve against it.
     pub(crate) fn page_url(&self, project: &str) -> Url {
         let base = self.config.signer_base();

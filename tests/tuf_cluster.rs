@@ -230,6 +230,36 @@ async fn a_new_upstream_release_reaches_a_tuf_node() {
     }
 }
 
+/// A signer that signs every 10 minutes still answers a cold project at
+/// once: a project new to it is signed within a second (the tuf node waits
+/// at most 30 s, so without that it would get a 503).
+#[tokio::test]
+async fn a_cold_project_is_signed_at_once_not_at_the_next_tick() {
+    let upstream = fake_index(demo_graph()).await;
+    let dir = tempfile::tempdir().unwrap();
+    tuf_init(dir.path(), "signer/tuf", "256");
+    let keys = dir.path().join("keys");
+    let signer = NodeProcess::start(
+        &upstream.simple_url(),
+        &dir.path().join("signer"),
+        &["--signer", keys.to_str().unwrap(), "--sign-interval", "10m"],
+    )
+    .await;
+    let root = dir
+        .path()
+        .join("signer/tuf/metadata/1.root.json")
+        .display()
+        .to_string();
+    let tuf_url = signer.url("/tuf/");
+    let b = NodeProcess::start_without_upstream(
+        &dir.path().join("b"),
+        &["--trust", "tuf", "--tuf-root", &root, "--tuf-url", &tuf_url],
+    )
+    .await;
+    let page = client().get(b.url("/simple/gamma/")).send().await.unwrap();
+    assert_eq!(page.status(), 200, "{}", page.text().await.unwrap());
+}
+
 #[tokio::test]
 async fn a_restarted_tuf_node_keeps_its_trust_state() {
     let upstream = fake_index(demo_graph()).await;

@@ -388,8 +388,9 @@ impl Node {
                         None => Err(e.into()),
                     };
                 }
+                let urgent = cached.is_none();
                 let cached = fresh;
-                self.queue_for_signing(name, &cached.page);
+                self.queue_for_signing(name, &cached.page, urgent);
                 let entry = PageEntry::new(cached, HashMap::new());
                 self.remember(name, entry.clone());
                 Ok(PageView {
@@ -415,7 +416,7 @@ impl Node {
                 }
                 // Pages cached before the signer was turned on are signed
                 // on their next revalidation.
-                self.queue_for_signing(name, &refreshed.page);
+                self.queue_for_signing(name, &refreshed.page, false);
                 let entry = PageEntry::new(refreshed, lock(&old.variants).clone());
                 self.remember(name, entry.clone());
                 Ok(PageView {
@@ -587,11 +588,14 @@ impl Node {
 
     /// On a signer node, queues the page's canonical bytes (the PEP 691
     /// JSON every node renders from it) for signing.
-    fn queue_for_signing(&self, name: &ProjectName, page: &ProjectPage) {
+    /// `urgent` for a project new to this node: whoever asked may be a
+    /// `tuf` node waiting for the first signature.
+    fn queue_for_signing(&self, name: &ProjectName, page: &ProjectPage, urgent: bool) {
         if let Some(signer) = &self.inner.signer {
             signer.queue(
                 name.as_str(),
                 peerpi_core::json::render_project_page(&client_view(page)),
+                urgent,
             );
         }
     }

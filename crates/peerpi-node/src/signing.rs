@@ -24,6 +24,10 @@ const MAX_PENDING: usize = 65_536;
 const MAX_REMEMBERED: usize = 262_144;
 /// Every this many batches, roles near expiry are re-signed.
 const RESIGN_EVERY: u32 = 60;
+/// Urgent pages (projects new to the signer, asked for by someone waiting)
+/// are signed at once, but at most once per this gap, so that a burst of
+/// cold requests makes a few batches, not one snapshot per page.
+const URGENT_GAP: Duration = Duration::from_secs(1);
 
 /// Where the repository is and how often to sign.
 #[derive(Debug, Clone)]
@@ -45,6 +49,8 @@ pub(crate) struct PageSigner {
     config: SignerConfig,
     pending: Mutex<HashMap<String, Vec<u8>>>,
     signed: Mutex<HashMap<String, [u8; 32]>>,
+    /// Wakes the signing loop before its next tick.
+    urgent: tokio::sync::Notify,
 }
 
 impl PageSigner {
@@ -62,6 +68,7 @@ impl PageSigner {
             config,
             pending: Mutex::new(HashMap::new()),
             signed: Mutex::new(HashMap::new()),
+            urgent: tokio::sync::Notify::new(),
         });
         runtime.spawn(signer.clone().run());
         info!(repo = %signer.config.repo.display(), interval = ?signer.config.interval, "TUF signer on: pages are signed and served at /tuf/");
@@ -73,8 +80,10 @@ impl PageSigner {
     }
 
     /// Queues `project`'s canonical page bytes (unless they are what was
-    /// signed last).
-    pub(crate) fn queue(&self, project: &str, canonical: Vec<u8>) {
+    /// signed last). `urgent`: someone is waiting for this page's first
+    /// signature (a cold project); it is signed within `URGENT_GAP`, not at
+    /// the next tick.
+    pub(crate) fn queue(&self, project: &str, canonical: Vec<u8>, urgent: bool) {
         let digest: [u8; 32] = Sha256::digest(&canonical).into();
         if lock(&self.signed).get(project) == Some(&digest) {
             return;
@@ -88,14 +97,25 @@ impl PageSigner {
             return;
         }
         pending.insert(project.to_string(), canonical);
+        drop(pending);
+        if urgent {
+            self.urgent.notify_one();
+        }
     }
 
     async fn run(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batches = 0u32;
+        let mut last_batch = tokio::time::Instant::now();
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = self.urgent.notified() => {
+                    tokio::time::sleep_until(last_batch + URGENT_GAP).await;
+                }
+            }
+            last_batch = tokio::time::Instant::now();
             batches = batches.wrapping_add(1);
             let batch = std::mem::take(&mut *lock(&self.pending));
             let resign = batches % RESIGN_EVERY == 0;

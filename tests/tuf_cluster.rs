@@ -23,6 +23,10 @@ struct Cluster {
 
 impl Cluster {
     async fn start(upstream: &str) -> Self {
+        Self::start_signing_every(upstream, "200ms").await
+    }
+
+    async fn start_signing_every(upstream: &str, interval: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         tuf_init(dir.path(), "signer/tuf", "256");
         let keys = dir.path().join("keys");
@@ -33,7 +37,7 @@ impl Cluster {
                 "--signer",
                 keys.to_str().unwrap(),
                 "--sign-interval",
-                "200ms",
+                interval,
                 "--page-ttl",
                 "1s",
             ],
@@ -146,14 +150,12 @@ async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
     uv_install(&venv_c, &c.url("/simple/"), &["alpha"]).await;
     assert_eq!(installed(&venv_c.join("bin")).await, expected());
 
-    // The pages B served are the signed ones: its ETag is the signed digest.
-    let page = client()
-        .get(b.url("/simple/alpha/"))
-        .header("Accept", "application/vnd.pypi.simple.v1+json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
+    // The page B serves is byte for byte the one the signer signed.
+    let served = get_json_page(b.url("/simple/alpha/")).await;
+    assert_eq!(
+        served,
+        get_json_page(cluster.signer.url("/simple/alpha/")).await
+    );
     eprintln!("B installed the graph with the index down in {b_took:?}");
     // B's TUF state is visible to its operator.
     let metrics = get_text(b.url("/metrics")).await;
@@ -236,26 +238,8 @@ async fn a_new_upstream_release_reaches_a_tuf_node() {
 #[tokio::test]
 async fn a_cold_project_is_signed_at_once_not_at_the_next_tick() {
     let upstream = fake_index(demo_graph()).await;
-    let dir = tempfile::tempdir().unwrap();
-    tuf_init(dir.path(), "signer/tuf", "256");
-    let keys = dir.path().join("keys");
-    let signer = NodeProcess::start(
-        &upstream.simple_url(),
-        &dir.path().join("signer"),
-        &["--signer", keys.to_str().unwrap(), "--sign-interval", "10m"],
-    )
-    .await;
-    let root = dir
-        .path()
-        .join("signer/tuf/metadata/1.root.json")
-        .display()
-        .to_string();
-    let tuf_url = signer.url("/tuf/");
-    let b = NodeProcess::start_without_upstream(
-        &dir.path().join("b"),
-        &["--trust", "tuf", "--tuf-root", &root, "--tuf-url", &tuf_url],
-    )
-    .await;
+    let cluster = Cluster::start_signing_every(&upstream.simple_url(), "10m").await;
+    let b = cluster.tuf_node("b").await;
     let page = client().get(b.url("/simple/gamma/")).send().await.unwrap();
     assert_eq!(page.status(), 200, "{}", page.text().await.unwrap());
 }
@@ -342,14 +326,7 @@ async fn a_peer_serving_a_tampered_page_is_refused_and_blocked() {
         .unwrap();
     assert_eq!(honest_copy.status(), 200);
     let b = peer_node_with(&upstream, &[p2p_addr(&liar)], under_tuf, |_| {}).await;
-    let page = client()
-        .get(b.url("/simple/alpha/"))
-        .header("Accept", "application/vnd.pypi.simple.v1+json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let served = page.bytes().await.unwrap();
+    let served = get_json_page(b.url("/simple/alpha/")).await;
     let signed = get_json_page(cluster.signer.url("/simple/alpha/")).await;
     assert_eq!(served, signed);
     assert!(blocked_for_good(&b, &liar), "the liar is blocked for good");

@@ -168,6 +168,7 @@ async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
             .unwrap_or_else(|| panic!("no {name} in B's metrics"))
     };
     assert!(value("peerpi_tuf_refresh_total{outcome=\"ok\"}") >= 1.0);
+
     let timestamp_left = value("peerpi_tuf_expires_seconds{role=\"timestamp\"}");
     assert!(
         timestamp_left > 3_600.0 && timestamp_left <= 86_400.0,

@@ -78,6 +78,11 @@ async fn pages_a_signer_fetched_are_signed_and_verify_as_the_served_json() {
         served.as_ref(),
         "the signed page is the JSON page the node serves"
     );
+    // The signer keeps the signed bytes as a blob (announced on the swarm),
+    // so peers can fetch the page by its digest from it.
+    let digest = sha256_hex(&signed);
+    let blob = get_bytes(node.url(&format!("/files/{digest}/alpha.index.json"))).await;
+    assert_eq!(blob.as_ref(), signed.as_slice());
     // Every project pip needed was signed (alpha's dependencies too).
     for project in expected().iter().map(|(name, _)| name) {
         let target = format!("simple/{project}/index.json");

@@ -268,6 +268,7 @@ pub(crate) fn publish_progress(flight: &Flight, file: &Arc<File>, total: u64, wr
     });
 }
 
+#[derive(Debug)]
 pub(crate) enum CommitError {
     /// The bytes are not the ones the digest names.
     Mismatch(String),

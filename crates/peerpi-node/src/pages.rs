@@ -592,11 +592,37 @@ impl Node {
     /// `tuf` node waiting for the first signature.
     fn queue_for_signing(&self, name: &ProjectName, page: &ProjectPage, urgent: bool) {
         if let Some(signer) = &self.inner.signer {
-            signer.queue(
-                name.as_str(),
-                peerpi_core::json::render_project_page(&client_view(page)),
-                urgent,
-            );
+            let canonical = peerpi_core::json::render_project_page(&client_view(page));
+            tokio::spawn(self.clone().keep_page_blob(canonical.clone()));
+            signer.queue(name.as_str(), canonical, urgent);
+        }
+    }
+
+    /// Keeps a signer's canonical page bytes as a blob under their own
+    /// digest and announces it, so that `tuf` nodes get signed pages over
+    /// the swarm from the signer too (not only over HTTP from `/tuf/`).
+    async fn keep_page_blob(self, bytes: Vec<u8>) {
+        let digest = Sha256Digest::from_hex(&hex::encode(Sha256::digest(&bytes)));
+        let Ok(digest) = digest else { return };
+        if matches!(self.inner.store.open_blob(&digest), Ok(Some(_))) {
+            return;
+        }
+        let len = bytes.len() as u64;
+        let store = self.inner.store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut writer = store.writer()?;
+            writer.append(&bytes)?;
+            Ok::<_, peerpi_store::StoreError>(writer)
+        })
+        .await;
+        match written {
+            Ok(Ok(writer)) => {
+                if let Err(e) = self.commit(writer, digest, len).await {
+                    warn!(%digest, error = ?e, "cannot keep a signed page's bytes");
+                }
+            }
+            Ok(Err(e)) => warn!(%digest, error = %e, "cannot keep a signed page's bytes"),
+            Err(e) => warn!(%digest, error = %e, "the page-keeping task failed"),
         }
     }
 

@@ -47,6 +47,8 @@ pub fn page_target(project: &str) -> String {
 
 pub(crate) struct PageSigner {
     config: SignerConfig,
+    /// The online key, read once at start.
+    keys: Keys,
     pending: Mutex<HashMap<String, Vec<u8>>>,
     signed: Mutex<HashMap<String, [u8; 32]>>,
     /// Wakes the signing loop before its next tick.
@@ -61,11 +63,15 @@ impl PageSigner {
             NodeError::Internal(format!("the TUF signer cannot start: {e}"))
         };
         Repository::open(&config.repo).map_err(signer_error)?;
-        SigningKey::load(&config.online_key).map_err(signer_error)?;
+        let keys = Keys {
+            online: Some(SigningKey::load(&config.online_key).map_err(signer_error)?),
+            ..Keys::default()
+        };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| NodeError::Internal("the TUF signer needs a tokio runtime".into()))?;
         let signer = Arc::new(PageSigner {
             config,
+            keys,
             pending: Mutex::new(HashMap::new()),
             signed: Mutex::new(HashMap::new()),
             urgent: tokio::sync::Notify::new(),
@@ -136,10 +142,7 @@ impl PageSigner {
 
     fn sign(&self, batch: HashMap<String, Vec<u8>>, resign: bool) -> Result<(), NodeError> {
         let fail = |e: peerpi_trust::TrustError| NodeError::Internal(e.to_string());
-        let keys = Keys {
-            online: Some(SigningKey::load(&self.config.online_key).map_err(fail)?),
-            ..Keys::default()
-        };
+        let keys = &self.keys;
         let repo = Repository::open(&self.config.repo).map_err(fail)?;
         let mut targets = Vec::with_capacity(batch.len());
         for (project, bytes) in &batch {
@@ -158,7 +161,7 @@ impl PageSigner {
         }
         if !targets.is_empty() {
             let changes = repo
-                .add(&targets, &keys, Lifetimes::default())
+                .add(&targets, keys, Lifetimes::default())
                 .map_err(fail)?;
             info!(pages = targets.len(), bins = changes.bins_signed, snapshot = ?changes.snapshot_version, "signed pages");
             let mut signed = lock(&self.signed);
@@ -170,7 +173,7 @@ impl PageSigner {
             }
         }
         if resign {
-            let (changes, _) = repo.sign(&keys, Lifetimes::default()).map_err(fail)?;
+            let (changes, _) = repo.sign(keys, Lifetimes::default()).map_err(fail)?;
             if changes.timestamp_version.is_some() {
                 info!(?changes, "re-signed roles near expiry");
             }

@@ -7,8 +7,6 @@
 use std::collections::HashMap;
 
 use sha2::{Digest, Sha256, Sha512};
-use tough::schema::decoded::{Decoded, Hex};
-use tough::schema::key::Key;
 use tough::schema::{Hashes, Metafile, RoleType, Root, Snapshot, Targets, Timestamp};
 
 use crate::envelope::Envelope;
@@ -362,6 +360,3 @@ pub fn check_length_and_hashes(
     }
     Ok(())
 }
-
-/// The keys and threshold one delegation gives.
-pub type KeyMap = HashMap<Decoded<Hex>, Key>;

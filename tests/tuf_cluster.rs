@@ -136,9 +136,14 @@ async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
     let projects: Vec<String> = expected().into_iter().map(|(name, _)| name).collect();
     cluster.wait_signed(&projects).await;
 
+    let a = cluster.tuf_node("a").await;
     let b = cluster.tuf_node("b").await;
     let c = cluster.tuf_node("c").await;
     upstream.stop();
+
+    let venv_a = pip_venv(&cluster.dir.path().join("venv-a")).await;
+    pip_install(&venv_a, &a.url("/simple/"), &["alpha"]).await;
+    assert_eq!(installed(&venv_a).await, expected());
 
     let venv_b = pip_venv(&cluster.dir.path().join("venv-b")).await;
     let started = Instant::now();
@@ -168,6 +173,9 @@ async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
             .unwrap_or_else(|| panic!("no {name} in B's metrics"))
     };
     assert!(value("peerpi_tuf_refresh_total{outcome=\"ok\"}") >= 1.0);
+    // The snapshot, named by its hash in the timestamp, came over the swarm.
+    assert!(value("peerpi_tuf_metadata_bytes_total{source=\"peer\"}") > 0.0);
+    assert!(value("peerpi_tuf_metadata_bytes_total{source=\"signer\"}") > 0.0);
 
     let timestamp_left = value("peerpi_tuf_expires_seconds{role=\"timestamp\"}");
     assert!(
@@ -258,7 +266,8 @@ async fn a_restarted_tuf_node_keeps_its_trust_state() {
         let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
         value["signed"]["version"].as_u64().unwrap()
     };
-    let before = version(&std::fs::read(&stored).unwrap());
+    let old_timestamp = std::fs::read(&stored).unwrap();
+    let before = version(&old_timestamp);
     assert!(before > 1, "B trusted the timestamp that signs alpha");
     // The signer signs on while B is down.
     let more = client()
@@ -267,7 +276,7 @@ async fn a_restarted_tuf_node_keeps_its_trust_state() {
         .await
         .unwrap();
     assert_eq!(more.status(), 200);
-    let b = cluster.tuf_node("b").await;
+    let mut b = cluster.tuf_node("b").await;
     let page = client().get(b.url("/simple/beta/")).send().await.unwrap();
     assert_eq!(page.status(), 200, "{}", page.text().await.unwrap());
     let after = version(&std::fs::read(&stored).unwrap());
@@ -293,6 +302,33 @@ async fn a_restarted_tuf_node_keeps_its_trust_state() {
     assert!(text.contains(&format!("timestamp  v{after}")), "{text}");
     assert!(text.contains("bins cached: 2"), "{text}");
     assert!(text.contains("answers"), "{text}");
+
+    // The metadata directory rolled back by hand (an old timestamp put
+    // back) is found at the next start, which refuses with the fix.
+    b.stop_gracefully().await;
+    std::fs::write(&stored, &old_timestamp).unwrap();
+    let (code, stderr) = exit_within(
+        Command::new(env!("CARGO_BIN_EXE_peerpi"))
+            .args([
+                "serve",
+                "--trust",
+                "tuf",
+                "--no-p2p",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--tuf-root", &cluster.root()])
+            .args(["--tuf-url", &cluster.signer.url("/tuf/")])
+            .arg("--data-dir")
+            .arg(cluster.dir.path().join("b")),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rolled back: this node trusted timestamp version")
+            && stderr.contains(&format!("the directory holds version {before}.")),
+        "{stderr}"
+    );
 }
 
 /// A peer that holds a signed page but serves other bytes for it (what
@@ -400,7 +436,8 @@ fn a_node_refuses_to_start_with_a_root_that_is_not_one() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root.json");
     std::fs::write(&root, br#"{"signed": {}, "signatures": []}"#).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_peerpi"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_peerpi"));
+    command
         .args([
             "serve",
             "--trust",
@@ -413,11 +450,9 @@ fn a_node_refuses_to_start_with_a_root_that_is_not_one() {
         .arg(&root)
         .args(["--tuf-url", "http://127.0.0.1:9/tuf/"])
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .arg(dir.path().join("data"));
+    let (code, stderr) = exit_within(&mut command, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("not a usable TUF root"), "{stderr}");
 }
 

@@ -37,10 +37,12 @@ pub(crate) enum FlightState {
         len: Option<u64>,
         readable: u64,
     },
-    /// Verified and committed; all `len` bytes may be read.
+    /// Verified and committed; all `len` bytes may be read. `source`
+    /// delivered them.
     Done {
         file: Arc<File>,
         len: u64,
+        source: Source,
     },
     Failed(Arc<str>),
 }
@@ -55,6 +57,12 @@ impl Flight {
             state: watch::channel(FlightState::Connecting).0,
         }
     }
+}
+
+/// A stored blob, or the download a caller joined.
+enum Joined {
+    Stored(OpenedBlob),
+    Flight(watch::Receiver<FlightState>, Origin),
 }
 
 /// A blob body for a client.
@@ -77,33 +85,10 @@ impl Node {
     /// The blob with `digest`: from the store, or joined to / starting its
     /// download. Fails when it is unknown or no source could start sending.
     pub async fn blob(&self, digest: &Sha256Digest) -> Result<BlobBody, NodeError> {
-        if let Some(stored) = self.inner.store.open_blob(digest)? {
-            self.inner.metrics.blob_hit(Source::Local);
-            return Ok(BlobBody::Stored(stored));
-        }
-        let origin = self.origin(digest)?.ok_or_else(|| {
-            NodeError::NotFound(format!(
-                "no file with sha256 {digest} is known here: request its project page first"
-            ))
-        })?;
-        let flight = {
-            let mut flights = lock(&self.inner.flights);
-            match flights.get(digest) {
-                Some(f) => f.clone(),
-                None => {
-                    // A download may have been committed since the first check.
-                    if let Some(stored) = self.inner.store.open_blob(digest)? {
-                        self.inner.metrics.blob_hit(Source::Local);
-                        return Ok(BlobBody::Stored(stored));
-                    }
-                    let flight = Arc::new(Flight::new());
-                    flights.insert(*digest, flight.clone());
-                    tokio::spawn(self.clone().drive(*digest, origin.clone(), flight.clone()));
-                    flight
-                }
-            }
+        let (mut rx, origin) = match self.join(digest)? {
+            Joined::Stored(stored) => return Ok(BlobBody::Stored(stored)),
+            Joined::Flight(rx, origin) => (rx, origin),
         };
-        let mut rx = flight.state.subscribe();
         // Wait for the response to start, so that its status is known.
         let len = loop {
             match &*rx.borrow_and_update() {
@@ -122,6 +107,94 @@ impl Node {
             len,
             stream: follow(rx).boxed(),
         })
+    }
+
+    /// The stored blob, or the download of it (joined, or started here).
+    fn join(&self, digest: &Sha256Digest) -> Result<Joined, NodeError> {
+        if let Some(stored) = self.inner.store.open_blob(digest)? {
+            self.inner.metrics.blob_hit(Source::Local);
+            return Ok(Joined::Stored(stored));
+        }
+        let origin = self.origin(digest)?.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "no file with sha256 {digest} is known here: request its project page first"
+            ))
+        })?;
+        let mut flights = lock(&self.inner.flights);
+        let flight = match flights.get(digest) {
+            Some(f) => f.clone(),
+            None => {
+                // A download may have been committed since the first check.
+                if let Some(stored) = self.inner.store.open_blob(digest)? {
+                    self.inner.metrics.blob_hit(Source::Local);
+                    return Ok(Joined::Stored(stored));
+                }
+                let flight = Arc::new(Flight::new());
+                flights.insert(*digest, flight.clone());
+                tokio::spawn(self.clone().drive(*digest, origin.clone(), flight.clone()));
+                flight
+            }
+        };
+        Ok(Joined::Flight(flight.state.subscribe(), origin))
+    }
+
+    /// All the bytes of a small blob (a signed page, a snapshot), read from
+    /// the store or fetched by digest like any blob (peers, then `origin`),
+    /// so verified, stored and announced; with the source that delivered
+    /// them.
+    pub(crate) async fn small_blob(
+        &self,
+        digest: &Sha256Digest,
+        origin: Origin,
+        limit: u64,
+    ) -> Result<(Vec<u8>, Source), NodeError> {
+        if origin.size.is_some_and(|size| size > limit) {
+            return Err(NodeError::Upstream(format!(
+                "{} is {} bytes, over its {limit}-byte limit",
+                origin.filename,
+                origin.size.unwrap_or_default()
+            )));
+        }
+        self.inner.store.put_origins(&[(*digest, origin)])?;
+        let (opened, source) = match self.join(digest)? {
+            Joined::Stored(stored) => (stored, Source::Local),
+            Joined::Flight(mut rx, _) => {
+                let source = loop {
+                    match &*rx.borrow_and_update() {
+                        FlightState::Done { source, .. } => break *source,
+                        FlightState::Failed(reason) => {
+                            return Err(NodeError::Upstream(reason.to_string()))
+                        }
+                        FlightState::Connecting | FlightState::Streaming { .. } => {}
+                    }
+                    if rx.changed().await.is_err() {
+                        return Err(NodeError::Internal(
+                            "the download ended without a result".into(),
+                        ));
+                    }
+                };
+                let stored = self.inner.store.open_blob(digest)?.ok_or_else(|| {
+                    NodeError::Upstream(format!("{digest} was evicted as soon as it was stored"))
+                })?;
+                (stored, source)
+            }
+        };
+        if opened.size > limit {
+            return Err(NodeError::Upstream(format!(
+                "{digest} is {} bytes, over its {limit}-byte limit",
+                opened.size
+            )));
+        }
+        let bytes = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut bytes = Vec::with_capacity(opened.size as usize);
+            let mut file = opened.file;
+            file.read_to_end(&mut bytes).map(|_| bytes)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+        .map_err(|e| NodeError::Internal(format!("reading {digest}: {e}")))?;
+        Ok((bytes, source))
     }
 
     /// The blob once it is verified and stored: waits for its download (if
@@ -155,6 +228,7 @@ impl Node {
         let started = std::time::Instant::now();
         let metrics = &self.inner.metrics;
         let mut outcome = Err("no source tried".to_string());
+        let mut source = Source::Peer;
         let mut suspects = Vec::new();
         if let Some(swarm) = self.inner.swarm.as_ref() {
             let phase = PeerPhase {
@@ -177,6 +251,7 @@ impl Node {
         }
         if outcome.is_err() {
             outcome = self.fetch_upstream(&digest, &origin, &flight).await;
+            source = Source::Upstream;
             if outcome.is_ok() {
                 metrics.blob_hit(Source::Upstream);
                 metrics.blob_fetched(Source::Upstream, started.elapsed().as_secs_f64());
@@ -188,6 +263,7 @@ impl Node {
                 flight.state.send_replace(FlightState::Done {
                     file: file.clone(),
                     len,
+                    source,
                 });
                 // After the clients are released: judging re-reads files.
                 if let (Some(swarm), false) = (self.inner.swarm.as_ref(), suspects.is_empty()) {
@@ -285,7 +361,7 @@ fn follow(rx: watch::Receiver<FlightState>) -> impl futures_util::Stream<Item = 
             let state = rx.borrow_and_update().clone();
             let readable = match &state {
                 FlightState::Streaming { file, readable, .. } => Some((file.clone(), *readable)),
-                FlightState::Done { file, len } => Some((file.clone(), *len)),
+                FlightState::Done { file, len, .. } => Some((file.clone(), *len)),
                 FlightState::Failed(reason) => {
                     return Some((Err(io::Error::other(reason.to_string())), None));
                 }

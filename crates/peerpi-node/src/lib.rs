@@ -108,6 +108,24 @@ struct Inner {
     trust: Option<trust::PageTrust>,
 }
 
+/// A late handle to the node for parts built before it that must reach it
+/// once it runs (the signer's loop, the TUF client's fetcher). Weak, so
+/// that those parts, owned by the node, do not keep it alive.
+#[derive(Clone, Default)]
+pub(crate) struct NodeSlot(Arc<std::sync::OnceLock<std::sync::Weak<Inner>>>);
+
+impl NodeSlot {
+    fn fill(&self, node: &Node) {
+        // Filled once, by `Node::new`, right after the node exists.
+        let _ = self.0.set(Arc::downgrade(&node.inner));
+    }
+
+    pub(crate) fn node(&self) -> Option<Node> {
+        let inner = self.0.get()?.upgrade()?;
+        Some(Node { inner })
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -143,17 +161,18 @@ impl Node {
         let upstream = Upstream::new(config.upstream.clone())
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         let pages = pages::PageState::new(config.page_memory, config.negative_ttl);
+        let slot = NodeSlot::default();
         let signer = config
             .signer
             .clone()
-            .map(signing::PageSigner::start)
+            .map(|s| signing::PageSigner::start(s, slot.clone()))
             .transpose()?;
         let trust = config
             .trust
             .clone()
-            .map(|t| trust::PageTrust::open(t, &config.data_dir))
+            .map(|t| trust::PageTrust::open(t, &config.data_dir, slot.clone()))
             .transpose()?;
-        Ok(Self {
+        let node = Self {
             inner: Arc::new(Inner {
                 config,
                 store,
@@ -165,7 +184,9 @@ impl Node {
                 signer,
                 trust,
             }),
-        })
+        };
+        slot.fill(&node);
+        Ok(node)
     }
 
     pub fn config(&self) -> &NodeConfig {

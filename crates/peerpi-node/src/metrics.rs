@@ -66,6 +66,7 @@ pub struct Metrics {
     registry: Registry,
     tuf_refreshes: Family<OutcomeLabels, Counter>,
     tuf_pages_refused: Family<ReasonLabels, Counter>,
+    tuf_metadata_bytes: Family<SourceLabels, Counter>,
     tuf_expires: Family<RoleLabels, Gauge>,
     blob_bytes: Family<SourceLabels, Counter>,
     blob_hits: Family<SourceLabels, Counter>,
@@ -105,6 +106,7 @@ impl Metrics {
         let m = Self {
             tuf_refreshes: Family::default(),
             tuf_pages_refused: Family::default(),
+            tuf_metadata_bytes: Family::default(),
             tuf_expires: Family::default(),
             blob_bytes: Family::default(),
             blob_hits: Family::default(),
@@ -209,6 +211,11 @@ impl Metrics {
             m.tuf_pages_refused.clone(),
         );
         registry.register(
+            "tuf_metadata_bytes",
+            "TUF metadata bytes received, by source (signer: over HTTP or as the last source of a blob; peer; store: already held as a blob)",
+            m.tuf_metadata_bytes.clone(),
+        );
+        registry.register(
             "tuf_expires_seconds",
             "Seconds until the trusted TUF metadata of each top-level role expires",
             m.tuf_expires.clone(),
@@ -222,6 +229,14 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    pub fn tuf_metadata_bytes(&self, source: &str, bytes: u64) {
+        self.tuf_metadata_bytes
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            })
+            .inc_by(bytes);
     }
 
     pub fn tuf_page_refused(&self, reason: &str) {

@@ -552,13 +552,6 @@ impl Node {
         name: &ProjectName,
         info: &TargetInfo,
     ) -> Result<Vec<u8>, NodeError> {
-        let max = self.inner.config.upstream.max_page_bytes;
-        if info.length > max {
-            return Err(NodeError::Upstream(format!(
-                "the signed page of {name} is {} bytes, over the {max}-byte page limit",
-                info.length
-            )));
-        }
         let digest = Sha256Digest::from_hex(&hex::encode(info.sha256()))
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         let url = trust
@@ -570,20 +563,9 @@ impl Node {
             size: Some(info.length),
             metadata: None,
         };
-        self.inner.store.put_origins(&[(digest, origin)])?;
-        let opened = match self.blob(&digest).await? {
-            crate::BlobBody::Stored(opened) => opened,
-            crate::BlobBody::Fetching { .. } => self.verified_blob(&digest).await?,
-        };
-        tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut bytes = Vec::with_capacity(opened.size as usize);
-            let mut file = opened.file;
-            file.read_to_end(&mut bytes).map(|_| bytes)
-        })
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
-        .map_err(|e| NodeError::Internal(format!("reading the page blob: {e}")))
+        let max = self.inner.config.upstream.max_page_bytes;
+        let (bytes, _) = self.small_blob(&digest, origin, max).await?;
+        Ok(bytes)
     }
 
     /// On a signer node, queues the page's canonical bytes (the PEP 691
@@ -593,15 +575,16 @@ impl Node {
     fn queue_for_signing(&self, name: &ProjectName, page: &ProjectPage, urgent: bool) {
         if let Some(signer) = &self.inner.signer {
             let canonical = peerpi_core::json::render_project_page(&client_view(page));
-            tokio::spawn(self.clone().keep_page_blob(canonical.clone()));
+            tokio::spawn(self.clone().keep_blob(canonical.clone()));
             signer.queue(name.as_str(), canonical, urgent);
         }
     }
 
-    /// Keeps a signer's canonical page bytes as a blob under their own
-    /// digest and announces it, so that `tuf` nodes get signed pages over
-    /// the swarm from the signer too (not only over HTTP from `/tuf/`).
-    async fn keep_page_blob(self, bytes: Vec<u8>) {
+    /// Keeps bytes a signer published (a canonical page, a snapshot) as a
+    /// blob under their own digest and announces it, so that `tuf` nodes
+    /// get them over the swarm from the signer too (not only over HTTP from
+    /// `/tuf/`).
+    pub(crate) async fn keep_blob(self, bytes: Vec<u8>) {
         let digest = Sha256Digest::from_hex(&hex::encode(Sha256::digest(&bytes)));
         let Ok(digest) = digest else { return };
         if matches!(self.inner.store.open_blob(&digest), Ok(Some(_))) {
@@ -618,10 +601,10 @@ impl Node {
         match written {
             Ok(Ok(writer)) => {
                 if let Err(e) = self.commit(writer, digest, len).await {
-                    warn!(%digest, error = ?e, "cannot keep a signed page's bytes");
+                    warn!(%digest, error = ?e, "cannot keep a signed file's bytes");
                 }
             }
-            Ok(Err(e)) => warn!(%digest, error = %e, "cannot keep a signed page's bytes"),
+            Ok(Err(e)) => warn!(%digest, error = %e, "cannot keep a signed file's bytes"),
             Err(e) => warn!(%digest, error = %e, "the page-keeping task failed"),
         }
     }

@@ -14,7 +14,7 @@ use peerpi_trust::signer::{Keys, Lifetimes, NewTarget, Repository};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::{lock, NodeError};
+use crate::{lock, NodeError, NodeSlot};
 
 /// Pages waiting to be signed, at most; more are dropped (and signed the
 /// next time they are fetched).
@@ -22,8 +22,13 @@ const MAX_PENDING: usize = 65_536;
 /// Last signed digest per project, at most; when full it is cleared, which
 /// costs one redundant signature per project.
 const MAX_REMEMBERED: usize = 262_144;
-/// Every this many batches, roles near expiry are re-signed.
+/// Every this many batches, roles near expiry are re-signed and the
+/// repository is pruned.
 const RESIGN_EVERY: u32 = 60;
+/// Superseded metadata and unlisted page files are kept this long: a node
+/// asks for the snapshot, bins and pages a timestamp names within seconds
+/// of fetching it (and a page also comes from peers, by digest).
+const PRUNE_AFTER: Duration = Duration::from_secs(3600);
 /// Urgent pages (projects new to the signer, asked for by someone waiting)
 /// are signed at once, but at most once per this gap, so that a burst of
 /// cold requests makes a few batches, not one snapshot per page.
@@ -53,12 +58,14 @@ pub(crate) struct PageSigner {
     signed: Mutex<HashMap<String, [u8; 32]>>,
     /// Wakes the signing loop before its next tick.
     urgent: tokio::sync::Notify,
+    /// The node, which keeps and announces each new snapshot as a blob.
+    node: NodeSlot,
 }
 
 impl PageSigner {
     /// Checks the repository and the key, then signs on a cadence for as
     /// long as the runtime runs.
-    pub(crate) fn start(config: SignerConfig) -> Result<Arc<Self>, NodeError> {
+    pub(crate) fn start(config: SignerConfig, node: NodeSlot) -> Result<Arc<Self>, NodeError> {
         let signer_error = |e: peerpi_trust::TrustError| {
             NodeError::Internal(format!("the TUF signer cannot start: {e}"))
         };
@@ -75,6 +82,7 @@ impl PageSigner {
             pending: Mutex::new(HashMap::new()),
             signed: Mutex::new(HashMap::new()),
             urgent: tokio::sync::Notify::new(),
+            node,
         });
         runtime.spawn(signer.clone().run());
         info!(repo = %signer.config.repo.display(), interval = ?signer.config.interval, "TUF signer on: pages are signed and served at /tuf/");
@@ -131,7 +139,8 @@ impl PageSigner {
             let this = self.clone();
             let outcome = tokio::task::spawn_blocking(move || this.sign(batch, resign)).await;
             match outcome {
-                Ok(Ok(())) => {}
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(snapshot))) => self.keep_snapshot(snapshot).await,
                 Ok(Err(e)) => {
                     warn!(error = %e, "signing failed; the pages are signed when next fetched")
                 }
@@ -140,7 +149,25 @@ impl PageSigner {
         }
     }
 
-    fn sign(&self, batch: HashMap<String, Vec<u8>>, resign: bool) -> Result<(), NodeError> {
+    /// Keeps the snapshot just published as a blob, announced, so that
+    /// nodes fetch it (named by its hash in the timestamp) from peers
+    /// rather than all from this node.
+    async fn keep_snapshot(&self, version: u64) {
+        let Some(node) = self.node.node() else { return };
+        let path =
+            Repository::metadata_dir_of(&self.config.repo).join(format!("{version}.snapshot.json"));
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => node.keep_blob(bytes).await,
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot read the new snapshot"),
+        }
+    }
+
+    /// Signs a batch; the version of the snapshot it published, if any.
+    fn sign(
+        &self,
+        batch: HashMap<String, Vec<u8>>,
+        resign: bool,
+    ) -> Result<Option<u64>, NodeError> {
         let fail = |e: peerpi_trust::TrustError| NodeError::Internal(e.to_string());
         let keys = &self.keys;
         let repo = Repository::open(&self.config.repo).map_err(fail)?;
@@ -159,11 +186,13 @@ impl PageSigner {
                 sha256,
             });
         }
+        let mut snapshot = None;
         if !targets.is_empty() {
             let changes = repo
                 .add(&targets, keys, Lifetimes::default())
                 .map_err(fail)?;
             info!(pages = targets.len(), bins = changes.bins_signed, snapshot = ?changes.snapshot_version, "signed pages");
+            snapshot = changes.snapshot_version;
             let mut signed = lock(&self.signed);
             if signed.len() + targets.len() > MAX_REMEMBERED {
                 signed.clear();
@@ -177,7 +206,15 @@ impl PageSigner {
             if changes.timestamp_version.is_some() {
                 info!(?changes, "re-signed roles near expiry");
             }
+            snapshot = changes.snapshot_version.or(snapshot);
+            match repo.prune(PRUNE_AFTER) {
+                Ok(pruned) if pruned != Default::default() => {
+                    info!(?pruned, "pruned the repository")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "pruning the repository failed"),
+            }
         }
-        Ok(())
+        Ok(snapshot)
     }
 }

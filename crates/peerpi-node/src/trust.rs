@@ -1,6 +1,8 @@
 //! A node's TUF client: which bytes are the signed page of a project. The
-//! metadata comes from the signer's `/tuf/` (it is signed, so only its
-//! freshness matters); the page bytes are a blob fetched by their signed
+//! metadata is signed, so only its freshness matters, not its source: the
+//! timestamp, whose expiry bounds freshness, and the small roles come from
+//! the signer's `/tuf/`; the snapshot (the large file, named by its hash in
+//! the timestamp) and the page bytes are blobs fetched by their signed
 //! digest like any file (store, then peers, then the signer).
 
 use std::path::{Path, PathBuf};
@@ -8,13 +10,17 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use peerpi_core::Sha256Digest;
+use peerpi_store::Origin;
+use peerpi_trust::fetch::{Fetch, FetchError};
 use peerpi_trust::{Client, HttpFetcher, Limits, MetadataDir, TargetInfo, TrustError};
 use tracing::{info, warn};
 use url::Url;
 
 use crate::metrics::Metrics;
+use crate::metrics::Source;
 use crate::signing::page_target;
-use crate::{lock, NodeError};
+use crate::{lock, NodeError, NodeSlot};
 
 /// How a node decides which pages to trust.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,16 +58,21 @@ impl TrustConfig {
 
 pub(crate) struct PageTrust {
     config: TrustConfig,
-    client: tokio::sync::Mutex<Client<HttpFetcher>>,
+    client: tokio::sync::Mutex<Client<ClusterFetcher>>,
     last_refresh: Mutex<Option<Instant>>,
     /// When the trusted metadata expires (seconds since the epoch; 0: none
     /// trusted).
     fresh_until: AtomicI64,
     asker: reqwest::Client,
+    floor: Mutex<VersionFloor>,
 }
 
 impl PageTrust {
-    pub(crate) fn open(config: TrustConfig, data_dir: &Path) -> Result<Self, NodeError> {
+    pub(crate) fn open(
+        config: TrustConfig,
+        data_dir: &Path,
+        node: NodeSlot,
+    ) -> Result<Self, NodeError> {
         let dir = data_dir.join("tuf-client");
         let fail = |what: String| NodeError::Internal(format!("TUF client: {what}"));
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
@@ -86,11 +97,15 @@ impl PageTrust {
                 installed.display()
             ))
         })?;
+        let floor = VersionFloor::check(data_dir, &MetadataDir::new(&dir)).map_err(fail)?;
         let metadata_url = config
             .url
             .join("metadata/")
             .map_err(|e| fail(format!("--tuf-url {}: {e}", config.url)))?;
-        let fetcher = HttpFetcher::new(Duration::from_secs(30)).map_err(|e| fail(e.to_string()))?;
+        let fetcher = ClusterFetcher {
+            http: HttpFetcher::new(Duration::from_secs(30)).map_err(|e| fail(e.to_string()))?,
+            node,
+        };
         let client = Client::new(
             MetadataDir::new(&dir),
             fetcher,
@@ -109,6 +124,7 @@ impl PageTrust {
             last_refresh: Mutex::new(None),
             fresh_until: AtomicI64::new(0),
             asker,
+            floor: Mutex::new(floor),
         })
     }
 
@@ -152,7 +168,7 @@ impl PageTrust {
 
     async fn refresh_if_due(
         &self,
-        client: &mut Client<HttpFetcher>,
+        client: &mut Client<ClusterFetcher>,
         force: bool,
         metrics: &Metrics,
     ) -> Result<(), TrustError> {
@@ -187,6 +203,9 @@ impl PageTrust {
             }
         }
         self.fresh_until.store(until, Ordering::Relaxed);
+        if let Some(set) = client.trusted() {
+            lock(&self.floor).raise(set);
+        }
         if let Err(e) = outcome {
             warn!(error = %e, "TUF refresh failed");
             if client.trusted().is_none() {
@@ -243,4 +262,166 @@ impl PageTrust {
         let base = self.config.signer_base();
         base.join(&format!("simple/{project}/")).unwrap_or(base)
     }
+}
+
+/// The TUF client's downloads on a node: metadata named by its hash (the
+/// snapshot) through the node's blob path, so from the store or a peer
+/// before the signer; the rest from the signer over HTTP. Bytes are counted
+/// by source in `peerpi_tuf_metadata_bytes_total`.
+pub(crate) struct ClusterFetcher {
+    http: HttpFetcher,
+    node: NodeSlot,
+}
+
+impl ClusterFetcher {
+    fn count(&self, source: &str, bytes: &[u8]) {
+        if let Some(node) = self.node.node() {
+            node.metrics()
+                .tuf_metadata_bytes(source, bytes.len() as u64);
+        }
+    }
+}
+
+impl Fetch for ClusterFetcher {
+    async fn fetch(&self, url: &Url, limit: u64) -> Result<Vec<u8>, FetchError> {
+        let bytes = self.http.fetch(url, limit).await?;
+        self.count("signer", &bytes);
+        Ok(bytes)
+    }
+
+    async fn fetch_hashed(
+        &self,
+        url: &Url,
+        limit: u64,
+        sha256: [u8; 32],
+    ) -> Result<Vec<u8>, FetchError> {
+        let Some(node) = self.node.node() else {
+            return self.fetch(url, limit).await;
+        };
+        let filename = url
+            .path_segments()
+            .and_then(|mut segments| segments.next_back())
+            .unwrap_or("metadata.json")
+            .to_string();
+        let origin = Origin {
+            url: url.to_string(),
+            filename,
+            size: Some(limit),
+            metadata: None,
+        };
+        let digest = Sha256Digest::from_bytes(sha256);
+        match node.small_blob(&digest, origin, limit).await {
+            Ok((bytes, source)) => {
+                let source = match source {
+                    Source::Local => "store",
+                    Source::Peer => "peer",
+                    Source::Upstream => "signer",
+                };
+                self.count(source, &bytes);
+                Ok(bytes)
+            }
+            Err(e) => {
+                warn!(%url, error = %e, "metadata by hash failed; asking the signer directly");
+                self.fetch(url, limit).await
+            }
+        }
+    }
+}
+
+/// The highest versions this node has trusted, kept outside the metadata
+/// directory. The stored timestamp and snapshot are what protects a node
+/// against rollback; a metadata directory rolled back by hand (a restored
+/// backup, a directory copied from another node, files deleted) would lower
+/// that protection silently. Comparing the two at start finds it. It does
+/// not find a rollback of the whole data directory.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct VersionFloor {
+    root: u64,
+    timestamp: u64,
+    snapshot: u64,
+    /// Where it is kept (not serialized).
+    #[serde(skip)]
+    path: PathBuf,
+}
+
+/// The floor's file in the data directory.
+const FLOOR_FILE: &str = "tuf-versions.json";
+
+impl VersionFloor {
+    /// Reads the floor and checks the metadata directory against it.
+    fn check(data_dir: &Path, dir: &MetadataDir) -> Result<Self, String> {
+        let path = data_dir.join(FLOOR_FILE);
+        let mut floor: VersionFloor = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{} is damaged ({e}); delete it", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => VersionFloor::default(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        floor.path = path;
+        for (role, trusted) in [
+            ("root", floor.root),
+            ("timestamp", floor.timestamp),
+            ("snapshot", floor.snapshot),
+        ] {
+            let stored = stored_version(dir, role)?;
+            if stored < trusted {
+                let found = if stored == 0 {
+                    "none".to_string()
+                } else {
+                    format!("version {stored}")
+                };
+                return Err(format!(
+                    "the TUF metadata in {} was rolled back: this node trusted {role} version \
+                     {trusted}, the directory holds {found}. Restore the directory (or delete \
+                     it together with {} if the older metadata is intended: the node then \
+                     starts over from the installed root)",
+                    dir.path().display(),
+                    floor.path.display()
+                ));
+            }
+        }
+        Ok(floor)
+    }
+
+    /// Records the versions of `set` when they are higher.
+    fn raise(&mut self, set: &peerpi_trust::trusted::TrustedSet) {
+        let next = VersionFloor {
+            root: set.root().version.get().max(self.root),
+            timestamp: set
+                .timestamp()
+                .map_or(0, |t| t.version.get())
+                .max(self.timestamp),
+            snapshot: set
+                .snapshot()
+                .map_or(0, |s| s.version.get())
+                .max(self.snapshot),
+            path: self.path.clone(),
+        };
+        if next == *self {
+            return;
+        }
+        let written = serde_json::to_vec(&next)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                peerpi_trust::datastore::write_atomically(&self.path, &bytes)
+                    .map_err(|e| e.to_string())
+            });
+        match written {
+            Ok(()) => *self = next,
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "cannot record the trusted TUF versions")
+            }
+        }
+    }
+}
+
+/// The version of `role` stored in `dir` (0: none), read without
+/// verifying: only compared with what the node trusted before.
+fn stored_version(dir: &MetadataDir, role: &str) -> Result<u64, String> {
+    let Some(bytes) = dir.read(role).map_err(|e| e.to_string())? else {
+        return Ok(0);
+    };
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: not JSON ({e})", dir.file(role).display()))?;
+    Ok(value["signed"]["version"].as_u64().unwrap_or(0))
 }

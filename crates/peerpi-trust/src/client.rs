@@ -230,11 +230,15 @@ impl<F: Fetch> Client<F> {
         let limit = meta.length.unwrap_or(self.limits.snapshot_bytes);
         let version = set.root().consistent_snapshot.then(|| meta.version.get());
         let url = self.metadata_file_url("snapshot", version)?;
-        let bytes = self
-            .fetcher
-            .fetch(&url, limit)
-            .await
-            .map_err(|e| fetch_failed("snapshot", &url, e))?;
+        let sha256 = meta
+            .hashes
+            .as_ref()
+            .and_then(|h| <[u8; 32]>::try_from(h.sha256.as_ref()).ok());
+        let fetched = match (sha256, meta.length) {
+            (Some(sha256), Some(length)) => self.fetcher.fetch_hashed(&url, length, sha256).await,
+            _ => self.fetcher.fetch(&url, limit).await,
+        };
+        let bytes = fetched.map_err(|e| fetch_failed("snapshot", &url, e))?;
         set.update_snapshot(&bytes, false)?;
         self.store.write("snapshot", &bytes)
     }

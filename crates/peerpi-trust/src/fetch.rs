@@ -29,6 +29,21 @@ pub trait Fetch {
         url: &Url,
         limit: u64,
     ) -> impl Future<Output = std::result::Result<Vec<u8>, FetchError>> + Send;
+
+    /// Downloads a file whose SHA-256 and length (`limit`) the trusted
+    /// metadata names (the snapshot, through the timestamp). Since its
+    /// bytes are fixed by the hash, a fetcher may take them from anywhere (a
+    /// node asks its peers); the caller still verifies them. By default,
+    /// like [`Fetch::fetch`].
+    fn fetch_hashed(
+        &self,
+        url: &Url,
+        limit: u64,
+        sha256: [u8; 32],
+    ) -> impl Future<Output = std::result::Result<Vec<u8>, FetchError>> + Send {
+        let _ = sha256;
+        self.fetch(url, limit)
+    }
 }
 
 /// Downloads over HTTP(S) with reqwest.

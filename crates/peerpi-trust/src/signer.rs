@@ -10,7 +10,7 @@
 //! old state or the new one. One signer at a time: an exclusive lock on the
 //! repository directory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -138,6 +138,13 @@ pub struct Changes {
     pub timestamp_version: Option<u64>,
 }
 
+/// What [`Repository::prune`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub metadata: usize,
+    pub targets: usize,
+}
+
 /// A repository on disk, locked for this signer.
 pub struct Repository {
     dir: PathBuf,
@@ -212,7 +219,13 @@ impl Repository {
     }
 
     pub fn metadata_dir(&self) -> PathBuf {
-        self.dir.join("metadata")
+        Self::metadata_dir_of(&self.dir)
+    }
+
+    /// Where the metadata of the repository in `dir` is, without opening
+    /// (and locking) it.
+    pub fn metadata_dir_of(dir: &Path) -> PathBuf {
+        dir.join("metadata")
     }
 
     pub fn targets_dir(&self) -> PathBuf {
@@ -559,6 +572,96 @@ impl Repository {
             self.publish_timestamp(previous, Some((version, &bytes)), online, lifetimes)?;
         changes.snapshot_version = Some(version);
         Ok(changes)
+    }
+
+    /// Removes what no client can need any more: metadata versions older
+    /// than the current one of their role, and target files that no
+    /// current bin lists, when they were written more than `keep` ago (a
+    /// client that fetched the previous timestamp may still ask for the
+    /// snapshot, bins and targets it names a moment later). Root versions
+    /// are never removed: clients walk every one of them to rotate.
+    pub fn prune(&self, keep: std::time::Duration) -> Result<Pruned> {
+        let state = self.state()?;
+        let snapshot_version = state.snapshot.version.get();
+        let current: HashMap<String, u64> = state
+            .snapshot
+            .meta
+            .iter()
+            .filter_map(|(file, meta)| {
+                let role = file.strip_suffix(".json")?;
+                Some((quote_segment(role), meta.version.get()))
+            })
+            .chain([("snapshot".to_string(), snapshot_version)])
+            .collect();
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(keep)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let old_enough = |path: &Path| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified < cutoff)
+        };
+        let mut pruned = Pruned::default();
+        let dir = self.metadata_dir();
+        for entry in std::fs::read_dir(&dir).map_err(|e| TrustError::io(&dir, e))? {
+            let path = entry.map_err(|e| TrustError::io(&dir, e))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some((version, role)) = name
+                .strip_suffix(".json")
+                .and_then(|stem| stem.split_once('.'))
+                .and_then(|(v, role)| Some((v.parse::<u64>().ok()?, role)))
+            else {
+                continue;
+            };
+            let superseded = current.get(role).is_some_and(|&now| version < now);
+            if role != "root" && superseded && old_enough(&path) {
+                std::fs::remove_file(&path).map_err(|e| TrustError::io(&path, e))?;
+                pruned.metadata += 1;
+            }
+        }
+        let mut listed: HashSet<String> = HashSet::new();
+        let index = BinIndex::new(&state.targets)?;
+        for role in std::iter::once("targets").chain(index.names()) {
+            let targets: Targets = if role == "targets" {
+                state.targets.clone()
+            } else {
+                self.read_current(&state.snapshot, role)?
+            };
+            listed.extend(
+                targets
+                    .targets
+                    .values()
+                    .map(|t| hex::encode(t.hashes.sha256.as_ref())),
+            );
+        }
+        let mut dirs = vec![self.targets_dir()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(TrustError::io(&dir, e)),
+            };
+            for entry in entries {
+                let path = entry.map_err(|e| TrustError::io(&dir, e))?.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let hash = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.split_once('.'))
+                    .map(|(hash, _)| hash);
+                let Some(hash) = hash else { continue };
+                if hash.len() == 64 && !listed.contains(hash) && old_enough(&path) {
+                    std::fs::remove_file(&path).map_err(|e| TrustError::io(&path, e))?;
+                    pruned.targets += 1;
+                }
+            }
+        }
+        Ok(pruned)
     }
 
     /// Writes the next timestamp, naming `snapshot` (version and bytes) or

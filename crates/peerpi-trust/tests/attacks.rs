@@ -807,3 +807,49 @@ async fn the_walk_visits_at_most_max_delegations_roles() {
     // Top-level targets is the one role allowed: the bin is never reached.
     assert!(client.lookup("a").await.unwrap().is_none());
 }
+
+/// Pruning removes superseded metadata and unlisted targets once they are
+/// older than the window, never a root, and leaves a repository clients
+/// still update from and download from.
+#[tokio::test]
+async fn pruning_removes_superseded_files_and_keeps_what_clients_need() {
+    let fx = Fixture::new(4).await;
+    fx.add("simple/a/index.json", b"v1");
+    assert_eq!(fx.download("simple/a/index.json").await.unwrap(), b"v1");
+    let old_target = fx
+        .dir
+        .path()
+        .join("repo/targets/simple/a")
+        .join(format!("{}.index.json", hex::encode(Sha256::digest(b"v1"))));
+    assert!(old_target.exists());
+    fx.add("simple/a/index.json", b"v2");
+    fx.add("simple/b/index.json", b"b");
+
+    let within_window = fx.repo().prune(Duration::from_secs(3600)).unwrap();
+    assert_eq!(
+        within_window,
+        Default::default(),
+        "nothing is old enough yet"
+    );
+    assert!(fx.metadata("1.snapshot.json").exists());
+
+    let pruned = fx.repo().prune(Duration::ZERO).unwrap();
+    assert_eq!(pruned.targets, 1, "the v1 page, which no bin lists");
+    assert!(!old_target.exists());
+    // Snapshots 1..=3 and the two superseded versions of a's bin at least.
+    assert!(pruned.metadata >= 5, "{pruned:?}");
+    assert!(!fx.metadata("1.snapshot.json").exists());
+    assert!(fx
+        .metadata(&format!("{}.snapshot.json", fx.snapshot_version()))
+        .exists());
+    assert!(
+        fx.metadata("1.root.json").exists(),
+        "roots are never pruned"
+    );
+
+    // A client that trusted the old state updates and downloads.
+    assert_eq!(fx.download("simple/a/index.json").await.unwrap(), b"v2");
+    assert_eq!(fx.download("simple/b/index.json").await.unwrap(), b"b");
+    // A second prune finds nothing more.
+    assert_eq!(fx.repo().prune(Duration::ZERO).unwrap(), Default::default());
+}

@@ -15,6 +15,39 @@ use common::python::*;
 use common::*;
 use tokio::process::Command;
 
+/// A node started with nothing configured mirrors the index pip itself
+/// uses, asked of the local Python's pip: here the fake index, made that
+/// pip's default through the venv's own `pip.conf` (a file only pip reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_nothing_configured_mirrors_the_index_pip_uses() {
+    let upstream = fake_index(peerpi_testkit::demo_graph()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = pip_venv(&dir.path().join("venv")).await;
+    std::fs::write(
+        dir.path().join("venv/pip.conf"),
+        format!("[global]\nindex-url = {}\n", upstream.simple_url()),
+    )
+    .unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let python = bin.join("python");
+    let node = NodeProcess::start_unconfigured(
+        &dir.path().join("data"),
+        &[
+            ("PEERPI_PYTHON", python.to_str().unwrap()),
+            ("HOME", home.to_str().unwrap()),
+            ("XDG_CONFIG_HOME", home.to_str().unwrap()),
+        ],
+    )
+    .await;
+    pip_install(&bin, &node.url("/simple/"), &["alpha"]).await;
+    assert_eq!(installed(&bin).await, expected());
+    assert!(
+        upstream.state.count_prefix("/files/") > 0,
+        "the files came from the fake index"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pip_installs_a_dependency_graph_through_the_node() {
     let upstream = fake_index(peerpi_testkit::demo_graph()).await;

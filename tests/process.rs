@@ -142,18 +142,22 @@ async fn sigterm_finishes_in_flight_responses_then_exits() {
 
 #[test]
 fn missing_upstream_is_a_clear_cli_error() {
+    // Nothing configured and no Python with pip to ask.
     let data = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_peerpi"))
-        .args(["serve", "--data-dir"])
-        .arg(data.path())
-        .env_clear()
-        .env("HOME", data.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = exit_within(
+        Command::new(env!("CARGO_BIN_EXE_peerpi"))
+            .args(["serve", "--data-dir"])
+            .arg(data.path())
+            .env_clear()
+            .env("HOME", data.path())
+            .env("PEERPI_PYTHON", data.path().join("no-python")),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("no upstream index is configured") && stderr.contains("--upstream"),
+        stderr.contains("no upstream index is configured")
+            && stderr.contains("--upstream")
+            && stderr.contains("no-python"),
         "{stderr}"
     );
 }

@@ -386,7 +386,15 @@ impl NodeProcess {
     /// pages and files from the signer).
     pub async fn start_without_upstream(data_dir: &Path, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        Self::spawn(&[], addr, None, data_dir, extra).await
+        Self::spawn(&[], addr, None, data_dir, extra, &[]).await
+    }
+
+    /// Starts a node with nothing configured but `env` (added to this
+    /// process's environment, from which pip's and uv's index variables
+    /// are removed): it finds its upstream as a new user's node would.
+    pub async fn start_unconfigured(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::spawn(&[], addr, None, data_dir, &[], env).await
     }
 
     /// Starts the binary through `wrapper` (a command and its arguments that
@@ -398,7 +406,7 @@ impl NodeProcess {
         data_dir: &Path,
         extra: &[&str],
     ) -> Self {
-        Self::spawn(wrapper, addr, Some(upstream), data_dir, extra).await
+        Self::spawn(wrapper, addr, Some(upstream), data_dir, extra, &[]).await
     }
 
     async fn spawn(
@@ -407,6 +415,7 @@ impl NodeProcess {
         upstream: Option<&str>,
         data_dir: &Path,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Self {
         let log =
             std::fs::File::create(std::env::temp_dir().join(format!("peerpi-{}.log", addr.port())))
@@ -431,6 +440,11 @@ impl NodeProcess {
             .args(extra)
             .args(loopback_p2p_defaults(extra))
             .env_remove("PEERPI_CONFIG")
+            .env_remove("PIP_INDEX_URL")
+            .env_remove("PIP_CONFIG_FILE")
+            .env_remove("UV_DEFAULT_INDEX")
+            .env_remove("UV_INDEX_URL")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -530,4 +544,31 @@ pub async fn raw_get(addr: SocketAddr, path: &[u8], extra_headers: &str) -> (u16
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Runs a command that is expected to exit (a node refusing to start) and
+/// returns its exit code and stderr; a command still running after `within`
+/// is killed and the test fails, so a start that is not refused cannot hang
+/// the suite.
+pub fn exit_within(command: &mut Command, within: Duration) -> (Option<i32>, String) {
+    let stderr_file = tempfile::NamedTempFile::new().unwrap();
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(stderr_file.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {within:?}; it was expected to exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(stderr_file.path()).unwrap();
+    (status.code(), stderr)
 }

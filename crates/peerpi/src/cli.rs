@@ -19,7 +19,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a node: a Simple API index for pip and uv, backed by the store and upstream.
     Serve(Box<ServeArgs>),
-    /// Print shell exports that point pip and uv at the node.
+    /// Print what points pip and uv at the node (shell exports by default).
     Env(EnvArgs),
     /// Print the node's peer id (creating its key if needed), for bootstrap addresses.
     Id(IdArgs),
@@ -193,6 +193,23 @@ pub enum LogFormat {
 pub struct EnvArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// shell: `eval "$(peerpi env)"`; pip-conf: a pip.conf; uv-toml: a
+    /// uv.toml; github-actions: `peerpi env --format github-actions >>
+    /// "$GITHUB_ENV"`; gitlab-ci: a `variables:` block.
+    #[arg(long, value_enum, default_value_t = EnvFormat::Shell)]
+    pub format: EnvFormat,
+}
+
+/// What `peerpi env` prints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum EnvFormat {
+    #[default]
+    Shell,
+    PipConf,
+    UvToml,
+    GithubActions,
+    GitlabCi,
 }
 
 #[derive(Debug, Clone, Default, Args)]

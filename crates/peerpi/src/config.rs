@@ -12,7 +12,7 @@ use peerpi_swarm::Multiaddr;
 use serde::Deserialize;
 use url::Url;
 
-use crate::cli::{CommonArgs, LogFormat, ServeArgs, TrustArg};
+use crate::cli::{CommonArgs, EnvFormat, LogFormat, ServeArgs, TrustArg};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7503";
 
@@ -309,6 +309,92 @@ pub fn inherited_upstream(
     Ok(None)
 }
 
+/// Asks the local Python's pip which index it would use (its configuration
+/// in every place pip reads it, else pip's built-in default), so that a node
+/// started with nothing configured mirrors what `pip install` reaches
+/// today. The URL is never written here: it is pip's to know.
+const PIP_INDEX_QUERY: &str = r#"
+import sys
+try:
+    from pip._internal.configuration import Configuration
+    from pip._internal.models.index import PyPI
+except ImportError as e:
+    sys.exit("pip is not importable: %s" % e)
+configuration = Configuration(isolated=False)
+configuration.load()
+items = dict(configuration.items())
+url = None
+for key in ("global.index-url", "install.index-url", ":env:.index-url"):
+    url = items.get(key, url)
+print(url or PyPI.simple_url)
+"#;
+
+/// How long pip may take to answer.
+const PIP_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The index pip would use, asked of `PEERPI_PYTHON` (default `python3`).
+fn pip_default_index(env: EnvLookup<'_>, listen: &SocketAddr) -> Result<(Url, String)> {
+    let python = env("PEERPI_PYTHON").unwrap_or_else(|| "python3".to_string());
+    let no_pip = |why: String| {
+        anyhow!(
+            "no upstream index is configured, and the local pip cannot be asked for its index \
+             ({why}): pass --upstream URL (the Simple API base, ending in /simple/), or set \
+             PEERPI_UPSTREAM, `upstream = \"URL\"` in peerpi.toml, PIP_INDEX_URL, or \
+             PEERPI_PYTHON=/path/to/python with pip installed"
+        )
+    };
+    let answer = run_bounded(
+        std::process::Command::new(&python).args(["-c", PIP_INDEX_QUERY]),
+        PIP_QUERY_TIMEOUT,
+    )
+    .map_err(|e| no_pip(format!("{python}: {e}")))?;
+    let text = answer.trim();
+    if text.is_empty() {
+        return Err(no_pip(format!("{python} printed no index")));
+    }
+    let origin = format!("the index pip uses ({python} -m pip)");
+    let url = parse_upstream(text, &origin)?;
+    if points_at(&url, listen) {
+        bail!(
+            "pip's index {url} is this node itself ({listen}): pass the real index with --upstream"
+        );
+    }
+    Ok((url, origin))
+}
+
+/// Runs `command` to its end within `limit`, returning its stdout; its
+/// stderr is the error when it fails.
+fn run_bounded(command: &mut std::process::Command, limit: Duration) -> Result<String> {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run it")?;
+    let started = std::time::Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("no answer within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The answer is one line and the error a few, well under a pipe's buffer,
+    // so reading after the exit cannot have blocked the child.
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or("").trim().to_string();
+        bail!("it failed ({}): {last}", output.status);
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig> {
     let file = load_file(&args.common, env)?;
     let listen = resolve_listen(args.common.listen.as_deref(), &file)?;
@@ -321,18 +407,25 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
                      an upstream index: drop --upstream, or use --trust tuf-or-index"
                 );
             }
-            let signer = trust.as_ref().map(|t| t.signer_base()).ok_or_else(|| anyhow!("no signer"))?;
+            let signer = trust
+                .as_ref()
+                .map(|t| t.signer_base())
+                .ok_or_else(|| anyhow!("no signer"))?;
             let base = signer.join("simple/").context("the signer's URL")?;
             (base, "the TUF signer (--tuf-url)".to_string())
         }
-        (Some(u), _) => (parse_upstream(u, "--upstream / PEERPI_UPSTREAM")?, "--upstream / PEERPI_UPSTREAM".to_string()),
-        (None, Some(u)) => (parse_upstream(u, "the config file")?, "the config file".to_string()),
-        (None, None) => inherited_upstream(env, &listen)?.ok_or_else(|| {
-            anyhow!(
-                "no upstream index is configured: pass --upstream URL (the Simple API base, ending in /simple/), \
-                 or set PEERPI_UPSTREAM, `upstream = \"URL\"` in peerpi.toml, or PIP_INDEX_URL"
-            )
-        })?,
+        (Some(u), _) => (
+            parse_upstream(u, "--upstream / PEERPI_UPSTREAM")?,
+            "--upstream / PEERPI_UPSTREAM".to_string(),
+        ),
+        (None, Some(u)) => (
+            parse_upstream(u, "the config file")?,
+            "the config file".to_string(),
+        ),
+        (None, None) => match inherited_upstream(env, &listen)? {
+            Some(inherited) => inherited,
+            None => pip_default_index(env, &listen)?,
+        },
     };
     if points_at(&upstream, &listen) {
         bail!("the upstream {upstream} is this node itself ({listen}): pass the real index with --upstream");
@@ -508,19 +601,45 @@ fn resolve_trust(
 }
 
 /// The shell lines that point pip and uv at a node listening on `listen`.
-pub fn env_exports(listen: &SocketAddr) -> String {
+/// What points pip and uv at the node listening on `listen`, in `format`.
+pub fn env_text(listen: &SocketAddr, format: EnvFormat) -> String {
     let host = match listen.ip() {
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),
         IpAddr::V6(ip) => format!("[{ip}]"),
         IpAddr::V4(ip) => ip.to_string(),
     };
     let url = format!("http://{host}:{}/simple/", listen.port());
-    let mut out = format!("export PIP_INDEX_URL={url}\nexport UV_DEFAULT_INDEX={url}\n");
-    if !listen.ip().is_loopback() && !listen.ip().is_unspecified() {
-        // pip refuses plain-HTTP hosts other than loopback unless trusted.
-        out.push_str(&format!("export PIP_TRUSTED_HOST={host}\n"));
+    // pip refuses plain-HTTP hosts other than loopback unless trusted.
+    let trusted = (!listen.ip().is_loopback() && !listen.ip().is_unspecified()).then_some(host);
+    let mut vars = vec![
+        ("PIP_INDEX_URL", url.clone()),
+        ("UV_DEFAULT_INDEX", url.clone()),
+    ];
+    if let Some(host) = &trusted {
+        vars.push(("PIP_TRUSTED_HOST", host.clone()));
     }
-    out
+    match format {
+        EnvFormat::Shell => vars
+            .iter()
+            .map(|(k, v)| format!("export {k}={v}\n"))
+            .collect(),
+        EnvFormat::GithubActions => vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
+        EnvFormat::GitlabCi => {
+            let mut out = "variables:\n".to_string();
+            for (k, v) in &vars {
+                out.push_str(&format!("  {k}: \"{v}\"\n"));
+            }
+            out
+        }
+        EnvFormat::PipConf => {
+            let mut out = format!("[global]\nindex-url = {url}\n");
+            if let Some(host) = &trusted {
+                out.push_str(&format!("trusted-host = {host}\n"));
+            }
+            out
+        }
+        EnvFormat::UvToml => format!("[[index]]\nurl = \"{url}\"\ndefault = true\n"),
+    }
 }
 
 #[cfg(test)]
@@ -783,17 +902,56 @@ machine private.invalid
         assert!(origin.contains("pip.conf"));
     }
 
+    /// What pip answers is the upstream; an answer naming this node is
+    /// refused; a python that fails is reported with its own message.
+    #[test]
+    fn asks_pip_for_its_index_when_nothing_is_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake_python = |name: &str, body: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let answers = fake_python("answers", "echo http://pip.invalid/simple");
+        let (url, origin) =
+            pip_default_index(&env_of(&[("PEERPI_PYTHON", &answers)]), &listen()).unwrap();
+        assert_eq!(url.as_str(), "http://pip.invalid/simple");
+        assert!(origin.contains(&answers), "{origin}");
+
+        let itself = fake_python("itself", "echo http://127.0.0.1:7503/simple/");
+        let e = pip_default_index(&env_of(&[("PEERPI_PYTHON", &itself)]), &listen()).unwrap_err();
+        assert!(e.to_string().contains("this node itself"), "{e}");
+
+        let no_pip = fake_python("no-pip", "echo 'No module named pip' >&2; exit 1");
+        let e = pip_default_index(&env_of(&[("PEERPI_PYTHON", &no_pip)]), &listen()).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("No module named pip") && e.contains("--upstream"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn no_upstream_is_an_error_that_says_how_to_set_one() {
         let args = ServeArgs {
             data_dir: Some("/tmp/x".into()),
             ..Default::default()
         };
-        let e = resolve_serve(&args, &env_of(&[("HOME", "/nonexistent")]))
-            .unwrap_err()
-            .to_string();
+        let e = resolve_serve(
+            &args,
+            &env_of(&[
+                ("HOME", "/nonexistent"),
+                ("PEERPI_PYTHON", "/nonexistent/python3"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            e.contains("--upstream") && e.contains("PIP_INDEX_URL"),
+            e.contains("--upstream")
+                && e.contains("PIP_INDEX_URL")
+                && e.contains("/nonexistent/python3"),
             "{e}"
         );
     }
@@ -827,10 +985,41 @@ machine private.invalid
     #[test]
     fn env_exports_point_at_the_node() {
         assert_eq!(
-            env_exports(&listen()),
+            env_text(&listen(), EnvFormat::Shell),
             "export PIP_INDEX_URL=http://127.0.0.1:7503/simple/\nexport UV_DEFAULT_INDEX=http://127.0.0.1:7503/simple/\n"
         );
         let lan: SocketAddr = "192.0.2.10:8000".parse().unwrap();
-        assert!(env_exports(&lan).contains("PIP_TRUSTED_HOST=192.0.2.10"));
+        assert!(env_text(&lan, EnvFormat::Shell).contains("PIP_TRUSTED_HOST=192.0.2.10"));
+    }
+
+    /// Every format parses as what it claims to be and names the node.
+    #[test]
+    fn env_formats_parse_and_point_at_the_node() {
+        let lan: SocketAddr = "192.0.2.10:8000".parse().unwrap();
+        let url = "http://192.0.2.10:8000/simple/";
+
+        let pip = ini::Ini::load_from_str(&env_text(&lan, EnvFormat::PipConf)).unwrap();
+        let global = pip.section(Some("global")).unwrap();
+        assert_eq!(global.get("index-url"), Some(url));
+        assert_eq!(global.get("trusted-host"), Some("192.0.2.10"));
+
+        let uv: toml::Value = toml::from_str(&env_text(&lan, EnvFormat::UvToml)).unwrap();
+        assert_eq!(uv["index"][0]["url"].as_str(), Some(url));
+        assert_eq!(uv["index"][0]["default"].as_bool(), Some(true));
+
+        let github = env_text(&lan, EnvFormat::GithubActions);
+        assert!(
+            github.lines().all(|l| l.split_once('=').is_some()),
+            "{github}"
+        );
+        assert!(github.contains(&format!("UV_DEFAULT_INDEX={url}\n")));
+
+        let gitlab = env_text(&lan, EnvFormat::GitlabCi);
+        let docs = yaml_rust2::YamlLoader::load_from_str(&gitlab).unwrap();
+        assert_eq!(docs[0]["variables"]["PIP_INDEX_URL"].as_str(), Some(url));
+        assert_eq!(
+            docs[0]["variables"]["PIP_TRUSTED_HOST"].as_str(),
+            Some("192.0.2.10")
+        );
     }
 }

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         }
         Command::Env(args) => config::load_file(&args.common, &config::process_env)
             .and_then(|file| config::resolve_listen(args.common.listen.as_deref(), &file))
-            .map(|listen| print!("{}", config::env_exports(&listen))),
+            .map(|listen| print!("{}", config::env_text(&listen, args.format))),
         Command::Id(args) => config::load_file(&args.common, &config::process_env)
             .and_then(|file| config::resolve_data_dir(args.data_dir.as_deref(), &file, &config::process_env))
             .and_then(|dir| Ok(peerpi_swarm::load_or_create_keypair(&dir)?))

@@ -331,11 +331,12 @@ async fn a_restarted_tuf_node_keeps_its_trust_state() {
     );
 }
 
-/// A peer that holds a signed page but serves other bytes for it (what
-/// an old page version or a tampered page looks like by digest): refused,
-/// the peer blocked for good, the page served all the same from the signer.
+/// A peer that holds the snapshot and a signed page but serves other bytes
+/// for them (what an old version or a tampered file looks like by digest):
+/// refused, the peer blocked for good at the first lie (the snapshot, which
+/// B needs first), the snapshot and the page taken from the signer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_serving_a_tampered_page_is_refused_and_blocked() {
+async fn a_peer_serving_a_tampered_snapshot_or_page_is_refused_and_blocked() {
     let upstream = fake_index(demo_graph()).await;
     let cluster = Cluster::start(&upstream.simple_url()).await;
     let signer_simple = cluster.signer.url("/simple/");
@@ -351,8 +352,11 @@ async fn a_peer_serving_a_tampered_page_is_refused_and_blocked() {
         c.trust = Some(trust.clone());
     };
     let signer_addr: peerpi_swarm::Multiaddr = p2p_addr_of(&cluster.signer).await.parse().unwrap();
+    // The liar shares B's region and the signer does not, so B asks the
+    // liar first for every blob: the snapshot, then the page.
     let liar = peer_node_with(&upstream, &[signer_addr], under_tuf, |s| {
-        s.adversary = Some(peerpi_swarm::Adversary::WrongBytes)
+        s.adversary = Some(peerpi_swarm::Adversary::WrongBytes);
+        s.region = Some("here".into());
     })
     .await;
     // The liar verifies and stores the page like anyone (it lies only when serving).
@@ -362,7 +366,10 @@ async fn a_peer_serving_a_tampered_page_is_refused_and_blocked() {
         .await
         .unwrap();
     assert_eq!(honest_copy.status(), 200);
-    let b = peer_node_with(&upstream, &[p2p_addr(&liar)], under_tuf, |_| {}).await;
+    let b = peer_node_with(&upstream, &[p2p_addr(&liar)], under_tuf, |s| {
+        s.region = Some("here".into())
+    })
+    .await;
     let served = get_json_page(b.url("/simple/alpha/")).await;
     let signed = get_json_page(cluster.signer.url("/simple/alpha/")).await;
     assert_eq!(served, signed);

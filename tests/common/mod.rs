@@ -341,6 +341,21 @@ pub async fn metric(node: &TestNode, name: &str, labels: &str) -> f64 {
 }
 
 /// Polls until `check` holds, for at most `limit`.
+/// Like [`eventually`] for checks that await (a metric read over HTTP).
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check().await
+}
+
 pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {

@@ -9,6 +9,7 @@ mod http;
 pub mod metrics;
 mod pages;
 mod reputation;
+pub mod scrub;
 pub mod signing;
 mod sources;
 pub mod trust;
@@ -67,6 +68,8 @@ pub struct NodeConfig {
     pub signer: Option<signing::SignerConfig>,
     /// When set, pages are checked against TUF metadata (see `trust`).
     pub trust: Option<trust::TrustConfig>,
+    /// The background scrub of the store.
+    pub scrub: scrub::ScrubConfig,
 }
 
 impl NodeConfig {
@@ -86,6 +89,7 @@ impl NodeConfig {
             upstream,
             signer: None,
             trust: None,
+            scrub: scrub::ScrubConfig::default(),
         }
     }
 }
@@ -186,6 +190,7 @@ impl Node {
             }),
         };
         slot.fill(&node);
+        scrub::start(&node);
         Ok(node)
     }
 

@@ -67,6 +67,8 @@ pub struct Metrics {
     tuf_refreshes: Family<OutcomeLabels, Counter>,
     tuf_pages_refused: Family<ReasonLabels, Counter>,
     tuf_metadata_bytes: Family<SourceLabels, Counter>,
+    scrubbed_bytes: Counter,
+    scrub_damaged: Counter,
     tuf_expires: Family<RoleLabels, Gauge>,
     blob_bytes: Family<SourceLabels, Counter>,
     blob_hits: Family<SourceLabels, Counter>,
@@ -107,6 +109,8 @@ impl Metrics {
             tuf_refreshes: Family::default(),
             tuf_pages_refused: Family::default(),
             tuf_metadata_bytes: Family::default(),
+            scrubbed_bytes: Counter::default(),
+            scrub_damaged: Counter::default(),
             tuf_expires: Family::default(),
             blob_bytes: Family::default(),
             blob_hits: Family::default(),
@@ -211,6 +215,16 @@ impl Metrics {
             m.tuf_pages_refused.clone(),
         );
         registry.register(
+            "scrubbed_bytes",
+            "Bytes of stored blobs re-hashed by the background scrub and found intact",
+            m.scrubbed_bytes.clone(),
+        );
+        registry.register(
+            "scrub_damaged_blobs",
+            "Stored blobs the background scrub found damaged on disk (removed and withdrawn)",
+            m.scrub_damaged.clone(),
+        );
+        registry.register(
             "tuf_metadata_bytes",
             "TUF metadata bytes received, by source (signer: over HTTP or as the last source of a blob; peer; store: already held as a blob)",
             m.tuf_metadata_bytes.clone(),
@@ -229,6 +243,14 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    pub fn scrubbed(&self, bytes: u64) {
+        self.scrubbed_bytes.inc_by(bytes);
+    }
+
+    pub fn scrub_damaged(&self) {
+        self.scrub_damaged.inc();
     }
 
     pub fn tuf_metadata_bytes(&self, source: &str, bytes: u64) {

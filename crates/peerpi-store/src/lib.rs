@@ -98,6 +98,17 @@ pub struct ReconcileReport {
     pub orphans_removed: usize,
 }
 
+/// What [`Store::scrub_blob`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scrub {
+    /// The file matches its digest and length.
+    Good { bytes: u64 },
+    /// It did not (or was missing): removed.
+    Corrupt { reason: String },
+    /// The store no longer holds it (evicted meanwhile).
+    Gone,
+}
+
 pub struct Store {
     blobs_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -346,6 +357,36 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
         }
+    }
+
+    /// Re-hashes a stored blob's file against its digest and recorded
+    /// length (bit rot, a disk error, a hand edit). A bad or missing file is
+    /// removed with its record, so the blob is fetched and verified again on
+    /// its next request. Does not count as an access for eviction.
+    pub fn scrub_blob(&self, digest: &Sha256Digest) -> Result<Scrub, StoreError> {
+        let Some(record) = self.catalog.blob(digest)? else {
+            return Ok(Scrub::Gone);
+        };
+        let path = self.blob_path(digest);
+        let outcome = match hash_file(&path) {
+            Ok((actual, len)) if actual == *digest && len == record.size => {
+                return Ok(Scrub::Good { bytes: len })
+            }
+            Ok((actual, len)) => Scrub::Corrupt {
+                reason: if len == record.size {
+                    format!("its bytes hash to sha256 {actual}")
+                } else {
+                    format!("{len} bytes on disk, {} recorded", record.size)
+                },
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Scrub::Corrupt {
+                reason: "its file is missing".into(),
+            },
+            Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+        };
+        warn!(%digest, ?outcome, "scrub: removing a damaged blob");
+        self.remove(digest, record.size)?;
+        Ok(outcome)
     }
 
     /// Every digest the store holds.

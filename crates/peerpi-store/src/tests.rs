@@ -258,3 +258,33 @@ fn put_evicting(store: &Store, bytes: &[u8]) -> Vec<Sha256Digest> {
     w.append(bytes).unwrap();
     store.commit(w, &digest, Some(bytes.len() as u64)).unwrap()
 }
+
+#[test]
+fn scrub_keeps_good_blobs_and_removes_damaged_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    let good = put(&store, b"good bytes");
+    let flipped = put(&store, b"flipped bytes");
+    let cut = put(&store, b"truncated bytes");
+    let gone = put(&store, b"deleted bytes");
+    fs::write(store.blob_path(&flipped), b"flipped bytez").unwrap();
+    fs::write(store.blob_path(&cut), b"trunc").unwrap();
+    fs::remove_file(store.blob_path(&gone)).unwrap();
+
+    assert_eq!(store.scrub_blob(&good).unwrap(), Scrub::Good { bytes: 10 });
+    for (digest, reason) in [
+        (flipped, "hash to sha256"),
+        (cut, "5 bytes on disk, 15 recorded"),
+        (gone, "missing"),
+    ] {
+        match store.scrub_blob(&digest).unwrap() {
+            Scrub::Corrupt { reason: r } => assert!(r.contains(reason), "{r}"),
+            other => panic!("{digest}: {other:?}"),
+        }
+        assert!(store.get(&digest).unwrap().is_none());
+        assert!(!store.blob_path(&digest).exists());
+        assert_eq!(store.scrub_blob(&digest).unwrap(), Scrub::Gone);
+    }
+    assert_eq!(store.total_bytes(), 10);
+    assert_eq!(store.digests().unwrap(), vec![good]);
+}

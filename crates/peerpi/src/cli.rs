@@ -29,6 +29,8 @@ pub enum Command {
     Peers(PeersArgs),
     /// TUF: sign a repository (init, add, sign, rotate) or run a TUF client.
     Tuf(Box<crate::tuf::TufArgs>),
+    /// Re-hash every blob in a stopped node's store; remove damaged ones.
+    Verify(IdArgs),
 }
 
 /// Settings shared by every subcommand that needs the node's configuration.
@@ -61,6 +63,12 @@ pub struct ServeArgs {
     /// Size cap of the blob store, e.g. 20GiB or 500MB [default: 20GiB].
     #[arg(long, env = "PEERPI_CACHE_SIZE", value_name = "SIZE")]
     pub cache_size: Option<String>,
+
+    /// Re-hash stored blobs in the background at most this many bytes per
+    /// second (a pass 10 minutes after start, then daily; damaged blobs are
+    /// removed and withdrawn), or 0 for never [default: 4MiB].
+    #[arg(long, env = "PEERPI_SCRUB_RATE", value_name = "BYTES")]
+    pub scrub_rate: Option<String>,
 
     /// How long a cached page is served before revalidation, e.g. 10m [default: 10m].
     #[arg(long, env = "PEERPI_PAGE_TTL", value_name = "DURATION")]

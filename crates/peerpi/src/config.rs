@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub upstream: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub cache_size: Option<String>,
+    pub scrub_rate: Option<String>,
     pub page_ttl: Option<String>,
     pub page_max_age: Option<String>,
     pub upstream_timeout: Option<String>,
@@ -84,6 +85,8 @@ pub struct ServeConfig {
     pub upstream_source: String,
     pub data_dir: PathBuf,
     pub cache_size: u64,
+    /// Background scrub, bytes per second; 0: off.
+    pub scrub_rate: u64,
     pub page_ttl: Duration,
     pub page_max_age: Duration,
     pub upstream_timeout: Duration,
@@ -493,6 +496,10 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
         cache_size: match args.cache_size.as_deref().or(file.cache_size.as_deref()) {
             Some(v) => size("cache-size", v)?,
             None => 20 << 30,
+        },
+        scrub_rate: match args.scrub_rate.as_deref().or(file.scrub_rate.as_deref()) {
+            Some(v) => size("scrub-rate", v)?,
+            None => 4 << 20,
         },
         page_ttl: duration(
             "page-ttl",

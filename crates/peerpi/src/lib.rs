@@ -9,3 +9,4 @@ pub mod memory;
 pub mod peers;
 pub mod serve;
 pub mod tuf;
+pub mod verify;

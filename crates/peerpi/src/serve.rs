@@ -17,6 +17,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     upstream.page_timeout = config.upstream_timeout;
     let mut node_config = NodeConfig::new(config.data_dir.clone(), upstream);
     node_config.cache_size = config.cache_size;
+    node_config.scrub.rate = config.scrub_rate;
     node_config.page_ttl = config.page_ttl;
     node_config.page_max_age = config.page_max_age;
     node_config.peer_deadline = config.peer_deadline;

@@ -566,9 +566,16 @@ pub async fn raw_get(addr: SocketAddr, path: &[u8], extra_headers: &str) -> (u16
 /// is killed and the test fails, so a start that is not refused cannot hang
 /// the suite.
 pub fn exit_within(command: &mut Command, within: Duration) -> (Option<i32>, String) {
+    let (code, _, stderr) = output_within(command, within);
+    (code, stderr)
+}
+
+/// [`exit_within`], with stdout too: (exit code, stdout, stderr).
+pub fn output_within(command: &mut Command, within: Duration) -> (Option<i32>, String, String) {
+    let stdout_file = tempfile::NamedTempFile::new().unwrap();
     let stderr_file = tempfile::NamedTempFile::new().unwrap();
     let mut child = command
-        .stdout(Stdio::null())
+        .stdout(stdout_file.reopen().unwrap())
         .stderr(stderr_file.reopen().unwrap())
         .spawn()
         .unwrap();
@@ -584,6 +591,6 @@ pub fn exit_within(command: &mut Command, within: Duration) -> (Option<i32>, Str
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let stderr = std::fs::read_to_string(stderr_file.path()).unwrap();
-    (status.code(), stderr)
+    let read = |file: &tempfile::NamedTempFile| std::fs::read_to_string(file.path()).unwrap();
+    (status.code(), read(&stdout_file), read(&stderr_file))
 }

@@ -31,6 +31,8 @@ pub enum Command {
     Tuf(Box<crate::tuf::TufArgs>),
     /// Re-hash every blob in a stopped node's store; remove damaged ones.
     Verify(IdArgs),
+    /// Check what a node needs (takes `serve`'s flags) and explain each finding.
+    Doctor(Box<ServeArgs>),
 }
 
 /// Settings shared by every subcommand that needs the node's configuration.

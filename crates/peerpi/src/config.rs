@@ -285,23 +285,29 @@ fn pip_config_index(path: &Path) -> Option<String> {
     })
 }
 
+/// The index URLs uv and pip are configured with, with where each is set:
+/// uv's variables, pip's variable, then pip's config files.
+pub fn index_settings(env: EnvLookup<'_>) -> Vec<(String, String)> {
+    let mut settings: Vec<(String, String)> = Vec::new();
+    for var in ["UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"] {
+        if let Some(v) = env(var) {
+            settings.push((v, var.to_string()));
+        }
+    }
+    for file in pip_config_files(env) {
+        if let Some(v) = pip_config_index(&file) {
+            settings.push((v, format!("index-url in {}", file.display())));
+        }
+    }
+    settings
+}
+
 /// The upstream pip or uv would use, skipping any that points at this node.
 pub fn inherited_upstream(
     env: EnvLookup<'_>,
     listen: &SocketAddr,
 ) -> Result<Option<(Url, String)>> {
-    let mut candidates: Vec<(String, String)> = Vec::new();
-    for var in ["UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"] {
-        if let Some(v) = env(var) {
-            candidates.push((v, var.to_string()));
-        }
-    }
-    for file in pip_config_files(env) {
-        if let Some(v) = pip_config_index(&file) {
-            candidates.push((v, format!("index-url in {}", file.display())));
-        }
-    }
-    for (text, origin) in candidates {
+    for (text, origin) in index_settings(env) {
         let url = parse_upstream(&text, &origin)?;
         if points_at(&url, listen) {
             tracing::info!(%url, %origin, "not inheriting an index URL that points at this node");

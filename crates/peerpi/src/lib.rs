@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod memory;
 pub mod peers;
 pub mod serve;

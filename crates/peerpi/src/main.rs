@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Peers(args) => peerpi::peers::run(&args),
         Command::Tuf(args) => peerpi::tuf::run(*args),
+        Command::Doctor(args) => peerpi::doctor::run(&args),
         Command::Verify(args) => config::load_file(&args.common, &config::process_env)
             .and_then(|file| config::resolve_data_dir(args.data_dir.as_deref(), &file, &config::process_env))
             .and_then(|dir| peerpi::verify::run(&dir)),

@@ -33,6 +33,8 @@ pub enum Command {
     Verify(IdArgs),
     /// Check what a node needs (takes `serve`'s flags) and explain each finding.
     Doctor(Box<ServeArgs>),
+    /// Warm a running node (and its cluster) from lockfiles, requirements or names.
+    Prefetch(PrefetchArgs),
 }
 
 /// Settings shared by every subcommand that needs the node's configuration.
@@ -237,6 +239,36 @@ pub struct KeygenArgs {
     /// Where to write a new swarm key (never overwritten).
     #[arg(long, value_name = "FILE")]
     pub swarm_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct PrefetchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// pylock.toml, uv.lock or requirements files (by name), or requirement
+    /// strings such as 'requests>=2.31' (without a lock, only the named
+    /// projects: dependencies are not resolved).
+    #[arg(required = true, value_name = "FILE|REQUIREMENT")]
+    pub inputs: Vec<String>,
+
+    /// Downloads at once.
+    #[arg(long, default_value_t = 8)]
+    pub jobs: usize,
+
+    /// List what would be fetched, fetch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Pick wheels for this CPython (e.g. 3.12) and judge markers for it
+    /// [default: every file of the chosen versions].
+    #[arg(long, value_name = "X.Y")]
+    pub python_version: Option<String>,
+
+    /// Pick wheels for this platform tag (repeatable), e.g.
+    /// manylinux_2_28_x86_64 [default: every platform].
+    #[arg(long = "platform", value_name = "TAG")]
+    pub platforms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

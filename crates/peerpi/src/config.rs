@@ -614,14 +614,25 @@ fn resolve_trust(
 }
 
 /// The shell lines that point pip and uv at a node listening on `listen`.
-/// What points pip and uv at the node listening on `listen`, in `format`.
-pub fn env_text(listen: &SocketAddr, format: EnvFormat) -> String {
-    let host = match listen.ip() {
+/// The host clients on this machine reach a node listening on `listen` at
+/// (loopback for a wildcard address; IPv6 in brackets).
+pub fn node_host(listen: &SocketAddr) -> String {
+    match listen.ip() {
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),
         IpAddr::V6(ip) => format!("[{ip}]"),
         IpAddr::V4(ip) => ip.to_string(),
-    };
-    let url = format!("http://{host}:{}/simple/", listen.port());
+    }
+}
+
+/// `http://HOST:PORT` of a node listening on `listen`, without a slash.
+pub fn node_base_url(listen: &SocketAddr) -> String {
+    format!("http://{}:{}", node_host(listen), listen.port())
+}
+
+/// What points pip and uv at the node listening on `listen`, in `format`.
+pub fn env_text(listen: &SocketAddr, format: EnvFormat) -> String {
+    let host = node_host(listen);
+    let url = format!("{}/simple/", node_base_url(listen));
     // pip refuses plain-HTTP hosts other than loopback unless trusted.
     let trusted = (!listen.ip().is_loopback() && !listen.ip().is_unspecified()).then_some(host);
     let mut vars = vec![

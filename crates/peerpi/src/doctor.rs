@@ -307,7 +307,7 @@ async fn check_port(http: &reqwest::Client, listen: SocketAddr) -> (Finding, boo
             false,
         );
     }
-    let url = format!("{}/healthz", base_url(listen));
+    let url = format!("{}/healthz", config::node_base_url(&listen));
     match http.get(&url).send().await {
         Ok(r) if r.status().is_success() => (
             Finding::ok("listen", format!("a peerpi node answers on {listen}")),
@@ -337,15 +337,6 @@ async fn check_port(http: &reqwest::Client, listen: SocketAddr) -> (Finding, boo
     }
 }
 
-fn base_url(listen: SocketAddr) -> String {
-    let host = if listen.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        listen.ip().to_string()
-    };
-    format!("http://{host}:{}", listen.port())
-}
-
 /// How many peers the running node has, in which regions.
 async fn check_peers(http: &reqwest::Client, config: &ServeConfig, running: bool) -> Finding {
     if config.p2p.is_none() {
@@ -357,7 +348,7 @@ async fn check_peers(http: &reqwest::Client, config: &ServeConfig, running: bool
             "no node runs here to ask (start one: peerpi serve)",
         );
     }
-    let url = format!("{}/peers", base_url(config.listen));
+    let url = format!("{}/peers", config::node_base_url(&config.listen));
     let body: Option<serde_json::Value> = match http.get(&url).send().await {
         Ok(r) => r
             .bytes()

@@ -8,6 +8,7 @@ pub mod config;
 pub mod doctor;
 pub mod memory;
 pub mod peers;
+pub mod prefetch;
 pub mod serve;
 pub mod tuf;
 pub mod verify;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         Command::Peers(args) => peerpi::peers::run(&args),
         Command::Tuf(args) => peerpi::tuf::run(*args),
         Command::Doctor(args) => peerpi::doctor::run(&args),
+        Command::Prefetch(args) => peerpi::prefetch::run(&args),
         Command::Verify(args) => config::load_file(&args.common, &config::process_env)
             .and_then(|file| config::resolve_data_dir(args.data_dir.as_deref(), &file, &config::process_env))
             .and_then(|dir| peerpi::verify::run(&dir)),

@@ -8,12 +8,7 @@ use crate::config;
 pub fn run(args: &PeersArgs) -> Result<()> {
     let file = config::load_file(&args.common, &config::process_env)?;
     let listen = config::resolve_listen(args.common.listen.as_deref(), &file)?;
-    let host = if listen.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        listen.ip().to_string()
-    };
-    let url = format!("http://{host}:{}/peers", listen.port());
+    let url = format!("{}/peers", config::node_base_url(&listen));
     let body = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

@@ -260,6 +260,12 @@ impl Node {
         match outcome {
             Ok((file, len)) => {
                 info!(%digest, file = %origin.filename, len, "verified and stored");
+                self.inner.status.record_fetch(crate::status::RecentFetch {
+                    filename: origin.filename.clone(),
+                    source,
+                    bytes: len,
+                    at: jiff::Timestamp::now(),
+                });
                 flight.state.send_replace(FlightState::Done {
                     file: file.clone(),
                     len,

@@ -147,10 +147,14 @@ async fn tuf_file(State(node): State<Node>, Path(path): Path<String>) -> Respons
     }
 }
 
-async fn home() -> Response {
+/// The status page.
+async fn home(State(node): State<Node>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "peerpi: a verified, peer-to-peer package index mirror.\nPoint pip or uv at /simple/ (see `peerpi env`).\n",
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        node.status_page(),
     )
         .into_response()
 }

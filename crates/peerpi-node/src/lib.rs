@@ -12,6 +12,7 @@ mod reputation;
 pub mod scrub;
 pub mod signing;
 mod sources;
+mod status;
 pub mod trust;
 
 use std::collections::HashMap;
@@ -110,6 +111,7 @@ struct Inner {
     swarm: Option<SwarmHandle>,
     signer: Option<Arc<signing::PageSigner>>,
     trust: Option<trust::PageTrust>,
+    status: status::StatusState,
 }
 
 /// A late handle to the node for parts built before it that must reach it
@@ -187,10 +189,12 @@ impl Node {
                 swarm,
                 signer,
                 trust,
+                status: status::StatusState::new(),
             }),
         };
         slot.fill(&node);
         scrub::start(&node);
+        status::start_sampler(&node);
         Ok(node)
     }
 
@@ -213,6 +217,11 @@ impl Node {
 
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
+    }
+
+    /// The status page (HTML).
+    pub fn status_page(&self) -> String {
+        status::render(self)
     }
 
     /// The HTTP front: Simple API, files, `/metrics`, `/healthz`.

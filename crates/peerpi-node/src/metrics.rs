@@ -245,6 +245,23 @@ impl Metrics {
             .inc();
     }
 
+    /// Blob requests answered and bytes obtained so far, by source.
+    pub fn by_source(&self) -> [(Source, u64, u64); 3] {
+        [Source::Local, Source::Peer, Source::Upstream].map(|s| {
+            let labels = source(s);
+            (
+                s,
+                self.blob_hits.get_or_create(&labels).get(),
+                self.blob_bytes.get_or_create(&labels).get(),
+            )
+        })
+    }
+
+    /// Bytes of verified blobs that came from peers instead of upstream.
+    pub fn bytes_saved(&self) -> u64 {
+        self.upstream_bytes_saved.get()
+    }
+
     pub fn scrubbed(&self, bytes: u64) {
         self.scrubbed_bytes.inc_by(bytes);
     }

@@ -231,3 +231,46 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// `--pin` keeps prefetched files through eviction that takes the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_files_survive_eviction() {
+    let upstream = fake_index(peerpi_testkit::demo_graph()).await;
+    let files = upstream.state.files();
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProcess::start(
+        &upstream.simple_url(),
+        &dir.path().join("a"),
+        &["--no-p2p", "--cache-size", "4KiB"],
+    )
+    .await;
+    let (code, out, err) = prefetch(&a, &["--pin", "alpha"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("pinned        1"), "{out}");
+    let head = |name: &'static str| {
+        let files = files.clone();
+        let base = a.url("");
+        async move {
+            let file = file_of(&files, name);
+            let url = file_url_at(&base, &file.project, name).await;
+            let head = client().head(&url).send().await.unwrap();
+            head.headers()["x-peerpi-source"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    // Everything else, more than the 4 KiB cap: eviction runs.
+    for file in &files {
+        if file.project != "alpha" {
+            let url = file_url_at(&a.url(""), &file.project, &file.filename).await;
+            assert_is_upstream_file(&upstream, &file.filename, &get_bytes(&url).await);
+        }
+    }
+    assert_eq!(head("alpha-1.0-py3-none-any.whl").await, "local", "pinned");
+    assert_ne!(
+        head("beta-1.0-py3-none-any.whl").await,
+        "local",
+        "the oldest unpinned file was evicted"
+    );
+}

@@ -61,9 +61,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, most likely: let some close.
                     warn!("accepting a connection failed: {e}");
@@ -86,7 +86,16 @@ pub async fn serve(
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(io, TowerToHyperService::new(router.clone()));
+            .serve_connection(
+                io,
+                // Handlers that must know who asks (loopback-only routes)
+                // extract `ConnectInfo<SocketAddr>`.
+                TowerToHyperService::new(
+                    router
+                        .clone()
+                        .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+                ),
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

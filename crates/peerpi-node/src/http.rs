@@ -39,6 +39,7 @@ pub fn router(node: Node) -> Router {
         .route("/healthz", get(healthz))
         .route("/tuf/{*path}", get(tuf_file))
         .route("/peers", get(peers))
+        .route("/pins/{sha256}", axum::routing::put(pin).delete(unpin))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -144,6 +145,59 @@ async fn tuf_file(State(node): State<Node>, Path(path): Path<String>) -> Respons
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("reading {path}: {e}"),
         ),
+    }
+}
+
+/// `PUT /pins/<sha256>`: keeps a stored blob from eviction (only from this
+/// machine: any job could otherwise pin half the cache).
+async fn pin(
+    State(node): State<Node>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    Path(sha256): Path<String>,
+) -> Response {
+    set_pin(&node, connect, &sha256, true)
+}
+
+/// `DELETE /pins/<sha256>`: lets the blob be evicted again.
+async fn unpin(
+    State(node): State<Node>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    Path(sha256): Path<String>,
+) -> Response {
+    set_pin(&node, connect, &sha256, false)
+}
+
+fn set_pin(
+    node: &Node,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    sha256: &str,
+    pinned: bool,
+) -> Response {
+    let local = connect.is_some_and(|c| c.0 .0.ip().is_loopback());
+    if !local {
+        return error(
+            StatusCode::FORBIDDEN,
+            "pins are set from the node's own machine only (127.0.0.1 or ::1)",
+        );
+    }
+    let digest = match Sha256Digest::from_hex(sha256) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad digest in path: {e}")),
+    };
+    match node.store().set_pinned(&digest, pinned) {
+        Ok(peerpi_store::Pin::Done) => StatusCode::NO_CONTENT.into_response(),
+        Ok(peerpi_store::Pin::NotStored) => error(
+            StatusCode::NOT_FOUND,
+            format!("no blob with sha256 {digest} is stored here: fetch it first"),
+        ),
+        Ok(peerpi_store::Pin::OverLimit { limit, pinned }) => error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "pins may take half the store ({limit} bytes); {pinned} bytes are pinned: \
+                 unpin some, or raise --cache-size"
+            ),
+        ),
+        Err(e) => NodeError::from(e).into_response(),
     }
 }
 

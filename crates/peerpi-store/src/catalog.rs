@@ -20,6 +20,9 @@ use crate::StoreError;
 pub struct BlobRecord {
     pub size: u64,
     pub last_access_ms: u64,
+    /// Kept from eviction (`peerpi prefetch --pin`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 /// A project page as last fetched from upstream, with its validators.

@@ -98,6 +98,19 @@ pub struct ReconcileReport {
     pub orphans_removed: usize,
 }
 
+/// What [`Store::set_pinned`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    Done,
+    /// The store does not hold the blob.
+    NotStored,
+    /// Pinning it would take pins over `limit` bytes (`pinned` now).
+    OverLimit {
+        limit: u64,
+        pinned: u64,
+    },
+}
+
 /// What [`Store::scrub_blob`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scrub {
@@ -301,8 +314,20 @@ impl Store {
             &BlobRecord {
                 size: len,
                 last_access_ms: now_ms(),
+                pinned: false,
             },
         )?;
+        if previous.is_some_and(|p| p.pinned) {
+            // The same bytes again (two downloads raced): stay pinned.
+            self.catalog.put_blob(
+                expected,
+                &BlobRecord {
+                    size: len,
+                    last_access_ms: now_ms(),
+                    pinned: true,
+                },
+            )?;
+        }
         if previous.is_none() {
             self.total_bytes.fetch_add(len, Ordering::Relaxed);
         }
@@ -321,6 +346,7 @@ impl Store {
         }
         let _guard = lock(&self.eviction);
         let mut candidates = self.catalog.blobs()?;
+        candidates.retain(|(_, record)| !record.pinned);
         candidates.sort_by_key(|(digest, record)| (record.last_access_ms, *digest));
         let mut evicted = Vec::new();
         for (digest, record) in candidates {
@@ -357,6 +383,39 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
         }
+    }
+
+    /// Pins or unpins a stored blob: a pinned blob is never evicted. Pins
+    /// may take at most half the cap, so that eviction always has room to
+    /// work with.
+    pub fn set_pinned(&self, digest: &Sha256Digest, pinned: bool) -> Result<Pin, StoreError> {
+        let Some(record) = self.catalog.blob(digest)? else {
+            return Ok(Pin::NotStored);
+        };
+        if pinned && !record.pinned {
+            let limit = self.cap_bytes / 2;
+            let already = self.pinned_bytes()?;
+            if already + record.size > limit {
+                return Ok(Pin::OverLimit {
+                    limit,
+                    pinned: already,
+                });
+            }
+        }
+        self.catalog
+            .put_blob(digest, &BlobRecord { pinned, ..record })?;
+        Ok(Pin::Done)
+    }
+
+    /// Bytes of pinned blobs.
+    pub fn pinned_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .catalog
+            .blobs()?
+            .iter()
+            .filter(|(_, r)| r.pinned)
+            .map(|(_, r)| r.size)
+            .sum())
     }
 
     /// Re-hashes a stored blob's file against its digest and recorded
@@ -492,6 +551,7 @@ impl Store {
                             &BlobRecord {
                                 size: len,
                                 last_access_ms: now_ms(),
+                                pinned: false,
                             },
                         )?;
                         total += len;

@@ -288,3 +288,30 @@ fn scrub_keeps_good_blobs_and_removes_damaged_ones() {
     assert_eq!(store.total_bytes(), 10);
     assert_eq!(store.digests().unwrap(), vec![good]);
 }
+
+#[test]
+fn a_pinned_blob_survives_eviction_within_the_pin_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 100).unwrap();
+    let pinned = put(&store, &[1u8; 40]);
+    assert_eq!(store.set_pinned(&pinned, true).unwrap(), Pin::Done);
+    // Newer blobs push the store over its cap: the oldest unpinned go.
+    let newer = put(&store, &[2u8; 40]);
+    let newest = put(&store, &[3u8; 40]);
+    assert!(store.get(&pinned).unwrap().is_some(), "pinned, so kept");
+    assert!(store.get(&newer).unwrap().is_none(), "least recently used");
+    assert!(store.get(&newest).unwrap().is_some());
+    // Pins take at most half the cap (50 bytes).
+    assert_eq!(
+        store.set_pinned(&newest, true).unwrap(),
+        Pin::OverLimit {
+            limit: 50,
+            pinned: 40
+        }
+    );
+    assert_eq!(store.set_pinned(&newer, true).unwrap(), Pin::NotStored);
+    // Unpinned, it is evicted like any other.
+    assert_eq!(store.set_pinned(&pinned, false).unwrap(), Pin::Done);
+    put(&store, &[4u8; 40]);
+    assert!(store.get(&pinned).unwrap().is_none());
+}

@@ -260,6 +260,12 @@ pub struct PrefetchArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Keep the prefetched files from eviction (run on the node's machine;
+    /// pins may take half the store). `curl -X DELETE
+    /// http://127.0.0.1:7503/pins/<sha256>` unpins one.
+    #[arg(long)]
+    pub pin: bool,
+
     /// Pick wheels for this CPython (e.g. 3.12) and judge markers for it
     /// [default: every file of the chosen versions].
     #[arg(long, value_name = "X.Y")]

@@ -170,11 +170,17 @@ async fn prefetch(
     let done = AtomicUsize::new(0);
     let count = planned.len();
     let terminal = std::io::stderr().is_terminal();
+    let pin = args.pin;
     let outcomes: Vec<(Planned, Outcome)> =
         futures_util::stream::iter(planned.into_iter().map(|p| {
             let (http, bar, done) = (http.clone(), bar.clone(), &done);
             async move {
-                let outcome = warm(&http, &p, &bar).await;
+                let mut outcome = warm(&http, &p, &bar).await;
+                if pin && !matches!(outcome, Outcome::Failed(_)) {
+                    if let Err(reason) = pin_file(&http, base, &p).await {
+                        outcome = Outcome::Failed(format!("pin: {reason}"));
+                    }
+                }
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 bar.set_message(format!("{n}/{count} files"));
                 if !terminal {
@@ -209,6 +215,9 @@ async fn prefetch(
     println!("prefetch: {count} files in {:.1?}", started.elapsed());
     println!("  fetched       {fetched} ({})", show_bytes(fetched_bytes));
     println!("  already here  {present}");
+    if args.pin {
+        println!("  pinned        {}", fetched + present);
+    }
     println!("  failed        {}", failures.len());
     if let (Some(before), Some(after)) = (before, after) {
         println!(
@@ -331,6 +340,23 @@ async fn warm_one(
         return Outcome::Failed(format!("received sha256 {actual}, expected {sha256}"));
     }
     Outcome::Fetched(len)
+}
+
+/// Pins a warmed file and its core metadata on the node.
+async fn pin_file(http: &reqwest::Client, base: &str, file: &Planned) -> Result<(), String> {
+    for sha256 in std::iter::once(&file.sha256).chain(&file.metadata_sha256) {
+        let response = http
+            .put(format!("{base}/pins/{sha256}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!("the node answered {status}: {}", text.trim()));
+        }
+    }
+    Ok(())
 }
 
 /// The node's downloads so far, from peers and from upstream.

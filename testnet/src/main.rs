@@ -6,9 +6,11 @@
 //! lives inside namespaces it created; `down` removes it all, and `up`
 //! first removes a stale run with the same prefix.
 
+mod index;
 mod net;
 mod probe;
 mod router;
+mod scenario;
 
 use std::time::Duration;
 
@@ -33,12 +35,30 @@ enum Command {
     Down(PrefixArgs),
     /// Measure the round-trip time between two namespaces through the rig.
     Probe(probe::ProbeArgs),
+    /// Run `ci-burst` on a fresh rig: peerpi on every runner, pip and uv
+    /// jobs; prints the report, exits 1 on a failed job, a corrupted file or
+    /// upstream egress above --max-egress (1.05x the unique bytes).
+    CiBurst(scenario::ScenarioArgs),
+    /// (internal) GET a URL from inside a namespace, retrying.
+    #[command(hide = true)]
+    Fetch(FetchArgs),
+    /// (internal) The fake index with a package set, run in the index namespace.
+    #[command(hide = true)]
+    Index(index::IndexArgs),
     /// (internal) The delaying router, run inside the router namespace.
     #[command(hide = true)]
     Router(router::RouterArgs),
     /// (internal) A UDP echo server for `probe`, run inside a namespace.
     #[command(hide = true)]
     Echo(probe::EchoArgs),
+}
+
+#[derive(Debug, Args)]
+struct FetchArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 10)]
+    wait_s: u64,
 }
 
 #[derive(Debug, Args)]
@@ -77,7 +97,23 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::CiBurst(args) => {
+            let report = scenario::run(&args)?;
+            print!("{}", report.markdown(&args));
+            if !report.failed_jobs.is_empty()
+                || report.corrupted_files > 0
+                || report.egress_ratio() > args.max_egress
+            {
+                anyhow::bail!("ci-burst failed its goals (see the report above)");
+            }
+            Ok(())
+        }
+        Command::Fetch(args) => {
+            print!("{}", scenario::fetch(&args.url, args.wait_s)?);
+            Ok(())
+        }
         Command::Router(args) => router::run(&args),
+        Command::Index(args) => index::serve(&args),
         Command::Echo(args) => probe::echo(&args),
     }
 }

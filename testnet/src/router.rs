@@ -106,12 +106,7 @@ async fn route(args: &RouterArgs) -> Result<()> {
 /// One direction between two regions: each packet leaves after `delay`
 /// from its arrival, and not before the previous one has been serialized
 /// at `rate`.
-async fn link(
-    tun: Arc<Tun>,
-    mut rx: mpsc::Receiver<Queued>,
-    delay: Duration,
-    rate: f64,
-) {
+async fn link(tun: Arc<Tun>, mut rx: mpsc::Receiver<Queued>, delay: Duration, rate: f64) {
     let mut link_free = Instant::now();
     while let Some((arrived, packet)) = rx.recv().await {
         let leave = (arrived + delay).max(link_free);

@@ -1,0 +1,80 @@
+//! The CI scenario: 6 runners in 2 regions (60 ms apart, the index 100 ms
+//! away), a dozen pip and uv jobs one at a time, one runner whose store is
+//! damaged after the first job so that it serves wrong bytes to peers. Fails
+//! on any failed job or any installed file that does not match its RECORD
+//! hash. The egress goal (1.05x the unique bytes) is NOT asserted
+//! yet: on this rig a runner sometimes finds no provider for a file another
+//! runner announced seconds before and goes upstream (1.0x in some runs,
+//! up to 2.9x in others; see testnet/README.md). The bound below only
+//! catches a complete loss of sharing (every runner fetching everything).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::path::Path;
+use std::process::Command;
+
+fn netns_allowed() -> Result<(), String> {
+    let name = format!("ppcheck{}", std::process::id());
+    match Command::new("ip").args(["netns", "add", &name]).output() {
+        Ok(out) if out.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            Ok(())
+        }
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        Err(e) => Err(format!("cannot run ip: {e}")),
+    }
+}
+
+#[test]
+fn ci_burst_with_a_poisoning_runner_meets_its_goals() {
+    if let Err(why) = netns_allowed() {
+        eprintln!("network namespaces are not available here ({why}): the scenario did not run");
+        return;
+    }
+    let testnet = Path::new(env!("CARGO_BIN_EXE_testnet"));
+    let peerpi = testnet.with_file_name("peerpi");
+    assert!(
+        peerpi.is_file(),
+        "{} is built by `cargo test --workspace`",
+        peerpi.display()
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let prefix = format!("pc{}", std::process::id() % 100_000);
+    let out = Command::new(testnet)
+        .args([
+            "ci-burst",
+            "--prefix",
+            &prefix,
+            "--regions",
+            "2",
+            "--nodes",
+            "3",
+        ])
+        .args([
+            "--jobs",
+            "12",
+            "--parallel",
+            "1",
+            "--poison",
+            "--lifetime-s",
+            "900",
+        ])
+        // 6 runners each fetching everything would be about 6x.
+        .args(["--max-egress", "4"])
+        .arg("--peerpi")
+        .arg(&peerpi)
+        .arg("--out")
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{report}");
+    assert!(out.status.success(), "{report}\n{stderr}");
+    assert!(report.contains("| failed jobs | 0 |"), "{report}");
+    assert!(
+        report.contains("| corrupted installed files | 0 of"),
+        "{report}"
+    );
+    assert!(out_dir.path().join("report.md").is_file());
+}

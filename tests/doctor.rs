@@ -32,23 +32,10 @@ async fn a_healthy_node_with_a_peer_is_all_ok() {
     let upstream = fake_index(peerpi_testkit::demo_graph()).await;
     let dir = tempfile::tempdir().unwrap();
     let a = NodeProcess::start(&upstream.simple_url(), &dir.path().join("a"), &[]).await;
-    let peers: serde_json::Value = serde_json::from_str(&get_text(a.url("/peers")).await).unwrap();
-    let a_addr = peers["listen"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        .find(|v| v.starts_with("/ip4/127.0.0.1/tcp/"))
-        .unwrap()
-        .to_string();
+    let a_addr = p2p_addr_of(&a).await;
     let b_dir = dir.path().join("b");
     let b = NodeProcess::start(&upstream.simple_url(), &b_dir, &["--bootstrap", &a_addr]).await;
-    let connected = eventually_async(Duration::from_secs(20), || async {
-        get_text(b.url("/peers"))
-            .await
-            .contains("\"connected\":true")
-    })
-    .await;
+    let connected = connected_within_20s(&b).await;
     assert!(connected, "B connects to A");
     let listen = b.url("").trim_start_matches("http://").to_string();
     let (code, out) = doctor(

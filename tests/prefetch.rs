@@ -120,27 +120,14 @@ async fn lockfiles_warm_a_node_and_a_peer_installs_from_it() {
     );
 
     // B installs the graph: every file from A, none from upstream.
-    let peers: serde_json::Value = serde_json::from_str(&get_text(a.url("/peers")).await).unwrap();
-    let a_addr = peers["listen"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        .find(|v| v.starts_with("/ip4/127.0.0.1/tcp/"))
-        .unwrap()
-        .to_string();
+    let a_addr = p2p_addr_of(&a).await;
     let b = NodeProcess::start(
         &upstream.simple_url(),
         &dir.path().join("b"),
         &["--bootstrap", &a_addr],
     )
     .await;
-    let connected = eventually_async(Duration::from_secs(20), || async {
-        get_text(b.url("/peers"))
-            .await
-            .contains("\"connected\":true")
-    })
-    .await;
+    let connected = connected_within_20s(&b).await;
     assert!(connected);
     let downloads = upstream.state.count_prefix("/files/");
     let venv = pip_venv(&dir.path().join("venv")).await;
@@ -192,7 +179,7 @@ async fn what_cannot_be_prefetched_fails_with_its_reason() {
 /// bytes, rate and ETA is drawn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_gets_a_progress_bar() {
-    let Ok(script) = which("script") else {
+    let Some(script) = which("script") else {
         eprintln!("`script` (util-linux) is not installed: no pseudo-terminal to test in");
         return;
     };
@@ -221,56 +208,4 @@ async fn a_terminal_gets_a_progress_bar() {
         "no plain log lines on a terminal: {out:?}"
     );
     assert!(out.contains("fetched       4"), "{out}");
-}
-
-fn which(program: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .ok_or(())
-}
-
-/// `--pin` keeps prefetched files through eviction that takes the others.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pinned_files_survive_eviction() {
-    let upstream = fake_index(peerpi_testkit::demo_graph()).await;
-    let files = upstream.state.files();
-    let dir = tempfile::tempdir().unwrap();
-    let a = NodeProcess::start(
-        &upstream.simple_url(),
-        &dir.path().join("a"),
-        &["--no-p2p", "--cache-size", "4KiB"],
-    )
-    .await;
-    let (code, out, err) = prefetch(&a, &["--pin", "alpha"]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("pinned        1"), "{out}");
-    let head = |name: &'static str| {
-        let files = files.clone();
-        let base = a.url("");
-        async move {
-            let file = file_of(&files, name);
-            let url = file_url_at(&base, &file.project, name).await;
-            let head = client().head(&url).send().await.unwrap();
-            head.headers()["x-peerpi-source"]
-                .to_str()
-                .unwrap()
-                .to_string()
-        }
-    };
-    // Everything else, more than the 4 KiB cap: eviction runs.
-    for file in &files {
-        if file.project != "alpha" {
-            let url = file_url_at(&a.url(""), &file.project, &file.filename).await;
-            assert_is_upstream_file(&upstream, &file.filename, &get_bytes(&url).await);
-        }
-    }
-    assert_eq!(head("alpha-1.0-py3-none-any.whl").await, "local", "pinned");
-    assert_ne!(
-        head("beta-1.0-py3-none-any.whl").await,
-        "local",
-        "the oldest unpinned file was evicted"
-    );
 }

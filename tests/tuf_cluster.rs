@@ -108,24 +108,6 @@ impl Cluster {
     }
 }
 
-async fn p2p_addr_of(node: &NodeProcess) -> String {
-    let text = get_text(node.url("/peers")).await;
-    let peers: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let id = peers["peer_id"].as_str().unwrap();
-    let addr = peers["listen"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|a| a.as_str())
-        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
-        .unwrap();
-    if addr.contains("/p2p/") {
-        addr.to_string()
-    } else {
-        format!("{addr}/p2p/{id}")
-    }
-}
-
 #[tokio::test]
 async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
     let upstream = fake_index(demo_graph()).await;

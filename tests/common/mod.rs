@@ -594,3 +594,41 @@ pub fn output_within(command: &mut Command, within: Duration) -> (Option<i32>, S
     let read = |file: &tempfile::NamedTempFile| std::fs::read_to_string(file.path()).unwrap();
     (status.code(), read(&stdout_file), read(&stderr_file))
 }
+
+/// A node process's loopback TCP swarm address, with `/p2p/<id>`.
+pub async fn p2p_addr_of(node: &NodeProcess) -> String {
+    let text = get_text(node.url("/peers")).await;
+    let peers: serde_json::Value = serde_json::from_str(&text).expect("/peers JSON");
+    let id = peers["peer_id"].as_str().expect("peer_id");
+    let addr = peers["listen"]
+        .as_array()
+        .expect("listen")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+        .expect("a loopback TCP address");
+    if addr.contains("/p2p/") {
+        addr.to_string()
+    } else {
+        format!("{addr}/p2p/{id}")
+    }
+}
+
+/// Waits (up to 20 s) until `node` has a connected peer; false if it never does.
+pub async fn connected_within_20s(node: &NodeProcess) -> bool {
+    eventually_async(Duration::from_secs(20), || async {
+        get_text(node.url("/peers"))
+            .await
+            .contains("\"connected\":true")
+    })
+    .await
+}
+
+/// `program` on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}

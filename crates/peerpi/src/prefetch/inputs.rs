@@ -85,19 +85,7 @@ fn read_pylock(path: &Path, out: &mut Inputs) -> Result<()> {
         })?;
     for package in packages {
         let project = string(package, "name", path)?;
-        let mut files: Vec<&toml::Value> = package
-            .get("wheels")
-            .and_then(|w| w.as_array())
-            .map(|w| w.iter().collect())
-            .unwrap_or_default();
-        files.extend(package.get("sdist"));
-        if files.is_empty() {
-            out.skipped.push(format!(
-                "{project}: not from an index (vcs, directory or archive) in {}",
-                path.display()
-            ));
-        }
-        for file in files {
+        let listed = lock_files(package, &project, path, out, |file| {
             let sha256 = file
                 .get("hashes")
                 .and_then(|h| h.get("sha256"))
@@ -111,17 +99,13 @@ fn read_pylock(path: &Path, out: &mut Inputs) -> Result<()> {
                         .and_then(|u| u.as_str())
                         .and_then(last_segment)
                 });
-            match (filename, sha256) {
-                (Some(filename), Some(sha256)) => out.wanted.push(Wanted::File {
-                    project: project.clone(),
-                    filename,
-                    sha256: sha256.to_ascii_lowercase(),
-                }),
-                _ => out.skipped.push(format!(
-                    "{project}: a file without a name or sha256 in {}",
-                    path.display()
-                )),
-            }
+            (filename, sha256.map(str::to_string))
+        });
+        if listed == 0 {
+            out.skipped.push(format!(
+                "{project}: not from an index (vcs, directory or archive) in {}",
+                path.display()
+            ));
         }
     }
     Ok(())
@@ -147,13 +131,7 @@ fn read_uv_lock(path: &Path, out: &mut Inputs) -> Result<()> {
             ));
             continue;
         }
-        let mut files: Vec<&toml::Value> = package
-            .get("wheels")
-            .and_then(|w| w.as_array())
-            .map(|w| w.iter().collect())
-            .unwrap_or_default();
-        files.extend(package.get("sdist"));
-        for file in files {
+        lock_files(package, &project, path, out, |file| {
             let sha256 = file
                 .get("hash")
                 .and_then(|h| h.as_str())
@@ -162,20 +140,42 @@ fn read_uv_lock(path: &Path, out: &mut Inputs) -> Result<()> {
                 .get("url")
                 .and_then(|u| u.as_str())
                 .and_then(last_segment);
-            match (filename, sha256) {
-                (Some(filename), Some(sha256)) => out.wanted.push(Wanted::File {
-                    project: project.clone(),
-                    filename,
-                    sha256: sha256.to_ascii_lowercase(),
-                }),
-                _ => out.skipped.push(format!(
-                    "{project}: a file without a URL or sha256 hash in {}",
-                    path.display()
-                )),
-            }
-        }
+            (filename, sha256.map(str::to_string))
+        });
     }
     Ok(())
+}
+
+/// Adds a lock package's files (`wheels`, then `sdist`), each read as
+/// (filename, sha256) by `read`; one without both is skipped with a note.
+/// Returns how many files the package lists.
+fn lock_files(
+    package: &toml::Value,
+    project: &str,
+    path: &Path,
+    out: &mut Inputs,
+    read: impl Fn(&toml::Value) -> (Option<String>, Option<String>),
+) -> usize {
+    let mut files: Vec<&toml::Value> = package
+        .get("wheels")
+        .and_then(|w| w.as_array())
+        .map(|w| w.iter().collect())
+        .unwrap_or_default();
+    files.extend(package.get("sdist"));
+    for file in &files {
+        match read(file) {
+            (Some(filename), Some(sha256)) => out.wanted.push(Wanted::File {
+                project: project.to_string(),
+                filename,
+                sha256: sha256.to_ascii_lowercase(),
+            }),
+            _ => out.skipped.push(format!(
+                "{project}: a file without a name or sha256 in {}",
+                path.display()
+            )),
+        }
+    }
+    files.len()
 }
 
 /// A requirements file: one requirement per logical line (`\` continues a

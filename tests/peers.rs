@@ -778,3 +778,58 @@ async fn peers_command_lists_the_swarm() {
         "peerpi id agrees"
     );
 }
+
+/// A node started before its bootstrap peer (pods of one DaemonSet start
+/// together) dials the bootstrap address again while it has no peer; the
+/// peer then finds it as a provider of what it fetched while alone and
+/// takes the file from it, not from upstream. Found by the testnet rig,
+/// where such a node stayed alone for the whole run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_its_bootstrap_peer_joins_and_shares() {
+    let upstream = fake_index(demo_graph()).await;
+    let port = free_port();
+    let a_addr: peerpi_swarm::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let b = peer_node(&upstream, std::slice::from_ref(&a_addr), |_| {}).await;
+    let file = upstream.state.files()[0].clone();
+    let url = file_url(&b, &file.project, &file.filename).await;
+    assert_is_upstream_file(&upstream, &file.filename, &get_bytes(&url).await);
+    assert_eq!(
+        connected(&b),
+        0,
+        "B is alone: nothing listens at A's address yet"
+    );
+
+    let a = peer_node_with(&upstream, &[], |_| {}, |s| s.listen = vec![a_addr.clone()]).await;
+    assert!(
+        eventually(Duration::from_secs(20), || connected(&b) >= 1).await,
+        "B dialled A again (every 5 s while alone)"
+    );
+    let digest = peerpi_core::Sha256Digest::from_hex(&file.sha256).unwrap();
+    let b_id = b.node.swarm().unwrap().local_peer_id();
+    let mut found = false;
+    for _ in 0..50 {
+        let mut providers = a
+            .node
+            .swarm()
+            .unwrap()
+            .find_providers(digest)
+            .await
+            .unwrap();
+        while let Some(p) = providers.recv().await {
+            found |= p == b_id;
+        }
+        if found {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(found, "A finds B as a provider");
+    let downloads = upstream.state.count_prefix("/files/");
+    let url = file_url(&a, &file.project, &file.filename).await;
+    assert_is_upstream_file(&upstream, &file.filename, &get_bytes(&url).await);
+    assert_eq!(
+        upstream.state.count_prefix("/files/"),
+        downloads,
+        "A took it from B"
+    );
+}

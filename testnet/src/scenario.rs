@@ -36,6 +36,9 @@ pub struct ScenarioArgs {
     /// The peerpi binary [default: next to this one].
     #[arg(long)]
     pub peerpi: Option<PathBuf>,
+    /// Pause between waves, in milliseconds (time for announcements).
+    #[arg(long, default_value_t = 0)]
+    pub gap_ms: u64,
     /// Upstream egress allowed, as a multiple of the unique bytes fetched.
     #[arg(long, default_value_t = 1.05)]
     pub max_egress: f64,
@@ -226,6 +229,7 @@ fn run_on_rig(args: &ScenarioArgs, exe: &Path, peerpi: &Path, made: &net::Made) 
         .collect();
     let mut poisoned = false;
     for wave in jobs.chunks(args.parallel.max(1)) {
+        std::thread::sleep(Duration::from_millis(args.gap_ms));
         if let (Some(poisoner), false) = (&poisoner, poisoned) {
             if wave[0].0 > 0 {
                 // After the first wave: the poisoner fetches what that wave

@@ -32,6 +32,8 @@ const AGENT_PREFIX: &str = concat!("peerpi/", env!("CARGO_PKG_VERSION"));
 /// kilobytes inside Kademlia and its query pool is scanned on every poll, so
 /// further announcements wait in a queue of bare digests instead.
 const MAX_PROVIDE_QUERIES: usize = 32;
+/// How often a node with no peer at all dials its bootstrap addresses again.
+const BOOTSTRAP_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -268,6 +270,8 @@ pub(crate) async fn start(
         pending_provides: VecDeque::new(),
         provide_queries: HashSet::new(),
         psk_configured: psk.is_some(),
+        bootstrap: config.bootstrap.clone(),
+        announced_alone: HashSet::new(),
     };
     tokio::spawn(async move { runner.run(rx).await });
     tokio::spawn(reprovide(
@@ -312,10 +316,20 @@ struct Runner {
     pending_provides: VecDeque<Sha256Digest>,
     provide_queries: HashSet<kad::QueryId>,
     psk_configured: bool,
+    /// Dialled again while this node has no peer at all (a bootstrap node
+    /// that was not up yet when this one started).
+    bootstrap: Vec<libp2p::Multiaddr>,
+    /// Blobs announced while this node had no peer.
+    announced_alone: HashSet<Sha256Digest>,
 }
 
 impl Runner {
     async fn run(&mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut redial = tokio::time::interval_at(
+            tokio::time::Instant::now() + BOOTSTRAP_RETRY,
+            BOOTSTRAP_RETRY,
+        );
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -323,8 +337,39 @@ impl Runner {
                     None => return,
                 },
                 event = self.swarm.select_next_some() => self.event(event),
+                _ = redial.tick() => self.redial_if_alone(),
             }
         }
+    }
+
+    fn redial_if_alone(&mut self) {
+        if self.bootstrap.is_empty() || self.swarm.connected_peers().next().is_some() {
+            return;
+        }
+        info!(
+            count = self.bootstrap.len(),
+            "no peers: dialling the bootstrap addresses again"
+        );
+        for addr in self.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                debug!(%addr, "cannot dial bootstrap peer: {e}");
+            }
+        }
+    }
+
+    /// Announcements made while this node had no peer reached no one:
+    /// once it has one again, they are made again.
+    fn reannounce(&mut self) {
+        if self.announced_alone.is_empty() {
+            return;
+        }
+        let again = std::mem::take(&mut self.announced_alone);
+        info!(
+            count = again.len(),
+            "first peer connected: announcing again what was announced alone"
+        );
+        self.pending_provides.extend(again);
+        self.start_provides();
     }
 
     fn command(&mut self, command: Command) {
@@ -337,6 +382,7 @@ impl Runner {
             Command::Unprovide(digest) => {
                 kad.stop_providing(&kad_key(&digest));
                 self.provided.remove(&digest);
+                self.announced_alone.remove(&digest);
                 self.pending_provides.retain(|d| *d != digest);
             }
             Command::FindProviders(digest, tx) => {
@@ -382,6 +428,9 @@ impl Runner {
                 Ok(id) => {
                     self.provide_queries.insert(id);
                     self.provided.insert(digest);
+                    if self.swarm.connected_peers().next().is_none() {
+                        self.announced_alone.insert(digest);
+                    }
                 }
                 Err(e) => warn!(%digest, "cannot announce: {e}"),
             }
@@ -402,6 +451,10 @@ impl Runner {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
+                // The first peer after none (at start, or after being cut off).
+                if self.swarm.connected_peers().count() == 1 {
+                    self.reannounce();
+                }
                 let addr = endpoint.get_remote_address().clone();
                 let ip = addr.iter().find_map(|part| match part {
                     Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
@@ -447,8 +500,11 @@ impl Runner {
                     .split_whitespace()
                     .find_map(|part| part.strip_prefix("region="))
                     .map(str::to_string);
-                self.shared.peer_mut(peer_id, |p| p.region = region);
-                for addr in info.listen_addrs {
+                let remote_ip = self.shared.peer_mut(peer_id, |p| {
+                    p.region = region;
+                    p.ip
+                });
+                for addr in reachable_listen_addrs(remote_ip, info.listen_addrs) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
@@ -511,5 +567,56 @@ impl Runner {
             "this node has no --swarm-key: it cannot reach a private swarm"
         };
         warn!("connection with {who} failed: {error} ({hint})");
+    }
+}
+
+/// The listen addresses a peer announced that this node can reach it at. A
+/// node listening on a wildcard address announces its loopback addresses
+/// too; dialled from another host (or network namespace), those reach this
+/// node itself, so Kademlia's dials fail ("unexpected peer id") and the
+/// peer's routing entries are polluted. They are kept only for a peer that
+/// is itself connected over loopback (nodes on one machine).
+fn reachable_listen_addrs(
+    remote_ip: Option<std::net::IpAddr>,
+    listen_addrs: Vec<libp2p::Multiaddr>,
+) -> Vec<libp2p::Multiaddr> {
+    let remote_is_loopback = remote_ip.is_some_and(|ip| ip.is_loopback());
+    listen_addrs
+        .into_iter()
+        .filter(|addr| {
+            let loopback = addr.iter().any(|part| match part {
+                Protocol::Ip4(ip) => ip.is_loopback(),
+                Protocol::Ip6(ip) => ip.is_loopback(),
+                _ => false,
+            });
+            remote_is_loopback || !loopback
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod listen_addr_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use libp2p::Multiaddr;
+
+    #[test]
+    fn loopback_addresses_of_a_remote_peer_are_dropped() {
+        let announced: Vec<Multiaddr> = [
+            "/ip4/127.0.0.1/tcp/7504",
+            "/ip4/10.1.0.2/tcp/7504",
+            "/ip6/::1/tcp/7504",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let remote = reachable_listen_addrs(Some("10.1.0.2".parse().unwrap()), announced.clone());
+        assert_eq!(
+            remote,
+            vec!["/ip4/10.1.0.2/tcp/7504".parse::<Multiaddr>().unwrap()]
+        );
+        let local = reachable_listen_addrs(Some("127.0.0.1".parse().unwrap()), announced.clone());
+        assert_eq!(local, announced, "peers on this machine keep them");
     }
 }

@@ -289,23 +289,11 @@ async fn a_restarted_tuf_node_keeps_its_trust_state() {
     // back) is found at the next start, which refuses with the fix.
     b.stop_gracefully().await;
     std::fs::write(&stored, &old_timestamp).unwrap();
-    let (code, stderr) = exit_within(
-        Command::new(env!("CARGO_BIN_EXE_peerpi"))
-            .args([
-                "serve",
-                "--trust",
-                "tuf",
-                "--no-p2p",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--tuf-root", &cluster.root()])
-            .args(["--tuf-url", &cluster.signer.url("/tuf/")])
-            .arg("--data-dir")
-            .arg(cluster.dir.path().join("b")),
-        Duration::from_secs(30),
+    let stderr = tuf_start_refused(
+        Path::new(&cluster.root()),
+        &cluster.signer.url("/tuf/"),
+        &cluster.dir.path().join("b"),
     );
-    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("rolled back: this node trusted timestamp version")
             && stderr.contains(&format!("the directory holds version {before}.")),
@@ -425,24 +413,32 @@ fn a_node_refuses_to_start_with_a_root_that_is_not_one() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root.json");
     std::fs::write(&root, br#"{"signed": {}, "signatures": []}"#).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_peerpi"));
-    command
-        .args([
-            "serve",
-            "--trust",
-            "tuf",
-            "--no-p2p",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--tuf-root")
-        .arg(&root)
-        .args(["--tuf-url", "http://127.0.0.1:9/tuf/"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"));
-    let (code, stderr) = exit_within(&mut command, Duration::from_secs(30));
-    assert_eq!(code, Some(1), "{stderr}");
+    let stderr = tuf_start_refused(&root, "http://127.0.0.1:9/tuf/", &dir.path().join("data"));
     assert!(stderr.contains("not a usable TUF root"), "{stderr}");
+}
+
+/// Starts `peerpi serve --trust tuf` and expects it to refuse (exit 1
+/// within 30 s); returns its stderr.
+fn tuf_start_refused(root: &Path, tuf_url: &str, data_dir: &Path) -> String {
+    let (code, stderr) = exit_within(
+        Command::new(env!("CARGO_BIN_EXE_peerpi"))
+            .args([
+                "serve",
+                "--trust",
+                "tuf",
+                "--no-p2p",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--tuf-root")
+            .arg(root)
+            .args(["--tuf-url", tuf_url])
+            .arg("--data-dir")
+            .arg(data_dir),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    stderr
 }
 
 async fn uv_install(venv: &Path, index: &str, packages: &[&str]) {

@@ -236,7 +236,7 @@ fn run_on_rig(args: &ScenarioArgs, exe: &Path, peerpi: &Path, made: &net::Made) 
                 // installed (from peers, so it holds only copies honest
                 // runners hold too), then its disk "rots".
                 for (_, _, set, _) in &jobs[..args.parallel.max(1).min(jobs.len())] {
-                    let _ = run_job(exe, poisoner, &args.out.join("poison-venv"), set, false);
+                    let _ = run_job(poisoner, &args.out.join("poison-venv"), set, false);
                 }
                 damage_store(&args.out.join("data").join(poisoner))?;
                 poisoned = true;
@@ -245,13 +245,12 @@ fn run_on_rig(args: &ScenarioArgs, exe: &Path, peerpi: &Path, made: &net::Made) 
         let handles: Vec<_> = wave
             .iter()
             .map(|(j, runner, set, pip)| {
-                let (j, exe, runner, set, pip) =
-                    (*j, exe.to_path_buf(), runner.clone(), set.clone(), *pip);
+                let (j, runner, set, pip) = (*j, runner.clone(), set.clone(), *pip);
                 let venv = args.out.join(format!("venv-{j}"));
                 std::thread::spawn(move || {
                     let started = Instant::now();
-                    let outcome = run_job(&exe, &runner, &venv, &set, pip)
-                        .and_then(|()| check_installed(&runner, &venv));
+                    let outcome =
+                        run_job(&runner, &venv, &set, pip).and_then(|()| check_installed(&venv));
                     (
                         format!(
                             "job {j} on {runner} ({}, {})",
@@ -349,7 +348,7 @@ fn fetch_in(namespace: &str, exe: &Path, url: &str, wait_s: u64) -> Result<Strin
 
 /// A fresh venv on `runner`, then pip or uv installs `set` from the
 /// runner's own node (at 127.0.0.1 inside its namespace).
-fn run_job(_exe: &Path, runner: &str, venv: &Path, set: &[&str], pip: bool) -> Result<()> {
+fn run_job(runner: &str, venv: &Path, set: &[&str], pip: bool) -> Result<()> {
     let _ = std::fs::remove_dir_all(venv);
     let venv_s = venv.to_str().context("venv path")?;
     let index = "http://127.0.0.1:7503/simple/";
@@ -408,7 +407,7 @@ fn run_job(_exe: &Path, runner: &str, venv: &Path, set: &[&str], pip: bool) -> R
 }
 
 /// Every installed file against its RECORD hash: (checked, corrupted).
-fn check_installed(_runner: &str, venv: &Path) -> Result<(usize, usize)> {
+fn check_installed(venv: &Path) -> Result<(usize, usize)> {
     let script = r#"
 import base64, csv, hashlib, importlib.metadata as m, os, sys
 checked = corrupted = 0

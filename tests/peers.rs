@@ -518,7 +518,7 @@ async fn after_a_resumed_transfer_fails_only_the_peer_whose_bytes_differ_is_bloc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_suspension_ends_but_a_block_for_bad_bytes_does_not() {
+async fn a_suspension_ends_or_is_lifted_but_a_block_for_bad_bytes_does_not() {
     let upstream = fake_index(demo_graph()).await;
     let a = peer_node(&upstream, &[], |_| {}).await;
     let c = peer_node(&upstream, &[], |_| {}).await;
@@ -535,9 +535,16 @@ async fn a_suspension_ends_but_a_block_for_bad_bytes_does_not() {
             .blocked_peers
             .load(std::sync::atomic::Ordering::Relaxed)
     };
+    // A suspension lifted (the peer's bytes proved right) ends at once.
+    swarm.suspend(a_id, Duration::from_secs(600)).await.unwrap();
+    assert!(swarm.is_blocked(&a_id));
+    swarm.lift_suspension(a_id).await.unwrap();
+    assert!(!swarm.is_blocked(&a_id));
+    assert!(eventually(Duration::from_secs(5), || blocked_count() == 0).await);
     swarm.suspend(a_id, Duration::from_secs(2)).await.unwrap();
     swarm.suspend(c_id, Duration::from_secs(2)).await.unwrap();
     swarm.block(c_id).await.unwrap();
+    swarm.lift_suspension(c_id).await.unwrap();
     assert!(swarm.is_blocked(&a_id) && swarm.is_blocked(&c_id));
     assert!(eventually(Duration::from_secs(5), || blocked_count() == 2).await);
     assert!(

@@ -30,6 +30,8 @@ pub(crate) enum Verdict {
     Block,
     /// Left alone for this long.
     Suspend(Duration),
+    /// A suspension lifted (its bytes proved right); a block stays.
+    Acquit,
 }
 
 impl Misdeed {

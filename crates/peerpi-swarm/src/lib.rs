@@ -360,6 +360,23 @@ impl SwarmHandle {
         });
         Ok(())
     }
+
+    /// Ends `peer`'s suspension now (it was suspected with others and its
+    /// bytes proved right). A permanent block stays.
+    pub async fn lift_suspension(&self, peer: PeerId) -> Result<(), SwarmError> {
+        let lifted = self.shared.peer_mut(peer, |p| {
+            let suspended = p.blocked && p.blocked_until.is_some();
+            if suspended {
+                p.blocked = false;
+                p.blocked_until = None;
+            }
+            suspended
+        });
+        if lifted {
+            self.send(Command::Unblock(peer)).await?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn count(counter: &AtomicU64, value: u64) {

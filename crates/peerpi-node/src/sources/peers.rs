@@ -134,6 +134,7 @@ impl PeerNetwork for SwarmHandle {
         let _ = match verdict {
             Verdict::Block => self.block(peer).await,
             Verdict::Suspend(duration) => self.suspend(peer, duration).await,
+            Verdict::Acquit => self.lift_suspension(peer).await,
         };
     }
 }
@@ -191,7 +192,8 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
     /// minimum rate. Bounded three ways: the first provider must appear
     /// within `first_provider`, at most `MAX_PROVIDERS_TRIED` are asked, and
     /// the whole phase ends once it has taken longer than the blob at the
-    /// minimum rate (plus the grace).
+    /// minimum rate (plus the grace). After a provider fails, the lookup
+    /// has `first_provider` again to name another.
     ///
     /// Peer bytes are held back from clients (no response head either)
     /// for `hold_back`: a peer is not trusted, and pip does not retry a
@@ -220,7 +222,12 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let release_at = started + bounds.hold_back;
         let min_rate = bounds.min_rate.max(1) as f64;
         let mut providers = net.find_providers(digest).await?;
-        let deadline = started + bounds.first_provider;
+        // The lookup goes on while a provider is tried: one that fails
+        // leaves the lookup `first_provider` more to name the next, however
+        // long its own attempt took (a lying peer's transfer can outlast the
+        // first deadline). Bounded by `MAX_PROVIDERS_TRIED` attempts.
+        let mut provider_deadline = started + bounds.first_provider;
+        let mut attempt_ended = false;
         let mut phase_deadline = None;
         let mut tried: HashSet<PeerId> = HashSet::new();
         let mut queue: Vec<PeerId> = Vec::new();
@@ -228,8 +235,12 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let (mut writer, mut file) = new_writer(self.store)?;
         let mut released = false;
         loop {
+            if std::mem::take(&mut attempt_ended) {
+                provider_deadline = provider_deadline
+                    .max(tokio::time::Instant::now() + bounds.first_provider);
+            }
             if queue.is_empty() {
-                match tokio::time::timeout_at(deadline, providers.recv()).await {
+                match tokio::time::timeout_at(provider_deadline, providers.recv()).await {
                     Ok(Some(p)) => queue.push(p),
                     Ok(None) => return Err("no (more) providers".into()),
                     Err(_) => return Err("no provider delivered before the peer deadline".into()),
@@ -252,6 +263,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
             if tried.len() > MAX_PROVIDERS_TRIED {
                 return Err(format!("{MAX_PROVIDERS_TRIED} providers tried"));
             }
+            attempt_ended = true;
             let offset = writer.len();
             let mut transfer = match net.fetch(peer, digest, offset).await {
                 Ok(t) => t,
@@ -341,9 +353,20 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 contributors.pop();
             }
             if let Some(misdeed) = failed {
+                // Another flight found this peer out while it was sending
+                // here (a block also cuts its transfers): its bytes are no
+                // base to resume on, and mixing them in would make the next,
+                // honest provider a suspect.
+                let condemned_elsewhere = !net.usable(&peer);
                 self.sentence(peer, misdeed).await;
                 if misdeed == Misdeed::Overran {
                     return Err("the peer phase ran past its deadline".into());
+                }
+                if condemned_elsewhere && writer.len() > 0 {
+                    debug!(%peer, %digest, "dropping the bytes of a peer blocked meanwhile");
+                    contributors.clear();
+                    (writer, file) = new_writer(self.store)?;
+                    released = false;
                 }
                 continue;
             }
@@ -511,8 +534,9 @@ pub(crate) struct Attempt {
 }
 
 /// Compares each suspect's range with the verified blob `good` and blocks
-/// the peers whose bytes differ; the others were honest (they stay only
-/// suspended for breaking off, if they did).
+/// the peers whose bytes differ. The others were honest: the last part's
+/// peer finished its transfer and is acquitted; earlier ones stay suspended
+/// for breaking off.
 pub(crate) async fn judge<N: PeerNetwork>(
     net: &N,
     digest: Sha256Digest,
@@ -520,6 +544,7 @@ pub(crate) async fn judge<N: PeerNetwork>(
     good: Arc<File>,
 ) {
     for attempt in attempts {
+        let finisher = attempt.parts.last().map(|(peer, _)| *peer);
         for (peer, range) in attempt.parts {
             let (bad, good) = (attempt.file.clone(), good.clone());
             let differs = tokio::task::spawn_blocking(move || ranges_differ(&bad, &good, range))
@@ -531,7 +556,12 @@ pub(crate) async fn judge<N: PeerNetwork>(
                     net.sentence(peer, Misdeed::BadBytes.verdict(Duration::ZERO))
                         .await;
                 }
-                Ok(false) => info!(%peer, %digest, "its part of a failed transfer was correct"),
+                Ok(false) => {
+                    info!(%peer, %digest, "its part of a failed transfer was correct");
+                    if Some(peer) == finisher {
+                        net.sentence(peer, Verdict::Acquit).await;
+                    }
+                }
                 Err(e) => warn!(%peer, %digest, "cannot compare a failed transfer: {e}"),
             }
         }

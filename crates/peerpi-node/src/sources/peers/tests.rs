@@ -30,13 +30,22 @@ enum Script {
     Overclaims(u64),
     /// Will not start a transfer.
     Refuses,
+    /// Every byte flipped, the first after a pause of this many ms.
+    WrongAfter(u64),
+    /// Flipped bytes up to `at`, then the transfer breaks off; with
+    /// `blocked_elsewhere`, because another flight blocked the peer (which
+    /// cuts its transfers).
+    WrongThenCut { at: u64, blocked_elsewhere: bool },
 }
 
 struct ScriptedNet {
     blob: Bytes,
     providers: Vec<PeerId>,
+    /// When the lookup names each provider, from its start; all at once
+    /// (and the lookup over) when empty.
+    arrivals: Vec<Duration>,
     scripts: HashMap<PeerId, Script>,
-    sentences: Mutex<Vec<(PeerId, Verdict)>>,
+    sentences: Arc<Mutex<Vec<(PeerId, Verdict)>>>,
     /// (peer, offset) of every transfer started.
     asked: Mutex<Vec<(PeerId, u64)>>,
 }
@@ -47,8 +56,9 @@ impl ScriptedNet {
         let net = Self {
             blob: Bytes::copy_from_slice(blob),
             providers: ids.clone(),
+            arrivals: Vec::new(),
             scripts: ids.iter().copied().zip(peers.iter().copied()).collect(),
-            sentences: Mutex::new(Vec::new()),
+            sentences: Arc::default(),
             asked: Mutex::new(Vec::new()),
         };
         (net, ids)
@@ -66,6 +76,8 @@ impl ScriptedNet {
 }
 
 struct ScriptedTransfer {
+    peer: PeerId,
+    sentences: Arc<Mutex<Vec<(PeerId, Verdict)>>>,
     rest: Bytes,
     announced: u64,
     script: Script,
@@ -93,9 +105,27 @@ impl PeerTransfer for ScriptedTransfer {
             }
             _ => 64 * 1024,
         };
+        if let Script::WrongAfter(pause_ms) = self.script {
+            if self.sent == 0 {
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+        }
         if let Script::StopsAt(at) = self.script {
             if self.offset + self.sent >= at {
                 return Err("stream ended early".into());
+            }
+        }
+        if let Script::WrongThenCut {
+            at,
+            blocked_elsewhere,
+        } = self.script
+        {
+            if self.offset + self.sent >= at {
+                if blocked_elsewhere {
+                    let block = (self.peer, Verdict::Block);
+                    self.sentences.lock().unwrap().push(block);
+                }
+                return Err("connection closed".into());
             }
         }
         if self.rest.is_empty() {
@@ -106,11 +136,14 @@ impl PeerTransfer for ScriptedTransfer {
             };
         }
         let mut take = chunk_len.min(self.rest.len());
-        if let Script::StopsAt(at) = self.script {
+        if let Script::StopsAt(at) | Script::WrongThenCut { at, .. } = self.script {
             take = take.min((at - self.offset - self.sent) as usize);
         }
         let mut chunk = self.rest.split_to(take);
-        if self.script == Script::Wrong {
+        if matches!(
+            self.script,
+            Script::Wrong | Script::WrongAfter(_) | Script::WrongThenCut { .. }
+        ) {
             chunk = chunk.iter().map(|b| !b).collect::<Vec<u8>>().into();
         }
         self.sent += chunk.len() as u64;
@@ -130,14 +163,26 @@ impl PeerNetwork for ScriptedNet {
         _: Sha256Digest,
     ) -> Result<mpsc::UnboundedReceiver<PeerId>, String> {
         let (tx, rx) = mpsc::unbounded_channel();
-        for p in &self.providers {
-            let _ = tx.send(*p);
+        if self.arrivals.is_empty() {
+            for p in &self.providers {
+                let _ = tx.send(*p);
+            }
+        } else {
+            let started = tokio::time::Instant::now();
+            let timed: Vec<_> = self.arrivals.iter().zip(&self.providers).collect();
+            let timed: Vec<(Duration, PeerId)> = timed.into_iter().map(|(t, p)| (*t, *p)).collect();
+            tokio::spawn(async move {
+                for (at, peer) in timed {
+                    tokio::time::sleep_until(started + at).await;
+                    let _ = tx.send(peer);
+                }
+            });
         }
         Ok(rx)
     }
 
     fn usable(&self, peer: &PeerId) -> bool {
-        self.verdict(*peer).is_none()
+        matches!(self.verdict(*peer), None | Some(Verdict::Acquit))
     }
 
     /// The order the test listed them in.
@@ -162,6 +207,8 @@ impl PeerNetwork for ScriptedNet {
             _ => 0,
         };
         Ok(ScriptedTransfer {
+            peer,
+            sentences: self.sentences.clone(),
             announced: rest.len() as u64 + extra,
             rest,
             script,
@@ -444,4 +491,93 @@ async fn a_transfer_within_the_hold_back_releases_nothing_before_it_verifies() {
         matches!(&*flight.state.borrow(), FlightState::Connecting),
         "no response head before the blob verified"
     );
+}
+
+/// A lying provider whose transfer ends after the first-provider deadline
+/// must not end the phase: the lookup names an honest provider later, and
+/// it is waited for (the rig saw a runner take a file upstream here).
+#[tokio::test]
+async fn a_provider_named_after_a_slow_liar_failed_is_still_asked() {
+    let bytes = blob(200_000);
+    let (mut net, ids) = ScriptedNet::new(&bytes, &[Script::WrongAfter(600), Script::Honest]);
+    // The liar at once; the honest peer after the liar's bytes failed.
+    net.arrivals = vec![Duration::ZERO, Duration::from_millis(700)];
+    let mut b = bounds(200_000);
+    b.first_provider = Duration::from_millis(300);
+    let outcome = run_phase(&net, &bytes, Some(200_000), b).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Block));
+    assert_eq!(net.verdict(ids[1]), None);
+}
+
+/// The wait for a next provider is bounded: `first_provider` after the
+/// failed attempt, not until the lookup ends.
+#[tokio::test]
+async fn the_wait_for_a_next_provider_is_first_provider_after_the_failure() {
+    let bytes = blob(200_000);
+    let (mut net, _) = ScriptedNet::new(&bytes, &[Script::WrongAfter(600), Script::Honest]);
+    net.arrivals = vec![Duration::ZERO, Duration::from_secs(30)];
+    let mut b = bounds(200_000);
+    b.first_provider = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let outcome = run_phase(&net, &bytes, Some(200_000), b).await;
+    let err = outcome.result.unwrap_err();
+    assert!(err.contains("deadline"), "{err}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(850) && took < Duration::from_secs(5),
+        "600 ms of lying, then 300 ms of waiting: {took:?}"
+    );
+}
+
+/// A liar blocked by another flight while it sends here (uv fetches in
+/// parallel) breaks off: its bytes are dropped and the next provider sends
+/// the whole blob, so the honest peer is no suspect.
+#[tokio::test]
+async fn the_bytes_of_a_peer_blocked_meanwhile_are_dropped_not_resumed_on() {
+    let bytes = blob(300_000);
+    let (net, ids) = ScriptedNet::new(
+        &bytes,
+        &[
+            Script::WrongThenCut {
+                at: 100_000,
+                blocked_elsewhere: true,
+            },
+            Script::Honest,
+        ],
+    );
+    let outcome = run_phase(&net, &bytes, Some(300_000), bounds(300_000)).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(
+        *net.asked.lock().unwrap(),
+        vec![(ids[0], 0), (ids[1], 0)],
+        "the honest peer sends from the start"
+    );
+    assert_eq!(net.verdict(ids[1]), None, "the honest peer is left alone");
+    assert!(outcome.suspects.is_empty());
+}
+
+/// When bytes from a peer that broke off and from the peer that finished
+/// fail together, the verified copy tells who lied: the liar is blocked and
+/// the finisher, whose part was right, is acquitted at once instead of
+/// staying suspended.
+#[tokio::test]
+async fn a_finisher_proved_right_by_the_verified_copy_is_acquitted() {
+    let bytes = blob(200_000);
+    let liar = Script::WrongThenCut {
+        at: 64 * 1024,
+        blocked_elsewhere: false,
+    };
+    let (net, ids) = ScriptedNet::new(&bytes, &[liar, Script::Honest]);
+    let outcome = run_phase(&net, &bytes, Some(200_000), bounds(200_000)).await;
+    assert!(outcome.result.is_err(), "no third provider");
+    assert_eq!(net.verdict(ids[1]), Some(Verdict::Suspend(SUSPENSION)));
+    let good = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut &good, &bytes).unwrap();
+    judge(&net, digest_of(&bytes), outcome.suspects, Arc::new(good)).await;
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Block));
+    assert_eq!(net.verdict(ids[1]), Some(Verdict::Acquit));
+    assert!(net.usable(&ids[1]));
 }

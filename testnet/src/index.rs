@@ -1,7 +1,7 @@
 //! The index inside the rig: the fake upstream (test support from
 //! `peerpi-testkit`) serving a package set shaped like what CI jobs install
 //! (a few application graphs over shared libraries, wheels and sdists,
-//! sizes from 10 KB up), plus `/_stats`: how often each file was sent, from
+//! sizes from 10 KB to 200 MB), plus `/_stats`: how often each file was sent, from
 //! which the report computes upstream egress against unique bytes.
 
 use std::net::SocketAddr;
@@ -17,6 +17,29 @@ use peerpi_testkit::{sdist, wheel, DistSpec, FakeFile};
 pub enum PackageSet {
     /// 12 projects, a few MB in all: the CI scenario.
     Small,
+    /// 56 projects, 346 files from 10 KB to 200 MB: 40 libraries (3
+    /// releases each, every seventh an sdist), 2 projects with 100 releases,
+    /// 12 applications over them and a trainer that pulls 250 MB.
+    Default,
+}
+
+/// Libraries in the default set.
+const LIBS: usize = 40;
+/// Applications in the default set (the last one is the trainer).
+const APPS: usize = 12;
+
+/// The libraries application `app` of the default set requires.
+fn app_libs(app: usize) -> Vec<usize> {
+    let mut libs: Vec<usize> = (0..4 + app % 3).map(|j| (app * 3 + j * 7) % LIBS).collect();
+    libs.sort_unstable();
+    libs.dedup();
+    libs
+}
+
+/// Size of library `i`'s current release: 10 KB growing 22% a step (23 MB
+/// for the last).
+fn lib_bytes(i: usize) -> u64 {
+    (10_240.0 * 1.22f64.powi(i as i32)) as u64
 }
 
 #[derive(Debug, Clone, Args)]
@@ -39,11 +62,61 @@ pub fn requirement_sets(set: PackageSet) -> Vec<Vec<&'static str>> {
             vec!["mlkit"],
             vec!["webapp", "etl"],
         ],
+        PackageSet::Default => vec![
+            vec!["app0"],
+            vec!["app1", "app2"],
+            vec!["app3"],
+            vec!["app4", "app5"],
+            vec!["app6"],
+            vec!["app7", "app8"],
+            vec!["app9", "app10"],
+            vec!["app11"],
+        ],
     }
+}
+
+fn default_files() -> Vec<FakeFile> {
+    let mut files = Vec::new();
+    for i in 0..LIBS {
+        let name = format!("lib{i}");
+        for (version, bytes) in [("0.9", 10_240), ("1.0", 10_240), ("1.1", lib_bytes(i))] {
+            let spec = DistSpec::new(&name, version);
+            files.push(if i % 7 == 3 {
+                sdist(&spec)
+            } else {
+                wheel(&spec.padded(bytes))
+            });
+        }
+    }
+    for name in ["hista", "histb"] {
+        for minor in 0..100 {
+            let spec = DistSpec::new(name, &format!("1.{minor}")).padded(1024);
+            files.push(wheel(&spec));
+        }
+    }
+    for app in 0..APPS {
+        for (version, current) in [("1.0", false), ("2.0", true)] {
+            let mut spec = DistSpec::new(&format!("app{app}"), version).padded(50 << 10);
+            if current {
+                for lib in app_libs(app) {
+                    spec = spec.requires(&format!("lib{lib}"));
+                }
+                spec = spec.requires(if app % 2 == 0 { "hista" } else { "histb" });
+                if app == APPS - 1 {
+                    spec = spec.requires("weights").requires("tokenizer");
+                }
+            }
+            files.push(wheel(&spec));
+        }
+    }
+    files.push(wheel(&DistSpec::new("weights", "1.0").padded(200 << 20)));
+    files.push(wheel(&DistSpec::new("tokenizer", "1.0").padded(50 << 20)));
+    files
 }
 
 pub fn files(set: PackageSet) -> Vec<FakeFile> {
     match set {
+        PackageSet::Default => default_files(),
         PackageSet::Small => {
             let lib = |name: &str, kib: u64| wheel(&DistSpec::new(name, "1.0").padded(kib << 10));
             vec![
@@ -137,4 +210,33 @@ fn stats(state: &Arc<IndexState>) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "files": files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_set_has_the_shape_the_issue_names() {
+        let files = files(PackageSet::Default);
+        let projects: std::collections::HashSet<&str> = files
+            .iter()
+            .map(|f| f.filename.split('-').next().unwrap_or_default())
+            .collect();
+        assert!((50..=70).contains(&projects.len()), "{}", projects.len());
+        assert!((280..=360).contains(&files.len()), "{}", files.len());
+        let largest = files.iter().map(|f| f.len).max().unwrap_or_default();
+        let smallest = files.iter().map(|f| f.len).min().unwrap_or_default();
+        assert!(
+            largest >= 200 << 20 && smallest <= 12 << 10,
+            "{smallest}..{largest}"
+        );
+        assert!(files.iter().any(|f| f.filename.ends_with(".tar.gz")));
+        // Every project a requirement set names is in the set.
+        for set in requirement_sets(PackageSet::Default) {
+            for project in set {
+                assert!(projects.contains(project), "{project}");
+            }
+        }
+    }
 }

@@ -45,6 +45,10 @@ pub struct Layout {
     /// Rate between a region and the index, in Mbit/s, each way.
     #[arg(long, default_value_t = 50.0)]
     pub index_mbit: f64,
+    /// Rate of each node's own link inside a region, in Mbit/s each way
+    /// (kernel `tbf` on both ends of its veth; 0: unlimited).
+    #[arg(long, default_value_t = 1000.0)]
+    pub region_mbit: f64,
     /// The router stops by itself after this many seconds.
     #[arg(long, default_value_t = 7200)]
     pub lifetime_s: u64,
@@ -157,19 +161,20 @@ pub fn up(layout: &Layout) -> Result<Made> {
             attach(
                 &router,
                 &namespace,
-                &format!("v{region}n{node}"),
-                &format!("br{region}"),
+                (&format!("v{region}n{node}"), &format!("br{region}")),
                 node_ip(region, node),
+                layout.region_mbit,
             )?;
             made.nodes.push((namespace, node_ip(region, node)));
         }
     }
+    // The index's rate is the router's (`--index-mbit`), per region.
     attach(
         &router,
         &index_namespace(&layout.prefix),
-        "vidx",
-        "bri",
+        ("vidx", "bri"),
         index_ip(),
+        0.0,
     )?;
     start_router(layout, &router)?;
     // Packets from any bridge to another subnet go through the router's TUN.
@@ -203,7 +208,13 @@ pub fn up(layout: &Layout) -> Result<Made> {
 
 /// A namespace with `eth0` at `addr/16` on `bridge`, default route via the
 /// bridge's gateway.
-fn attach(router: &str, namespace: &str, outer: &str, bridge: &str, addr: Ipv4Addr) -> Result<()> {
+fn attach(
+    router: &str,
+    namespace: &str,
+    (outer, bridge): (&str, &str),
+    addr: Ipv4Addr,
+    mbit: f64,
+) -> Result<()> {
     ip(&["netns", "add", namespace])?;
     ip(&["-n", namespace, "link", "set", "lo", "up"])?;
     ip(&[
@@ -222,6 +233,12 @@ fn attach(router: &str, namespace: &str, outer: &str, bridge: &str, addr: Ipv4Ad
         "eth0",
     ])?;
     ip(&["-n", namespace, "link", "set", "eth0", "up"])?;
+    if mbit > 0.0 {
+        // Both directions: the node's sends on eth0, its receives on the
+        // router's end of the pair.
+        shape(namespace, "eth0", mbit)?;
+        shape(router, outer, mbit)?;
+    }
     let [a, b, _, _] = addr.octets();
     ip(&[
         "-n",
@@ -233,6 +250,23 @@ fn attach(router: &str, namespace: &str, outer: &str, bridge: &str, addr: Ipv4Ad
         &format!("{a}.{b}.0.254"),
     ])?;
     Ok(())
+}
+
+/// A token bucket at `mbit` on `dev` in `namespace`: bursts of 256 KB, at
+/// most 20 ms of queue.
+fn shape(namespace: &str, dev: &str, mbit: f64) -> Result<()> {
+    let rate = format!("{}kbit", (mbit * 1000.0).round() as u64);
+    ip(&[
+        "netns", "exec", namespace, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate",
+        &rate, "burst", "256kb", "latency", "20ms",
+    ])
+    .with_context(|| format!("shaping {dev} in {namespace} (is tc from iproute2 installed?)"))
+}
+
+/// Where the router writes the bytes it carried per region pair (JSON,
+/// rewritten every second).
+pub fn router_stats_path(prefix: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{prefix}-router-stats.json"))
 }
 
 /// Starts the router inside its namespace, detached, and waits (bounded)
@@ -257,6 +291,8 @@ fn start_router(layout: &Layout, router: &str) -> Result<()> {
             "--lifetime-s",
             &layout.lifetime_s.to_string(),
         ])
+        .arg("--stats")
+        .arg(router_stats_path(&layout.prefix))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -295,5 +331,6 @@ pub fn down(prefix: &str) -> Result<()> {
     for namespace in ours {
         ip(&["netns", "del", namespace])?;
     }
+    let _ = std::fs::remove_file(router_stats_path(prefix));
     Ok(())
 }

@@ -36,7 +36,13 @@ pub struct RouterArgs {
     pub index_mbit: f64,
     #[arg(long)]
     pub lifetime_s: u64,
+    /// Bytes carried per region pair, as JSON rewritten every second.
+    #[arg(long)]
+    pub stats: Option<std::path::PathBuf>,
 }
+
+/// Bytes carried per (source, destination) second octet.
+type Carried = Arc<std::sync::Mutex<HashMap<(u8, u8), u64>>>;
 
 impl RouterArgs {
     /// One-way delay and rate (bytes/s; 0: unlimited) from region octet
@@ -82,6 +88,10 @@ async fn route(args: &RouterArgs) -> Result<()> {
             .context("no TUN device made")?,
     );
     eprintln!("router: {TUN} up; {args:?}");
+    let carried = Carried::default();
+    if let Some(path) = args.stats.clone() {
+        tokio::spawn(write_stats(path, carried.clone()));
+    }
     let mut links: HashMap<(u8, u8), mpsc::Sender<Queued>> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -95,7 +105,12 @@ async fn route(args: &RouterArgs) -> Result<()> {
         let sender = links.entry((src, dst)).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE_PACKETS);
             let (delay, rate) = args.link(src, dst);
-            tokio::spawn(link(tun.clone(), rx, delay, rate));
+            let counter = carried.clone();
+            tokio::spawn(link(tun.clone(), rx, delay, rate, move |len| {
+                if let Ok(mut carried) = counter.lock() {
+                    *carried.entry((src, dst)).or_default() += len as u64;
+                }
+            }));
             tx
         });
         // A full queue drops the packet (TCP backs off, as on a real link).
@@ -106,7 +121,13 @@ async fn route(args: &RouterArgs) -> Result<()> {
 /// One direction between two regions: each packet leaves after `delay`
 /// from its arrival, and not before the previous one has been serialized
 /// at `rate`.
-async fn link(tun: Arc<Tun>, mut rx: mpsc::Receiver<Queued>, delay: Duration, rate: f64) {
+async fn link(
+    tun: Arc<Tun>,
+    mut rx: mpsc::Receiver<Queued>,
+    delay: Duration,
+    rate: f64,
+    count: impl Fn(usize),
+) {
     let mut link_free = Instant::now();
     while let Some((arrived, packet)) = rx.recv().await {
         let leave = (arrived + delay).max(link_free);
@@ -114,8 +135,31 @@ async fn link(tun: Arc<Tun>, mut rx: mpsc::Receiver<Queued>, delay: Duration, ra
             link_free = leave + Duration::from_secs_f64(packet.len() as f64 / rate);
         }
         wait_until(leave).await;
-        if let Err(e) = tun.send(&packet).await {
-            eprintln!("router: writing a packet: {e}");
+        match tun.send(&packet).await {
+            Ok(_) => count(packet.len()),
+            Err(e) => eprintln!("router: writing a packet: {e}"),
+        }
+    }
+}
+
+/// Rewrites `path` every second with the bytes carried so far:
+/// `{"pairs": [{"from": 1, "to": 2, "bytes": N}, ...]}` (second octets; 250
+/// is the index).
+async fn write_stats(path: std::path::PathBuf, carried: Carried) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let pairs: Vec<serde_json::Value> = match carried.lock() {
+            Ok(carried) => carried
+                .iter()
+                .map(|((from, to), bytes)| serde_json::json!({"from": from, "to": to, "bytes": bytes}))
+                .collect(),
+            Err(_) => continue,
+        };
+        let tmp = path.with_extension("tmp");
+        let body = serde_json::json!({ "pairs": pairs }).to_string();
+        if std::fs::write(&tmp, body).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
         }
     }
 }

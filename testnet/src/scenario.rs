@@ -1,323 +1,816 @@
-//! Scenarios on the rig. `ci-burst`: peerpi on every runner, the index in
-//! its own namespace behind a slow, distant link, and jobs that each make a
-//! fresh venv on a random runner and install a requirement set with real pip
-//! or uv (alternating), a few at a time. With `--poison`, one runner's
-//! stored files are damaged after the first wave (it then serves wrong
-//! bytes to peers) and no job runs on it. The report counts failed jobs,
-//! installed files that do not match their RECORD hashes, upstream egress
-//! against unique bytes, and bytes by source per runner.
+//! Scenarios on the rig. Every scenario runs the same seeded job schedule:
+//! jobs in waves, each a fresh venv on a runner installing one of a few
+//! overlapping requirement sets with real pip or uv (alternating), from the
+//! index URL its baseline gives:
+//!
+//! - `peerpi`: a node on every runner (127.0.0.1 inside the runner);
+//! - `peerpi-region`: one node per region, on the region's first runner;
+//! - `proxy`: one nginx `proxy_cache` (with `proxy_cache_lock`) per region,
+//!   on the region's first runner, the way CI operators run it today;
+//! - `direct`: every job straight to the index.
+//!
+//! Faults (on the `peerpi` baselines): `poison` (three runners serve wrong,
+//! truncated or no bytes), `churn` (runners SIGKILLed and restarted, a third
+//! with an empty data dir), `outage` (the index unreachable for the middle
+//! third of the jobs), `cold-region` (the last region joins a third of the
+//! way in). The results go to `results.json` and `report.md` in `--out`.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 
+use crate::faults;
 use crate::index::{requirement_sets, PackageSet};
+use crate::jobs::{check_installed, run_job};
 use crate::net::{self, Layout};
+use crate::results::{JobRecord, Results, RunnerBytes, Sample};
+
+/// Where jobs install from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Baseline {
+    /// peerpi on every runner.
+    #[default]
+    Peerpi,
+    /// peerpi, one node per region.
+    PeerpiRegion,
+    /// One nginx caching proxy per region.
+    Proxy,
+    /// Straight to the index.
+    Direct,
+}
+
+/// What goes wrong during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    None,
+    Poison,
+    Churn,
+    Outage,
+    ColdRegion,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct ScenarioArgs {
     #[command(flatten)]
     pub layout: Layout,
     /// Jobs in all.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 200)]
     pub jobs: usize,
-    /// Jobs running at once.
-    #[arg(long, default_value_t = 3)]
+    /// Jobs running at once (one wave).
+    #[arg(long, default_value_t = 4)]
     pub parallel: usize,
-    /// Damage one runner's store after the first wave (it lies to peers).
+    /// Where jobs install from.
+    #[arg(long, value_enum, default_value_t = Baseline::Peerpi)]
+    pub baseline: Baseline,
+    /// The packages the index serves.
+    #[arg(long, value_enum, default_value_t = PackageSet::Default)]
+    pub set: PackageSet,
+    /// One runner's store is damaged after the first wave (it serves wrong
+    /// bytes to peers); no job runs on it. The `poison` scenario has three.
     #[arg(long)]
     pub poison: bool,
-    /// Seed of the job placement.
+    /// Seed of the job schedule (same seed, same jobs on every baseline).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// The peerpi binary [default: next to this one].
     #[arg(long)]
     pub peerpi: Option<PathBuf>,
-    /// Pause between waves, in milliseconds (time for announcements).
+    /// The nginx binary, for `--baseline proxy`.
+    #[arg(long, default_value = "nginx")]
+    pub nginx: PathBuf,
+    /// Pause between waves, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub gap_ms: u64,
-    /// Upstream egress allowed, as a multiple of the unique bytes fetched.
+    /// Upstream egress allowed, as a multiple of the unique bytes fetched
+    /// (checked on the peerpi baselines).
     #[arg(long, default_value_t = 1.05)]
     pub max_egress: f64,
-    /// Where venvs, data dirs, logs and the report go.
+    /// Seconds between two churn kills.
+    #[arg(long, default_value_t = 6)]
+    pub churn_every_s: u64,
+    /// Where venvs, data dirs, logs and the results go.
     #[arg(long, default_value = "/tmp/peerpi-testnet")]
     pub out: PathBuf,
 }
 
-/// What a run found.
-#[derive(Debug, Default)]
-pub struct Report {
-    pub jobs: usize,
-    pub failed_jobs: Vec<String>,
-    pub corrupted_files: usize,
-    pub checked_files: usize,
-    pub egress_bytes: u64,
-    pub unique_bytes: u64,
-    pub job_seconds: Vec<f64>,
-    /// Per runner: name, local, peer and upstream bytes, bytes from peers
-    /// refused for failing verification, peers blocked.
-    pub by_source: Vec<(String, u64, u64, u64, u64, u64)>,
+const NODE_PORT: u16 = 7503;
+const PROXY_PORT: u16 = 8080;
+const INDEX_PORT: u16 = 8000;
+
+/// A job in the schedule.
+#[derive(Debug, Clone)]
+struct PlannedJob {
+    index: usize,
+    runner: String,
+    set: Vec<&'static str>,
+    pip: bool,
+    /// Runs while the index is unreachable.
+    in_outage: bool,
 }
 
-impl Report {
-    pub fn egress_ratio(&self) -> f64 {
-        if self.unique_bytes == 0 {
-            0.0
-        } else {
-            self.egress_bytes as f64 / self.unique_bytes as f64
+/// Child processes by name, killed when the run ends, however it ends.
+#[derive(Default)]
+struct Fleet(Mutex<HashMap<String, Child>>);
+
+impl Fleet {
+    fn add(&self, name: &str, child: Child) {
+        if let Ok(mut children) = self.0.lock() {
+            children.insert(name.to_string(), child);
         }
     }
 
-    pub fn markdown(&self, args: &ScenarioArgs) -> String {
-        let mut times = self.job_seconds.clone();
-        times.sort_by(f64::total_cmp);
-        let pct = |p: f64| {
-            times
-                .get(((times.len() as f64 - 1.0) * p).round() as usize)
-                .copied()
-                .unwrap_or(0.0)
-        };
-        let mut md = format!(
-            "# ci-burst: {} regions x {} runners, {} jobs{}\n\n\
-             | measure | value |\n|---|---|\n\
-             | failed jobs | {} |\n| corrupted installed files | {} of {} checked |\n\
-             | upstream egress | {} B for {} B unique ({:.3}x) |\n\
-             | job time p50 / p95 | {:.2} s / {:.2} s |\n\n\
-             | runner | local | peer | upstream | refused from peers | peers blocked |\n|---|---|---|---|---|---|\n",
-            args.layout.regions,
-            args.layout.nodes,
-            self.jobs,
-            if args.poison { ", one poisoning runner" } else { "" },
-            self.failed_jobs.len(),
-            self.corrupted_files,
-            self.checked_files,
-            self.egress_bytes,
-            self.unique_bytes,
-            self.egress_ratio(),
-            pct(0.5),
-            pct(0.95),
-        );
-        for (name, local, peer, upstream, refused, blocked) in &self.by_source {
-            md.push_str(&format!(
-                "| {name} | {local} | {peer} | {upstream} | {refused} | {blocked} |\n"
-            ));
-        }
-        for failed in &self.failed_jobs {
-            md.push_str(&format!("\nfailed: {failed}\n"));
-        }
-        md
-    }
-}
-
-/// Processes killed when the run ends, however it ends.
-struct Fleet(Vec<Child>);
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
+    fn kill(&self, name: &str) {
+        let child = self.0.lock().ok().and_then(|mut c| c.remove(name));
+        if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+
+    fn pid(&self, name: &str) -> Option<u32> {
+        self.0.lock().ok()?.get(name).map(Child::id)
+    }
 }
 
-pub fn run(args: &ScenarioArgs) -> Result<Report> {
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Ok(children) = self.0.get_mut() {
+            for child in children.values_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Which runners are down (churn) and which run a job, so that churn only
+/// kills idle runners and a job waits for its runner to be back.
+#[derive(Default)]
+struct Occupancy {
+    state: Mutex<(HashSet<String>, HashMap<String, usize>)>,
+    changed: Condvar,
+}
+
+impl Occupancy {
+    /// Marks `runner` busy once it is up (waiting at most `wait`).
+    fn enter(&self, runner: &str, wait: Duration) -> Result<()> {
+        let deadline = Instant::now() + wait;
+        let mut state = self.state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        while state.0.contains(runner) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("{runner} did not come back within {wait:?}");
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .0;
+        }
+        *state.1.entry(runner.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    fn leave(&self, runner: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            if let Some(n) = state.1.get_mut(runner) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Marks one idle runner of `candidates` down; `None` if all are busy.
+    fn take_down(&self, candidates: &[String], pick: u64) -> Option<String> {
+        let mut state = self.state.lock().ok()?;
+        let idle: Vec<&String> = candidates
+            .iter()
+            .filter(|r| state.1.get(*r).copied().unwrap_or(0) == 0 && !state.0.contains(*r))
+            .collect();
+        let chosen = (*idle.get((pick % idle.len().max(1) as u64) as usize)?).clone();
+        state.0.insert(chosen.clone());
+        Some(chosen)
+    }
+
+    fn bring_up(&self, runner: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0.remove(runner);
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// xorshift64: the schedule is reproducible from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Runs `fault` on a fresh rig and writes `results.json` and `report.md`.
+pub fn run(args: &ScenarioArgs, fault: Fault) -> Result<Results> {
     let exe = std::env::current_exe()?;
     let peerpi = match &args.peerpi {
         Some(p) => p.clone(),
         None => exe.parent().context("binary directory")?.join("peerpi"),
     };
-    if !peerpi.is_file() {
+    let uses_peerpi = matches!(args.baseline, Baseline::Peerpi | Baseline::PeerpiRegion);
+    if uses_peerpi && !peerpi.is_file() {
         bail!(
             "{} not found: build it (cargo build) or pass --peerpi",
             peerpi.display()
         );
     }
+    if fault != Fault::None && args.baseline != Baseline::Peerpi {
+        bail!("the fault scenarios run on --baseline peerpi");
+    }
+    if fault == Fault::ColdRegion && args.layout.regions < 2 {
+        bail!("cold-region needs --regions 2 or more");
+    }
     let _ = std::fs::remove_dir_all(&args.out);
     std::fs::create_dir_all(&args.out)?;
-    let prefix = &args.layout.prefix;
     let made = net::up(&args.layout)?;
-    let result = run_on_rig(args, &exe, &peerpi, &made);
-    let down = net::down(prefix);
-    let report = result?;
+    let result = run_on_rig(args, fault, &exe, &peerpi, &made);
+    let down = net::down(&args.layout.prefix);
+    let results = result?;
     down?;
-    std::fs::write(args.out.join("report.md"), report.markdown(args))?;
-    Ok(report)
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    std::fs::write(args.out.join("report.md"), results.markdown())?;
+    Ok(results)
 }
 
-fn run_on_rig(args: &ScenarioArgs, exe: &Path, peerpi: &Path, made: &net::Made) -> Result<Report> {
+/// The runner namespaces' region, from `<prefix>-r<r>n<n>`.
+fn region_of(namespace: &str) -> u8 {
+    namespace
+        .rsplit('-')
+        .next()
+        .and_then(|s| s.strip_prefix('r'))
+        .and_then(|s| s.split('n').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn run_on_rig(
+    args: &ScenarioArgs,
+    fault: Fault,
+    exe: &Path,
+    peerpi: &Path,
+    made: &net::Made,
+) -> Result<Results> {
     let prefix = &args.layout.prefix;
-    let mut fleet = Fleet(Vec::new());
-    let index_url = format!("http://{}:8000/simple/", made.index);
-    fleet.0.push(spawn_in(
-        &net::index_namespace(prefix),
-        exe,
-        &["index", "--listen", &format!("{}:8000", made.index)],
-        &args.out.join("index.log"),
-    )?);
+    let fleet = Arc::new(Fleet::default());
+    let index_url = format!("http://{}:{INDEX_PORT}/simple/", made.index);
+    let set_name = match args.set {
+        PackageSet::Small => "small",
+        PackageSet::Default => "default",
+    };
+    fleet.add(
+        "index",
+        spawn_in(
+            &net::index_namespace(prefix),
+            exe,
+            &[
+                "index",
+                "--listen",
+                &format!("{}:{INDEX_PORT}", made.index),
+                "--set",
+                set_name,
+            ],
+            &args.out.join("index.log"),
+        )?,
+    );
+    let runners: Vec<String> = made.nodes.iter().map(|(n, _)| n.clone()).collect();
+    let first_of_region: HashMap<u8, (String, std::net::Ipv4Addr)> = made
+        .nodes
+        .iter()
+        .rev()
+        .map(|(n, ip)| (region_of(n), (n.clone(), *ip)))
+        .collect();
+    let last_region = args.layout.regions.saturating_sub(1);
+    let cold = |runner: &str| fault == Fault::ColdRegion && region_of(runner) == last_region;
+    let poisoners: Vec<String> = match (fault, args.poison) {
+        (Fault::Poison, _) => runners.iter().rev().take(3).cloned().collect(),
+        (_, true) => runners.iter().rev().take(1).cloned().collect(),
+        _ => Vec::new(),
+    };
+    if fault == Fault::Poison && runners.len() < 5 {
+        bail!("the poison scenario needs 5 runners or more (3 poisoners)");
+    }
+
+    // The services jobs install from.
     let bootstrap = format!("/ip4/{}/tcp/7504", made.nodes[0].1);
-    for (i, (namespace, _)) in made.nodes.iter().enumerate() {
-        let region = namespace
-            .rsplit('-')
-            .next()
-            .and_then(|s| s.split('n').next())
-            .unwrap_or("r0");
+    let start_node = |namespace: &str, bootstrap_to: bool| -> Result<Child> {
         let data = args.out.join("data").join(namespace);
-        let data = data.to_str().context("data dir path")?;
+        let data = data.to_str().context("data dir path")?.to_string();
+        let region = format!("r{}", region_of(namespace));
+        let listen = format!("0.0.0.0:{NODE_PORT}");
         let mut node_args = vec![
             "serve",
             "--upstream",
             &index_url,
             "--listen",
-            "0.0.0.0:7503",
+            &listen,
             "--data-dir",
-            data,
+            &data,
             "--p2p-listen",
             "/ip4/0.0.0.0/tcp/7504",
             "--bulk-listen",
             "0.0.0.0:7505",
             "--no-mdns",
             "--region",
-            region,
+            &region,
             "--page-ttl",
             "10m",
         ];
-        if i > 0 {
+        if bootstrap_to {
             node_args.extend(["--bootstrap", &bootstrap]);
         }
-        fleet.0.push(spawn_in(
+        spawn_in(
             namespace,
             peerpi,
             &node_args,
             &args.out.join(format!("{namespace}.log")),
-        )?);
+        )
+    };
+    let mut service_hosts: Vec<String> = Vec::new();
+    match args.baseline {
+        Baseline::Peerpi => {
+            for (i, runner) in runners.iter().enumerate() {
+                if !cold(runner) {
+                    fleet.add(runner, start_node(runner, i > 0)?);
+                    service_hosts.push(runner.clone());
+                }
+            }
+        }
+        Baseline::PeerpiRegion => {
+            for region in 0..args.layout.regions {
+                let (namespace, _) = &first_of_region[&region];
+                fleet.add(namespace, start_node(namespace, region > 0)?);
+                service_hosts.push(namespace.clone());
+            }
+        }
+        Baseline::Proxy => {
+            for region in 0..args.layout.regions {
+                let (namespace, ip) = &first_of_region[&region];
+                let conf = faults::nginx_conf(&args.out, region, *ip, PROXY_PORT, &index_url)?;
+                let conf = conf.to_str().context("nginx conf path")?.to_string();
+                let nginx = args.nginx.to_str().context("nginx path")?.to_string();
+                let child = spawn_in(
+                    namespace,
+                    Path::new(&nginx),
+                    &["-c", &conf, "-g", "daemon off;"],
+                    &args.out.join(format!("nginx-r{region}.log")),
+                )
+                .context("starting nginx (install it: apt-get install nginx-light)")?;
+                fleet.add(&format!("nginx-r{region}"), child);
+            }
+        }
+        Baseline::Direct => {}
     }
-    for (namespace, _) in &made.nodes {
-        fetch_in(namespace, exe, "http://127.0.0.1:7503/healthz", 30)?;
+    for host in &service_hosts {
+        fetch_in(
+            host,
+            exe,
+            &format!("http://127.0.0.1:{NODE_PORT}/healthz"),
+            30,
+        )?;
     }
-    fetch_in(&made.nodes[0].0, exe, &index_url, 30)?;
+    fetch_in(&runners[0], exe, &index_url, 60)?;
+    if args.baseline == Baseline::Proxy {
+        for region in 0..args.layout.regions {
+            let (namespace, ip) = &first_of_region[&region];
+            fetch_in(
+                namespace,
+                exe,
+                &format!("http://{ip}:{PROXY_PORT}/simple/"),
+                30,
+            )?;
+        }
+    }
+    let url_for = |runner: &str| -> String {
+        let (_, ip) = &first_of_region[&region_of(runner)];
+        match args.baseline {
+            Baseline::Peerpi => format!("http://127.0.0.1:{NODE_PORT}/simple/"),
+            Baseline::PeerpiRegion => format!("http://{ip}:{NODE_PORT}/simple/"),
+            Baseline::Proxy => format!("http://{ip}:{PROXY_PORT}/simple/"),
+            Baseline::Direct => index_url.clone(),
+        }
+    };
 
-    let runners: Vec<&String> = made.nodes.iter().map(|(n, _)| n).collect();
-    let poisoner = args.poison.then(|| runners[runners.len() - 1].clone());
-    let honest: Vec<&String> = runners
+    // The schedule.
+    let sets = requirement_sets(args.set);
+    let mut rng = Rng(args.seed.max(1));
+    let honest: Vec<String> = runners
         .iter()
-        .copied()
-        .filter(|r| Some(*r) != poisoner.as_ref())
+        .filter(|r| !poisoners.contains(r))
+        .cloned()
         .collect();
-    let sets = requirement_sets(PackageSet::Small);
-    let mut rng = args.seed.max(1);
-    let mut next = move || {
-        // xorshift64: placement reproducible from the seed.
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let mut report = Report {
-        jobs: args.jobs,
-        ..Report::default()
-    };
-    let jobs: Vec<(usize, String, Vec<&'static str>, bool)> = (0..args.jobs)
-        .map(|j| {
-            let runner = honest[(next() % honest.len() as u64) as usize].clone();
-            let set = sets[(next() % sets.len() as u64) as usize].clone();
-            (j, runner, set, j % 2 == 0)
-        })
-        .collect();
-    let mut poisoned = false;
-    for wave in jobs.chunks(args.parallel.max(1)) {
-        std::thread::sleep(Duration::from_millis(args.gap_ms));
-        if let (Some(poisoner), false) = (&poisoner, poisoned) {
-            if wave[0].0 > 0 {
-                // After the first wave: the poisoner fetches what that wave
-                // installed (from peers, so it holds only copies honest
-                // runners hold too), then its disk "rots".
-                for (_, _, set, _) in &jobs[..args.parallel.max(1).min(jobs.len())] {
-                    let _ = run_job(poisoner, &args.out.join("poison-venv"), set, false);
+    let warm: Vec<String> = honest.iter().filter(|r| !cold(r)).cloned().collect();
+    let third = args.jobs / 3;
+    let mut plan: Vec<PlannedJob> = Vec::new();
+    for index in 0..args.jobs {
+        let in_outage = fault == Fault::Outage && (third..2 * third).contains(&index);
+        let (runner, set) = if in_outage {
+            // Only what the runner installed before the outage: a node
+            // serves its cached pages, but has never seen other pages.
+            let before: Vec<&PlannedJob> = plan.iter().filter(|j| !j.in_outage).collect();
+            let job = before[rng.below(before.len())];
+            (job.runner.clone(), job.set.clone())
+        } else {
+            let pool = if fault == Fault::ColdRegion && index < third {
+                &warm
+            } else {
+                &honest
+            };
+            (
+                pool[rng.below(pool.len())].clone(),
+                sets[rng.below(sets.len())].clone(),
+            )
+        };
+        plan.push(PlannedJob {
+            index,
+            runner,
+            set,
+            pip: index % 2 == 0,
+            in_outage,
+        });
+    }
+
+    // Sampling and churn run beside the jobs.
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let timeline = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let sampler = {
+        let (stop, timeline, exe) = (stop.clone(), timeline.clone(), exe.to_path_buf());
+        let hosts = Arc::new(Mutex::new(service_hosts.clone()));
+        let index_stats = format!("http://{}:{INDEX_PORT}/_stats", made.index);
+        let probe_host = runners[0].clone();
+        let (hosts_for_thread, uses_peerpi) = (hosts.clone(), args.baseline != Baseline::Proxy);
+        let handle = std::thread::spawn(move || {
+            // Bounded: stops with the run (the flag) or after 4 hours.
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(4 * 3600)
+            {
+                let mut sample = Sample {
+                    t_s: started.elapsed().as_secs_f64(),
+                    ..Sample::default()
+                };
+                if let Ok(stats) = fetch_in(&probe_host, &exe, &index_stats, 5) {
+                    sample.index_egress = egress_of(&stats).0;
                 }
-                damage_store(&args.out.join("data").join(poisoner))?;
-                poisoned = true;
+                let hosts = hosts_for_thread
+                    .lock()
+                    .map(|h| h.clone())
+                    .unwrap_or_default();
+                if uses_peerpi {
+                    for host in hosts {
+                        let url = format!("http://127.0.0.1:{NODE_PORT}/metrics");
+                        if let Ok(metrics) = fetch_in(&host, &exe, &url, 2) {
+                            let bytes = node_bytes(&metrics);
+                            sample.local += bytes.local;
+                            sample.peer += bytes.peer;
+                            sample.upstream += bytes.upstream;
+                        }
+                    }
+                }
+                if let Ok(mut t) = timeline.lock() {
+                    t.push(sample);
+                }
+                std::thread::sleep(Duration::from_secs(2));
             }
-        }
-        let handles: Vec<_> = wave
-            .iter()
-            .map(|(j, runner, set, pip)| {
-                let (j, runner, set, pip) = (*j, runner.clone(), set.clone(), *pip);
-                let venv = args.out.join(format!("venv-{j}"));
-                std::thread::spawn(move || {
-                    let started = Instant::now();
-                    let outcome =
-                        run_job(&runner, &venv, &set, pip).and_then(|()| check_installed(&venv));
-                    (
-                        format!(
-                            "job {j} on {runner} ({}, {})",
-                            if pip { "pip" } else { "uv" },
-                            set.join(" ")
-                        ),
-                        started.elapsed(),
-                        outcome,
-                    )
-                })
-            })
-            .collect();
-        for handle in handles {
-            let (name, took, outcome) = handle
-                .join()
-                .map_err(|_| anyhow::anyhow!("a job thread panicked"))?;
-            report.job_seconds.push(took.as_secs_f64());
-            match outcome {
-                Ok((checked, corrupted)) => {
-                    report.checked_files += checked;
-                    report.corrupted_files += corrupted;
+        });
+        (handle, hosts)
+    };
+    let occupancy = Arc::new(Occupancy::default());
+    let restarts = Arc::new(Mutex::new(Vec::<String>::new()));
+    // The first runner is everyone's bootstrap address; it stays up.
+    let churn_candidates: Vec<String> = honest.iter().skip(1).cloned().collect();
+
+    let mut results = Results {
+        scenario: match fault {
+            Fault::None if args.poison => "ci-burst with a poisoning runner".into(),
+            Fault::None => "ci-burst".into(),
+            Fault::Poison => "poison".into(),
+            Fault::Churn => "churn".into(),
+            Fault::Outage => "outage".into(),
+            Fault::ColdRegion => "cold-region".into(),
+        },
+        baseline: args.baseline,
+        regions: args.layout.regions,
+        nodes_per_region: args.layout.nodes,
+        parallel: args.parallel,
+        seed: args.seed,
+        set: set_name.into(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..Results::default()
+    };
+
+    std::thread::scope(|scope| -> Result<()> {
+        if fault == Fault::Churn {
+            let (stop, occupancy, fleet, restarts) = (&stop, &occupancy, &fleet, &restarts);
+            let (candidates, start_node) = (&churn_candidates, &start_node);
+            let every = Duration::from_secs(args.churn_every_s.max(1));
+            scope.spawn(move || {
+                let mut rng = Rng(args.seed.wrapping_mul(7919).max(1));
+                // Bounded: stops with the run (the flag) or after 4 hours.
+                let until = Instant::now() + Duration::from_secs(4 * 3600);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    std::thread::sleep(every);
+                    let Some(victim) = occupancy.take_down(candidates, rng.next()) else {
+                        continue;
+                    };
+                    fleet.kill(&victim);
+                    let wiped = rng.below(3) == 0;
+                    if wiped {
+                        let _ = std::fs::remove_dir_all(args.out.join("data").join(&victim));
+                    }
+                    match start_node(&victim, true) {
+                        Ok(child) => {
+                            fleet.add(&victim, child);
+                            let health = format!("http://127.0.0.1:{NODE_PORT}/healthz");
+                            let _ = fetch_in(&victim, exe, &health, 30);
+                        }
+                        Err(e) => eprintln!("churn: restarting {victim}: {e:#}"),
+                    }
+                    if let Ok(mut r) = restarts.lock() {
+                        r.push(format!(
+                            "{victim}{}",
+                            if wiped { " (empty data dir)" } else { "" }
+                        ));
+                    }
+                    occupancy.bring_up(&victim);
                 }
-                Err(e) => report.failed_jobs.push(format!("{name}: {e:#}")),
+            });
+        }
+        let outcome = run_waves(
+            args,
+            fault,
+            &plan,
+            &poisoners,
+            &fleet,
+            &occupancy,
+            &url_for,
+            (exe, &index_url, made, started),
+            &mut results,
+            &|namespace: &str| -> Result<()> {
+                fleet.add(namespace, start_node(namespace, true)?);
+                fetch_in(
+                    namespace,
+                    exe,
+                    &format!("http://127.0.0.1:{NODE_PORT}/healthz"),
+                    30,
+                )?;
+                if let Ok(mut hosts) = sampler.1.lock() {
+                    hosts.push(namespace.to_string());
+                }
+                Ok(())
+            },
+            &runners,
+            cold,
+        );
+        stop.store(true, Ordering::Relaxed);
+        outcome
+    })?;
+    let _ = sampler.0.join();
+    results.timeline = timeline.lock().map(|t| t.clone()).unwrap_or_default();
+    results.restarts = restarts.lock().map(|r| r.clone()).unwrap_or_default();
+    results.elapsed_s = started.elapsed().as_secs_f64();
+
+    let stats = fetch_in(
+        &runners[0],
+        exe,
+        &format!("http://{}:{INDEX_PORT}/_stats", made.index),
+        10,
+    )?;
+    (results.egress_bytes, results.unique_bytes) = egress_of(&stats);
+    if let Ok(text) = std::fs::read_to_string(net::router_stats_path(prefix)) {
+        let stats: serde_json::Value = serde_json::from_str(&text)?;
+        for pair in stats["pairs"].as_array().into_iter().flatten() {
+            let (from, to, bytes) = (
+                pair["from"].as_u64().unwrap_or(0),
+                pair["to"].as_u64().unwrap_or(0),
+                pair["bytes"].as_u64().unwrap_or(0),
+            );
+            let index = u64::from(net::INDEX_OCTET);
+            if from != index && to != index && from != to {
+                results.cross_region_bytes += bytes;
             }
         }
     }
+    let hosts = sampler.1.lock().map(|h| h.clone()).unwrap_or_default();
+    if args.baseline != Baseline::Proxy {
+        for host in hosts {
+            let url = format!("http://127.0.0.1:{NODE_PORT}/metrics");
+            if let Ok(metrics) = fetch_in(&host, exe, &url, 10) {
+                let mut bytes = node_bytes(&metrics);
+                bytes.runner = host.clone();
+                bytes.poisoner = poisoners.contains(&host);
+                results.by_runner.push(bytes);
+            }
+        }
+    }
+    drop(fleet);
+    Ok(results)
+}
 
-    let stats: serde_json::Value = serde_json::from_str(&fetch_in(
-        &made.nodes[0].0,
-        exe,
-        &format!("http://{}:8000/_stats", made.index),
-        10,
-    )?)?;
+/// The runs of the schedule, wave by wave, with the faults that happen
+/// between waves.
+#[allow(clippy::too_many_arguments)] // one call site; the pieces of one run
+fn run_waves(
+    args: &ScenarioArgs,
+    fault: Fault,
+    plan: &[PlannedJob],
+    poisoners: &[String],
+    fleet: &Fleet,
+    occupancy: &Occupancy,
+    url_for: &(dyn Fn(&str) -> String + Sync),
+    (exe, index_url, made, started): (&Path, &str, &net::Made, Instant),
+    results: &mut Results,
+    start_cold_node: &dyn Fn(&str) -> Result<()>,
+    runners: &[String],
+    cold: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let prefix = &args.layout.prefix;
+    let wave_len = args.parallel.max(1);
+    let third = args.jobs / 3;
+    let mut poisoned = poisoners.is_empty();
+    let mut outage = false;
+    let mut cold_started = fault != Fault::ColdRegion;
+    for wave in plan.chunks(wave_len) {
+        std::thread::sleep(Duration::from_millis(args.gap_ms));
+        let first = wave[0].index;
+        if !poisoned && first > 0 {
+            // After the first wave: the poisoners fetch what that wave
+            // installed (from peers, so they hold only copies honest runners
+            // hold too), then they turn.
+            for (p, poisoner) in poisoners.iter().enumerate() {
+                for job in &plan[..wave_len.min(plan.len())] {
+                    let venv = args.out.join(format!("poison-venv-{p}"));
+                    let _ = run_job(poisoner, &venv, &url_for(poisoner), &job.set, false);
+                    let _ = std::fs::remove_dir_all(&venv);
+                }
+                let data = args.out.join("data").join(poisoner);
+                let how = if fault == Fault::Poison {
+                    ["wrong bytes", "truncated", "stalled"][p % 3]
+                } else {
+                    "wrong bytes"
+                };
+                match how {
+                    "wrong bytes" => faults::damage_store(&data)?,
+                    "truncated" => faults::truncate_store(&data)?,
+                    _ => {
+                        let pid = fleet.pid(poisoner).context("the staller's process")?;
+                        faults::stop_process(pid)?;
+                    }
+                }
+                results.poisoners.push(format!("{poisoner} ({how})"));
+            }
+            poisoned = true;
+        }
+        if fault == Fault::Outage && !outage && wave.iter().any(|j| j.in_outage) {
+            faults::index_link(prefix, false)?;
+            outage = true;
+            results.events.push(format!(
+                "index unreachable at {:.1} s (job {first})",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        if outage && wave.iter().all(|j| !j.in_outage) && first >= 2 * third {
+            faults::index_link(prefix, true)?;
+            outage = false;
+            results.events.push(format!(
+                "index back at {:.1} s (job {first})",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        if !cold_started && first >= third {
+            for runner in runners.iter().filter(|r| cold(r)) {
+                start_cold_node(runner)?;
+            }
+            cold_started = true;
+            results.events.push(format!(
+                "region r{} joins at {:.1} s (job {first})",
+                args.layout.regions - 1,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        let records: Vec<JobRecord> = std::thread::scope(|scope| {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|job| {
+                    scope.spawn(move || {
+                        let venv = args.out.join(format!("venv-{}", job.index));
+                        let at = started.elapsed();
+                        let mut record = JobRecord {
+                            index: job.index,
+                            runner: job.runner.clone(),
+                            region: region_of(&job.runner),
+                            tool: if job.pip { "pip" } else { "uv" }.into(),
+                            set: job.set.join(" "),
+                            start_s: at.as_secs_f64(),
+                            in_outage: job.in_outage,
+                            ..JobRecord::default()
+                        };
+                        let began = Instant::now();
+                        let outcome = occupancy
+                            .enter(&job.runner, Duration::from_secs(120))
+                            .and_then(|()| {
+                                let url = url_for(&job.runner);
+                                let ran = run_job(&job.runner, &venv, &url, &job.set, job.pip);
+                                occupancy.leave(&job.runner);
+                                ran
+                            })
+                            .and_then(|()| check_installed(&venv));
+                        record.seconds = began.elapsed().as_secs_f64();
+                        match outcome {
+                            Ok((checked, corrupted)) => {
+                                record.checked_files = checked;
+                                record.corrupted_files = corrupted;
+                            }
+                            Err(e) => record.error = Some(format!("{e:#}")),
+                        }
+                        let _ = std::fs::remove_dir_all(&venv);
+                        record
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        results.jobs.extend(records);
+    }
+    if outage {
+        faults::index_link(prefix, true)?;
+    }
+    let _ = (exe, index_url, made);
+    Ok(())
+}
+
+/// (bytes sent, unique bytes sent) from the index's `/_stats`.
+fn egress_of(stats: &str) -> (u64, u64) {
+    let stats: serde_json::Value = serde_json::from_str(stats).unwrap_or_default();
+    let (mut egress, mut unique) = (0, 0);
     for file in stats["files"].as_array().into_iter().flatten() {
         let (len, requests) = (
             file["len"].as_u64().unwrap_or(0),
             file["requests"].as_u64().unwrap_or(0),
         );
-        report.egress_bytes += len * requests;
+        egress += len * requests;
         if requests > 0 {
-            report.unique_bytes += len;
+            unique += len;
         }
     }
-    for (namespace, _) in &made.nodes {
-        let metrics = fetch_in(namespace, exe, "http://127.0.0.1:7503/metrics", 10)?;
-        let sum = |metric: &str, label: &str| -> u64 {
-            metrics
-                .lines()
-                .filter(|l| l.starts_with(metric) && l.contains(label))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64
-        };
-        let bytes = |source: &str| sum("peerpi_blob_bytes_total", &format!("\"{source}\""));
-        report.by_source.push((
-            namespace.clone(),
-            bytes("local"),
-            bytes("peer"),
-            bytes("upstream"),
-            sum("peerpi_verification_failures_total", "\"peer\""),
-            sum("peerpi_blocked_peers ", ""),
-        ));
-    }
-    drop(fleet);
-    Ok(report)
+    (egress, unique)
 }
 
-fn spawn_in(namespace: &str, program: &Path, args: &[&str], log: &Path) -> Result<Child> {
+/// A node's bytes by source, refusals and blocks, from its `/metrics`.
+fn node_bytes(metrics: &str) -> RunnerBytes {
+    let sum = |metric: &str, label: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(metric) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let bytes = |source: &str| sum("peerpi_blob_bytes_total", &format!("\"{source}\""));
+    RunnerBytes {
+        local: bytes("local"),
+        peer: bytes("peer"),
+        upstream: bytes("upstream"),
+        refused: sum("peerpi_verification_failures_total", "\"peer\""),
+        blocked: sum("peerpi_blocked_peers ", ""),
+        ..RunnerBytes::default()
+    }
+}
+
+pub(crate) fn spawn_in(
+    namespace: &str,
+    program: &Path,
+    args: &[&str],
+    log: &Path,
+) -> Result<Child> {
     let log = std::fs::File::create(log)?;
     Command::new("ip")
         .args(["netns", "exec", namespace])
@@ -331,7 +824,7 @@ fn spawn_in(namespace: &str, program: &Path, args: &[&str], log: &Path) -> Resul
 }
 
 /// GETs `url` from inside `namespace` (retrying for up to `wait_s`).
-fn fetch_in(namespace: &str, exe: &Path, url: &str, wait_s: u64) -> Result<String> {
+pub(crate) fn fetch_in(namespace: &str, exe: &Path, url: &str, wait_s: u64) -> Result<String> {
     let out = Command::new("ip")
         .args(["netns", "exec", namespace])
         .arg(exe)
@@ -344,118 +837,6 @@ fn fetch_in(namespace: &str, exe: &Path, url: &str, wait_s: u64) -> Result<Strin
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A fresh venv on `runner`, then pip or uv installs `set` from the
-/// runner's own node (at 127.0.0.1 inside its namespace).
-fn run_job(runner: &str, venv: &Path, set: &[&str], pip: bool) -> Result<()> {
-    let _ = std::fs::remove_dir_all(venv);
-    let venv_s = venv.to_str().context("venv path")?;
-    let index = "http://127.0.0.1:7503/simple/";
-    let steps: Vec<Vec<String>> = if pip {
-        vec![
-            vec!["python3".into(), "-m".into(), "venv".into(), venv_s.into()],
-            [
-                vec![
-                    format!("{venv_s}/bin/pip"),
-                    "install".into(),
-                    "--no-cache-dir".into(),
-                    "--disable-pip-version-check".into(),
-                    "--index-url".into(),
-                    index.into(),
-                ],
-                set.iter().map(|s| s.to_string()).collect(),
-            ]
-            .concat(),
-        ]
-    } else {
-        vec![
-            vec!["uv".into(), "venv".into(), "--quiet".into(), venv_s.into()],
-            [
-                vec![
-                    "uv".into(),
-                    "pip".into(),
-                    "install".into(),
-                    "--quiet".into(),
-                    "--no-cache".into(),
-                    "--python".into(),
-                    format!("{venv_s}/bin/python"),
-                    "--index-url".into(),
-                    index.into(),
-                ],
-                set.iter().map(|s| s.to_string()).collect(),
-            ]
-            .concat(),
-        ]
-    };
-    for step in steps {
-        let out = Command::new("ip")
-            .args(["netns", "exec", runner])
-            .args(&step)
-            .output()
-            .with_context(|| format!("running {}", step[0]))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            bail!(
-                "{} failed: {}",
-                step[0],
-                stderr.lines().rev().take(3).collect::<Vec<_>>().join(" / ")
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Every installed file against its RECORD hash: (checked, corrupted).
-fn check_installed(venv: &Path) -> Result<(usize, usize)> {
-    let script = r#"
-import base64, csv, hashlib, importlib.metadata as m, os, sys
-checked = corrupted = 0
-for dist in m.distributions():
-    record = dist.read_text("RECORD") or ""
-    for row in csv.reader(record.splitlines()):
-        if len(row) < 2 or not row[1].startswith("sha256="):
-            continue
-        path = dist.locate_file(row[0])
-        want = row[1][len("sha256="):]
-        with open(path, "rb") as f:
-            got = base64.urlsafe_b64encode(hashlib.sha256(f.read()).digest()).rstrip(b"=").decode()
-        checked += 1
-        corrupted += got != want
-print(checked, corrupted)
-"#;
-    let out = Command::new(venv.join("bin/python"))
-        .args(["-c", script])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "checking RECORD hashes: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut numbers = text.split_whitespace().map(str::parse::<usize>);
-    match (numbers.next(), numbers.next()) {
-        (Some(Ok(checked)), Some(Ok(corrupted))) => Ok((checked, corrupted)),
-        _ => bail!("unexpected RECORD check output {text:?}"),
-    }
-}
-
-/// Flips the first byte of every stored blob: the runner now serves wrong
-/// bytes for everything it announced.
-fn damage_store(data_dir: &Path) -> Result<()> {
-    let blobs = data_dir.join("blobs");
-    for shard in std::fs::read_dir(&blobs).with_context(|| format!("{}", blobs.display()))? {
-        for blob in std::fs::read_dir(shard?.path())? {
-            let path = blob?.path();
-            let mut bytes = std::fs::read(&path)?;
-            if let Some(first) = bytes.first_mut() {
-                *first ^= 0xff;
-                std::fs::write(&path, bytes)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// `testnet fetch`: a GET from inside a namespace, retried until it answers

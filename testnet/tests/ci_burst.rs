@@ -56,6 +56,8 @@ fn ci_burst_with_a_poisoning_runner_meets_its_goals() {
             "12",
             "--parallel",
             "1",
+            "--set",
+            "small",
             "--poison",
             "--lifetime-s",
             "900",

@@ -236,8 +236,8 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let mut released = false;
         loop {
             if std::mem::take(&mut attempt_ended) {
-                provider_deadline = provider_deadline
-                    .max(tokio::time::Instant::now() + bounds.first_provider);
+                provider_deadline =
+                    provider_deadline.max(tokio::time::Instant::now() + bounds.first_provider);
             }
             if queue.is_empty() {
                 match tokio::time::timeout_at(provider_deadline, providers.recv()).await {

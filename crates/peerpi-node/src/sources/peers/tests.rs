@@ -35,7 +35,10 @@ enum Script {
     /// Flipped bytes up to `at`, then the transfer breaks off; with
     /// `blocked_elsewhere`, because another flight blocked the peer (which
     /// cuts its transfers).
-    WrongThenCut { at: u64, blocked_elsewhere: bool },
+    WrongThenCut {
+        at: u64,
+        blocked_elsewhere: bool,
+    },
 }
 
 struct ScriptedNet {

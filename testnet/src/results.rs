@@ -71,6 +71,9 @@ pub struct Results {
     pub poisoners: Vec<String>,
     pub restarts: Vec<String>,
     pub events: Vec<String>,
+    /// Files the index sent more than once, and how often.
+    #[serde(default)]
+    pub refetched: Vec<(String, u64)>,
 }
 
 /// The `p` quantile (0..=1) of `values`, nearest rank.
@@ -193,6 +196,17 @@ impl Results {
                     r.blocked
                 ));
             }
+        }
+        if !self.refetched.is_empty() {
+            let files: Vec<String> = self
+                .refetched
+                .iter()
+                .map(|(f, n)| format!("{f} x{n}"))
+                .collect();
+            md.push_str(&format!(
+                "\nsent more than once by the index: {}\n",
+                files.join(", ")
+            ));
         }
         for (title, lines) in [
             ("poisoners", &self.poisoners),

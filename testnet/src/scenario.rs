@@ -309,9 +309,13 @@ fn run_on_rig(
         .collect();
     let last_region = args.layout.regions.saturating_sub(1);
     let cold = |runner: &str| fault == Fault::ColdRegion && region_of(runner) == last_region;
+    // Poisoners are the last runners of the last regions, one region each
+    // first, so that every region has honest runners where it can.
+    let mut by_lateness: Vec<&(String, std::net::Ipv4Addr)> = made.nodes.iter().collect();
+    by_lateness.sort_by_key(|(n, ip)| std::cmp::Reverse((ip.octets()[3], region_of(n))));
     let poisoners: Vec<String> = match (fault, args.poison) {
-        (Fault::Poison, _) => runners.iter().rev().take(3).cloned().collect(),
-        (_, true) => runners.iter().rev().take(1).cloned().collect(),
+        (Fault::Poison, _) => by_lateness.iter().take(3).map(|(n, _)| n.clone()).collect(),
+        (_, true) => by_lateness.iter().take(1).map(|(n, _)| n.clone()).collect(),
         _ => Vec::new(),
     };
     if fault == Fault::Poison && runners.len() < 5 {
@@ -603,6 +607,7 @@ fn run_on_rig(
         10,
     )?;
     (results.egress_bytes, results.unique_bytes) = egress_of(&stats);
+    results.refetched = refetched(&stats);
     if let Ok(text) = std::fs::read_to_string(net::router_stats_path(prefix)) {
         let stats: serde_json::Value = serde_json::from_str(&text)?;
         for pair in stats["pairs"].as_array().into_iter().flatten() {
@@ -783,6 +788,25 @@ fn egress_of(stats: &str) -> (u64, u64) {
         }
     }
     (egress, unique)
+}
+
+/// Files the index sent more than once: (filename, times).
+fn refetched(stats: &str) -> Vec<(String, u64)> {
+    let stats: serde_json::Value = serde_json::from_str(stats).unwrap_or_default();
+    stats["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|file| {
+            let requests = file["requests"].as_u64()?;
+            (requests > 1).then(|| {
+                (
+                    file["filename"].as_str().unwrap_or("?").to_string(),
+                    requests,
+                )
+            })
+        })
+        .collect()
 }
 
 /// A node's bytes by source, refusals and blocks, from its `/metrics`.

@@ -250,6 +250,9 @@ impl Node {
             }
         }
         if outcome.is_err() {
+            // Peers missing this blob meanwhile wait for this fetch instead
+            // of fetching upstream too (until the guard drops).
+            let _intent = self.inner.swarm.as_ref().map(|s| s.intend(digest));
             outcome = self.fetch_upstream(&digest, &origin, &flight).await;
             source = Source::Upstream;
             if outcome.is_ok() {
@@ -336,6 +339,7 @@ impl Node {
             min_rate_grace: crate::sources::peers::MIN_RATE_GRACE,
             suspension: config.peer_suspension,
             size_cap: origin.size.unwrap_or_else(|| self.size_cap(origin)),
+            intent_wait: crate::sources::peers::intent_wait(origin.size),
         }
     }
 }

@@ -175,6 +175,9 @@ pub(crate) enum Command {
     Provide(Sha256Digest),
     Unprovide(Sha256Digest),
     FindProviders(Sha256Digest, mpsc::UnboundedSender<PeerId>),
+    /// Announce (true) or withdraw (false) the intent to fetch a blob.
+    Intent(Sha256Digest, bool),
+    FindIntents(Sha256Digest, mpsc::UnboundedSender<PeerId>),
     Block(PeerId),
     Unblock(PeerId),
 }
@@ -190,9 +193,48 @@ pub(crate) struct Shared {
     stream_timeout: Duration,
     bulk: Option<bulk::Channel>,
     upload_limit: Option<limits::UploadLimit>,
+    /// Blobs this node is fetching from upstream, with how many fetches.
+    fetching: Mutex<HashMap<Sha256Digest, usize>>,
     http: reqwest::Client,
     #[cfg(feature = "adversary")]
     adversary: Option<Adversary>,
+}
+
+/// This node's intent to fetch a blob, withdrawn when dropped (the fetch
+/// ended, verified or not).
+pub struct IntentGuard {
+    shared: Arc<Shared>,
+    digest: Sha256Digest,
+}
+
+impl Drop for IntentGuard {
+    fn drop(&mut self) {
+        let last = {
+            let mut fetching = lock(&self.shared.fetching);
+            match fetching.get_mut(&self.digest) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                _ => {
+                    fetching.remove(&self.digest);
+                    true
+                }
+            }
+        };
+        if last {
+            let _ = self
+                .shared
+                .commands
+                .try_send(Command::Intent(self.digest, false));
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn is_fetching(&self, digest: &Sha256Digest) -> bool {
+        lock(&self.fetching).contains_key(digest)
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -301,6 +343,41 @@ impl SwarmHandle {
     /// Withdraws the announcement (after eviction).
     pub async fn unprovide(&self, digest: Sha256Digest) -> Result<(), SwarmError> {
         self.send(Command::Unprovide(digest)).await
+    }
+
+    /// Announces that this node is fetching `digest` from upstream, until
+    /// the guard drops. Peers that miss the same blob meanwhile find the
+    /// intent ([`SwarmHandle::find_intents`]) and wait for this node instead
+    /// of fetching upstream too; asked for the blob, this node answers
+    /// `Pending` until it holds it. An intent is not an announcement of the
+    /// content: the blob is provided only once it is verified and stored.
+    pub fn intend(&self, digest: Sha256Digest) -> IntentGuard {
+        let first = {
+            let mut fetching = lock(&self.shared.fetching);
+            let count = fetching.entry(digest).or_default();
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            // A full command queue only loses the announcement (peers then
+            // fetch upstream too), never the fetch.
+            let _ = self.shared.commands.try_send(Command::Intent(digest, true));
+        }
+        IntentGuard {
+            shared: self.shared.clone(),
+            digest,
+        }
+    }
+
+    /// Starts a DHT lookup of peers that announced an intent to fetch
+    /// `digest`; they arrive on the channel, which closes when it ends.
+    pub async fn find_intents(
+        &self,
+        digest: Sha256Digest,
+    ) -> Result<mpsc::UnboundedReceiver<PeerId>, SwarmError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.send(Command::FindIntents(digest, tx)).await?;
+        Ok(rx)
     }
 
     /// Starts a DHT lookup; providers arrive on the channel as they are found,

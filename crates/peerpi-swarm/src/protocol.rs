@@ -28,6 +28,9 @@ pub enum Status {
     Busy = 2,
     BadRequest = 3,
     Redirect = 4,
+    /// Not held yet: this node is fetching it from upstream now (it
+    /// announced an intent); ask again shortly.
+    Pending = 5,
 }
 
 impl Status {
@@ -38,6 +41,7 @@ impl Status {
             2 => Some(Status::Busy),
             3 => Some(Status::BadRequest),
             4 => Some(Status::Redirect),
+            5 => Some(Status::Pending),
             _ => None,
         }
     }

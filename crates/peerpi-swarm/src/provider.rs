@@ -67,7 +67,14 @@ async fn serve_one(
     };
     let blob = match store.get(&request.digest) {
         Ok(Some(blob)) => blob,
-        _ => return protocol::write_response(&mut stream, &refuse(Status::NotFound)).await,
+        _ => {
+            let status = if shared.is_fetching(&request.digest) {
+                Status::Pending
+            } else {
+                Status::NotFound
+            };
+            return protocol::write_response(&mut stream, &refuse(status)).await;
+        }
     };
     if request.offset > blob.size {
         return protocol::write_response(&mut stream, &refuse(Status::BadRequest)).await;

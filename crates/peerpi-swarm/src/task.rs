@@ -50,6 +50,14 @@ fn kad_key(digest: &Sha256Digest) -> kad::RecordKey {
     kad::RecordKey::new(&digest.cid().to_bytes())
 }
 
+/// The DHT key under which nodes announce that they are fetching a blob:
+/// never a CID, so an intent can never be taken for the content.
+fn intent_key(digest: &Sha256Digest) -> kad::RecordKey {
+    let mut key = b"peerpi/fetching/".to_vec();
+    key.extend_from_slice(&digest.cid().to_bytes());
+    kad::RecordKey::new(&key)
+}
+
 fn secure<S>(transport: Boxed<S>, noise: noise::Config) -> Boxed<(PeerId, StreamMuxerBox)>
 where
     S: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin + Send + 'static,
@@ -246,6 +254,7 @@ pub(crate) async fn start(
         stream_timeout: config.stream_timeout,
         bulk,
         upload_limit: config.upload_limit.map(crate::limits::UploadLimit::new),
+        fetching: Mutex::new(HashMap::new()),
         http,
         #[cfg(feature = "adversary")]
         adversary: config.adversary,
@@ -387,6 +396,16 @@ impl Runner {
             }
             Command::FindProviders(digest, tx) => {
                 let id = kad.get_providers(kad_key(&digest));
+                self.lookups.insert(id, tx);
+            }
+            Command::Intent(digest, true) => {
+                if let Err(e) = kad.start_providing(intent_key(&digest)) {
+                    debug!(%digest, "cannot announce the intent to fetch: {e}");
+                }
+            }
+            Command::Intent(digest, false) => kad.stop_providing(&intent_key(&digest)),
+            Command::FindIntents(digest, tx) => {
+                let id = kad.get_providers(intent_key(&digest));
                 self.lookups.insert(id, tx);
             }
             Command::Block(peer) => {

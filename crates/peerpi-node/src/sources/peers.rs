@@ -38,6 +38,23 @@ pub(crate) const MIN_RATE_GRACE: Duration = Duration::from_secs(3);
 /// How long to gather providers after the first one arrives.
 const PROVIDER_WINDOW: Duration = Duration::from_millis(25);
 
+/// How long the intent lookup may run on after the provider lookup ended.
+const INTENT_LOOKUP_WAIT: Duration = Duration::from_millis(500);
+
+/// Peers fetching the blob upstream that are waited for at most.
+const MAX_INTENT_HOLDERS: usize = 4;
+
+/// How often a peer fetching the blob upstream is asked again.
+const INTENT_POLL: Duration = Duration::from_millis(250);
+
+/// How long to wait for a peer fetching a blob of `size` from upstream: 10 s
+/// plus the blob at 1 MiB/s, at most 2 minutes. Past it, fetching upstream
+/// too is cheaper than waiting on.
+pub(crate) fn intent_wait(size: Option<u64>) -> Duration {
+    let transfer = size.unwrap_or(0) as f64 / f64::from(1u32 << 20);
+    Duration::from_secs_f64(10.0 + transfer).min(Duration::from_secs(120))
+}
+
 /// Bytes compared per read when judging a failed transfer.
 const COMPARE_CHUNK: u64 = peerpi_store::READ_CHUNK;
 
@@ -54,6 +71,12 @@ pub(crate) trait PeerNetwork: Send + Sync {
         digest: Sha256Digest,
     ) -> impl Future<Output = Result<mpsc::UnboundedReceiver<PeerId>, String>> + Send;
 
+    /// Starts a lookup of peers fetching `digest` from upstream now.
+    fn find_intents(
+        &self,
+        digest: Sha256Digest,
+    ) -> impl Future<Output = Result<mpsc::UnboundedReceiver<PeerId>, String>> + Send;
+
     /// False for a blocked or suspended peer.
     fn usable(&self, peer: &PeerId) -> bool;
 
@@ -66,10 +89,24 @@ pub(crate) trait PeerNetwork: Send + Sync {
         peer: PeerId,
         digest: Sha256Digest,
         offset: u64,
-    ) -> impl Future<Output = Result<Self::Transfer, String>> + Send;
+    ) -> impl Future<Output = Result<Self::Transfer, NotStarted>> + Send;
 
     /// Applies a verdict to a peer.
     fn sentence(&self, peer: PeerId, verdict: Verdict) -> impl Future<Output = ()> + Send;
+}
+
+/// Why a peer transfer did not start.
+#[derive(Debug)]
+pub(crate) struct NotStarted {
+    /// The peer is fetching the blob from upstream: ask again shortly.
+    pub pending: bool,
+    pub reason: String,
+}
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
 }
 
 /// A blob arriving from one peer.
@@ -101,6 +138,15 @@ impl PeerNetwork for SwarmHandle {
             .map_err(|e| e.to_string())
     }
 
+    async fn find_intents(
+        &self,
+        digest: Sha256Digest,
+    ) -> Result<mpsc::UnboundedReceiver<PeerId>, String> {
+        SwarmHandle::find_intents(self, digest)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     fn usable(&self, peer: &PeerId) -> bool {
         !self.is_blocked(peer)
     }
@@ -124,10 +170,19 @@ impl PeerNetwork for SwarmHandle {
         peer: PeerId,
         digest: Sha256Digest,
         offset: u64,
-    ) -> Result<Self::Transfer, String> {
+    ) -> Result<Self::Transfer, NotStarted> {
         SwarmHandle::fetch(self, peer, digest, offset)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| NotStarted {
+                pending: matches!(
+                    e,
+                    peerpi_swarm::FetchError::Refused {
+                        status: peerpi_swarm::Status::Pending,
+                        ..
+                    }
+                ),
+                reason: e.to_string(),
+            })
     }
 
     async fn sentence(&self, peer: PeerId, verdict: Verdict) {
@@ -169,6 +224,8 @@ pub(crate) struct PeerBounds {
     pub suspension: Duration,
     /// The blob's listed size, or the cap when none is listed.
     pub size_cap: u64,
+    /// How long to wait for a peer that is fetching the blob upstream.
+    pub intent_wait: Duration,
 }
 
 /// One peer phase of a flight.
@@ -222,6 +279,11 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let release_at = started + bounds.hold_back;
         let min_rate = bounds.min_rate.max(1) as f64;
         let mut providers = net.find_providers(digest).await?;
+        // Beside it: peers fetching the blob upstream right now, waited for
+        // when no peer holds it (two runners missing the same file at once
+        // would otherwise both fetch it upstream).
+        let mut intents = net.find_intents(digest).await.ok();
+        let mut ready: Option<(PeerId, N::Transfer)> = None;
         // The lookup goes on while a provider is tried: one that fails
         // leaves the lookup `first_provider` more to name the next, however
         // long its own attempt took (a lying peer's transfer can outlast the
@@ -239,11 +301,28 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 provider_deadline =
                     provider_deadline.max(tokio::time::Instant::now() + bounds.first_provider);
             }
-            if queue.is_empty() {
-                match tokio::time::timeout_at(provider_deadline, providers.recv()).await {
-                    Ok(Some(p)) => queue.push(p),
-                    Ok(None) => return Err("no (more) providers".into()),
-                    Err(_) => return Err("no provider delivered before the peer deadline".into()),
+            if ready.is_none() && queue.is_empty() {
+                let ended = match tokio::time::timeout_at(provider_deadline, providers.recv()).await
+                {
+                    Ok(Some(p)) => {
+                        queue.push(p);
+                        None
+                    }
+                    Ok(None) => Some("no (more) providers"),
+                    Err(_) => Some("no provider delivered before the peer deadline"),
+                };
+                if let Some(reason) = ended {
+                    let at = writer.len();
+                    match self
+                        .wait_for_intent(digest, at, intents.take(), &tried)
+                        .await
+                    {
+                        Some((peer, transfer)) => {
+                            ready = Some((peer, transfer));
+                            continue;
+                        }
+                        None => return Err(reason.into()),
+                    }
                 }
                 // Providers arrive one DHT response at a time: gather what
                 // comes within a short window so that region and RTT can
@@ -256,22 +335,31 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 .await;
                 net.order(&mut queue);
             }
-            let peer = queue.remove(0);
-            if peer == net.local_peer_id() || !net.usable(&peer) || !tried.insert(peer) {
-                continue;
-            }
-            if tried.len() > MAX_PROVIDERS_TRIED {
-                return Err(format!("{MAX_PROVIDERS_TRIED} providers tried"));
-            }
-            attempt_ended = true;
-            let offset = writer.len();
-            let mut transfer = match net.fetch(peer, digest, offset).await {
-                Ok(t) => t,
-                Err(e) => {
-                    debug!(%peer, %digest, "peer fetch did not start: {e}");
-                    continue;
+            let (peer, mut transfer) = match ready.take() {
+                Some((peer, transfer)) => {
+                    tried.insert(peer);
+                    attempt_ended = true;
+                    (peer, transfer)
+                }
+                None => {
+                    let peer = queue.remove(0);
+                    if peer == net.local_peer_id() || !net.usable(&peer) || !tried.insert(peer) {
+                        continue;
+                    }
+                    if tried.len() > MAX_PROVIDERS_TRIED {
+                        return Err(format!("{MAX_PROVIDERS_TRIED} providers tried"));
+                    }
+                    attempt_ended = true;
+                    match net.fetch(peer, digest, writer.len()).await {
+                        Ok(t) => (peer, t),
+                        Err(e) => {
+                            debug!(%peer, %digest, "peer fetch did not start: {e}");
+                            continue;
+                        }
+                    }
                 }
             };
+            let offset = writer.len();
             metrics.peer_transfer(transfer.channel());
             let total = offset + transfer.remaining();
             let size_lie = match origin.size {
@@ -407,6 +495,65 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 }
                 Err(CommitError::Other(e)) => return Err(e),
             }
+        }
+    }
+}
+
+impl<N: PeerNetwork> PeerPhase<'_, N> {
+    /// When no peer holds the blob: waits for a peer that announced it is
+    /// fetching it upstream (asked every `INTENT_POLL`; it answers
+    /// `Pending` until it holds the verified blob), for at most
+    /// `intent_wait`. `None` when there is no such peer, it gave up (it
+    /// answers anything else), or the wait ran out, which suspends it: a
+    /// peer must not hold others back with intents it does not fulfil.
+    async fn wait_for_intent(
+        &self,
+        digest: Sha256Digest,
+        offset: u64,
+        intents: Option<mpsc::UnboundedReceiver<PeerId>>,
+        tried: &HashSet<PeerId>,
+    ) -> Option<(PeerId, N::Transfer)> {
+        let net = self.net;
+        let mut intents = intents?;
+        let mut holders: Vec<PeerId> = Vec::new();
+        let _ = tokio::time::timeout(INTENT_LOOKUP_WAIT, async {
+            while let Some(peer) = intents.recv().await {
+                let fresh = peer != net.local_peer_id()
+                    && net.usable(&peer)
+                    && !tried.contains(&peer)
+                    && !holders.contains(&peer);
+                if fresh && holders.len() < MAX_INTENT_HOLDERS {
+                    holders.push(peer);
+                }
+            }
+        })
+        .await;
+        if holders.is_empty() {
+            return None;
+        }
+        debug!(%digest, holders = holders.len(), "waiting for peers fetching it upstream");
+        let deadline = tokio::time::Instant::now() + self.bounds.intent_wait;
+        loop {
+            let mut still_pending = Vec::new();
+            for peer in holders {
+                match net.fetch(peer, digest, offset).await {
+                    Ok(transfer) => return Some((peer, transfer)),
+                    Err(e) if e.pending => still_pending.push(peer),
+                    Err(e) => debug!(%peer, %digest, "no longer fetching it: {e}"),
+                }
+            }
+            holders = still_pending;
+            if holders.is_empty() {
+                return None;
+            }
+            if tokio::time::Instant::now() + INTENT_POLL >= deadline {
+                for peer in holders {
+                    warn!(%peer, %digest, wait = ?self.bounds.intent_wait, "a peer fetching it upstream did not deliver in time");
+                    self.sentence(peer, Misdeed::TooSlow).await;
+                }
+                return None;
+            }
+            tokio::time::sleep(INTENT_POLL).await;
         }
     }
 }

@@ -32,6 +32,11 @@ enum Script {
     Refuses,
     /// Every byte flipped, the first after a pause of this many ms.
     WrongAfter(u64),
+    /// Answers `Pending` (fetching it upstream) for this many ms from the
+    /// start of the test, then serves the right bytes.
+    PendingFor(u64),
+    /// Answers `Pending` for ever.
+    PendingForEver,
     /// Flipped bytes up to `at`, then the transfer breaks off; with
     /// `blocked_elsewhere`, because another flight blocked the peer (which
     /// cuts its transfers).
@@ -47,7 +52,10 @@ struct ScriptedNet {
     /// When the lookup names each provider, from its start; all at once
     /// (and the lookup over) when empty.
     arrivals: Vec<Duration>,
+    /// Peers that announced an intent to fetch the blob upstream.
+    intents: Vec<PeerId>,
     scripts: HashMap<PeerId, Script>,
+    created: tokio::time::Instant,
     sentences: Arc<Mutex<Vec<(PeerId, Verdict)>>>,
     /// (peer, offset) of every transfer started.
     asked: Mutex<Vec<(PeerId, u64)>>,
@@ -60,6 +68,8 @@ impl ScriptedNet {
             blob: Bytes::copy_from_slice(blob),
             providers: ids.clone(),
             arrivals: Vec::new(),
+            intents: Vec::new(),
+            created: tokio::time::Instant::now(),
             scripts: ids.iter().copied().zip(peers.iter().copied()).collect(),
             sentences: Arc::default(),
             asked: Mutex::new(Vec::new()),
@@ -184,6 +194,17 @@ impl PeerNetwork for ScriptedNet {
         Ok(rx)
     }
 
+    async fn find_intents(
+        &self,
+        _: Sha256Digest,
+    ) -> Result<mpsc::UnboundedReceiver<PeerId>, String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for p in &self.intents {
+            let _ = tx.send(*p);
+        }
+        Ok(rx)
+    }
+
     fn usable(&self, peer: &PeerId) -> bool {
         matches!(self.verdict(*peer), None | Some(Verdict::Acquit))
     }
@@ -198,11 +219,23 @@ impl PeerNetwork for ScriptedNet {
         peer: PeerId,
         _: Sha256Digest,
         offset: u64,
-    ) -> Result<ScriptedTransfer, String> {
+    ) -> Result<ScriptedTransfer, NotStarted> {
         self.asked.lock().unwrap().push((peer, offset));
-        let script = self.scripts[&peer];
-        if script == Script::Refuses {
-            return Err("refused".into());
+        let mut script = self.scripts[&peer];
+        let not_started = |pending: bool| NotStarted {
+            pending,
+            reason: if pending { "pending" } else { "refused" }.into(),
+        };
+        match script {
+            Script::Refuses => return Err(not_started(false)),
+            Script::PendingForEver => return Err(not_started(true)),
+            Script::PendingFor(ms) => {
+                if self.created.elapsed() < Duration::from_millis(ms) {
+                    return Err(not_started(true));
+                }
+                script = Script::Honest;
+            }
+            _ => {}
         }
         let rest = self.blob.slice(offset as usize..);
         let extra = match script {
@@ -235,6 +268,7 @@ fn bounds(size: u64) -> PeerBounds {
         min_rate_grace: Duration::from_millis(300),
         suspension: SUSPENSION,
         size_cap: size,
+        intent_wait: Duration::from_secs(5),
     }
 }
 
@@ -583,4 +617,50 @@ async fn a_finisher_proved_right_by_the_verified_copy_is_acquitted() {
     assert_eq!(net.verdict(ids[0]), Some(Verdict::Block));
     assert_eq!(net.verdict(ids[1]), Some(Verdict::Acquit));
     assert!(net.usable(&ids[1]));
+}
+
+/// Two runners miss the same blob at once: no peer holds it, but one is
+/// fetching it upstream (it announced an intent and answers `Pending`). The
+/// phase waits and takes the blob from it instead of fetching it upstream
+/// too.
+#[tokio::test]
+async fn a_peer_fetching_the_blob_upstream_is_waited_for() {
+    let bytes = blob(100_000);
+    let (mut net, ids) = ScriptedNet::new(&bytes, &[Script::PendingFor(700)]);
+    net.intents = std::mem::take(&mut net.providers);
+    let outcome = run_phase(&net, &bytes, Some(100_000), bounds(100_000)).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert!(stored(&outcome, &bytes));
+    let asked = net.asked.lock().unwrap().len();
+    // Asked every 250 ms while pending: about 4 times in 700 ms, bounded.
+    assert!((2..=8).contains(&asked), "asked {asked} times");
+    assert_eq!(net.verdict(ids[0]), None);
+}
+
+/// The wait for a peer fetching upstream is bounded by `intent_wait`; a
+/// peer that keeps answering `Pending` past it is suspended, and the phase
+/// ends (the node then fetches upstream itself).
+#[tokio::test]
+async fn a_peer_pending_past_the_intent_wait_is_suspended() {
+    let bytes = blob(10_000);
+    let (mut net, ids) = ScriptedNet::new(&bytes, &[Script::PendingForEver]);
+    net.intents = std::mem::take(&mut net.providers);
+    let mut b = bounds(10_000);
+    b.intent_wait = Duration::from_millis(600);
+    let started = std::time::Instant::now();
+    let outcome = run_phase(&net, &bytes, Some(10_000), b).await;
+    assert!(outcome.result.is_err());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Suspend(SUSPENSION)));
+}
+
+#[test]
+fn the_intent_wait_grows_with_the_size_and_is_capped() {
+    assert_eq!(intent_wait(None), Duration::from_secs(10));
+    assert_eq!(intent_wait(Some(20 << 20)), Duration::from_secs(30));
+    assert_eq!(intent_wait(Some(1 << 40)), Duration::from_secs(120));
 }

@@ -876,3 +876,48 @@ async fn a_file_missed_on_two_nodes_at_once_is_fetched_upstream_once() {
     assert_eq!(upstream.state.count(&path), 1, "the index sent it once");
     assert!(metric(&b, "peerpi_blob_bytes_total", "source=\"peer\"").await >= (2 << 20) as f64);
 }
+
+/// A node fetching a blob answers `Pending`, and `NotFound` while it waits
+/// for another peer's intent itself (two nodes waiting for each other would
+/// otherwise hold each other back until the wait ran out); the intent is
+/// found on the DHT and withdrawn with its guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_answers_pending_unless_its_node_waits_itself() {
+    let upstream = fake_index(demo_graph()).await;
+    let a = peer_node(&upstream, &[], |_| {}).await;
+    let b = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
+    assert!(eventually(Duration::from_secs(10), || connected(&b) >= 1).await);
+    let (a_swarm, b_swarm) = (a.node.swarm().unwrap(), b.node.swarm().unwrap());
+    let a_id = a_swarm.local_peer_id();
+    let digest = peerpi_core::Sha256Digest::from_bytes([7; 32]);
+    let status = |e: peerpi_swarm::FetchError| match e {
+        peerpi_swarm::FetchError::Refused { status, .. } => status,
+        other => panic!("unexpected {other}"),
+    };
+    let guard = a_swarm.intend(digest);
+    let mut found = false;
+    for _ in 0..50 {
+        let mut intents = b_swarm.find_intents(digest).await.unwrap();
+        while let Some(p) = intents.recv().await {
+            found |= p == a_id;
+        }
+        if found {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "B finds A's intent");
+    let e = b_swarm.fetch(a_id, digest, 0).await.err().unwrap();
+    assert_eq!(status(e), peerpi_swarm::Status::Pending);
+    a_swarm.set_waiting(digest, true);
+    let e = b_swarm.fetch(a_id, digest, 0).await.err().unwrap();
+    assert_eq!(status(e), peerpi_swarm::Status::NotFound);
+    a_swarm.set_waiting(digest, false);
+    drop(guard);
+    let e = b_swarm.fetch(a_id, digest, 0).await.err().unwrap();
+    assert_eq!(
+        status(e),
+        peerpi_swarm::Status::NotFound,
+        "the guard is gone"
+    );
+}

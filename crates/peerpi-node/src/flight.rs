@@ -230,6 +230,11 @@ impl Node {
         let mut outcome = Err("no source tried".to_string());
         let mut source = Source::Peer;
         let mut suspects = Vec::new();
+        // Peers missing this blob meanwhile wait for this fetch instead of
+        // fetching upstream too (until the guard drops). Announced before the
+        // peer phase: a provider lookup can take its whole deadline, and a
+        // peer missing the blob in that time must find the intent.
+        let _intent = self.inner.swarm.as_ref().map(|s| s.intend(digest));
         if let Some(swarm) = self.inner.swarm.as_ref() {
             let phase = PeerPhase {
                 net: swarm,
@@ -250,9 +255,6 @@ impl Node {
             }
         }
         if outcome.is_err() {
-            // Peers missing this blob meanwhile wait for this fetch instead
-            // of fetching upstream too (until the guard drops).
-            let _intent = self.inner.swarm.as_ref().map(|s| s.intend(digest));
             outcome = self.fetch_upstream(&digest, &origin, &flight).await;
             source = Source::Upstream;
             if outcome.is_ok() {

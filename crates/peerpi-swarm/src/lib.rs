@@ -193,12 +193,16 @@ pub(crate) struct Shared {
     stream_timeout: Duration,
     bulk: Option<bulk::Channel>,
     upload_limit: Option<limits::UploadLimit>,
-    /// Blobs this node is fetching from upstream, with how many fetches.
-    fetching: Mutex<HashMap<Sha256Digest, usize>>,
+    /// Blobs this node is fetching, with how many fetches, and whether it
+    /// is itself waiting for another peer's intent.
+    fetching: Mutex<HashMap<Sha256Digest, (usize, bool)>>,
     http: reqwest::Client,
     #[cfg(feature = "adversary")]
     adversary: Option<Adversary>,
 }
+
+/// Blobs being fetched beyond which no further intent is announced.
+const MAX_ANNOUNCED_INTENTS: usize = 64;
 
 /// This node's intent to fetch a blob, withdrawn when dropped (the fetch
 /// ended, verified or not).
@@ -212,7 +216,7 @@ impl Drop for IntentGuard {
         let last = {
             let mut fetching = lock(&self.shared.fetching);
             match fetching.get_mut(&self.digest) {
-                Some(count) if *count > 1 => {
+                Some((count, _)) if *count > 1 => {
                     *count -= 1;
                     false
                 }
@@ -232,8 +236,11 @@ impl Drop for IntentGuard {
 }
 
 impl Shared {
+    /// Fetching `digest` and not waiting for another peer's intent.
     pub(crate) fn is_fetching(&self, digest: &Sha256Digest) -> bool {
-        lock(&self.fetching).contains_key(digest)
+        lock(&self.fetching)
+            .get(digest)
+            .is_some_and(|(_, waiting)| !waiting)
     }
 }
 
@@ -345,20 +352,24 @@ impl SwarmHandle {
         self.send(Command::Unprovide(digest)).await
     }
 
-    /// Announces that this node is fetching `digest` from upstream, until
-    /// the guard drops. Peers that miss the same blob meanwhile find the
-    /// intent ([`SwarmHandle::find_intents`]) and wait for this node instead
-    /// of fetching upstream too; asked for the blob, this node answers
-    /// `Pending` until it holds it. An intent is not an announcement of the
-    /// content: the blob is provided only once it is verified and stored.
+    /// Announces that this node is fetching `digest` (from peers, then
+    /// upstream), until the guard drops. Peers that miss the same blob
+    /// meanwhile find the intent ([`SwarmHandle::find_intents`]) and wait
+    /// for this node instead of fetching upstream too; asked for the blob,
+    /// this node answers `Pending` until it holds it. An intent is not an
+    /// announcement of the content: the blob is provided only once it is
+    /// verified and stored.
     pub fn intend(&self, digest: Sha256Digest) -> IntentGuard {
-        let first = {
+        let announce = {
             let mut fetching = lock(&self.shared.fetching);
-            let count = fetching.entry(digest).or_default();
+            let busy = fetching.len() >= MAX_ANNOUNCED_INTENTS;
+            let (count, _) = fetching.entry(digest).or_default();
             *count += 1;
-            *count == 1
+            // Each announcement is a DHT query: a burst of misses (a
+            // prefetch) announces its first ones only.
+            *count == 1 && !busy
         };
-        if first {
+        if announce {
             // A full command queue only loses the announcement (peers then
             // fetch upstream too), never the fetch.
             let _ = self.shared.commands.try_send(Command::Intent(digest, true));
@@ -366,6 +377,16 @@ impl SwarmHandle {
         IntentGuard {
             shared: self.shared.clone(),
             digest,
+        }
+    }
+
+    /// Marks this node as waiting (or no longer) for another peer's intent
+    /// to fetch `digest`. While it waits it answers `NotFound`, not
+    /// `Pending`: two nodes that each wait for the other would otherwise
+    /// hold each other back until the wait runs out.
+    pub fn set_waiting(&self, digest: Sha256Digest, waiting: bool) {
+        if let Some((_, flag)) = lock(&self.shared.fetching).get_mut(&digest) {
+            *flag = waiting;
         }
     }
 

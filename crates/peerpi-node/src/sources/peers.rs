@@ -71,6 +71,9 @@ pub(crate) trait PeerNetwork: Send + Sync {
         digest: Sha256Digest,
     ) -> impl Future<Output = Result<mpsc::UnboundedReceiver<PeerId>, String>> + Send;
 
+    /// Marks this node as waiting (or no longer) for another peer's intent.
+    fn set_waiting(&self, digest: Sha256Digest, waiting: bool);
+
     /// Starts a lookup of peers fetching `digest` from upstream now.
     fn find_intents(
         &self,
@@ -136,6 +139,10 @@ impl PeerNetwork for SwarmHandle {
         SwarmHandle::find_providers(self, digest)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    fn set_waiting(&self, digest: Sha256Digest, waiting: bool) {
+        SwarmHandle::set_waiting(self, digest, waiting);
     }
 
     async fn find_intents(
@@ -531,7 +538,23 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         if holders.is_empty() {
             return None;
         }
-        debug!(%digest, holders = holders.len(), "waiting for peers fetching it upstream");
+        debug!(%digest, holders = holders.len(), "waiting for peers fetching it");
+        net.set_waiting(digest, true);
+        let found = self.poll_intents(digest, offset, holders).await;
+        net.set_waiting(digest, false);
+        found
+    }
+
+    /// Asks `holders` every `INTENT_POLL` until one delivers, none is
+    /// pending any more, or `intent_wait` runs out (which suspends those
+    /// still pending).
+    async fn poll_intents(
+        &self,
+        digest: Sha256Digest,
+        offset: u64,
+        mut holders: Vec<PeerId>,
+    ) -> Option<(PeerId, N::Transfer)> {
+        let net = self.net;
         let deadline = tokio::time::Instant::now() + self.bounds.intent_wait;
         loop {
             let mut still_pending = Vec::new();

@@ -194,6 +194,8 @@ impl PeerNetwork for ScriptedNet {
         Ok(rx)
     }
 
+    fn set_waiting(&self, _: Sha256Digest, _: bool) {}
+
     async fn find_intents(
         &self,
         _: Sha256Digest,

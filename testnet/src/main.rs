@@ -15,6 +15,7 @@ mod report;
 mod results;
 mod router;
 mod scenario;
+mod simulate;
 
 use std::time::Duration;
 
@@ -56,6 +57,9 @@ enum Command {
     ColdRegion(scenario::ScenarioArgs),
     /// The report over several runs' results.json: Markdown and SVG plots.
     Report(report::ReportArgs),
+    /// Many Kademlia nodes in one process (in-memory transport): lookup
+    /// cost, records per node, and projections as blob counts grow.
+    Simulate(simulate::SimulateArgs),
     /// (internal) GET a URL from inside a namespace, retrying.
     #[command(hide = true)]
     Fetch(FetchArgs),
@@ -120,6 +124,7 @@ fn main() -> Result<()> {
         Command::Outage(args) => scenario_command(&args, scenario::Fault::Outage),
         Command::ColdRegion(args) => scenario_command(&args, scenario::Fault::ColdRegion),
         Command::Report(args) => report::write(&args),
+        Command::Simulate(args) => simulate::run(&args),
         Command::Fetch(args) => {
             print!("{}", scenario::fetch(&args.url, args.wait_s)?);
             Ok(())

@@ -69,7 +69,8 @@ fn mb(bytes: u64) -> f64 {
 fn markdown(runs: &[Results], args: &ReportArgs, with_cdf: bool) -> String {
     let mut md = String::from(
         "# testnet report\n\nEach run below was made by the command printed with it, as root, \
-         after `cargo build --release -p peerpi -p peerpi-testnet`; \
+         after `cargo build --release -p peerpi -p peerpi-testnet` \
+         (`testnet/reports/example/reproduce.sh` runs them all); \
          `testnet report` then wrote this file and the plots.\n\n\
          | scenario | baseline | jobs | failed | corrupted files | upstream egress / unique | \
          cross-region copies | job p50 | job p95 | goals |\n\
@@ -246,7 +247,9 @@ fn bytes_over_time(run: &Results, path: &Path) -> Result<()> {
         ("from the local store", |s| s.local),
         ("from peers", |s| s.peer),
         ("from upstream", |s| s.upstream),
-        ("sent by the index", |s| s.index_egress),
+        ("requested from the index (whole file at request)", |s| {
+            s.index_egress
+        }),
     ];
     for (i, (label, pick)) in series.into_iter().enumerate() {
         let color = COLORS[i % COLORS.len()];

@@ -835,7 +835,11 @@ pub(crate) fn spawn_in(
     args: &[&str],
     log: &Path,
 ) -> Result<Child> {
-    let log = std::fs::File::create(log)?;
+    // Appended to: a runner restarted by churn keeps its earlier log.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     Command::new("ip")
         .args(["netns", "exec", namespace])
         .arg(program)

@@ -208,6 +208,27 @@ impl Results {
                 files.join(", ")
             ));
         }
+        if !self.by_runner.is_empty() {
+            let mut regions: std::collections::BTreeMap<String, (u64, u64, u64)> =
+                std::collections::BTreeMap::new();
+            for r in &self.by_runner {
+                let region = r
+                    .runner
+                    .rsplit('-')
+                    .next()
+                    .and_then(|s| s.split('n').next())
+                    .unwrap_or("?")
+                    .to_string();
+                let sums = regions.entry(region).or_default();
+                sums.0 += r.local;
+                sums.1 += r.peer;
+                sums.2 += r.upstream;
+            }
+            md.push_str("\n| region | local | peer | upstream |\n|---|---|---|---|\n");
+            for (region, (local, peer, upstream)) in regions {
+                md.push_str(&format!("| {region} | {local} | {peer} | {upstream} |\n"));
+            }
+        }
         for (title, lines) in [
             ("poisoners", &self.poisoners),
             ("restarts", &self.restarts),

@@ -24,6 +24,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::scenario::Rng;
+
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
     /// Nodes in the simulated swarm.
@@ -103,11 +105,8 @@ fn node_swarm(key: identity::Keypair) -> Result<Swarm<kad::Behaviour<MemoryStore
         })?
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
-            let mut config = kad::Config::new(kad::PROTOCOL_NAME);
-            config.set_provider_publication_interval(None);
-            config.set_provider_record_ttl(Some(Duration::from_secs(48 * 3600)));
-            config.set_query_timeout(Duration::from_secs(30));
             let store = MemoryStore::new(peer_id);
+            let config = peerpi_swarm::kademlia_config();
             let mut kad = kad::Behaviour::with_config(peer_id, store, config);
             kad.set_mode(Some(kad::Mode::Server));
             kad
@@ -182,18 +181,6 @@ async fn drive(
                 }
             }
         }
-    }
-}
-
-/// xorshift64, reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n.max(1) as u64) as usize
     }
 }
 

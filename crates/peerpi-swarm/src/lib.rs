@@ -201,6 +201,18 @@ pub(crate) struct Shared {
     adversary: Option<Adversary>,
 }
 
+/// The Kademlia settings of a peerpi node (also used by the testnet's
+/// simulation, so that it measures these). Re-providing is paced by the
+/// swarm task instead of Kademlia (see `reprovide`); provider records live
+/// 48 h.
+pub fn kademlia_config() -> libp2p::kad::Config {
+    let mut config = libp2p::kad::Config::new(libp2p::kad::PROTOCOL_NAME);
+    config.set_provider_publication_interval(None);
+    config.set_provider_record_ttl(Some(Duration::from_secs(48 * 3600)));
+    config.set_query_timeout(Duration::from_secs(30));
+    config
+}
+
 /// Blobs being fetched beyond which no further intent is announced.
 const MAX_ANNOUNCED_INTENTS: usize = 64;
 

@@ -147,13 +147,8 @@ pub(crate) async fn start(
         .map_err(|e| SwarmError::Start(e.to_string()))?
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
-            let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
-            // Re-providing is paced by this module instead (see `reprovide`).
-            kad_config.set_provider_publication_interval(None);
-            kad_config.set_provider_record_ttl(Some(Duration::from_secs(48 * 3600)));
-            kad_config.set_query_timeout(Duration::from_secs(30));
             let store = ProviderStore::new(peer_id);
-            let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+            let mut kad = kad::Behaviour::with_config(peer_id, store, crate::kademlia_config());
             kad.set_mode(Some(kad::Mode::Server));
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(

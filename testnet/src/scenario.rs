@@ -574,7 +574,7 @@ fn run_on_rig(
             &fleet,
             &occupancy,
             &url_for,
-            (exe, &index_url, made, started),
+            started,
             &mut results,
             &|namespace: &str| -> Result<()> {
                 fleet.add(namespace, start_node(namespace, true)?);
@@ -649,7 +649,7 @@ fn run_waves(
     fleet: &Fleet,
     occupancy: &Occupancy,
     url_for: &(dyn Fn(&str) -> String + Sync),
-    (exe, index_url, made, started): (&Path, &str, &net::Made, Instant),
+    started: Instant,
     results: &mut Results,
     start_cold_node: &dyn Fn(&str) -> Result<()>,
     runners: &[String],
@@ -769,7 +769,6 @@ fn run_waves(
     if outage {
         faults::index_link(prefix, true)?;
     }
-    let _ = (exe, index_url, made);
     Ok(())
 }
 

@@ -87,10 +87,6 @@ pub fn quantile(values: &[f64], p: f64) -> f64 {
 }
 
 impl Results {
-    pub fn baseline(&self) -> Baseline {
-        self.baseline
-    }
-
     pub fn egress_ratio(&self) -> f64 {
         if self.unique_bytes == 0 {
             0.0
@@ -138,7 +134,7 @@ impl Results {
         if self.corrupted_files() > 0 {
             missed.push(format!("{} corrupted files", self.corrupted_files()));
         }
-        let peerpi = matches!(self.baseline(), Baseline::Peerpi | Baseline::PeerpiRegion);
+        let peerpi = matches!(self.baseline, Baseline::Peerpi | Baseline::PeerpiRegion);
         if peerpi && self.egress_ratio() > max_egress {
             missed.push(format!(
                 "upstream egress {:.3}x the unique bytes (goal {max_egress}x)",
@@ -160,7 +156,7 @@ impl Results {
              | job time p50 / p95 | {:.2} s / {:.2} s |\n\
              | run time | {:.0} s |\n",
             self.scenario,
-            baseline_name(self.baseline()),
+            baseline_name(self.baseline),
             self.regions,
             self.nodes_per_region,
             self.jobs.len(),

@@ -41,15 +41,15 @@ const PROVIDER_WINDOW: Duration = Duration::from_millis(25);
 /// How long the intent lookup may run on after the provider lookup ended.
 const INTENT_LOOKUP_WAIT: Duration = Duration::from_millis(500);
 
-/// Peers fetching the blob upstream that are waited for at most.
+/// Peers fetching the blob (announced intents) that are waited for at most.
 const MAX_INTENT_HOLDERS: usize = 4;
 
-/// How often a peer fetching the blob upstream is asked again.
+/// How often a peer fetching the blob is asked again.
 const INTENT_POLL: Duration = Duration::from_millis(250);
 
-/// How long to wait for a peer fetching a blob of `size` from upstream: 10 s
-/// plus the blob at 1 MiB/s, at most 2 minutes. Past it, fetching upstream
-/// too is cheaper than waiting on.
+/// How long to wait for a peer fetching a blob of `size`: 10 s plus the
+/// blob at 1 MiB/s, at most 2 minutes. Past it, fetching upstream too is
+/// cheaper than waiting on.
 pub(crate) fn intent_wait(size: Option<u64>) -> Duration {
     let transfer = size.unwrap_or(0) as f64 / f64::from(1u32 << 20);
     Duration::from_secs_f64(10.0 + transfer).min(Duration::from_secs(120))
@@ -74,7 +74,7 @@ pub(crate) trait PeerNetwork: Send + Sync {
     /// Marks this node as waiting (or no longer) for another peer's intent.
     fn set_waiting(&self, digest: Sha256Digest, waiting: bool);
 
-    /// Starts a lookup of peers fetching `digest` from upstream now.
+    /// Starts a lookup of peers fetching `digest` now (announced intents).
     fn find_intents(
         &self,
         digest: Sha256Digest,
@@ -101,7 +101,7 @@ pub(crate) trait PeerNetwork: Send + Sync {
 /// Why a peer transfer did not start.
 #[derive(Debug)]
 pub(crate) struct NotStarted {
-    /// The peer is fetching the blob from upstream: ask again shortly.
+    /// The peer is fetching the blob itself: ask again shortly.
     pub pending: bool,
     pub reason: String,
 }
@@ -231,7 +231,7 @@ pub(crate) struct PeerBounds {
     pub suspension: Duration,
     /// The blob's listed size, or the cap when none is listed.
     pub size_cap: u64,
-    /// How long to wait for a peer that is fetching the blob upstream.
+    /// How long to wait for a peer that is fetching the blob itself.
     pub intent_wait: Duration,
 }
 
@@ -286,7 +286,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let release_at = started + bounds.hold_back;
         let min_rate = bounds.min_rate.max(1) as f64;
         let mut providers = net.find_providers(digest).await?;
-        // Beside it: peers fetching the blob upstream right now, waited for
+        // Beside it: peers fetching the blob right now, waited for
         // when no peer holds it (two runners missing the same file at once
         // would otherwise both fetch it upstream).
         let mut intents = net.find_intents(digest).await.ok();
@@ -504,11 +504,9 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
             }
         }
     }
-}
 
-impl<N: PeerNetwork> PeerPhase<'_, N> {
     /// When no peer holds the blob: waits for a peer that announced it is
-    /// fetching it upstream (asked every `INTENT_POLL`; it answers
+    /// fetching it (asked every `INTENT_POLL`; it answers
     /// `Pending` until it holds the verified blob), for at most
     /// `intent_wait`. `None` when there is no such peer, it gave up (it
     /// answers anything else), or the wait ran out, which suspends it: a
@@ -571,7 +569,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
             }
             if tokio::time::Instant::now() + INTENT_POLL >= deadline {
                 for peer in holders {
-                    warn!(%peer, %digest, wait = ?self.bounds.intent_wait, "a peer fetching it upstream did not deliver in time");
+                    warn!(%peer, %digest, wait = ?self.bounds.intent_wait, "a peer fetching it did not deliver in time");
                     self.sentence(peer, Misdeed::TooSlow).await;
                 }
                 return None;

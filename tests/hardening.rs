@@ -478,7 +478,7 @@ async fn a_full_disk_degrades_the_node_which_recovers_when_space_returns() {
     let disk = match SmallDisk::mount("48m") {
         Ok(disk) => disk,
         Err(reason) => {
-            eprintln!("skipped: cannot mount a tmpfs here ({reason})");
+            peerpi_testkit::missing_prerequisite(&format!("cannot mount a tmpfs here ({reason})"));
             return;
         }
     };
@@ -655,4 +655,370 @@ async fn a_blob_whose_file_vanished_is_fetched_again_not_refused() {
         1,
         "stored again, one record"
     );
+}
+
+/// The files pip and uv fetch to install alpha from the demo graph, with
+/// their core-metadata files.
+fn alpha_closure(upstream: &peerpi_testkit::FakeIndex) -> Vec<peerpi_testkit::FakeFile> {
+    [
+        "alpha-1.0-py3-none-any.whl",
+        "beta-1.0-py3-none-any.whl",
+        "gamma-0.1.tar.gz",
+        "delta-1.0-py3-none-any.whl",
+    ]
+    .iter()
+    .map(|f| upstream.state.file(f).expect("a demo file"))
+    .collect()
+}
+
+/// A swarm member that holds (and announces) every file of `files`, then
+/// serves them as `adversary` does.
+async fn hostile_holder(
+    upstream: &peerpi_testkit::FakeIndex,
+    files: &[peerpi_testkit::FakeFile],
+    adversary: peerpi_swarm::Adversary,
+) -> TestNode {
+    let node = peer_node(upstream, &[], |c| {
+        c.bulk_listen = None;
+        c.adversary = Some(adversary);
+    })
+    .await;
+    for f in files {
+        let url = file_url(&node, &f.project, &f.filename).await;
+        get_bytes(&url).await;
+        get_bytes(format!("{url}.metadata")).await;
+    }
+    node
+}
+
+/// A node with the product's peer settings (not the tests' shorter ones),
+/// joined to `members`.
+async fn honest_node(upstream: &peerpi_testkit::FakeIndex, members: &[&TestNode]) -> TestNode {
+    let defaults = peerpi_node::NodeConfig::new(
+        std::path::PathBuf::new(),
+        peerpi_upstream::UpstreamConfig::new(upstream.simple_url().parse().unwrap()),
+    );
+    let bootstrap: Vec<_> = members.iter().map(|m| p2p_addr(m)).collect();
+    let node = peer_node_with(
+        upstream,
+        &bootstrap,
+        |c| {
+            c.peer_deadline = defaults.peer_deadline;
+            c.peer_hold_back = defaults.peer_hold_back;
+        },
+        |c| {
+            c.stream_timeout =
+                peerpi_swarm::SwarmConfig::new(std::path::PathBuf::new()).stream_timeout
+        },
+    )
+    .await;
+    let want = members.len() as u64;
+    assert!(
+        eventually(Duration::from_secs(20), || connected(&node) >= want).await,
+        "joined every member"
+    );
+    node
+}
+
+/// Eight providers that each answer "not found" after 9.5 s held a client
+/// 75 s without a response head. Whatever the peers do, the client's
+/// response starts within the hold-back (5 s) plus the upstream's answer,
+/// and the late peers are suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_answering_late_cannot_hold_a_client_past_the_hold_back() {
+    let upstream = fake_index(demo_graph()).await;
+    let files = alpha_closure(&upstream);
+    let beta = &files[1];
+    let mut members = Vec::new();
+    for _ in 0..8 {
+        members.push(
+            hostile_holder(
+                &upstream,
+                &files[1..2],
+                peerpi_swarm::Adversary::SlowNotFound,
+            )
+            .await,
+        );
+    }
+    let b = honest_node(&upstream, &members.iter().collect::<Vec<_>>()).await;
+    let url = file_url(&b, "beta", &beta.filename).await;
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(30), client().get(&url).send())
+        .await
+        .expect("a response head")
+        .unwrap();
+    let head_after = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert!(
+        head_after < Duration::from_secs(8),
+        "the head came after {head_after:?}, not within the 5 s hold-back and an upstream answer"
+    );
+    assert_is_upstream_file(&upstream, &beta.filename, &response.bytes().await.unwrap());
+    assert!(
+        members.iter().any(|m| suspended(&b, m)),
+        "the peer that answered late is suspended"
+    );
+}
+
+/// Peers claiming to be fetching every file (intents they never fulfil,
+/// answered "pending") held a client up to 2 minutes: now at most the
+/// hold-back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_intents_cannot_hold_a_client_past_the_hold_back() {
+    let upstream = fake_index(demo_graph()).await;
+    let files = alpha_closure(&upstream);
+    let beta = &files[1];
+    let faker = peer_node(&upstream, &[], |c| {
+        c.adversary = Some(peerpi_swarm::Adversary::Pending)
+    })
+    .await;
+    let digest: peerpi_core::Sha256Digest = beta.sha256.parse().unwrap();
+    let _intent = faker.node.swarm().unwrap().intend(digest);
+    let b = honest_node(&upstream, &[&faker]).await;
+    let url = file_url(&b, "beta", &beta.filename).await;
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(30), get_bytes(&url))
+        .await
+        .expect("the file");
+    let took = started.elapsed();
+    assert_is_upstream_file(&upstream, &beta.filename, &body);
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert!(suspended(&b, &faker), "pending past the client's deadline");
+}
+
+/// Two peers sending the right bytes below the minimum rate: their bytes
+/// were released to the client after the hold-back, then both were given
+/// up and the client's response was cut although the node fetched the file
+/// upstream. Now upstream continues the same response from where the peers
+/// stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_started_by_failing_peers_is_finished_from_upstream() {
+    const BIG: &str = "big-1.0.tar.gz";
+    let upstream = fake_index(vec![peerpi_testkit::synthetic("big", BIG, 2 << 20, 5)]).await;
+    let files = vec![upstream.state.file(BIG).unwrap()];
+    let mut drippers = Vec::new();
+    for _ in 0..2 {
+        let node = peer_node(&upstream, &[], |c| {
+            c.bulk_listen = None;
+            c.upload_limit = Some(128 << 10); // half the minimum rate
+        })
+        .await;
+        get_bytes(&file_url(&node, "big", BIG).await).await;
+        drippers.push(node);
+    }
+    let bootstrap: Vec<_> = drippers.iter().map(p2p_addr).collect();
+    let b = peer_node_with(
+        &upstream,
+        &bootstrap,
+        |c| c.peer_hold_back = Duration::from_millis(500),
+        |_| {},
+    )
+    .await;
+    assert!(eventually(Duration::from_secs(20), || connected(&b) >= 2).await);
+    let peer_bytes = || metric(&b, "peerpi_blob_bytes_total", "source=\"peer\"");
+    let url = file_url(&b, "big", BIG).await;
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(30), response.bytes())
+        .await
+        .expect("the body ends")
+        .expect("the whole body, not a cut response");
+    assert_is_upstream_file(&upstream, &files[0].filename, &body);
+    assert!(
+        peer_bytes().await > 0.0,
+        "the response began with peer bytes"
+    );
+    assert!(
+        drippers.iter().any(|d| suspended(&b, d)),
+        "the slow peer is suspended"
+    );
+}
+
+/// A peer that lies only in the last byte, after its other bytes were
+/// released: the client's response goes on with the verified file from
+/// upstream (the bytes it already had were right), and the liar is blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_liar_cannot_cut_a_clients_response() {
+    const WHEEL_BYTES: u64 = 4 << 20;
+    let spec = peerpi_testkit::DistSpec::new("heavy", "1.0").padded(WHEEL_BYTES);
+    let upstream = fake_index(vec![peerpi_testkit::wheel(&spec)]).await;
+    let wheel = "heavy-1.0-py3-none-any.whl";
+    let liar = holder(&upstream, "heavy", wheel, |c| {
+        c.adversary = Some(peerpi_swarm::Adversary::LastByteWrong);
+        c.upload_limit = Some(1 << 20);
+    })
+    .await;
+    let b = peer_node_with(
+        &upstream,
+        &[p2p_addr(&liar)],
+        |c| c.peer_hold_back = Duration::from_millis(500),
+        |_| {},
+    )
+    .await;
+    let url = file_url(&b, "heavy", wheel).await;
+    let body = tokio::time::timeout(Duration::from_secs(30), get_bytes(&url))
+        .await
+        .expect("the whole file");
+    assert_is_upstream_file(&upstream, wheel, &body);
+    assert!(blocked_for_good(&b, &liar));
+}
+
+/// A hostile upstream's file URL (on the upstream's own host) redirects to
+/// another service on this machine: the redirect is refused, not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_this_machine_is_refused_at_every_hop() {
+    let secret = fake_index(vec![]).await; // an internal service
+    let upstream = fake_index(demo_graph()).await;
+    upstream.state.set_fault(
+        "/files/beta-1.0",
+        Fault::Redirect(format!("http://127.0.0.1:{}/simple/", secret.addr.port())),
+    );
+    upstream.state.set_fault(
+        "/simple/gamma/",
+        Fault::Redirect(format!("http://127.0.0.1:{}/simple/", secret.addr.port())),
+    );
+    let node = start_node(&upstream, |_| {}).await;
+    let url = file_url(&node, "beta", "beta-1.0-py3-none-any.whl").await;
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("refusing a redirect"), "{body}");
+    let page = client()
+        .get(node.url("/simple/gamma/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 502);
+    assert_eq!(
+        secret.state.count_prefix("/"),
+        0,
+        "the internal service saw nothing"
+    );
+}
+
+/// Under eight hostile swarm members, each with another trick (late "not
+/// found", fake intents, a stall, a drip, wrong bytes, a truncation, a
+/// huge size, a lie in the last byte), real pip and uv installs through
+/// honest nodes succeed with the clients' default timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pip_and_uv_install_among_eight_hostile_swarm_members() {
+    use peerpi_swarm::Adversary::*;
+    let upstream = fake_index(demo_graph()).await;
+    let files = alpha_closure(&upstream);
+    let mut members = Vec::new();
+    for adversary in [
+        SlowNotFound,
+        Stall,
+        Drip,
+        WrongBytes,
+        Truncate,
+        HugeSize,
+        LastByteWrong,
+    ] {
+        members.push(hostile_holder(&upstream, &files, adversary).await);
+    }
+    // The eighth holds nothing but claims to be fetching every file.
+    let faker = peer_node(&upstream, &[], |c| c.adversary = Some(Pending)).await;
+    let mut intents = Vec::new();
+    for f in &files {
+        let swarm = faker.node.swarm().unwrap();
+        intents.push(swarm.intend(f.sha256.parse().unwrap()));
+        if let Some(metadata) = &f.metadata {
+            intents.push(swarm.intend(sha256_hex(metadata).parse().unwrap()));
+        }
+    }
+    members.push(faker);
+    let all: Vec<&TestNode> = members.iter().collect();
+
+    let b = honest_node(&upstream, &all).await;
+    let venv = tempfile::tempdir().unwrap();
+    let bin = common::python::pip_venv(venv.path()).await;
+    common::python::pip_install(&bin, &b.simple_url(), &["alpha"]).await;
+    assert_eq!(
+        common::python::installed(&bin).await,
+        common::python::expected()
+    );
+
+    let c = honest_node(&upstream, &all).await;
+    let uv_dir = tempfile::tempdir().unwrap();
+    let env_dir = uv_dir.path().join("env");
+    let cache = uv_dir.path().join("cache");
+    common::python::run(
+        tokio::process::Command::new("uv")
+            .args(["venv", "--quiet", "--python", &common::python::python()])
+            .arg(&env_dir)
+            .env("UV_CACHE_DIR", &cache),
+        "uv venv",
+    )
+    .await;
+    common::python::run(
+        tokio::process::Command::new("uv")
+            .args(["pip", "install", "--python"])
+            .arg(env_dir.join("bin/python"))
+            .args(["--default-index", &c.simple_url(), "alpha"])
+            .env("UV_CACHE_DIR", &cache)
+            .env("UV_NO_CONFIG", "1"),
+        "uv pip install",
+    )
+    .await;
+    assert_eq!(
+        common::python::installed(&env_dir.join("bin")).await,
+        common::python::expected()
+    );
+    for node in [&b, &c] {
+        assert!(
+            members
+                .iter()
+                .any(|m| blocked_for_good(node, m) || suspended(node, m)),
+            "the hostile members were met and refused"
+        );
+    }
+}
+
+/// A large but legal page (100,000 files from an HTML-only index) took
+/// quadratic time on the runtime threads, and `/healthz` went unanswered
+/// meanwhile: now it is parsed, indexed and rendered in linear time off
+/// them, and the node answers throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_page_is_served_while_the_node_answers_throughout() {
+    const FILES: usize = 100_000;
+    let one_byte = bytes::Bytes::from_static(b"x");
+    let files: Vec<peerpi_testkit::FakeFile> = (0..FILES)
+        .map(|i| peerpi_testkit::FakeFile {
+            project: "huge".into(),
+            filename: format!("huge-{i}.0-py3-none-any.whl"),
+            content: peerpi_testkit::dist::Content::Bytes(one_byte.clone()),
+            sha256: sha256_hex(&one_byte),
+            len: 1,
+            requires_python: None,
+            yanked: None,
+            metadata: None,
+        })
+        .collect();
+    let upstream = fake_index(files).await;
+    upstream.state.set_html_only(true); // no versions listed: derived here
+    let node = start_node(&upstream, |_| {}).await;
+    let url = node.url("/simple/huge/");
+    let page = tokio::spawn(async move {
+        let response = client()
+            .get(url)
+            .header("accept", JSON)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap()
+    });
+    let started = std::time::Instant::now();
+    while !page.is_finished() {
+        assert_healthy(&node).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the page did not arrive in 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body: serde_json::Value = serde_json::from_slice(&page.await.unwrap()).unwrap();
+    assert_eq!(body["files"].as_array().unwrap().len(), FILES);
+    assert_eq!(body["versions"].as_array().unwrap().len(), FILES);
 }

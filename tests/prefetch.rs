@@ -180,7 +180,9 @@ async fn what_cannot_be_prefetched_fails_with_its_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_gets_a_progress_bar() {
     let Some(script) = which("script") else {
-        eprintln!("`script` (util-linux) is not installed: no pseudo-terminal to test in");
+        peerpi_testkit::missing_prerequisite(
+            "`script` (util-linux) is not installed: no pseudo-terminal to test in",
+        );
         return;
     };
     let upstream = fake_index(peerpi_testkit::demo_graph()).await;

@@ -322,8 +322,26 @@ fn run_on_rig(
         bail!("the poison scenario needs 5 runners or more (3 poisoners)");
     }
 
-    // The services jobs install from.
+    // The services jobs install from. The index sits on a private network,
+    // so the nodes form a private swarm (as a cluster in front of such an
+    // index must): one key for all.
     let bootstrap = format!("/ip4/{}/tcp/7504", made.nodes[0].1);
+    let swarm_key = args.out.join("swarm.key");
+    if matches!(args.baseline, Baseline::Peerpi | Baseline::PeerpiRegion) && !swarm_key.is_file() {
+        std::fs::create_dir_all(&args.out)?;
+        let made_key = std::process::Command::new(&peerpi)
+            .args(["keygen", "--swarm-key"])
+            .arg(&swarm_key)
+            .output()
+            .context("running peerpi keygen")?;
+        if !made_key.status.success() {
+            bail!(
+                "peerpi keygen failed: {}",
+                String::from_utf8_lossy(&made_key.stderr)
+            );
+        }
+    }
+    let swarm_key = swarm_key.to_str().context("swarm key path")?.to_string();
     let start_node = |namespace: &str, bootstrap_to: bool| -> Result<Child> {
         let data = args.out.join("data").join(namespace);
         let data = data.to_str().context("data dir path")?.to_string();
@@ -346,6 +364,8 @@ fn run_on_rig(
             &region,
             "--page-ttl",
             "10m",
+            "--swarm-key",
+            &swarm_key,
         ];
         if bootstrap_to {
             node_args.extend(["--bootstrap", &bootstrap]);

@@ -29,7 +29,9 @@ fn netns_allowed() -> Result<(), String> {
 #[test]
 fn ci_burst_with_a_poisoning_runner_meets_its_goals() {
     if let Err(why) = netns_allowed() {
-        eprintln!("network namespaces are not available here ({why}): the scenario did not run");
+        peerpi_testkit::missing_prerequisite(&format!(
+            "network namespaces are not available here ({why}): the scenario did not run"
+        ));
         return;
     }
     let testnet = Path::new(env!("CARGO_BIN_EXE_testnet"));

@@ -63,7 +63,9 @@ fn namespaces(prefix: &str) -> Vec<String> {
 #[test]
 fn the_rig_delays_traffic_between_regions_as_configured_and_cleans_up() {
     if let Err(why) = netns_allowed() {
-        eprintln!("network namespaces are not available here ({why}): the rig test did not run");
+        peerpi_testkit::missing_prerequisite(&format!(
+            "network namespaces are not available here ({why}): the rig test did not run"
+        ));
         return;
     }
     let prefix = format!("pt{}", std::process::id() % 100_000);

@@ -20,8 +20,10 @@ use crate::metrics::Source;
 use crate::sources::peers::{judge, PeerBounds, PeerPhase};
 use crate::{lock, Node, NodeError};
 
-/// Largest core-metadata file accepted (its size is never listed).
-const MAX_METADATA_SIZE: u64 = 16 << 20;
+/// Largest core-metadata file accepted (its size is never listed). Real
+/// ones are kilobytes; the largest seen carry a long description in a
+/// megabyte or two.
+pub const MAX_METADATA_SIZE: u64 = 4 << 20;
 
 /// Bytes read per read call from a growing temp file.
 const READ_CHUNK: u64 = peerpi_store::READ_CHUNK;
@@ -235,6 +237,7 @@ impl Node {
         // peer phase: a provider lookup can take its whole deadline, and a
         // peer missing the blob in that time must find the intent.
         let _intent = self.inner.swarm.as_ref().map(|s| s.intend(digest));
+        let mut partial = None;
         if let Some(swarm) = self.inner.swarm.as_ref() {
             let phase = PeerPhase {
                 net: swarm,
@@ -244,7 +247,13 @@ impl Node {
                 flight: &flight,
             };
             let commit = |writer, len| self.commit(writer, digest, len);
-            outcome = phase.run(digest, &origin, &mut suspects, commit).await;
+            outcome = match phase.run(digest, &origin, &mut suspects, commit).await {
+                Ok(done) => Ok(done),
+                Err(unfinished) => {
+                    partial = unfinished.partial;
+                    Err(unfinished.reason)
+                }
+            };
             match &outcome {
                 Ok((_, len)) => {
                     metrics.blob_hit(Source::Peer);
@@ -255,7 +264,9 @@ impl Node {
             }
         }
         if outcome.is_err() {
-            outcome = self.fetch_upstream(&digest, &origin, &flight).await;
+            outcome = self
+                .fetch_upstream(&digest, &origin, &flight, partial, &mut suspects)
+                .await;
             source = Source::Upstream;
             if outcome.is_ok() {
                 metrics.blob_hit(Source::Upstream);
@@ -364,13 +375,25 @@ pub(crate) enum CommitError {
 }
 
 /// A client's view of a download: what is readable, as it becomes readable;
-/// an error (which cuts the response short) if the download fails, or if
-/// the bytes it was reading were given up for another source's.
+/// an error (which cuts the response short) if the download fails.
+///
+/// When the download moves to another temp file (a source failed after its
+/// bytes were released), the response goes on from its offset in the new
+/// file. The bytes it already sent from earlier files are compared with the
+/// verified file before its last byte: a difference cuts it, so a client
+/// never receives a complete file that is not the verified one.
 fn follow(rx: watch::Receiver<FlightState>) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
-    stream::unfold(Some((rx, 0u64, None::<Arc<File>>)), |cursor| async move {
-        let (mut rx, offset, mut reading) = cursor?;
+    let cursor = Cursor {
+        rx,
+        offset: 0,
+        reading: None,
+        from: 0,
+        earlier: Vec::new(),
+    };
+    stream::unfold(Some(cursor), |cursor| async move {
+        let mut c = cursor?;
         loop {
-            let state = rx.borrow_and_update().clone();
+            let state = c.rx.borrow_and_update().clone();
             let readable = match &state {
                 FlightState::Streaming { file, readable, .. } => Some((file.clone(), *readable)),
                 FlightState::Done { file, len, .. } => Some((file.clone(), *len)),
@@ -380,17 +403,29 @@ fn follow(rx: watch::Receiver<FlightState>) -> impl futures_util::Stream<Item = 
                 FlightState::Connecting => None,
             };
             if let Some((file, end)) = readable {
-                if offset > 0 && reading.as_ref().is_some_and(|r| !Arc::ptr_eq(r, &file)) {
-                    let reason = "the source this response was reading failed; retry";
-                    return Some((Err(io::Error::other(reason)), None));
+                if let Some(old) = c.reading.replace(file.clone()) {
+                    if !Arc::ptr_eq(&old, &file) && c.offset > c.from {
+                        c.earlier.push((old, c.from..c.offset));
+                        c.from = c.offset;
+                    }
                 }
-                reading = Some(file.clone());
-                if offset < end {
-                    let want = (end - offset).min(READ_CHUNK);
-                    return match read_at(file, offset, want).await {
+                if matches!(state, FlightState::Done { .. }) && !c.earlier.is_empty() {
+                    let earlier = std::mem::take(&mut c.earlier);
+                    match sent_bytes_differ(earlier, file.clone()).await {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            let reason = "bytes this response already sent differ from the verified file; retry";
+                            return Some((Err(io::Error::other(reason)), None));
+                        }
+                        Err(e) => return Some((Err(e), None)),
+                    }
+                }
+                if c.offset < end {
+                    let want = (end - c.offset).min(READ_CHUNK);
+                    return match read_at(file, c.offset, want).await {
                         Ok(bytes) => {
-                            let next = offset + bytes.len() as u64;
-                            Some((Ok(bytes), Some((rx, next, reading))))
+                            c.offset += bytes.len() as u64;
+                            Some((Ok(bytes), Some(c)))
                         }
                         Err(e) => Some((Err(e), None)),
                     };
@@ -399,15 +434,113 @@ fn follow(rx: watch::Receiver<FlightState>) -> impl futures_util::Stream<Item = 
                     return None;
                 }
             }
-            if rx.changed().await.is_err() {
+            if c.rx.changed().await.is_err() {
                 return Some((Err(io::Error::other("download abandoned")), None));
             }
         }
     })
 }
 
+/// Where a client's response stands in a download.
+struct Cursor {
+    rx: watch::Receiver<FlightState>,
+    /// Bytes sent so far.
+    offset: u64,
+    /// The temp file being read, and where reading it began.
+    reading: Option<Arc<File>>,
+    from: u64,
+    /// Ranges sent from files given up since.
+    earlier: Vec<(Arc<File>, std::ops::Range<u64>)>,
+}
+
+/// Whether any range sent from an earlier file differs from `verified`.
+async fn sent_bytes_differ(
+    earlier: Vec<(Arc<File>, std::ops::Range<u64>)>,
+    verified: Arc<File>,
+) -> io::Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        for (file, range) in earlier {
+            if ranges_differ(&file, &verified, range)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Whether `range` of `a` and of `b` differ.
+pub(crate) fn ranges_differ(a: &File, b: &File, range: std::ops::Range<u64>) -> io::Result<bool> {
+    let mut offset = range.start;
+    while offset < range.end {
+        let len = (range.end - offset).min(READ_CHUNK);
+        if peerpi_store::read_exact_at(a, offset, len)?
+            != peerpi_store::read_exact_at(b, offset, len)?
+        {
+            return Ok(true);
+        }
+        offset += len;
+    }
+    Ok(false)
+}
+
 async fn read_at(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
     tokio::task::spawn_blocking(move || peerpi_store::read_exact_at(&file, offset, len))
         .await
         .map_err(io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+    use std::io::Write;
+
+    use super::*;
+
+    fn file_with(bytes: &[u8]) -> Arc<File> {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        Arc::new(file)
+    }
+
+    /// A client reads 1,000 released bytes of one temp file; the download
+    /// then moves to another file (its source failed) and verifies there.
+    async fn read_across_a_switch(first: &[u8], verified: &[u8]) -> io::Result<Vec<u8>> {
+        let flight = Flight::new();
+        let mut body = Box::pin(follow(flight.state.subscribe()));
+        flight.state.send_replace(FlightState::Streaming {
+            file: file_with(first),
+            len: Some(verified.len() as u64),
+            readable: 1000,
+        });
+        let mut got = body.next().await.unwrap()?.to_vec();
+        assert_eq!(got.len(), 1000);
+        flight.state.send_replace(FlightState::Done {
+            file: file_with(verified),
+            len: verified.len() as u64,
+            source: Source::Upstream,
+        });
+        while let Some(chunk) = body.next().await {
+            got.extend_from_slice(&chunk?);
+        }
+        Ok(got)
+    }
+
+    #[tokio::test]
+    async fn a_response_goes_on_in_the_next_file_when_what_it_sent_was_right() {
+        let good: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let got = read_across_a_switch(&good[..3000], &good).await.unwrap();
+        assert_eq!(got, good);
+    }
+
+    #[tokio::test]
+    async fn a_response_is_cut_when_bytes_it_sent_differ_from_the_verified_file() {
+        let good: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let mut lie = good.clone();
+        lie[10] ^= 0xff;
+        let err = read_across_a_switch(&lie, &good).await.unwrap_err();
+        assert!(err.to_string().contains("differ"), "{err}");
+    }
 }

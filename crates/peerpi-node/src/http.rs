@@ -332,7 +332,23 @@ async fn project_page(
         Err(e) => return e.into_response(),
     };
     let gzip = accepts_gzip(&headers);
-    let variant = view.entry.variant(format, gzip);
+    // Rendering a large page is heavy CPU work: off the runtime threads,
+    // so that other requests (and `/healthz`) are answered meanwhile.
+    let variant = match view.entry.rendered(format, gzip) {
+        Some(v) => v,
+        None => {
+            let entry = view.entry.clone();
+            match tokio::task::spawn_blocking(move || entry.variant(format, gzip)).await {
+                Ok(v) => v,
+                Err(e) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("rendering the page failed: {e}"),
+                    )
+                }
+            }
+        }
+    };
     let max_age = format!("max-age={}", node.config().page_max_age.as_secs());
     let mut response = if etag_matches(&headers, &variant.etag) {
         StatusCode::NOT_MODIFIED.into_response()

@@ -32,6 +32,9 @@ use crate::{lock, Node, NodeError};
 /// least recently used are forgotten first.
 const MAX_NEGATIVE_ENTRIES: u64 = 16_384;
 
+/// The longest a page request waits for a due refresh of the TUF metadata.
+const TRUST_REFRESH_WAIT: Duration = Duration::from_secs(2);
+
 /// How the page being served was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -122,10 +125,15 @@ impl PageEntry {
         })
     }
 
+    /// The page in `format` if it was rendered already.
+    pub fn rendered(&self, format: PageFormat, gzip: bool) -> Option<Variant> {
+        lock(&self.variants).get(&(format, gzip)).cloned()
+    }
+
     /// The page rendered in `format`, gzipped if asked, with its strong ETag.
     pub fn variant(&self, format: PageFormat, gzip: bool) -> Variant {
-        if let Some(v) = lock(&self.variants).get(&(format, gzip)) {
-            return v.clone();
+        if let Some(v) = self.rendered(format, gzip) {
+            return v;
         }
         let view = client_view(&self.cached.page);
         let plain = if format.is_json() {
@@ -210,10 +218,13 @@ pub fn client_view(page: &ProjectPage) -> ProjectPage {
         files.push(file);
     }
     let versions = page.versions.clone().or_else(|| {
+        // A set beside the list: a linear `contains` per file made a page
+        // of 400k files take quadratic time.
+        let mut seen = std::collections::HashSet::new();
         let mut versions: Vec<String> = Vec::new();
         for f in &files {
             if let Ok(parsed) = DistFilename::parse(&f.filename) {
-                if !versions.contains(&parsed.version) {
+                if seen.insert(parsed.version.clone()) {
                     versions.push(parsed.version);
                 }
             }
@@ -287,7 +298,7 @@ impl Node {
             if u128::from(age_ms) < self.inner.config.page_ttl.as_millis() {
                 if let Some(trust) = &self.inner.trust {
                     if trust.config().mode == TrustMode::Tuf {
-                        if let Err(e) = trust.ensure_current(&self.inner.metrics).await {
+                        if let Err(e) = self.trust_current(trust).await {
                             self.inner.metrics.tuf_page_refused("unverifiable");
                             return Err(NodeError::Unavailable(format!(
                                 "the page of {name} cannot be vouched for any more: {e}; pages \
@@ -324,6 +335,27 @@ impl Node {
         future.await
     }
 
+    /// Whether the trusted metadata is unexpired, refreshing it when due;
+    /// a refresh runs as its own task and holds a page request at most
+    /// `TRUST_REFRESH_WAIT` (a slow or dripping signer cost 30 s on every
+    /// request), after which the metadata trusted now decides.
+    async fn trust_current(&self, trust: &PageTrust) -> Result<(), peerpi_trust::TrustError> {
+        if !trust.refresh_due() {
+            return trust.current();
+        }
+        let node = self.clone();
+        let refresh = tokio::spawn(async move {
+            match &node.inner.trust {
+                Some(trust) => trust.ensure_current(&node.inner.metrics).await,
+                None => Ok(()),
+            }
+        });
+        match tokio::time::timeout(TRUST_REFRESH_WAIT, refresh).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => trust.current(),
+        }
+    }
+
     fn remember(&self, name: &ProjectName, entry: Arc<PageEntry>) {
         self.inner.pages.entries.insert(name.clone(), entry);
     }
@@ -346,7 +378,17 @@ impl Node {
                 }
             },
         };
-        let view = self.apply_fetch(&name, cached, result);
+        // Hashing, recording and indexing a large page is heavy work: off
+        // the runtime threads.
+        let node = self.clone();
+        let applied = name.clone();
+        let view = tokio::task::spawn_blocking(move || node.apply_fetch(&applied, cached, result))
+            .await
+            .unwrap_or_else(|e| {
+                Err(NodeError::Internal(format!(
+                    "recording the page failed: {e}"
+                )))
+            });
         lock(&self.inner.pages.inflight).remove(&name);
         view
     }

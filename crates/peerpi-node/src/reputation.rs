@@ -21,7 +21,14 @@ pub(crate) enum Misdeed {
     Overran,
     /// Its part of a failed multi-peer transfer is not judged yet.
     Suspect,
+    /// It answered after the client's clock allowed, or kept answering
+    /// `Pending` past it. An honest peer under load or fetching a large
+    /// blob does this too, so it is left alone only for a while.
+    Late,
 }
+
+/// The longest a late answer keeps a peer suspended.
+pub(crate) const LATE_SUSPENSION: Duration = Duration::from_secs(60);
 
 /// What happens to a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +48,7 @@ impl Misdeed {
             Misdeed::BrokeOff | Misdeed::TooSlow | Misdeed::Overran | Misdeed::Suspect => {
                 Verdict::Suspend(suspension)
             }
+            Misdeed::Late => Verdict::Suspend(suspension.min(LATE_SUSPENSION)),
         }
     }
 }
@@ -62,5 +70,6 @@ mod tests {
         ] {
             assert_eq!(honest_looking.verdict(s), Verdict::Suspend(s));
         }
+        assert_eq!(Misdeed::Late.verdict(s), Verdict::Suspend(LATE_SUSPENSION));
     }
 }

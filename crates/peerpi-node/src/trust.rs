@@ -146,14 +146,23 @@ impl PageTrust {
         client.lookup(&page_target(project)).await
     }
 
+    /// Whether a refresh of the metadata is due.
+    pub(crate) fn refresh_due(&self) -> bool {
+        lock(&self.last_refresh).is_none_or(|at| at.elapsed() >= self.config.refresh)
+    }
+
     /// Whether the metadata trusted now is unexpired (refreshing it first
     /// when due): a cached page is served under `tuf` only while it is.
     pub(crate) async fn ensure_current(&self, metrics: &Metrics) -> Result<(), TrustError> {
-        let due = lock(&self.last_refresh).is_none_or(|at| at.elapsed() >= self.config.refresh);
-        if due {
+        if self.refresh_due() {
             let mut client = self.client.lock().await;
             self.refresh_if_due(&mut client, false, metrics).await?;
         }
+        self.current()
+    }
+
+    /// Whether the metadata trusted now is unexpired, without refreshing.
+    pub(crate) fn current(&self) -> Result<(), TrustError> {
         let until = self.fresh_until.load(Ordering::Relaxed);
         let now = jiff::Timestamp::now().as_second();
         if now >= until {

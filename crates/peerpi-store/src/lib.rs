@@ -31,6 +31,9 @@ pub use writer::BlobWriter;
 /// hot blobs to one per blob per interval.
 const ACCESS_PERSIST_INTERVAL_MS: u64 = 60_000;
 
+/// Free space a download whose size a peer claims may not take.
+pub const ROOM_KEPT_FREE: u64 = 16 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{context}: {source}")]
@@ -194,6 +197,27 @@ impl Store {
     /// Stored blobs and running downloads together, as the cap counts them.
     fn used_bytes(&self) -> u64 {
         self.total_bytes() + self.in_progress_bytes()
+    }
+
+    /// Whether a download that claims `bytes` could be kept: within the
+    /// cache cap, and within the free space of the temp directory less
+    /// [`ROOM_KEPT_FREE`]. Asked before the first byte of a transfer whose
+    /// size only its sender vouches for, so that a claim cannot fill the disk.
+    pub fn room_for(&self, bytes: u64) -> Result<(), String> {
+        if bytes > self.cap_bytes {
+            return Err(format!(
+                "{bytes} bytes would not fit the {}-byte cache cap",
+                self.cap_bytes
+            ));
+        }
+        let free = fs2::available_space(&self.tmp_dir)
+            .map_err(|e| format!("cannot tell the free space of the store: {e}"))?;
+        if bytes.saturating_add(ROOM_KEPT_FREE) > free {
+            return Err(format!(
+                "{bytes} bytes would not fit the {free} bytes free on the store's disk"
+            ));
+        }
+        Ok(())
     }
 
     pub fn blob_count(&self) -> usize {

@@ -51,7 +51,16 @@ pub(crate) async fn lie(shared: &Shared, chunk: Bytes, sent: u64, total: u64) ->
             tokio::time::sleep(Duration::from_millis(50)).await;
             Some(chunk.slice(..chunk.len().min(1)))
         }
-        Some(Adversary::HugeSize) => Some(chunk),
+        Some(Adversary::LastByteWrong) => {
+            let mut bad = chunk.to_vec();
+            if sent + bad.len() as u64 == total {
+                if let Some(b) = bad.last_mut() {
+                    *b ^= 0xff;
+                }
+            }
+            Some(bad.into())
+        }
+        Some(Adversary::HugeSize | Adversary::SlowNotFound | Adversary::Pending) => Some(chunk),
         Some(Adversary::EmptyBody) => {
             tokio::time::sleep(Duration::from_millis(200)).await;
             None
@@ -63,5 +72,18 @@ pub(crate) async fn lie(shared: &Shared, chunk: Bytes, sent: u64, total: u64) ->
             }
             Some(chunk.slice(..chunk.len() / 2))
         }
+    }
+}
+
+/// Test support: the refusal a lying peer answers before looking at its
+/// store, after the delay it chose.
+pub(crate) async fn refusal(shared: &Shared) -> Option<crate::protocol::Status> {
+    match shared.adversary {
+        Some(Adversary::SlowNotFound) => {
+            tokio::time::sleep(Duration::from_millis(9500)).await;
+            Some(crate::protocol::Status::NotFound)
+        }
+        Some(Adversary::Pending) => Some(crate::protocol::Status::Pending),
+        _ => None,
     }
 }

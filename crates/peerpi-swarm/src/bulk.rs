@@ -234,6 +234,7 @@ mod tests {
         (
             s.clone().try_acquire_owned().unwrap(),
             s.try_acquire_owned().unwrap(),
+            None,
         )
     }
 
@@ -274,6 +275,7 @@ mod tests {
         let held = (
             limit.clone().try_acquire_owned().unwrap(),
             Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            None,
         );
         let digest = Sha256Digest::from_bytes([4; 32]);
         let grant = |permits| Grant {
@@ -303,6 +305,7 @@ mod tests {
         let held = (
             limit.clone().try_acquire_owned().unwrap(),
             Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            None,
         );
         channel
             .issue(Grant {

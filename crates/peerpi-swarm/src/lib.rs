@@ -111,6 +111,15 @@ pub enum Adversary {
     HugeSize,
     /// Announces the length, then closes without sending a byte.
     EmptyBody,
+    /// Waits 9.5 s (just under a stream timeout), then answers "not found",
+    /// whatever it holds.
+    SlowNotFound,
+    /// Answers "pending" (fetching it) to every request, for ever; paired
+    /// with intents the test announces, it claims to fetch what it never will.
+    Pending,
+    /// Serves the right bytes but the last one, which it changes: a lie
+    /// told after its other bytes were released to a client.
+    LastByteWrong,
 }
 
 impl SwarmConfig {
@@ -293,6 +302,11 @@ impl PeerInfo {
 impl Shared {
     pub(crate) fn peer_mut<R>(&self, peer: PeerId, f: impl FnOnce(&mut PeerInfo) -> R) -> R {
         f(peer_entry(&mut lock(&self.peers), peer))
+    }
+
+    /// The IP address `peer` is connected from, when known.
+    pub(crate) fn peer_ip(&self, peer: &PeerId) -> Option<IpAddr> {
+        lock(&self.peers).get(peer).and_then(|p| p.ip)
     }
 }
 

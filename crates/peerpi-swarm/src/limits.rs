@@ -3,6 +3,7 @@
 //! and bytes per second to all peers together.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,10 @@ const REQUESTS_PER_SECOND: f64 = 100.0;
 const REQUEST_BURST: f64 = 200.0;
 /// Peers remembered before idle ones are forgotten.
 const MAX_TRACKED_PEERS: usize = 4096;
+/// Streams one IP address may hold, as a multiple of the per-peer bound:
+/// identities are free to make, addresses are not (17 identities on one
+/// host held all 128 slots).
+const ADDRESS_SHARE: usize = 4;
 
 /// Per-peer and global limits on what peers may ask of this node: streams
 /// open at once (transfers, unredeemed tickets included) and the rate of
@@ -25,6 +30,8 @@ pub(crate) struct Limits {
     per_peer: usize,
     all: Arc<Semaphore>,
     peers: Mutex<HashMap<PeerId, PeerLimits>>,
+    /// Streams per remote IP address, `ADDRESS_SHARE` × `per_peer` each.
+    addresses: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
 }
 
 struct PeerLimits {
@@ -73,6 +80,7 @@ impl Limits {
             per_peer,
             all: Arc::new(Semaphore::new(all)),
             peers: Mutex::new(HashMap::new()),
+            addresses: Mutex::new(HashMap::new()),
         }
     }
 
@@ -105,9 +113,10 @@ impl Limits {
         })
     }
 
-    /// Stream permits for one transfer of `peer`'s: one of its own and one
-    /// of the node's; `None` when either is used up.
-    pub(crate) fn permits(&self, peer: PeerId) -> Option<Permits> {
+    /// Stream permits for one transfer of `peer`'s (connected from `ip`):
+    /// one of its own, one of its address's and one of the node's; `None`
+    /// when any is used up.
+    pub(crate) fn permits(&self, peer: PeerId, ip: Option<IpAddr>) -> Option<Permits> {
         let streams = {
             let mut peers = lock(&self.peers);
             self.limits_of(&mut peers, peer, std::time::Instant::now())
@@ -115,8 +124,24 @@ impl Limits {
                 .clone()
         };
         let peer_permit = streams.try_acquire_owned().ok()?;
+        let address_permit = match ip {
+            Some(ip) => Some(self.address_streams(ip).try_acquire_owned().ok()?),
+            None => None,
+        };
         let all_permit = self.all.clone().try_acquire_owned().ok()?;
-        Some((peer_permit, all_permit))
+        Some((peer_permit, all_permit, address_permit))
+    }
+
+    fn address_streams(&self, ip: IpAddr) -> Arc<Semaphore> {
+        let share = self.per_peer.saturating_mul(ADDRESS_SHARE);
+        let mut addresses = lock(&self.addresses);
+        if addresses.len() >= MAX_TRACKED_PEERS && !addresses.contains_key(&ip) {
+            addresses.retain(|_, s| s.available_permits() < share);
+        }
+        addresses
+            .entry(ip)
+            .or_insert_with(|| Arc::new(Semaphore::new(share)))
+            .clone()
     }
 
     #[cfg(test)]
@@ -124,12 +149,17 @@ impl Limits {
         if !self.admit_at(peer, now) {
             return None;
         }
-        self.permits(peer)
+        self.permits(peer, None)
     }
 }
 
-/// The stream permits held while a transfer (or its unredeemed ticket) lives.
-pub(crate) type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+/// The stream permits held while a transfer (or its unredeemed ticket)
+/// lives: the peer's, the node's, and the address's when it is known.
+pub(crate) type Permits = (
+    OwnedSemaphorePermit,
+    OwnedSemaphorePermit,
+    Option<OwnedSemaphorePermit>,
+);
 
 /// Upload pacing shared by every transfer: bytes per second in all.
 pub(crate) struct UploadLimit {
@@ -202,5 +232,21 @@ mod tests {
             limits.acquire_at(b, now).is_some(),
             "a finished transfer frees its permits"
         );
+    }
+
+    #[test]
+    fn one_address_holds_at_most_its_share_of_the_streams_whatever_its_identities() {
+        let limits = Limits::new(8, 128);
+        let host: IpAddr = "10.0.0.7".parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..17 {
+            let identity = PeerId::random();
+            while let Some(p) = limits.permits(identity, Some(host)) {
+                held.push(p);
+            }
+        }
+        assert_eq!(held.len(), 8 * ADDRESS_SHARE, "not all 128");
+        let honest: IpAddr = "10.0.0.8".parse().unwrap();
+        assert!(limits.permits(PeerId::random(), Some(honest)).is_some());
     }
 }

@@ -62,9 +62,14 @@ async fn serve_one(
         Ok(Err(e)) => return Err(e),
         Err(_) => return Ok(()),
     };
-    let Some(permits) = admitted.then(|| limits.permits(peer)).flatten() else {
+    let ip = shared.peer_ip(&peer);
+    let Some(permits) = admitted.then(|| limits.permits(peer, ip)).flatten() else {
         return protocol::write_response(&mut stream, &refuse(Status::Busy)).await;
     };
+    #[cfg(feature = "adversary")]
+    if let Some(status) = crate::adversary::refusal(shared).await {
+        return protocol::write_response(&mut stream, &refuse(status)).await;
+    }
     let blob = match store.get(&request.digest) {
         Ok(Some(blob)) => blob,
         _ => {

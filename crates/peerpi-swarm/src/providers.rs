@@ -22,6 +22,10 @@ pub(crate) struct ProviderStore {
     remote: HashMap<RecordKey, Vec<ProviderRecord>>,
     /// Provider records in `remote`, all keys together.
     remote_records: usize,
+    /// Records in `remote` per provider: one peer (or a handful of
+    /// identities) must not hold every slot for a record's lifetime.
+    per_provider: HashMap<PeerId, usize>,
+    max_records_per_provider: usize,
     last_sweep: Instant,
     records: HashMap<RecordKey, Record>,
     max_remote_records: usize,
@@ -31,7 +35,10 @@ pub(crate) struct ProviderStore {
 
 /// Other peers' provider records kept at most (about 300 bytes each with
 /// their addresses: some 75 MiB when full).
-const MAX_REMOTE_RECORDS: usize = 262_144;
+pub const MAX_REMOTE_RECORDS: usize = 262_144;
+/// Other peers' records kept per provider: an eighth of the whole, room
+/// for a node announcing 32,768 blobs near this node's keys.
+pub const MAX_RECORDS_PER_PROVIDER: usize = MAX_REMOTE_RECORDS / 8;
 /// Addresses kept per provider record; the rest are dropped.
 const MAX_ADDRESSES_PER_RECORD: usize = 4;
 /// A full store looks for expired records at most this often (a sweep
@@ -45,6 +52,8 @@ impl ProviderStore {
             provided: HashSet::new(),
             remote: HashMap::new(),
             remote_records: 0,
+            per_provider: HashMap::new(),
+            max_records_per_provider: MAX_RECORDS_PER_PROVIDER,
             last_sweep: Instant::now(),
             records: HashMap::new(),
             max_remote_records: MAX_REMOTE_RECORDS,
@@ -55,6 +64,33 @@ impl ProviderStore {
 
     fn local_record(&self, key: &RecordKey) -> ProviderRecord {
         ProviderRecord::new(key.clone(), self.local, Vec::new())
+    }
+
+    /// Counts `n` records of `provider` gone from `remote`.
+    fn forget(&mut self, provider: &PeerId, n: usize) {
+        self.remote_records -= n;
+        if let Some(count) = self.per_provider.get_mut(provider) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                self.per_provider.remove(provider);
+            }
+        }
+    }
+
+    /// Drops the expired records of `key`'s list.
+    fn drop_expired(&mut self, key: &RecordKey, now: Instant) {
+        let Some(list) = self.remote.get_mut(key) else {
+            return;
+        };
+        let expired: Vec<PeerId> = list
+            .iter()
+            .filter(|r| !live(r, now))
+            .map(|r| r.provider)
+            .collect();
+        list.retain(|r| live(r, now));
+        for provider in expired {
+            self.forget(&provider, 1);
+        }
     }
 }
 
@@ -94,7 +130,15 @@ impl RecordStore for ProviderStore {
         let now = Instant::now();
         let mut record = record;
         record.addresses.truncate(MAX_ADDRESSES_PER_RECORD);
-        if self.remote_records >= self.max_remote_records
+        let provider_full = |store: &Self| {
+            store
+                .per_provider
+                .get(&record.provider)
+                .copied()
+                .unwrap_or(0)
+                >= store.max_records_per_provider
+        };
+        if (self.remote_records >= self.max_remote_records || provider_full(self))
             && now.duration_since(self.last_sweep) >= SWEEP_INTERVAL
         {
             self.last_sweep = now;
@@ -103,16 +147,20 @@ impl RecordStore for ProviderStore {
                 !list.is_empty()
             });
             self.remote_records = self.remote.values().map(Vec::len).sum();
+            self.per_provider.clear();
+            for r in self.remote.values().flatten() {
+                *self.per_provider.entry(r.provider).or_default() += 1;
+            }
         }
+        self.drop_expired(&record.key, now);
+        let over_provider_cap = provider_full(self);
         let list = self.remote.entry(record.key.clone()).or_default();
-        let before = list.len();
-        list.retain(|r| live(r, now));
-        self.remote_records -= before - list.len();
         if let Some(existing) = list.iter_mut().find(|r| r.provider == record.provider) {
             *existing = record;
         } else if list.len() >= self.max_providers_per_key {
             // Enough providers known for this key (as libp2p's own store does).
-        } else if self.remote_records < self.max_remote_records {
+        } else if self.remote_records < self.max_remote_records && !over_provider_cap {
+            *self.per_provider.entry(record.provider).or_default() += 1;
             list.push(record);
             self.remote_records += 1;
         } else {
@@ -153,10 +201,11 @@ impl RecordStore for ProviderStore {
         if let Some(list) = self.remote.get_mut(k) {
             let before = list.len();
             list.retain(|r| r.provider != *p);
-            self.remote_records -= before - list.len();
+            let removed = before - list.len();
             if list.is_empty() {
                 self.remote.remove(k);
             }
+            self.forget(p, removed);
         }
     }
 }
@@ -233,5 +282,46 @@ mod tests {
         assert_eq!(store.remote_records, 99);
         let again = ProviderRecord::new(key, PeerId::random(), Vec::new());
         assert!(store.add_provider(again).is_ok());
+    }
+
+    /// Two identities sent a million records in 10 s and one peer could
+    /// hold every slot for the records' 48 h lifetime: now each provider
+    /// holds at most its share, and other providers still get in.
+    #[test]
+    fn one_provider_holds_at_most_its_share_of_the_records() {
+        let mut store = ProviderStore::new(PeerId::random());
+        store.max_remote_records = 80;
+        store.max_records_per_provider = 10;
+        let flooder = PeerId::random();
+        let mut accepted = 0;
+        for i in 0..1000u32 {
+            let key = RecordKey::new(&i.to_be_bytes());
+            if store
+                .add_provider(ProviderRecord::new(key, flooder, Vec::new()))
+                .is_ok()
+            {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 10);
+        assert_eq!(store.remote.len(), 10, "refused keys leave no empty list");
+        // Re-announcing a held key is still fine.
+        let held = RecordKey::new(&0u32.to_be_bytes());
+        assert!(store
+            .add_provider(ProviderRecord::new(held.clone(), flooder, Vec::new()))
+            .is_ok());
+        // An honest provider is not crowded out.
+        let honest = PeerId::random();
+        let key = RecordKey::new(&b"honest");
+        assert!(store
+            .add_provider(ProviderRecord::new(key, honest, Vec::new()))
+            .is_ok());
+        // Records removed give the flooder's slots back.
+        store.remove_provider(&held, &flooder);
+        assert_eq!(store.per_provider[&flooder], 9);
+        let next = RecordKey::new(&5000u32.to_be_bytes());
+        assert!(store
+            .add_provider(ProviderRecord::new(next, flooder, Vec::new()))
+            .is_ok());
     }
 }

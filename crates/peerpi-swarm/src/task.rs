@@ -505,14 +505,26 @@ impl Runner {
                 self.count_connected();
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                self.connection_failed(peer_id.map(|p| p.to_string()), &error.to_string());
+                let denied = matches!(error, libp2p::swarm::DialError::Denied { .. });
+                let handshake = matches!(error, libp2p::swarm::DialError::Transport(_));
+                self.connection_failed(
+                    peer_id.map(|p| p.to_string()),
+                    &error.to_string(),
+                    Failure::of(denied, handshake),
+                );
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
                 error,
                 ..
             } => {
-                self.connection_failed(Some(send_back_addr.to_string()), &error.to_string());
+                let denied = matches!(error, libp2p::swarm::ListenError::Denied { .. });
+                let handshake = matches!(error, libp2p::swarm::ListenError::Transport(_));
+                self.connection_failed(
+                    Some(send_back_addr.to_string()),
+                    &error.to_string(),
+                    Failure::of(denied, handshake),
+                );
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -583,14 +595,43 @@ impl Runner {
         );
     }
 
-    fn connection_failed(&self, who: Option<String>, error: &str) {
+    fn connection_failed(&self, who: Option<String>, error: &str, failure: Failure) {
         let who = who.unwrap_or_else(|| "an unknown peer".into());
-        let hint = if self.psk_configured {
-            "this node is in a private swarm: the other side must use the same --swarm-key"
-        } else {
-            "this node has no --swarm-key: it cannot reach a private swarm"
-        };
-        warn!("connection with {who} failed: {error} ({hint})");
+        match failure {
+            // This node refused it: a blocked or suspended peer, or a limit.
+            Failure::Denied => {
+                debug!("connection with {who} refused here (blocked, suspended or over a limit): {error}")
+            }
+            Failure::Handshake => {
+                let hint = if self.psk_configured {
+                    "this node is in a private swarm: the other side must use the same --swarm-key"
+                } else {
+                    "this node has no --swarm-key: it cannot reach a private swarm"
+                };
+                warn!("connection with {who} failed: {error} ({hint})");
+            }
+            Failure::Other => warn!("connection with {who} failed: {error}"),
+        }
+    }
+}
+
+/// Why a connection failed, for what its log line says.
+enum Failure {
+    /// This node's own rules refused it.
+    Denied,
+    /// The transport or its handshake failed (a swarm key that differs
+    /// looks like this).
+    Handshake,
+    Other,
+}
+
+impl Failure {
+    fn of(denied: bool, handshake: bool) -> Self {
+        match (denied, handshake) {
+            (true, _) => Failure::Denied,
+            (false, true) => Failure::Handshake,
+            (false, false) => Failure::Other,
+        }
     }
 }
 

@@ -10,6 +10,21 @@ pub mod server;
 pub use dist::{sdist, synthetic, wheel, DistSpec, FakeFile};
 pub use server::{FakeIndex, Fault, IndexState};
 
+/// Set by `.ci/run`, which installs every test prerequisite: a test that
+/// finds one missing then fails instead of passing without running.
+pub const REQUIRE_PREREQUISITES: &str = "PEERPI_REQUIRE_PREREQUISITES";
+
+/// A test cannot run here for want of `what`: outside CI it says so and
+/// returns (the caller skips); in CI it fails, naming what is missing.
+#[track_caller]
+pub fn missing_prerequisite(what: &str) {
+    assert!(
+        std::env::var_os(REQUIRE_PREREQUISITES).is_none(),
+        "{what}, and {REQUIRE_PREREQUISITES} is set: CI installs every prerequisite, so this test must run"
+    );
+    eprintln!("skipped: {what}");
+}
+
 /// A small dependency graph that exercises what resolvers look at:
 /// `alpha` needs `beta>=1.0`, `gamma` and `delta`; beta 2.0 is yanked;
 /// gamma has only an sdist; delta 2.0 requires a Python that does not exist yet (a lower

@@ -39,6 +39,9 @@ pub enum Fault {
     /// Serve file bodies as they are, labelled `Content-Encoding: gzip`
     /// (as misconfigured servers do with `.tar.gz` files).
     LabelGzip,
+    /// Answer `302 Found` pointing at this URL (a hostile index sending the
+    /// node somewhere else).
+    Redirect(String),
 }
 
 /// Everything the fake index serves, and what it has seen.
@@ -237,6 +240,7 @@ async fn count_and_fault(
             tokio::time::sleep(delay).await;
             next.run(request).await
         }
+        Some(Fault::Redirect(to)) => (StatusCode::FOUND, [(header::LOCATION, to)]).into_response(),
         _ => next.run(request).await,
     }
 }

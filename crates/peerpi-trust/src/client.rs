@@ -159,12 +159,29 @@ impl<F: Fetch> Client<F> {
                 Ok(())
             }
             Err(e) => {
-                if !matches!(e, TrustError::Fetch { .. }) {
+                // A failed refresh abandons the update, not the trust: the
+                // set trusted before stays valid until it expires, so one
+                // garbage response cannot stop a node serving through a
+                // signer outage. Only a root rotated meanwhile (new keys,
+                // perhaps revoking the old ones) drops it.
+                if self.root_rotated_since_set() {
                     self.set = None;
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Whether the stored root is newer than the trusted set's.
+    fn root_rotated_since_set(&mut self) -> bool {
+        let Some(trusted) = self.set.as_ref().map(|s| s.root().version) else {
+            return false;
+        };
+        let now = self.now();
+        let stored = self.store.read(ROOT).ok().flatten();
+        let version = stored.and_then(|root| TrustedSet::new(&root, now).ok());
+        // An unreadable stored root is no basis to keep trusting either.
+        version.is_none_or(|v| v.root().version > trusted)
     }
 
     async fn fresh_set(&mut self) -> Result<TrustedSet> {

@@ -95,7 +95,7 @@ pub fn redacted(url: &str) -> String {
 /// Whether connections to `ip` could reach something other than the public
 /// internet (this host, its LAN, link-local services such as a cloud
 /// metadata endpoint).
-fn is_non_global(ip: std::net::IpAddr) -> bool {
+pub fn is_non_global(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => {
             v4.is_loopback()
@@ -159,9 +159,127 @@ pub struct FileDownload {
     pub body: BoxStream<'static, Result<Bytes, UpstreamError>>,
 }
 
+/// Most redirects followed for one upstream request.
+const MAX_REDIRECTS: usize = 5;
+
+/// Where upstream requests may go: anything public, and on this machine or
+/// its private networks only the configured upstream's and signer's own
+/// origins (scheme, host and port). The same rule is applied to the first
+/// URL, to every redirect, and to the addresses a name resolves to when the
+/// connection is made, so neither a page, a redirect nor a DNS answer can
+/// turn the node into a proxy for what sits behind it.
+#[derive(Debug, Clone)]
+struct Reach {
+    /// Origins allowed whatever their address.
+    trusted: Vec<(url::Host<String>, Option<u16>)>,
+}
+
+impl Reach {
+    fn new(config: &UpstreamConfig) -> Self {
+        let origin = |u: &Url| u.host().map(|h| (h.to_owned(), u.port_or_known_default()));
+        Self {
+            trusted: std::iter::once(&config.base)
+                .chain(config.signer.as_ref())
+                .filter_map(origin)
+                .collect(),
+        }
+    }
+
+    fn is_trusted(&self, url: &Url) -> bool {
+        url.host().is_some_and(|host| {
+            self.trusted
+                .iter()
+                .any(|(h, port)| *h == host.to_owned() && *port == url.port_or_known_default())
+        })
+    }
+
+    /// Names whose resolved addresses are not checked: the trusted
+    /// origins' host names (their port is checked on the URL).
+    fn trusted_names(&self) -> Vec<String> {
+        self.trusted
+            .iter()
+            .filter_map(|(h, _)| match h {
+                url::Host::Domain(name) => Some(name.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Why `url` may not be fetched, if it may not.
+    fn refusal(&self, url: &Url) -> Option<&'static str> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Some("not an http(s) URL");
+        }
+        if self.is_trusted(url) {
+            return None;
+        }
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) if is_non_global(ip.into()) => {
+                Some("a non-public address that is not the upstream's")
+            }
+            Some(url::Host::Ipv6(ip)) if is_non_global(ip.into()) => {
+                Some("a non-public address that is not the upstream's")
+            }
+            Some(url::Host::Domain(name))
+                if name.eq_ignore_ascii_case("localhost")
+                    || name.to_ascii_lowercase().ends_with(".localhost") =>
+            {
+                Some("this machine, which is not the upstream's host")
+            }
+            None => Some("no host"),
+            _ => None,
+        }
+    }
+
+    /// A redirect policy that checks every hop.
+    fn redirects(&self) -> reqwest::redirect::Policy {
+        let reach = self.clone();
+        reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match reach.refusal(attempt.url()) {
+                None => attempt.follow(),
+                Some(reason) => {
+                    let to = redacted(attempt.url().as_str());
+                    attempt.error(format!("refusing a redirect to {to}: {reason}"))
+                }
+            }
+        })
+    }
+}
+
+/// Resolves host names, dropping the addresses that are not public unless
+/// the name is a trusted origin's: a public name that answers with
+/// `127.0.0.1` (DNS rebinding) reaches nothing.
+struct GuardedResolver {
+    trusted_names: Vec<String>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_ascii_lowercase();
+        let trusted = self.trusted_names.contains(&host);
+        Box::pin(async move {
+            let addresses = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let kept: Vec<std::net::SocketAddr> = addresses
+                .filter(|a| trusted || !is_non_global(a.ip()))
+                .collect();
+            if kept.is_empty() {
+                let refused: Box<dyn std::error::Error + Send + Sync> =
+                    format!("{host} resolves only to non-public addresses").into();
+                return Err(refused);
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(kept.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Upstream {
     config: UpstreamConfig,
+    reach: Reach,
     /// For pages: compressed transfer welcome (bounded after decoding).
     pages: reqwest::Client,
     /// For files: asks for and takes the bytes as stored.
@@ -174,11 +292,17 @@ impl Upstream {
             let path = format!("{}/", config.base.path());
             config.base.set_path(&path);
         }
+        let reach = Reach::new(&config);
         let builder = || {
             reqwest::Client::builder()
                 .user_agent(concat!("peerpi/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(config.connect_timeout)
                 .read_timeout(config.read_timeout)
+                .redirect(reach.redirects())
+                .referer(false)
+                .dns_resolver(std::sync::Arc::new(GuardedResolver {
+                    trusted_names: reach.trusted_names(),
+                }))
         };
         let build = |b: reqwest::ClientBuilder| {
             b.build()
@@ -188,6 +312,7 @@ impl Upstream {
         let files = build(builder().no_gzip())?;
         Ok(Self {
             config,
+            reach,
             pages,
             files,
         })
@@ -251,11 +376,18 @@ impl Upstream {
             .unwrap_or("")
             .to_ascii_lowercase();
         let body = read_limited(response, self.config.max_page_bytes, &url_text).await?;
-        let parsed = if content_type.contains("json") {
-            peerpi_core::json::parse_project_page(&body, &final_url)
-        } else {
-            peerpi_core::html::parse_project_page(&body, &final_url, project.as_str())
-        };
+        // Parsing a page of up to `max_page_bytes` is heavy CPU work: off
+        // the runtime threads, so the node answers other requests meanwhile.
+        let project_name = project.as_str().to_string();
+        let parsed = tokio::task::spawn_blocking(move || {
+            if content_type.contains("json") {
+                peerpi_core::json::parse_project_page(&body, &final_url)
+            } else {
+                peerpi_core::html::parse_project_page(&body, &final_url, &project_name)
+            }
+        })
+        .await
+        .map_err(|e| UpstreamError::Client(format!("parsing the page failed: {e}")))?;
         let page = parsed.map_err(|source| UpstreamError::BadPage {
             url: url_text,
             source,
@@ -309,35 +441,12 @@ impl Upstream {
     }
 
     fn check_file_host(&self, url: &Url, shown: &str) -> Result<(), UpstreamError> {
-        let signer_host = self.config.signer.as_ref().and_then(Url::host);
-        if url.host() == self.config.base.host()
-            || (signer_host.is_some() && url.host() == signer_host)
-        {
-            return Ok(());
-        }
-        let forbidden = |reason: &str| UpstreamError::ForbiddenHost {
-            url: shown.to_string(),
-            reason: reason.to_string(),
-        };
-        let address = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        };
-        if address.is_some_and(is_non_global) {
-            return Err(forbidden(
-                "a non-public address that is not the upstream's host",
-            ));
-        }
-        match url.host() {
-            Some(url::Host::Domain(name))
-                if name.eq_ignore_ascii_case("localhost")
-                    || name.to_ascii_lowercase().ends_with(".localhost") =>
-            {
-                Err(forbidden("this machine, which is not the upstream's host"))
-            }
-            None => Err(forbidden("no host")),
-            _ => Ok(()),
+        match self.reach.refusal(url) {
+            None => Ok(()),
+            Some(reason) => Err(UpstreamError::ForbiddenHost {
+                url: shown.to_string(),
+                reason: reason.to_string(),
+            }),
         }
     }
 }
@@ -393,10 +502,11 @@ mod tests {
         .unwrap();
         let check = |u: &str| upstream.check_file_host(&u.parse().unwrap(), u);
         assert!(
-            check("http://10.1.2.3:9999/f.whl").is_ok(),
-            "the upstream's own host"
+            check("http://10.1.2.3:8080/files/f.whl").is_ok(),
+            "the upstream's own origin"
         );
         for refused in [
+            "http://10.1.2.3:9999/f.whl",
             "http://127.0.0.1/f.whl",
             "http://169.254.169.254/latest/meta-data",
             "http://192.168.1.1/f.whl",

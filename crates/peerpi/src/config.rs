@@ -212,12 +212,29 @@ fn parse_upstream(text: &str, origin: &str) -> Result<Url> {
     Ok(url)
 }
 
-/// How the upstream at `url` is given credentials, if it is: user info in the
-/// URL, or a `machine` entry for its host in the netrc file (`NETRC`, else
-/// `~/.netrc`), which pip and uv both read.
-fn upstream_credentials(url: &Url, env: EnvLookup<'_>) -> Option<&'static str> {
+/// Why the upstream at `url` may hold packages that must not reach an open
+/// swarm, if it may: credentials (user info in the URL, or a `machine`
+/// entry for its host in the netrc file, `NETRC` else `~/.netrc`, which pip
+/// and uv both read), a token in its query or path, or an address that only
+/// a private network reaches. A loopback upstream is this machine's own
+/// and does not count.
+fn upstream_privacy(url: &Url, env: EnvLookup<'_>) -> Option<&'static str> {
     if !url.username().is_empty() || url.password().is_some() {
         return Some("a user name or password in its URL");
+    }
+    if url.query().is_some_and(|q| !q.is_empty()) {
+        return Some("a query string in its URL, which may carry a token");
+    }
+    if url
+        .path_segments()
+        .into_iter()
+        .flatten()
+        .any(looks_like_token)
+    {
+        return Some("a path segment that looks like a token");
+    }
+    if on_private_network(url) {
+        return Some("an address only a private network reaches");
     }
     let netrc = env("NETRC")
         .map(PathBuf::from)
@@ -231,6 +248,33 @@ fn upstream_credentials(url: &Url, env: EnvLookup<'_>) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// A long run of letters and digits mixed (an API token, a key), not a
+/// word such as `simple` or `packages`.
+fn looks_like_token(segment: &str) -> bool {
+    segment.len() >= 20
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && segment.bytes().any(|b| b.is_ascii_digit())
+        && segment.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
+/// Whether every address of `url`'s host is private (not loopback, not
+/// public). A name that does not resolve now is not judged.
+fn on_private_network(url: &Url) -> bool {
+    let private = |ip: std::net::IpAddr| !ip.is_loopback() && peerpi_upstream::is_non_global(ip);
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addresses: Vec<std::net::IpAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![ip.into()],
+        Some(url::Host::Ipv6(ip)) => vec![ip.into()],
+        Some(url::Host::Domain(name)) => std::net::ToSocketAddrs::to_socket_addrs(&(name, port))
+            .map(|a| a.map(|a| a.ip()).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    !addresses.is_empty() && addresses.into_iter().all(private)
 }
 
 /// True when `url` would send requests to the node listening on `listen`.
@@ -444,9 +488,18 @@ pub fn resolve_serve(args: &ServeArgs, env: EnvLookup<'_>) -> Result<ServeConfig
     let p2p = if p2p_on {
         let swarm_key = args.swarm_key.clone().or(file.swarm_key.clone());
         if swarm_key.is_none() {
-            if let Some(how) = upstream_credentials(&upstream, env) {
+            // In `tuf` mode the upstream is the cluster's signer, private by
+            // design; the signer's own upstream is judged on the signer.
+            let judged = match trust.as_ref().map(|t| t.mode) {
+                Some(TrustMode::Tuf) => None,
+                _ => upstream_privacy(&upstream, env),
+            };
+            if let Some(how) = judged {
                 bail!(
-                    "the upstream {} needs credentials ({how}): an open swarm would serve its                      private packages to any host that joins. Make a swarm key with                      `peerpi keygen --swarm-key FILE` and pass it to every node with --swarm-key FILE,                      or run with --no-p2p",
+                    "the upstream {} may hold private packages ({how}): an open swarm would \
+                     serve them to any host that joins. Make a swarm key with \
+                     `peerpi keygen --swarm-key FILE` and pass it to every node with \
+                     --swarm-key FILE, or run with --no-p2p",
                     peerpi_upstream::redacted(upstream.as_str())
                 );
             }
@@ -829,6 +882,41 @@ machine private.invalid
         args.swarm_key = None;
         args.no_p2p = true;
         assert!(resolve_serve(&args, &env).unwrap().p2p.is_none());
+    }
+
+    #[test]
+    fn an_upstream_with_a_token_or_on_a_private_network_needs_a_swarm_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |upstream: &str| {
+            let args = ServeArgs {
+                data_dir: Some(dir.path().into()),
+                upstream: Some(upstream.into()),
+                ..ServeArgs::default()
+            };
+            resolve_serve(&args, &env_of(&[]))
+                .err()
+                .map(|e| e.to_string())
+        };
+        for (upstream, why) in [
+            ("https://index.invalid/simple/?token=abc", "query string"),
+            (
+                "https://index.invalid/Ab3dE5fG7hJ9kL1mN3pQ5r/simple/",
+                "token",
+            ),
+            ("http://10.1.2.3:8080/simple/", "private network"),
+            ("http://[fd00::5]/simple/", "private network"),
+        ] {
+            let e = refused(upstream).unwrap_or_else(|| panic!("{upstream} accepted"));
+            assert!(e.contains(why) && e.contains("--swarm-key"), "{e}");
+            assert!(!e.contains("  "), "one space between words: {e}");
+        }
+        for fine in [
+            "https://index.invalid/simple/",
+            "https://index.invalid/api/packages/pypi/simple/",
+            "http://127.0.0.1:3141/root/pypi/+simple/",
+        ] {
+            assert_eq!(refused(fine), None, "{fine}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod logging;
 pub mod memory;
 pub mod peers;
 pub mod prefetch;

@@ -7,15 +7,22 @@ use peerpi::cli::{Cli, Command, LogFormat};
 use peerpi::config;
 use tracing_subscriber::EnvFilter;
 
+/// Logs to stderr at the level `RUST_LOG` asks (info by default), each
+/// call site rate-limited so that no peer can flood the log.
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let limit = peerpi::logging::RateLimit::new();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().with_filter(limit.clone()).boxed(),
+        LogFormat::Text => fmt.with_filter(limit.clone()).boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    limit.summarise_periodically();
 }
 
 fn main() -> ExitCode {

@@ -18,7 +18,7 @@ use peerpi_swarm::{PeerId, SwarmHandle};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::flight::{publish_progress, CommitError, Flight};
+use crate::flight::{publish_progress, ranges_differ, CommitError, Flight};
 use crate::metrics::{Metrics, Source};
 use crate::reputation::{Misdeed, Verdict};
 
@@ -54,9 +54,6 @@ pub(crate) fn intent_wait(size: Option<u64>) -> Duration {
     let transfer = size.unwrap_or(0) as f64 / f64::from(1u32 << 20);
     Duration::from_secs_f64(10.0 + transfer).min(Duration::from_secs(120))
 }
-
-/// Bytes compared per read when judging a failed transfer.
-const COMPARE_CHUNK: u64 = peerpi_store::READ_CHUNK;
 
 /// What the peer phase needs of a peer-to-peer network.
 pub(crate) trait PeerNetwork: Send + Sync {
@@ -253,18 +250,24 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
 
     /// Fetches from peers that announce the CID, one at a time, resuming at
     /// the current offset when a peer stalls, drops or falls below the
-    /// minimum rate. Bounded three ways: the first provider must appear
-    /// within `first_provider`, at most `MAX_PROVIDERS_TRIED` are asked, and
-    /// the whole phase ends once it has taken longer than the blob at the
-    /// minimum rate (plus the grace). After a provider fails, the lookup
-    /// has `first_provider` again to name another.
+    /// minimum rate. At most `MAX_PROVIDERS_TRIED` are asked; the whole
+    /// phase ends once it has taken longer than the blob at the minimum rate
+    /// (plus the grace); after a provider fails, the lookup has
+    /// `first_provider` again to name another.
     ///
-    /// Peer bytes are held back from clients (no response head either)
-    /// for `hold_back`: a peer is not trusted, and pip does not retry a
-    /// cut-short download, so within it a bad peer costs the client nothing.
-    /// A transfer still running after it is released as it arrives, last
-    /// byte after verification, so that the client's read timeout does not
-    /// end a large download from a slow honest peer.
+    /// **The client's clock bounds every wait.** A client has no response
+    /// head until peer bytes are released, and pip does not retry a
+    /// cut-short download. So everything before a release (lookups,
+    /// answers, peers that say they are fetching it, transfers) must fit in
+    /// `hold_back` from the start of the flight, and once bytes are
+    /// released, no wait may outlast `hold_back` of silence. Past either,
+    /// the phase ends and hands what it received to the next source, which
+    /// continues the same file from that offset: a client reading released
+    /// bytes gets the rest from there, not a cut response. A peer whose
+    /// answer came late, or never, is suspended for a while.
+    ///
+    /// Bytes are released only when the blob's size is listed: a length
+    /// that only a peer vouches for is never a client's `Content-Length`.
     ///
     /// `commit` verifies and stores a finished temp file. When bytes from
     /// several peers fail verification together, the hash cannot say who
@@ -276,14 +279,18 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         origin: &Origin,
         suspects: &mut Vec<Attempt>,
         commit: C,
-    ) -> Result<(Arc<File>, u64), String>
+    ) -> Result<(Arc<File>, u64), Unfinished>
     where
         C: Fn(BlobWriter, u64) -> F,
         F: Future<Output = Result<(), CommitError>>,
     {
         let (net, metrics, bounds) = (self.net, self.metrics, self.bounds);
         let started = tokio::time::Instant::now();
+        // A transfer running at `release_at` is released; any other wait
+        // ends at the client's deadline, which leaves a provider lookup its
+        // `first_provider` however short the hold-back.
         let release_at = started + bounds.hold_back;
+        let mut client_deadline = started + bounds.hold_back.max(bounds.first_provider);
         let min_rate = bounds.min_rate.max(1) as f64;
         let mut providers = net.find_providers(digest).await?;
         // Beside it: peers fetching the blob right now, waited for
@@ -300,35 +307,36 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let mut phase_deadline = None;
         let mut tried: HashSet<PeerId> = HashSet::new();
         let mut queue: Vec<PeerId> = Vec::new();
-        let mut contributors: Vec<(PeerId, std::ops::Range<u64>)> = Vec::new();
-        let (mut writer, mut file) = new_writer(self.store)?;
-        let mut released = false;
+        let mut received = Received::new(self.store)?;
         loop {
             if std::mem::take(&mut attempt_ended) {
                 provider_deadline =
                     provider_deadline.max(tokio::time::Instant::now() + bounds.first_provider);
             }
             if ready.is_none() && queue.is_empty() {
-                let ended = match tokio::time::timeout_at(provider_deadline, providers.recv()).await
-                {
+                let wait_until = provider_deadline.min(client_deadline);
+                let ended = match tokio::time::timeout_at(wait_until, providers.recv()).await {
                     Ok(Some(p)) => {
                         queue.push(p);
                         None
                     }
                     Ok(None) => Some("no (more) providers"),
+                    Err(_) if tokio::time::Instant::now() >= client_deadline => {
+                        return Err(received.hand_over(CLIENT_DEADLINE_PASSED).await);
+                    }
                     Err(_) => Some("no provider delivered before the peer deadline"),
                 };
                 if let Some(reason) = ended {
-                    let at = writer.len();
-                    match self
-                        .wait_for_intent(digest, at, intents.take(), &tried)
-                        .await
-                    {
+                    let at = received.writer.len();
+                    let intent = self
+                        .wait_for_intent(digest, at, intents.take(), &tried, client_deadline)
+                        .await;
+                    match intent {
                         Some((peer, transfer)) => {
                             ready = Some((peer, transfer));
                             continue;
                         }
-                        None => return Err(reason.into()),
+                        None => return Err(received.hand_over(reason).await),
                     }
                 }
                 // Providers arrive one DHT response at a time: gather what
@@ -354,19 +362,33 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                         continue;
                     }
                     if tried.len() > MAX_PROVIDERS_TRIED {
-                        return Err(format!("{MAX_PROVIDERS_TRIED} providers tried"));
+                        let reason = format!("{MAX_PROVIDERS_TRIED} providers tried");
+                        return Err(received.hand_over(reason).await);
                     }
                     attempt_ended = true;
-                    match net.fetch(peer, digest, writer.len()).await {
-                        Ok(t) => (peer, t),
-                        Err(e) => {
+                    let asked = tokio::time::Instant::now();
+                    let at = received.writer.len();
+                    match tokio::time::timeout_at(client_deadline, net.fetch(peer, digest, at))
+                        .await
+                    {
+                        Ok(Ok(t)) => (peer, t),
+                        Ok(Err(e)) => {
                             debug!(%peer, %digest, "peer fetch did not start: {e}");
+                            if asked.elapsed() > bounds.first_provider {
+                                warn!(%peer, %digest, took = ?asked.elapsed(), "a peer answered late");
+                                self.sentence(peer, Misdeed::Late).await;
+                            }
                             continue;
+                        }
+                        Err(_) => {
+                            warn!(%peer, %digest, "a peer did not answer before the client's deadline");
+                            self.sentence(peer, Misdeed::Late).await;
+                            return Err(received.hand_over(CLIENT_DEADLINE_PASSED).await);
                         }
                     }
                 }
             };
-            let offset = writer.len();
+            let offset = received.writer.len();
             metrics.peer_transfer(transfer.channel());
             let total = offset + transfer.remaining();
             let size_lie = match origin.size {
@@ -379,31 +401,55 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 self.sentence(peer, Misdeed::SizeLie).await;
                 continue;
             }
+            // A size only the peer vouches for must fit before a byte is
+            // written: a claim must not fill the disk.
+            if origin.size.is_none() {
+                if let Err(e) = self.store.room_for(total) {
+                    warn!(%peer, %digest, announced = total, "a peer's transfer cannot be held: {e}");
+                    continue;
+                }
+            }
             let phase_deadline = *phase_deadline.get_or_insert_with(|| {
                 tokio::time::Instant::now()
                     + bounds.min_rate_grace
                     + Duration::from_secs_f64(total as f64 / min_rate)
             });
-            contributors.push((peer, offset..offset));
+            received.parts.push((peer, offset..offset));
             let transfer_started = tokio::time::Instant::now();
             let mut received_here = 0u64;
             let mut failed: Option<Misdeed> = None;
+            let mut handing_over = false;
             // Peer bytes are written in large batches, one at a time on
-            // blocking threads while the next batch arrives.
+            // blocking threads while the next batch arrives; released bytes
+            // at least every `PUBLISH_EVERY`, so a client sees them flow.
             let mut pending = Batch::default();
+            let mut last_write = tokio::time::Instant::now();
             loop {
-                let wake = if released {
-                    phase_deadline
+                let watch = if received.released {
+                    client_deadline
                 } else {
-                    phase_deadline.min(release_at)
+                    release_at.min(client_deadline)
                 };
+                let wake = phase_deadline.min(watch);
                 let chunk = match tokio::time::timeout_at(wake, transfer.next_chunk()).await {
-                    Err(_) if !released && tokio::time::Instant::now() >= release_at => {
-                        writer.push(std::mem::take(&mut pending)).await?;
-                        released = true;
-                        debug!(%digest, "peer transfer outlasts the hold-back; releasing its bytes to clients as they arrive");
-                        publish_progress(self.flight, &file, total, writer.written());
-                        continue;
+                    Err(_) if tokio::time::Instant::now() >= watch => {
+                        if !received.released && origin.size.is_some() {
+                            received.writer.push(std::mem::take(&mut pending)).await?;
+                            received.released = true;
+                            client_deadline = tokio::time::Instant::now() + bounds.hold_back;
+                            debug!(%digest, "peer transfer outlasts the hold-back; releasing its bytes to clients as they arrive");
+                            received.publish(self.flight, total).await?;
+                            continue;
+                        }
+                        // Released and silent for `hold_back`, or a blob of
+                        // unlisted size not done in it: the next source
+                        // continues from here.
+                        if received.released {
+                            warn!(%peer, %digest, "a released peer transfer went silent; continuing from the next source");
+                            failed = Some(Misdeed::TooSlow);
+                        }
+                        handing_over = true;
+                        break;
                     }
                     Err(_) => {
                         warn!(%peer, %digest, "the peer phase ran past its deadline");
@@ -413,7 +459,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                     Ok(Ok(Some(chunk))) => chunk,
                     Ok(Ok(None)) => break,
                     Ok(Err(e)) => {
-                        warn!(%peer, %digest, at = writer.len() + pending.len as u64, "peer transfer failed: {e}; resuming elsewhere");
+                        warn!(%peer, %digest, at = received.writer.len() + pending.len as u64, "peer transfer failed: {e}; resuming elsewhere");
                         failed = Some(Misdeed::BrokeOff);
                         break;
                     }
@@ -421,10 +467,18 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 metrics.blob_bytes(Source::Peer, chunk.len() as u64);
                 received_here += chunk.len() as u64;
                 pending.add(chunk);
-                if pending.len >= PEER_WRITE_BATCH || pending.chunks.len() >= MAX_BATCH_CHUNKS {
-                    writer.push(std::mem::take(&mut pending)).await?;
-                    if released {
-                        publish_progress(self.flight, &file, total, writer.written());
+                if received.released {
+                    client_deadline = tokio::time::Instant::now() + bounds.hold_back;
+                }
+                let full =
+                    pending.len >= PEER_WRITE_BATCH || pending.chunks.len() >= MAX_BATCH_CHUNKS;
+                if full || (received.released && last_write.elapsed() >= PUBLISH_EVERY) {
+                    if let Err(e) = received.writer.push(std::mem::take(&mut pending)).await {
+                        return Err(self.write_failed(peer, origin, e).await);
+                    }
+                    last_write = tokio::time::Instant::now();
+                    if received.released {
+                        received.publish(self.flight, total).await?;
                     }
                 }
                 let elapsed = transfer_started.elapsed();
@@ -436,17 +490,10 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                     break;
                 }
             }
-            writer.push(pending).await?;
-            if let Some((_, range)) = contributors.last_mut() {
-                range.end = writer.len();
+            if let Err(e) = received.writer.push(pending).await {
+                return Err(self.write_failed(peer, origin, e).await);
             }
-            // A peer that sent nothing is no suspect in a failed verification.
-            if contributors
-                .last()
-                .is_some_and(|(_, range)| range.is_empty())
-            {
-                contributors.pop();
-            }
+            received.close_part();
             if let Some(misdeed) = failed {
                 // Another flight found this peer out while it was sending
                 // here (a block also cuts its transfers): its bytes are no
@@ -454,19 +501,30 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 // honest provider a suspect.
                 let condemned_elsewhere = !net.usable(&peer);
                 self.sentence(peer, misdeed).await;
-                if misdeed == Misdeed::Overran {
-                    return Err("the peer phase ran past its deadline".into());
-                }
-                if condemned_elsewhere && writer.len() > 0 {
+                if condemned_elsewhere && received.writer.len() > 0 {
                     debug!(%peer, %digest, "dropping the bytes of a peer blocked meanwhile");
-                    contributors.clear();
-                    (writer, file) = new_writer(self.store)?;
-                    released = false;
+                    received = Received::new(self.store)?;
                 }
+                if misdeed == Misdeed::Overran {
+                    return Err(received
+                        .hand_over("the peer phase ran past its deadline")
+                        .await);
+                }
+            }
+            if handing_over {
+                return Err(received.hand_over(CLIENT_DEADLINE_PASSED).await);
+            }
+            if failed.is_some() {
                 continue;
             }
-            let len = writer.len();
-            let received = started.elapsed();
+            let len = received.writer.len();
+            let received_after = started.elapsed();
+            let Received {
+                writer,
+                file,
+                parts,
+                ..
+            } = std::mem::replace(&mut received, Received::new(self.store)?);
             let finished = writer.finish().await?;
             let written = started.elapsed();
             match commit(finished, len).await {
@@ -474,7 +532,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                     info!(
                         %digest, file = %origin.filename, len, from = %peer,
                         channel = transfer.channel(),
-                        received_ms = received.as_millis() as u64,
+                        received_ms = received_after.as_millis() as u64,
                         written_ms = written.as_millis() as u64,
                         stored_ms = started.elapsed().as_millis() as u64,
                         "verified and stored from peers"
@@ -483,45 +541,56 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 }
                 Err(CommitError::Mismatch(e)) => {
                     metrics.verification_failure(Source::Peer);
-                    if let [(liar, _)] = contributors[..] {
+                    if let [(liar, _)] = parts[..] {
                         warn!(peer = %liar, %digest, "bad content from peer ({e})");
                         self.sentence(liar, Misdeed::BadBytes).await;
                     } else {
-                        for (peer, _) in &contributors {
+                        for (peer, _) in &parts {
                             warn!(%peer, %digest, "bad content from several peers ({e}); suspended until a verified copy tells who lied");
                             self.sentence(*peer, Misdeed::Suspect).await;
                         }
-                        suspects.push(Attempt {
-                            file: file.clone(),
-                            parts: std::mem::take(&mut contributors),
-                        });
+                        suspects.push(Attempt { file, parts });
                     }
-                    contributors.clear();
-                    (writer, file) = new_writer(self.store)?;
-                    released = false;
                 }
-                Err(CommitError::Other(e)) => return Err(e),
+                Err(CommitError::Other(e)) => return Err(e.into()),
             }
         }
     }
 
+    /// A write of peer bytes failed (a full disk, most often). With no
+    /// listed size, the peer's claim is what made this node write: it is
+    /// suspended. Its temp file goes with the returned value, freeing the
+    /// space for the next source.
+    async fn write_failed(&self, peer: PeerId, origin: &Origin, error: String) -> Unfinished {
+        if origin.size.is_none() {
+            warn!(%peer, file = %origin.filename, "writing a peer's bytes of unlisted size failed ({error}); suspending it");
+            self.sentence(peer, Misdeed::BrokeOff).await;
+        }
+        Unfinished {
+            reason: format!("writing peer bytes: {error}"),
+            partial: None,
+        }
+    }
+
     /// When no peer holds the blob: waits for a peer that announced it is
-    /// fetching it (asked every `INTENT_POLL`; it answers
-    /// `Pending` until it holds the verified blob), for at most
-    /// `intent_wait`. `None` when there is no such peer, it gave up (it
-    /// answers anything else), or the wait ran out, which suspends it: a
-    /// peer must not hold others back with intents it does not fulfil.
+    /// fetching it (asked every `INTENT_POLL`; it answers `Pending` until it
+    /// holds the verified blob), for at most `intent_wait` and never past
+    /// the client's deadline. `None` when there is no such peer, it gave up
+    /// (it answers anything else), or the wait ran out, which suspends it:
+    /// a peer must not hold others back with intents it does not fulfil.
     async fn wait_for_intent(
         &self,
         digest: Sha256Digest,
         offset: u64,
         intents: Option<mpsc::UnboundedReceiver<PeerId>>,
         tried: &HashSet<PeerId>,
+        client_deadline: tokio::time::Instant,
     ) -> Option<(PeerId, N::Transfer)> {
         let net = self.net;
         let mut intents = intents?;
         let mut holders: Vec<PeerId> = Vec::new();
-        let _ = tokio::time::timeout(INTENT_LOOKUP_WAIT, async {
+        let lookup_until = client_deadline.min(tokio::time::Instant::now() + INTENT_LOOKUP_WAIT);
+        let _ = tokio::time::timeout_at(lookup_until, async {
             while let Some(peer) = intents.recv().await {
                 let fresh = peer != net.local_peer_id()
                     && net.usable(&peer)
@@ -538,29 +607,36 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         }
         debug!(%digest, holders = holders.len(), "waiting for peers fetching it");
         net.set_waiting(digest, true);
-        let found = self.poll_intents(digest, offset, holders).await;
+        let found = self
+            .poll_intents(digest, offset, holders, client_deadline)
+            .await;
         net.set_waiting(digest, false);
         found
     }
 
     /// Asks `holders` every `INTENT_POLL` until one delivers, none is
-    /// pending any more, or `intent_wait` runs out (which suspends those
-    /// still pending).
+    /// pending any more, or the wait runs out: `intent_wait`, or the
+    /// client's deadline if that comes first. Those still pending then are
+    /// suspended (for less time when it was the client's deadline that
+    /// passed: an honest peer fetching a large blob is still at it).
     async fn poll_intents(
         &self,
         digest: Sha256Digest,
         offset: u64,
         mut holders: Vec<PeerId>,
+        client_deadline: tokio::time::Instant,
     ) -> Option<(PeerId, N::Transfer)> {
         let net = self.net;
-        let deadline = tokio::time::Instant::now() + self.bounds.intent_wait;
+        let own_wait = tokio::time::Instant::now() + self.bounds.intent_wait;
+        let deadline = own_wait.min(client_deadline);
         loop {
             let mut still_pending = Vec::new();
             for peer in holders {
-                match net.fetch(peer, digest, offset).await {
-                    Ok(transfer) => return Some((peer, transfer)),
-                    Err(e) if e.pending => still_pending.push(peer),
-                    Err(e) => debug!(%peer, %digest, "no longer fetching it: {e}"),
+                match tokio::time::timeout_at(deadline, net.fetch(peer, digest, offset)).await {
+                    Ok(Ok(transfer)) => return Some((peer, transfer)),
+                    Ok(Err(e)) if e.pending => still_pending.push(peer),
+                    Ok(Err(e)) => debug!(%peer, %digest, "no longer fetching it: {e}"),
+                    Err(_) => still_pending.push(peer),
                 }
             }
             holders = still_pending;
@@ -568,9 +644,14 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 return None;
             }
             if tokio::time::Instant::now() + INTENT_POLL >= deadline {
+                let misdeed = if deadline < own_wait {
+                    Misdeed::Late
+                } else {
+                    Misdeed::TooSlow
+                };
                 for peer in holders {
-                    warn!(%peer, %digest, wait = ?self.bounds.intent_wait, "a peer fetching it did not deliver in time");
-                    self.sentence(peer, Misdeed::TooSlow).await;
+                    warn!(%peer, %digest, ?misdeed, "a peer fetching it did not deliver in time");
+                    self.sentence(peer, misdeed).await;
                 }
                 return None;
             }
@@ -579,12 +660,108 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
     }
 }
 
-/// A fresh temp file for a peer fetch; clients see none of it until it is
-/// released or verified.
-fn new_writer(store: &Store) -> Result<(BackgroundWriter, Arc<File>), String> {
-    let writer = store.writer().map_err(|e| e.to_string())?;
-    let file = writer.reader().map_err(|e| e.to_string())?;
-    Ok((BackgroundWriter::new(writer, file.clone()), file))
+/// Why a phase ended when the client's clock ran out.
+const CLIENT_DEADLINE_PASSED: &str =
+    "no peer delivered within the client's deadline; continuing from the next source";
+
+/// How often released peer bytes are made readable while they arrive.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// What the peer phase leaves when it did not deliver: why, and the bytes
+/// it received, for the next source to continue from.
+pub(crate) struct Unfinished {
+    pub reason: String,
+    pub partial: Option<Partial>,
+}
+
+impl From<String> for Unfinished {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            partial: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Bytes `0..writer.len()` received from peers, not verified, in the temp
+/// file clients are reading (they were released).
+pub(crate) struct Partial {
+    pub writer: BlobWriter,
+    pub file: Arc<File>,
+    /// Who sent which range.
+    pub parts: Vec<(PeerId, std::ops::Range<u64>)>,
+}
+
+/// The temp file a peer fetch writes, and who sent which range of it.
+struct Received {
+    writer: BackgroundWriter,
+    file: Arc<File>,
+    parts: Vec<(PeerId, std::ops::Range<u64>)>,
+    /// Whether clients may read it before it verifies.
+    released: bool,
+}
+
+impl Received {
+    /// A fresh temp file; clients see none of it until it is released or
+    /// verified.
+    fn new(store: &Store) -> Result<Self, String> {
+        let writer = store.writer().map_err(|e| e.to_string())?;
+        let file = writer.reader().map_err(|e| e.to_string())?;
+        Ok(Self {
+            writer: BackgroundWriter::new(writer, file.clone()),
+            file,
+            parts: Vec::new(),
+            released: false,
+        })
+    }
+
+    /// Lets clients read what is handed to the writer (once written), less
+    /// the last byte.
+    async fn publish(&mut self, flight: &Flight, total: u64) -> Result<(), String> {
+        self.writer.settle().await?;
+        publish_progress(flight, &self.file, total, self.writer.written());
+        Ok(())
+    }
+
+    /// Ends the current peer's range; a peer that sent nothing is no
+    /// suspect in a failed verification.
+    fn close_part(&mut self) {
+        let len = self.writer.len();
+        if let Some((_, range)) = self.parts.last_mut() {
+            range.end = len;
+        }
+        if self.parts.last().is_some_and(|(_, range)| range.is_empty()) {
+            self.parts.pop();
+        }
+    }
+
+    /// The phase ends without the blob: what it received goes to the next
+    /// source when clients are reading it. Bytes never released are
+    /// dropped: continuing them would release a peer's unverified bytes
+    /// under the next source's name.
+    async fn hand_over(self, reason: impl Into<String>) -> Unfinished {
+        let reason = reason.into();
+        if self.writer.len() == 0 || !self.released {
+            return reason.into();
+        }
+        match self.writer.finish().await {
+            Ok(writer) => Unfinished {
+                reason,
+                partial: Some(Partial {
+                    writer,
+                    file: self.file,
+                    parts: self.parts,
+                }),
+            },
+            Err(e) => format!("{reason}; the bytes received are lost: {e}").into(),
+        }
+    }
 }
 
 /// Received chunks gathered for one append, without copying them together.
@@ -668,6 +845,13 @@ impl BackgroundWriter {
         Ok(())
     }
 
+    /// Waits for the running append, so that `written` is all handed over.
+    async fn settle(&mut self) -> Result<(), String> {
+        let writer = self.wait().await?;
+        self.idle = Some(writer);
+        Ok(())
+    }
+
     /// The writer, once its last append finished.
     async fn wait(&mut self) -> Result<BlobWriter, String> {
         if let Some((busy, len)) = self.busy.take() {
@@ -699,6 +883,12 @@ impl BackgroundWriter {
 pub(crate) struct Attempt {
     file: Arc<File>,
     parts: Vec<(PeerId, std::ops::Range<u64>)>,
+}
+
+impl Attempt {
+    pub(crate) fn new(file: Arc<File>, parts: Vec<(PeerId, std::ops::Range<u64>)>) -> Self {
+        Self { file, parts }
+    }
 }
 
 /// Compares each suspect's range with the verified blob `good` and blocks
@@ -734,20 +924,6 @@ pub(crate) async fn judge<N: PeerNetwork>(
             }
         }
     }
-}
-
-fn ranges_differ(a: &File, b: &File, range: std::ops::Range<u64>) -> io::Result<bool> {
-    let mut offset = range.start;
-    while offset < range.end {
-        let len = (range.end - offset).min(COMPARE_CHUNK);
-        if peerpi_store::read_exact_at(a, offset, len)?
-            != peerpi_store::read_exact_at(b, offset, len)?
-        {
-            return Ok(true);
-        }
-        offset += len;
-    }
-    Ok(false)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The upstream source: the file's URL from the index page, streamed into
 //! the flight's temp file with every byte readable by clients as it lands
 //! (the last one after verification). Never more than was announced or
-//! listed, or the size cap when neither was.
+//! listed, or the size cap when neither was. When the peer phase left bytes
+//! behind, it continues that file from their end (a range request), so a
+//! client already reading them gets the rest instead of a cut response.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -10,46 +12,112 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use peerpi_core::Sha256Digest;
 use peerpi_store::{BlobWriter, Origin};
+use tracing::{debug, warn};
 
 use crate::flight::{CommitError, Flight, FlightState};
 use crate::metrics::Source;
+use crate::reputation::Misdeed;
+use crate::sources::peers::{Attempt, Partial, PeerNetwork};
 use crate::Node;
 
+/// Why an upstream download did not deliver.
+enum Failure {
+    /// Starting again from the first byte may still work: the range was
+    /// refused, or the bytes continued on failed verification.
+    Retry(String),
+    Final(String),
+}
+
 impl Node {
+    /// Fetches the blob upstream: continuing `partial` when the peer phase
+    /// left one, else (or when that fails) from the first byte. A continued
+    /// file that fails verification makes its peers suspects, judged once
+    /// the full download is verified.
     pub(crate) async fn fetch_upstream(
         &self,
         digest: &Sha256Digest,
         origin: &Origin,
         flight: &Flight,
+        partial: Option<Partial>,
+        suspects: &mut Vec<Attempt>,
     ) -> Result<(Arc<File>, u64), String> {
+        if let Some(Partial {
+            writer,
+            file,
+            parts,
+        }) = partial
+        {
+            let from = writer.len();
+            match self
+                .download(digest, origin, flight, writer, file.clone())
+                .await
+            {
+                Ok(done) => return Ok(done),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Retry(e)) => {
+                    debug!(%digest, from, "continuing the peers' bytes upstream failed ({e}); fetching it whole");
+                    if let Some(swarm) = self.inner.swarm.as_ref() {
+                        let verdict = Misdeed::Suspect.verdict(self.inner.config.peer_suspension);
+                        for (peer, _) in &parts {
+                            swarm.sentence(*peer, verdict).await;
+                        }
+                    }
+                    if !parts.is_empty() {
+                        suspects.push(Attempt::new(file, parts));
+                    }
+                }
+            }
+        }
+        let writer = self.inner.store.writer().map_err(|e| e.to_string())?;
+        let file = writer.reader().map_err(|e| e.to_string())?;
+        self.download(digest, origin, flight, writer, file)
+            .await
+            .map_err(|(Failure::Retry(e) | Failure::Final(e))| e)
+    }
+
+    /// Downloads into `writer` from its length on, then verifies and stores.
+    async fn download(
+        &self,
+        digest: &Sha256Digest,
+        origin: &Origin,
+        flight: &Flight,
+        mut writer: BlobWriter,
+        file: Arc<File>,
+    ) -> Result<(Arc<File>, u64), Failure> {
         let metrics = &self.inner.metrics;
-        let download = match self.inner.upstream.fetch_file(&origin.url, 0).await {
+        let from = writer.len();
+        let download = match self.inner.upstream.fetch_file(&origin.url, from).await {
             Ok(d) => d,
+            Err(e @ peerpi_upstream::UpstreamError::Status { .. }) if from > 0 => {
+                return Err(Failure::Retry(e.to_string()));
+            }
             Err(e) => {
                 metrics.upstream_request("file", "error");
-                return Err(format!("fetching {} from upstream: {e}", origin.filename));
+                return Err(Failure::Final(format!(
+                    "fetching {} from upstream: {e}",
+                    origin.filename
+                )));
             }
         };
-        if let (Some(announced), Some(expected)) = (download.content_length, origin.size) {
+        let announced = download.content_length.map(|rest| from + rest);
+        if let (Some(announced), Some(expected)) = (announced, origin.size) {
             if announced != expected {
                 metrics.upstream_request("file", "bad_length");
                 metrics.verification_failure(Source::Upstream);
-                return Err(format!(
+                return Err(Failure::Final(format!(
                     "upstream announced {announced} bytes for {}, the index lists {expected}",
                     origin.filename
-                ));
+                )));
             }
         }
         // Never accept more than was announced: a source cannot make us store
         // endless data. With nothing announced, the size cap applies.
-        let limit = origin.size.or(download.content_length);
+        let limit = origin.size.or(announced);
         let cap = limit.unwrap_or_else(|| self.size_cap(origin));
-        let mut writer = self.inner.store.writer().map_err(|e| e.to_string())?;
-        let file = writer.reader().map_err(|e| e.to_string())?;
         flight.state.send_replace(FlightState::Streaming {
             file: file.clone(),
             len: limit,
-            readable: 0,
+            readable: from.saturating_sub(1),
         });
         let mut body = download.body;
         while let Some(chunk) = body.next().await {
@@ -57,19 +125,22 @@ impl Node {
                 Ok(c) => c,
                 Err(e) => {
                     metrics.upstream_request("file", "error");
-                    return Err(format!("downloading {}: {e}", origin.filename));
+                    return Err(Failure::Final(format!(
+                        "downloading {}: {e}",
+                        origin.filename
+                    )));
                 }
             };
             if writer.len() + chunk.len() as u64 > cap {
                 metrics.upstream_request("file", "bad_length");
                 metrics.verification_failure(Source::Upstream);
-                return Err(format!(
+                return Err(Failure::Final(format!(
                     "upstream sent more than {} bytes for {}",
                     cap, origin.filename
-                ));
+                )));
             }
             metrics.blob_bytes(Source::Upstream, chunk.len() as u64);
-            writer = append(writer, chunk).await?;
+            writer = append(writer, chunk).await.map_err(Failure::Final)?;
             // Hold back the last byte until the digest is checked.
             let readable = writer.len().saturating_sub(1);
             flight.state.send_modify(|s| {
@@ -81,25 +152,32 @@ impl Node {
         let len = writer.len();
         if let Some(expected) = limit.filter(|&l| l != len) {
             metrics.upstream_request("file", "truncated");
-            return Err(format!(
+            return Err(Failure::Final(format!(
                 "upstream sent {len} of {expected} bytes for {}",
                 origin.filename
-            ));
+            )));
         }
         match self.commit(writer, *digest, len).await {
             Ok(()) => {
                 metrics.upstream_request("file", "ok");
                 Ok((file, len))
             }
+            Err(CommitError::Mismatch(e)) if from > 0 => {
+                warn!(%digest, from, "peer bytes continued upstream failed verification ({e})");
+                metrics.verification_failure(Source::Peer);
+                Err(Failure::Retry(e))
+            }
             Err(CommitError::Mismatch(e)) => {
                 metrics.upstream_request("file", "bad_digest");
                 metrics.verification_failure(Source::Upstream);
-                Err(format!(
+                Err(Failure::Final(format!(
                     "upstream sent bad content for {}: {e}",
                     origin.filename
-                ))
+                )))
             }
-            Err(CommitError::Other(e)) => Err(format!("storing {}: {e}", origin.filename)),
+            Err(CommitError::Other(e)) => {
+                Err(Failure::Final(format!("storing {}: {e}", origin.filename)))
+            }
         }
     }
 }

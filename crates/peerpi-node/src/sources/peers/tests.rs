@@ -37,6 +37,10 @@ enum Script {
     PendingFor(u64),
     /// Answers `Pending` for ever.
     PendingForEver,
+    /// Answers "not found" after this many ms.
+    RefusesAfter(u64),
+    /// The right bytes, 64 KiB every 50 ms, up to this offset; then silence.
+    StallsAt(u64),
     /// Flipped bytes up to `at`, then the transfer breaks off; with
     /// `blocked_elsewhere`, because another flight blocked the peer (which
     /// cuts its transfers).
@@ -116,8 +120,17 @@ impl PeerTransfer for ScriptedTransfer {
                 tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                 per_chunk
             }
+            Script::StallsAt(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                64 * 1024
+            }
             _ => 64 * 1024,
         };
+        if let Script::StallsAt(at) = self.script {
+            if self.offset + self.sent >= at {
+                std::future::pending::<()>().await;
+            }
+        }
         if let Script::WrongAfter(pause_ms) = self.script {
             if self.sent == 0 {
                 tokio::time::sleep(Duration::from_millis(pause_ms)).await;
@@ -149,7 +162,9 @@ impl PeerTransfer for ScriptedTransfer {
             };
         }
         let mut take = chunk_len.min(self.rest.len());
-        if let Script::StopsAt(at) | Script::WrongThenCut { at, .. } = self.script {
+        if let Script::StopsAt(at) | Script::StallsAt(at) | Script::WrongThenCut { at, .. } =
+            self.script
+        {
             take = take.min((at - self.offset - self.sent) as usize);
         }
         let mut chunk = self.rest.split_to(take);
@@ -230,6 +245,10 @@ impl PeerNetwork for ScriptedNet {
         };
         match script {
             Script::Refuses => return Err(not_started(false)),
+            Script::RefusesAfter(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                return Err(not_started(false));
+            }
             Script::PendingForEver => return Err(not_started(true)),
             Script::PendingFor(ms) => {
                 if self.created.elapsed() < Duration::from_millis(ms) {
@@ -293,6 +312,8 @@ fn origin(size: Option<u64>) -> Origin {
 
 struct Outcome {
     result: Result<(Arc<File>, u64), String>,
+    /// What the phase left for the next source.
+    partial: Option<Partial>,
     suspects: Vec<Attempt>,
     store: Store,
     _dir: tempfile::TempDir,
@@ -338,11 +359,16 @@ async fn run_with_flight(
             }
         }
     };
-    let result = phase
+    let (result, partial) = match phase
         .run(digest, &origin(size), &mut suspects, commit)
-        .await;
+        .await
+    {
+        Ok(done) => (Ok(done), None),
+        Err(unfinished) => (Err(unfinished.reason), unfinished.partial),
+    };
     Outcome {
         result,
+        partial,
         suspects,
         store,
         _dir: dir,
@@ -665,4 +691,129 @@ fn the_intent_wait_grows_with_the_size_and_is_capped() {
     assert_eq!(intent_wait(None), Duration::from_secs(10));
     assert_eq!(intent_wait(Some(20 << 20)), Duration::from_secs(30));
     assert_eq!(intent_wait(Some(1 << 40)), Duration::from_secs(120));
+}
+
+/// Eight providers that each answer "not found" just before a stream
+/// timeout held a client 75 s with no response head. The client's clock
+/// (`hold_back` from the start of the flight) bounds every answer: the
+/// phase ends at it, and the peer that answered late is suspended.
+#[tokio::test]
+async fn providers_answering_late_hold_the_client_no_longer_than_the_hold_back() {
+    let bytes = blob(10_000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::RefusesAfter(950); 8]);
+    let mut b = bounds(10_000);
+    b.hold_back = Duration::from_millis(500);
+    b.first_provider = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let outcome = run_phase(&net, &bytes, Some(10_000), b).await;
+    let took = started.elapsed();
+    let err = outcome.result.unwrap_err();
+    assert!(err.contains("client's deadline"), "{err}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "at most the hold-back, not 8 late answers: {took:?}"
+    );
+    assert_eq!(net.asked.lock().unwrap().len(), 1);
+    assert_eq!(
+        net.verdict(ids[0]),
+        Some(Verdict::Suspend(crate::reputation::LATE_SUSPENSION))
+    );
+}
+
+/// A peer that announced it is fetching the blob and answers `Pending` for
+/// ever held a client up to `intent_wait` (2 minutes at most): now no
+/// longer than the client's clock, and it is suspended for it.
+#[tokio::test]
+async fn a_fake_intent_holds_the_client_no_longer_than_the_hold_back() {
+    let bytes = blob(10_000);
+    let (mut net, ids) = ScriptedNet::new(&bytes, &[Script::PendingForEver]);
+    net.intents = std::mem::take(&mut net.providers);
+    let mut b = bounds(10_000);
+    b.intent_wait = Duration::from_secs(30);
+    b.hold_back = Duration::from_millis(600);
+    b.first_provider = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let outcome = run_phase(&net, &bytes, Some(10_000), b).await;
+    assert!(outcome.result.is_err());
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(
+        net.verdict(ids[0]),
+        Some(Verdict::Suspend(crate::reputation::LATE_SUSPENSION))
+    );
+}
+
+/// A released transfer that goes silent is not waited on for a stream
+/// timeout while the client reads nothing: after `hold_back` of silence the
+/// phase hands its bytes to the next source, which continues the same file.
+#[tokio::test]
+async fn a_released_transfer_that_goes_silent_is_handed_over_with_its_bytes() {
+    let bytes = blob(2 << 20);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::StallsAt(1 << 20)]);
+    let mut b = bounds(2 << 20);
+    b.hold_back = Duration::from_millis(200);
+    let flight = Flight::new();
+    let started = std::time::Instant::now();
+    let outcome = run_with_flight(&net, &bytes, Some(2 << 20), b, &flight).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = outcome.result.as_ref().unwrap_err();
+    assert!(err.contains("client's deadline"), "{err}");
+    let partial = outcome.partial.expect("the bytes received are handed over");
+    assert_eq!(partial.writer.len(), 1 << 20);
+    assert_eq!(partial.parts, vec![(ids[0], 0..1 << 20)]);
+    match &*flight.state.borrow() {
+        FlightState::Streaming { file, readable, .. } => {
+            assert!(Arc::ptr_eq(file, &partial.file), "clients read that file");
+            assert!(*readable > 0, "its bytes were released");
+        }
+        _ => panic!("the transfer was released"),
+    }
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Suspend(SUSPENSION)));
+}
+
+/// With no listed size, the length is the peer's word: its bytes are never
+/// released to a client (no `Content-Length` from a peer), and a transfer
+/// that outlasts the hold-back is handed over to the next source.
+#[tokio::test]
+async fn bytes_of_an_unlisted_size_are_never_released_before_they_verify() {
+    let bytes = blob(2 << 20);
+    let slow = Script::Slow {
+        per_chunk: 64 * 1024,
+        pause_ms: 40,
+    };
+    let (net, _) = ScriptedNet::new(&bytes, &[slow]);
+    let mut b = bounds(16 << 20);
+    b.hold_back = Duration::from_millis(300);
+    let flight = Flight::new();
+    let outcome = run_with_flight(&net, &bytes, None, b, &flight).await;
+    assert!(outcome.result.is_err());
+    assert!(
+        outcome.partial.is_none(),
+        "unreleased bytes are not continued"
+    );
+    assert!(
+        matches!(&*flight.state.borrow(), FlightState::Connecting),
+        "nothing released"
+    );
+}
+
+/// A size claim that the store could not hold (over its cap here; over
+/// the free disk space alike) is refused before a byte is written, and the
+/// next provider delivers.
+#[tokio::test]
+async fn a_claim_the_store_cannot_hold_is_refused_before_a_byte_is_written() {
+    let bytes = blob(1000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::Overclaims(2 << 30), Script::Honest]);
+    let outcome = run_phase(&net, &bytes, None, bounds(4 << 30)).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert_eq!(
+        net.verdict(ids[0]),
+        None,
+        "refused unread, not a transfer that broke off"
+    );
+    assert_eq!(*net.asked.lock().unwrap(), vec![(ids[0], 0), (ids[1], 0)]);
 }

@@ -795,7 +795,7 @@ async fn fake_intents_cannot_hold_a_client_past_the_hold_back() {
 async fn a_response_started_by_failing_peers_is_finished_from_upstream() {
     const BIG: &str = "big-1.0.tar.gz";
     let upstream = fake_index(vec![peerpi_testkit::synthetic("big", BIG, 2 << 20, 5)]).await;
-    let files = vec![upstream.state.file(BIG).unwrap()];
+    let big = upstream.state.file(BIG).unwrap();
     let mut drippers = Vec::new();
     for _ in 0..2 {
         let node = peer_node(&upstream, &[], |c| {
@@ -823,7 +823,7 @@ async fn a_response_started_by_failing_peers_is_finished_from_upstream() {
         .await
         .expect("the body ends")
         .expect("the whole body, not a cut response");
-    assert_is_upstream_file(&upstream, &files[0].filename, &body);
+    assert_is_upstream_file(&upstream, &big.filename, &body);
     assert!(
         peer_bytes().await > 0.0,
         "the response began with peer bytes"
@@ -975,13 +975,14 @@ async fn pip_and_uv_install_among_eight_hostile_swarm_members() {
     }
 }
 
-/// A large but legal page (100,000 files from an HTML-only index) took
+/// A large but legal page (200,000 files from an HTML-only index) took
 /// quadratic time on the runtime threads, and `/healthz` went unanswered
 /// meanwhile: now it is parsed, indexed and rendered in linear time off
-/// them, and the node answers throughout.
+/// them, and the node answers throughout. (Linear: about 8 s in a debug
+/// build here; quadratic: 26 s at half the files, so some 100 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_page_is_served_while_the_node_answers_throughout() {
-    const FILES: usize = 100_000;
+    const FILES: usize = 200_000;
     let one_byte = bytes::Bytes::from_static(b"x");
     let files: Vec<peerpi_testkit::FakeFile> = (0..FILES)
         .map(|i| peerpi_testkit::FakeFile {
@@ -1013,12 +1014,13 @@ async fn a_huge_page_is_served_while_the_node_answers_throughout() {
     while !page.is_finished() {
         assert_healthy(&node).await;
         assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the page did not arrive in 2 minutes"
+            started.elapsed() < Duration::from_secs(60),
+            "the page did not arrive in a minute"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let body: serde_json::Value = serde_json::from_slice(&page.await.unwrap()).unwrap();
+    // (Versions are derived for every page, but API 1.0, which a page
+    // without sizes is served as, does not list them.)
     assert_eq!(body["files"].as_array().unwrap().len(), FILES);
-    assert_eq!(body["versions"].as_array().unwrap().len(), FILES);
 }

@@ -329,7 +329,7 @@ fn run_on_rig(
     let swarm_key = args.out.join("swarm.key");
     if matches!(args.baseline, Baseline::Peerpi | Baseline::PeerpiRegion) && !swarm_key.is_file() {
         std::fs::create_dir_all(&args.out)?;
-        let made_key = std::process::Command::new(&peerpi)
+        let made_key = std::process::Command::new(peerpi)
             .args(["keygen", "--swarm-key"])
             .arg(&swarm_key)
             .output()

@@ -570,6 +570,7 @@ async fn metrics(State(node): State<Node>) -> Response {
     let text = node.metrics().render(
         store.total_bytes(),
         store.blob_count() as u64,
+        store.page_bytes(),
         store.cap_bytes(),
         swarm,
     );

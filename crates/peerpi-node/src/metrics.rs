@@ -80,6 +80,7 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     cache_bytes: Gauge,
     cache_blobs: Gauge,
+    page_catalog_bytes: Gauge,
     cache_cap_bytes: Gauge,
     connected_peers: Gauge,
     blocked_peers: Gauge,
@@ -125,6 +126,7 @@ impl Metrics {
             http_requests: Family::default(),
             cache_bytes: Gauge::default(),
             cache_blobs: Gauge::default(),
+            page_catalog_bytes: Gauge::default(),
             cache_cap_bytes: Gauge::default(),
             connected_peers: Gauge::default(),
             blocked_peers: Gauge::default(),
@@ -179,6 +181,11 @@ impl Metrics {
             m.cache_bytes.clone(),
         );
         registry.register("cache_blobs", "Blobs in the store", m.cache_blobs.clone());
+        registry.register(
+            "page_catalog_bytes",
+            "Bytes of project pages in the catalog (counted against the cache cap)",
+            m.page_catalog_bytes.clone(),
+        );
         registry.register(
             "cache_capacity_bytes",
             "The store's size cap",
@@ -347,9 +354,11 @@ impl Metrics {
         &self,
         cache_bytes: u64,
         cache_blobs: u64,
+        page_bytes: u64,
         cap_bytes: u64,
         swarm: SwarmSample,
     ) -> String {
+        self.page_catalog_bytes.set(page_bytes as i64);
         self.connected_peers.set(swarm.connected_peers as i64);
         self.blocked_peers.set(swarm.blocked_peers as i64);
         self.provided_keys.set(swarm.provided_keys as i64);

@@ -64,6 +64,9 @@ struct Trees {
     db: sled::Db,
     blobs: sled::Tree,
     pages: sled::Tree,
+    /// When each page was last stored (ms since the epoch, big-endian), so
+    /// that the oldest go first when the pages outgrow their share.
+    page_times: sled::Tree,
     origins: sled::Tree,
 }
 
@@ -76,6 +79,7 @@ impl Trees {
         Ok(Self {
             blobs: db.open_tree("blobs")?,
             pages: db.open_tree("pages")?,
+            page_times: db.open_tree("page_times")?,
             origins: db.open_tree("origins")?,
             db,
         })
@@ -342,10 +346,55 @@ impl Catalog {
         })
     }
 
-    pub(crate) fn put_page(&self, project: &str, page: &CachedPage) -> Result<(), StoreError> {
+    /// Stores a page; returns the bytes of the record it replaced and of
+    /// the new one.
+    pub(crate) fn put_page(
+        &self,
+        project: &str,
+        page: &CachedPage,
+    ) -> Result<(u64, u64), StoreError> {
+        let record = encode(page);
+        let new = record.len() as u64;
         self.write(|t| {
-            t.pages.insert(project.as_bytes(), encode(page))?;
-            Ok(())
+            let old = t.pages.insert(project.as_bytes(), record)?;
+            t.page_times
+                .insert(project.as_bytes(), &page.fetched_at_ms.to_be_bytes())?;
+            Ok((old.map_or(0, |o| o.len() as u64), new))
+        })
+    }
+
+    /// Removes a page; returns the bytes of its record.
+    pub(crate) fn remove_page(&self, project: &str) -> Result<u64, StoreError> {
+        self.write(|t| {
+            t.page_times.remove(project.as_bytes())?;
+            Ok(t.pages
+                .remove(project.as_bytes())?
+                .map_or(0, |o| o.len() as u64))
+        })
+    }
+
+    /// Bytes of every page record together.
+    pub(crate) fn page_bytes(&self) -> Result<u64, StoreError> {
+        self.read(|t| {
+            let mut total = 0u64;
+            for value in t.pages.iter().values() {
+                total += value?.len() as u64;
+            }
+            Ok(total)
+        })
+    }
+
+    /// Projects whose pages were stored longest ago, oldest first.
+    pub(crate) fn oldest_pages(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|t| {
+            let mut by_time = Vec::new();
+            for entry in t.page_times.iter() {
+                let (key, value) = entry?;
+                let ms = <[u8; 8]>::try_from(value.as_ref()).map_or(0, u64::from_be_bytes);
+                by_time.push((ms, String::from_utf8_lossy(&key).into_owned()));
+            }
+            by_time.sort();
+            Ok(by_time.into_iter().map(|(_, project)| project).collect())
         })
     }
 

@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use peerpi_core::ProjectPage;
 use peerpi_core::Sha256Digest;
 use sha2::{Digest, Sha256};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use catalog::{BlobRecord, CachedPage, Origin};
 pub use read::{read_exact_at, read_range, READ_CHUNK};
@@ -30,6 +30,10 @@ pub use writer::BlobWriter;
 /// How long an access time may lag in the catalog; bounds catalog writes on
 /// hot blobs to one per blob per interval.
 const ACCESS_PERSIST_INTERVAL_MS: u64 = 60_000;
+
+/// Project pages may take at most this fraction (one in eight) of the
+/// cache cap; they count against the cap with the blobs.
+pub const PAGE_SHARE: u64 = 8;
 
 /// Free space a download whose size a peer claims may not take.
 pub const ROOM_KEPT_FREE: u64 = 16 << 20;
@@ -133,6 +137,9 @@ pub struct Store {
     total_bytes: AtomicU64,
     /// Bytes in temp files of running downloads: they count against the cap.
     in_progress: std::sync::Arc<AtomicU64>,
+    /// Bytes of the page records in the catalog: they count against the
+    /// cap too, and may take at most `1 / PAGE_SHARE` of it.
+    page_bytes: AtomicU64,
     last_persisted_access: Mutex<HashMap<Sha256Digest, u64>>,
     eviction: Mutex<()>,
 }
@@ -168,10 +175,14 @@ impl Store {
             cap_bytes,
             total_bytes: AtomicU64::new(0),
             in_progress: std::sync::Arc::new(AtomicU64::new(0)),
+            page_bytes: AtomicU64::new(0),
             last_persisted_access: Mutex::new(HashMap::new()),
             eviction: Mutex::new(()),
         };
         let report = store.reconcile(true)?;
+        store
+            .page_bytes
+            .store(store.catalog.page_bytes()?, Ordering::Relaxed);
         info!(
             blobs = store.catalog.blob_count(),
             bytes = store.total_bytes(),
@@ -194,9 +205,20 @@ impl Store {
         self.in_progress.load(Ordering::Relaxed)
     }
 
-    /// Stored blobs and running downloads together, as the cap counts them.
+    /// Bytes of the project pages in the catalog.
+    pub fn page_bytes(&self) -> u64 {
+        self.page_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes project pages may take: a share of the cap.
+    pub fn page_cap(&self) -> u64 {
+        self.cap_bytes / PAGE_SHARE
+    }
+
+    /// Stored blobs, running downloads and pages together, as the cap
+    /// counts them.
     fn used_bytes(&self) -> u64 {
-        self.total_bytes() + self.in_progress_bytes()
+        self.total_bytes() + self.in_progress_bytes() + self.page_bytes()
     }
 
     /// Whether a download that claims `bytes` could be kept: within the
@@ -481,8 +503,30 @@ impl Store {
         self.catalog.page(project)
     }
 
+    /// Stores a page; when the pages outgrow their share of the cap, those
+    /// stored longest ago are removed (they are fetched again when asked
+    /// for).
     pub fn put_page(&self, project: &str, page: &CachedPage) -> Result<(), StoreError> {
-        self.catalog.put_page(project, page)
+        let (old, new) = self.catalog.put_page(project, page)?;
+        self.page_bytes.fetch_add(new, Ordering::Relaxed);
+        self.page_bytes
+            .fetch_sub(old.min(self.page_bytes()), Ordering::Relaxed);
+        if self.page_bytes() > self.page_cap() {
+            let target = self.page_cap() / 10 * 9;
+            for oldest in self.catalog.oldest_pages()? {
+                if self.page_bytes() <= target {
+                    break;
+                }
+                if oldest == project {
+                    continue;
+                }
+                let freed = self.catalog.remove_page(&oldest)?;
+                self.page_bytes
+                    .fetch_sub(freed.min(self.page_bytes()), Ordering::Relaxed);
+                debug!(project = %oldest, freed, "page removed: the pages outgrew their share of the cache");
+            }
+        }
+        Ok(())
     }
 
     pub fn projects(&self) -> Result<Vec<String>, StoreError> {

@@ -315,3 +315,47 @@ fn a_pinned_blob_survives_eviction_within_the_pin_limit() {
     put(&store, &[4u8; 40]);
     assert!(store.get(&pinned).unwrap().is_none());
 }
+
+/// 10,000 projects grew the catalog 18 MB outside `--cache-size`: pages
+/// now count against the cap, and those stored longest ago go when the
+/// pages outgrow their share (an eighth of it).
+#[test]
+fn pages_count_against_the_cap_and_the_oldest_go_past_their_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 80_000).unwrap();
+    let page = |ms: u64| CachedPage {
+        page: peerpi_core::ProjectPage {
+            name: "p".into(),
+            files: Vec::new(),
+            versions: Some(vec!["1.0".repeat(100)]),
+        },
+        etag: None,
+        fetched_at_ms: ms,
+        content_id: String::new(),
+    };
+    let one = serde_json::to_vec(&page(0)).unwrap().len() as u64;
+    for i in 0..200u64 {
+        store
+            .put_page(&format!("project-{i}"), &page(1000 + i))
+            .unwrap();
+        assert!(
+            store.page_bytes() <= store.page_cap() + one,
+            "{}",
+            store.page_bytes()
+        );
+    }
+    assert!(store.page_bytes() > 0);
+    assert!(
+        store.page("project-0").unwrap().is_none(),
+        "the oldest went"
+    );
+    assert!(
+        store.page("project-199").unwrap().is_some(),
+        "the newest stays"
+    );
+    // Reopened, the count is the same.
+    let counted = store.page_bytes();
+    drop(store);
+    let (store, _) = Store::open(dir.path(), 80_000).unwrap();
+    assert_eq!(store.page_bytes(), counted);
+}

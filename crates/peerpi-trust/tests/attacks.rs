@@ -853,3 +853,24 @@ async fn pruning_removes_superseded_files_and_keeps_what_clients_need() {
     // A second prune finds nothing more.
     assert_eq!(fx.repo().prune(Duration::ZERO).unwrap(), Default::default());
 }
+
+/// One garbage timestamp response once dropped the whole trusted set, and
+/// with it a node's "serve through a signer outage": a failed refresh now
+/// abandons the update and keeps what was trusted until it expires.
+#[tokio::test]
+async fn a_garbage_timestamp_keeps_the_set_trusted_before() {
+    let fx = Fixture::new(16).await;
+    fx.add("simple/demo/index.json", b"page");
+    let mut client = fx.refresh().await.unwrap();
+    let trusted = client.trusted().unwrap().timestamp().unwrap().version;
+    std::fs::write(fx.metadata("timestamp.json"), b"{ not json").unwrap();
+    let failed = client.refresh().await;
+    assert!(failed.is_err(), "the garbage is refused");
+    let kept = client.trusted().expect("the set trusted before is kept");
+    assert_eq!(kept.timestamp().unwrap().version, trusted);
+    assert!(client
+        .lookup("simple/demo/index.json")
+        .await
+        .unwrap()
+        .is_some());
+}

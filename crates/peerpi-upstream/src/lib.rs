@@ -494,6 +494,27 @@ mod tests {
         assert_eq!(redacted("not a url user:pw@host"), "…@host");
     }
 
+    /// A name that resolves to this machine (DNS rebinding does the same
+    /// with a public name) reaches nothing unless it is the upstream's own.
+    #[tokio::test]
+    async fn names_resolving_to_non_public_addresses_are_refused_at_connect_time() {
+        use reqwest::dns::Resolve;
+        let guarded = GuardedResolver {
+            trusted_names: vec!["localhost".into()],
+        };
+        let trusted = guarded.resolve("localhost".parse().unwrap()).await;
+        assert!(
+            trusted.is_ok_and(|mut a| a.next().is_some()),
+            "the upstream's own name"
+        );
+        let other = GuardedResolver {
+            trusted_names: vec!["index.example".into()],
+        };
+        let refused = other.resolve("localhost".parse().unwrap()).await;
+        let reason = refused.err().expect("refused").to_string();
+        assert!(reason.contains("non-public"), "{reason}");
+    }
+
     #[test]
     fn file_hosts_on_private_networks_are_refused_unless_upstream() {
         let upstream = Upstream::new(UpstreamConfig::new(

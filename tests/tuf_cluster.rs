@@ -460,3 +460,37 @@ async fn uv_install(venv: &Path, index: &str, packages: &[&str]) {
     )
     .await;
 }
+
+/// A signer that stops answering (stopped: connections open, no byte
+/// back, as a dripping one) cost every page request the refresh's whole
+/// timeout. A request now waits at most 2 s for a due refresh, and cached,
+/// unexpired pages are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_signer_holds_no_page_request_past_the_refresh_bound() {
+    let upstream = fake_index(demo_graph()).await;
+    let cluster = Cluster::start(&upstream.simple_url()).await;
+    get_text(cluster.signer.url("/simple/alpha/")).await; // the signer signs what it fetched
+    cluster.wait_signed(&["alpha".to_string()]).await;
+    let a = cluster.tuf_node("a").await;
+    let page = a.url("/simple/alpha/");
+    assert!(get_text(&page).await.contains("alpha-1.0"));
+    let pid = cluster.signer.child.id().to_string();
+    let stop = |signal: &str| {
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal}");
+    };
+    stop("-STOP");
+    // The next refresh is due after the 10 s interval.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let response = tokio::time::timeout(Duration::from_secs(30), client().get(&page).send())
+            .await
+            .expect("an answer")
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(response.status(), 200);
+        assert!(took < Duration::from_secs(5), "the request waited {took:?}");
+    }
+    stop("-CONT");
+}

@@ -4,9 +4,7 @@
 //! re-run fetches nothing; what cannot be prefetched fails with its reason
 //! and a non-zero exit; on a terminal a progress bar is drawn.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

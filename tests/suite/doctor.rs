@@ -2,9 +2,7 @@
 //! all `ok`; an unreachable upstream, a port held by another program and a
 //! broken swarm key each fail with the fix, and the exit status says so.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

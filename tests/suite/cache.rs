@@ -2,9 +2,7 @@
 //! streaming before the download ends, bad bytes never released or stored,
 //! stale pages during outages, eviction under the cap.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,9 +1,7 @@
 //! The HTTP front against a fake upstream: negotiation, redirects, caching
 //! headers and revalidation, file ranges, HEAD, metadata files, bad input.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

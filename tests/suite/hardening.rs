@@ -3,9 +3,7 @@
 //! turnover, finishes work its clients walked away from, and holds every
 //! bound a client, a peer or an upstream could push against.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,8 +3,6 @@
 //! server does), and `peerpi tuf client` downloads from it with the exit
 //! codes the conformance protocol expects.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
 use std::path::Path;
 use std::process::{Command, Output};
 

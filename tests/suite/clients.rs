@@ -5,9 +5,7 @@
 //!
 //! Needs `python3` (with venv) and `uv` on PATH: `python3 -m pip install uv`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

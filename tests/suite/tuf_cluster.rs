@@ -4,9 +4,7 @@
 //! goes away and the other nodes still install it: pages and files from
 //! peers and the signer, every page checked against its signed digest.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

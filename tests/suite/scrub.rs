@@ -3,9 +3,7 @@
 //! one, remove a blob whose bytes no longer match its digest, and the next
 //! request fetches it again, verified.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

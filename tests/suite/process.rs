@@ -2,9 +2,7 @@
 //! with no partial blob and a consistent catalog; on SIGTERM it lets an
 //! in-flight download finish and exits cleanly.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -2,7 +2,6 @@
 //! graph, nodes run in-process on ephemeral loopback ports, and the real
 //! `peerpi` binary for tests that need a process to kill.
 
-#![allow(dead_code)] // each test binary uses a different subset
 
 pub mod python;
 
@@ -174,7 +173,6 @@ pub async fn peer_node_with(
 }
 
 /// Whether `node` blocked `peer` for good (it sent bad bytes).
-#[allow(dead_code)] // not every test binary uses it
 pub fn blocked_for_good(node: &TestNode, peer: &TestNode) -> bool {
     let id = peer.node.swarm().unwrap().local_peer_id();
     node.node
@@ -222,7 +220,6 @@ pub async fn get_bytes(url: impl reqwest::IntoUrl) -> bytes::Bytes {
 }
 
 /// GETs `url` as PEP 691 JSON; the body of a 200 (panics otherwise).
-#[allow(dead_code)] // not every test binary uses it
 pub async fn get_json_page(url: impl reqwest::IntoUrl) -> bytes::Bytes {
     client()
         .get(url)
@@ -238,7 +235,6 @@ pub async fn get_json_page(url: impl reqwest::IntoUrl) -> bytes::Bytes {
 }
 
 /// `peerpi tuf init --repo REPO --keys keys --bins BINS`, run in `dir`.
-#[allow(dead_code)] // not every test binary uses it
 pub fn tuf_init(dir: &Path, repo: &str, bins: &str) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_peerpi"))
         .current_dir(dir)

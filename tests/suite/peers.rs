@@ -1,9 +1,7 @@
 //! Nodes sharing verified blobs over a real libp2p swarm on loopback: peers
 //! before upstream, liars blocked, private swarms, identity across restarts.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

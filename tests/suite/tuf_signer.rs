@@ -4,9 +4,7 @@
 //! verifies that the signed bytes are exactly the PEP 691 page the node
 //! serves.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -3,9 +3,7 @@
 //! the numbers of a node that just served a known set of files. The
 //! screenshot is kept in `target/test-artifacts/status-page.png`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,9 +5,7 @@
 //! exports, the embedding example run against the fake index, and the
 //! bootstrap-by-address the Kubernetes and Compose examples rely on.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::BufRead;

@@ -1,0 +1,23 @@
+//! The tests of the `peerpi` binary and of nodes driven as clients and
+//! operators use them, one module per area, in one test binary: each
+//! binary links libp2p, sled, axum and tough, and fourteen of them cost
+//! minutes of linking in CI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+mod cache;
+mod clients;
+mod doctor;
+mod examples;
+mod hardening;
+mod http_api;
+mod peers;
+mod prefetch;
+mod process;
+mod scrub;
+mod status_page;
+mod tuf_cli;
+mod tuf_cluster;
+mod tuf_signer;

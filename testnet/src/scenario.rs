@@ -245,6 +245,13 @@ pub fn run(args: &ScenarioArgs, fault: Fault) -> Result<Results> {
     if fault == Fault::ColdRegion && args.layout.regions < 2 {
         bail!("cold-region needs --regions 2 or more");
     }
+    let missing = missing_prerequisites(args);
+    if !missing.is_empty() {
+        bail!(
+            "the rig cannot run here; install first:\n  {}",
+            missing.join("\n  ")
+        );
+    }
     let _ = std::fs::remove_dir_all(&args.out);
     std::fs::create_dir_all(&args.out)?;
     let made = net::up(&args.layout)?;
@@ -261,6 +268,57 @@ pub fn run(args: &ScenarioArgs, fault: Fault) -> Result<Results> {
 }
 
 /// The runner namespaces' region, from `<prefix>-r<r>n<n>`.
+/// What the rig needs that this machine lacks, each with the install that
+/// brings it: checked before a rig is built (a missing `uv` once surfaced
+/// as six failed jobs after the whole rig ran).
+fn missing_prerequisites(args: &ScenarioArgs) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut need = |ok: bool, what: &str| {
+        if !ok {
+            missing.push(what.to_string());
+        }
+    };
+    need(on_path("ip"), "ip (apt-get install iproute2)");
+    need(on_path("tc"), "tc (apt-get install iproute2)");
+    need(
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0"),
+        "root, to make network namespaces (run as root)",
+    );
+    need(
+        Command::new("python3")
+            .args(["-c", "import venv, ensurepip"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "python3 with venv and ensurepip, for the pip jobs (apt-get install python3-venv)",
+    );
+    need(
+        on_path("uv"),
+        "uv, for the uv jobs (python3 -m pip install uv)",
+    );
+    if args.baseline == Baseline::Proxy {
+        let nginx = &args.nginx;
+        let found = if nginx.components().count() > 1 {
+            nginx.is_file()
+        } else {
+            nginx.to_str().is_some_and(on_path)
+        };
+        need(
+            found,
+            "nginx, for --baseline proxy (apt-get install nginx-light, or --nginx PATH)",
+        );
+    }
+    missing
+}
+
+/// Whether `program` is an executable file in a `PATH` directory.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 fn region_of(namespace: &str) -> u8 {
     namespace
         .rsplit('-')

@@ -488,3 +488,142 @@ async fn metrics_count_sources_routes_and_cache_size() {
     );
     assert_eq!(metric(&node, "peerpi_cache_size_bytes", "").await, len);
 }
+
+/// PEP 792: a project's status reaches clients in both forms as the index
+/// says it, and a project the index quarantines lists no files, not even
+/// from the copy cached before or while the index is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_status_passes_through_and_quarantine_hides_every_file() {
+    let upstream = fake_index(demo_graph()).await;
+    upstream
+        .state
+        .set_status("beta", "archived", Some("no more releases"));
+    let node = start_node(&upstream, |c| c.page_ttl = Duration::from_millis(200)).await;
+    let beta = json_page(&node, "beta").await;
+    assert_eq!(beta["meta"]["api-version"], "1.4");
+    assert_eq!(beta["project-status"]["status"], "archived");
+    assert_eq!(beta["project-status"]["reason"], "no more releases");
+    assert!(
+        !beta["files"].as_array().unwrap().is_empty(),
+        "archived files stay"
+    );
+    let html = get_text(node.url("/simple/beta/")).await;
+    assert!(
+        html.contains(r#"<meta name="pypi:project-status" content="archived">"#),
+        "{html}"
+    );
+    assert!(html.contains(r#"<meta name="pypi:project-status-reason" content="no more releases">"#));
+    assert!(html.contains(r#"<meta name="pypi:repository-version" content="1.4">"#));
+
+    // Cached with its files, then quarantined upstream.
+    assert!(!json_page(&node, "delta").await["files"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    upstream
+        .state
+        .set_status("delta", "quarantined", Some("malware"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let delta = json_page(&node, "delta").await;
+    assert_eq!(delta["project-status"]["status"], "quarantined");
+    assert!(delta["files"].as_array().unwrap().is_empty(), "{delta}");
+    let html = get_text(node.url("/simple/delta/")).await;
+    assert!(!html.contains("<a "), "{html}");
+    // The index goes away: the stale copy is the quarantined one.
+    upstream.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stale = json_page(&node, "delta").await;
+    assert!(stale["files"].as_array().unwrap().is_empty(), "{stale}");
+}
+
+/// The trustless gateway view: a held blob by its CID as a raw block and
+/// as a CAR, each verifiable against the CID; everything else refused with
+/// the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trustless_gateway_serves_held_blobs_as_raw_blocks_and_cars() {
+    let upstream = fake_index(demo_graph()).await;
+    let node = start_node(&upstream, |_| {}).await;
+    let wheel = "beta-1.0-py3-none-any.whl";
+    let body = get_bytes(file_url(&node, "beta", wheel).await).await;
+    let digest: peerpi_core::Sha256Digest = sha256_hex(&body).parse().unwrap();
+    let cid = digest.cid();
+    let c = client();
+    let url = node.url(&format!("/ipfs/{cid}"));
+
+    let raw = c
+        .get(&url)
+        .header("accept", "application/vnd.ipld.raw")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 200);
+    assert_eq!(raw.headers()["content-type"], "application/vnd.ipld.raw");
+    assert_eq!(raw.headers()["etag"], format!("\"{cid}.raw\"").as_str());
+    let block = raw.bytes().await.unwrap();
+    assert_eq!(
+        sha256_hex(&block),
+        digest.to_hex(),
+        "the block is what its CID names"
+    );
+
+    let car = c.get(format!("{url}?format=car")).send().await.unwrap();
+    assert_eq!(car.status(), 200);
+    assert!(car.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/vnd.ipld.car"));
+    let car = car.bytes().await.unwrap();
+    let varint = |bytes: &[u8]| {
+        let (mut n, mut i) = (0u64, 0usize);
+        loop {
+            n |= u64::from(bytes[i] & 0x7f) << (7 * i);
+            i += 1;
+            if bytes[i - 1] & 0x80 == 0 {
+                return (n as usize, i);
+            }
+        }
+    };
+    let (header_len, at) = varint(&car);
+    let section = &car[at + header_len..];
+    let (section_len, at) = varint(section);
+    let cid_bytes = cid.to_bytes();
+    assert_eq!(section_len, cid_bytes.len() + body.len());
+    assert_eq!(&section[at..at + cid_bytes.len()], cid_bytes.as_slice());
+    assert_eq!(&section[at + cid_bytes.len()..], &body[..]);
+
+    for (path, accept, status) in [
+        (format!("/ipfs/{cid}"), "text/html", 406),
+        (
+            format!("/ipfs/{cid}/sub/path"),
+            "application/vnd.ipld.raw",
+            400,
+        ),
+        (
+            "/ipfs/not-a-cid".to_string(),
+            "application/vnd.ipld.raw",
+            400,
+        ),
+        (
+            "/ipfs/QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG".to_string(),
+            "application/vnd.ipld.raw",
+            501,
+        ),
+        (
+            format!(
+                "/ipfs/{}",
+                peerpi_core::Sha256Digest::from_bytes([9; 32]).cid()
+            ),
+            "application/vnd.ipld.raw",
+            404,
+        ),
+    ] {
+        let r = c
+            .get(node.url(&path))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert!(!r.text().await.unwrap().is_empty(), "{path}: a message");
+    }
+}

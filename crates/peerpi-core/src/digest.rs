@@ -9,9 +9,9 @@ pub use cid::Cid;
 use multihash::Multihash;
 
 /// Multicodec code of the `raw` binary codec.
-const RAW_CODEC: u64 = 0x55;
+pub const RAW_CODEC: u64 = 0x55;
 /// Multihash code of `sha2-256`.
-const SHA2_256: u64 = 0x12;
+pub const SHA2_256: u64 = 0x12;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Sha256Digest([u8; 32]);
@@ -45,6 +45,17 @@ impl Sha256Digest {
 
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
+    }
+
+    /// The digest a CID names, when it is one peerpi announces: CIDv1,
+    /// codec raw, multihash sha2-256 of the whole content.
+    pub fn from_cid(cid: &Cid) -> Option<Self> {
+        let hash = cid.hash();
+        let raw_sha256 = cid.version() == cid::Version::V1
+            && cid.codec() == RAW_CODEC
+            && hash.code() == SHA2_256;
+        let bytes: [u8; 32] = hash.digest().try_into().ok()?;
+        raw_sha256.then_some(Self(bytes))
     }
 
     /// The CIDv1 (raw, sha2-256) that names this content on the network.

@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 
 use html_escape::{encode_double_quoted_attribute, encode_text};
 
-use crate::simple::{resolve_url, CoreMetadata, DistFile, PageParseError, ProjectPage, Yanked};
+use crate::simple::{
+    resolve_url, CoreMetadata, DistFile, PageParseError, ProjectPage, ProjectStatus, Yanked,
+};
 
 /// An `<a>` (or `<base>`) start tag's attributes, entity-decoded by the tokenizer.
 type Attributes = BTreeMap<String, String>;
@@ -87,11 +89,22 @@ pub fn parse_project_page(
     let text = String::from_utf8_lossy(body);
     let mut base = page_url.clone();
     let mut files = Vec::new();
+    let (mut status, mut status_reason) = (None, None);
     // The anchor being read: its attributes and the text seen so far.
     let mut open_anchor: Option<(Attributes, String)> = None;
     for token in html5gum::Tokenizer::new(text.as_ref()).filter_map(Result::ok) {
         match token {
             html5gum::Token::StartTag(tag) => match tag.name.as_slice() {
+                // PEP 792 project status markers.
+                b"meta" => {
+                    let attrs = attributes_of(&tag);
+                    let content = attrs.get("content").cloned();
+                    match attrs.get("name").map(String::as_str) {
+                        Some("pypi:project-status") => status = content,
+                        Some("pypi:project-status-reason") => status_reason = content,
+                        _ => {}
+                    }
+                }
                 b"base" => {
                     if let Some(href) = attributes_of(&tag).get("href") {
                         base = resolve_url(page_url, href)?;
@@ -126,6 +139,10 @@ pub fn parse_project_page(
         name: name.to_string(),
         files,
         versions: None,
+        status: status.map(|status| ProjectStatus {
+            status,
+            reason: status_reason.filter(|r| !r.is_empty()),
+        }),
     })
 }
 
@@ -142,9 +159,28 @@ fn metadata_attr_value(hashes: &BTreeMap<String, String>) -> String {
 pub fn render_project_page(page: &ProjectPage) -> Vec<u8> {
     let name = encode_text(&page.name);
     let mut out = String::with_capacity(256 + page.files.len() * 300);
+    let version = if page.status.is_some() { "1.4" } else { "1.0" };
     let _ = write!(
         out,
-        "<!DOCTYPE html>\n<html>\n<head>\n<meta name=\"pypi:repository-version\" content=\"1.0\">\n<title>Links for {name}</title>\n</head>\n<body>\n<h1>Links for {name}</h1>\n"
+        "<!DOCTYPE html>\n<html>\n<head>\n<meta name=\"pypi:repository-version\" content=\"{version}\">\n"
+    );
+    if let Some(status) = &page.status {
+        let _ = writeln!(
+            out,
+            "<meta name=\"pypi:project-status\" content=\"{}\">",
+            encode_double_quoted_attribute(&status.status)
+        );
+        if let Some(reason) = &status.reason {
+            let _ = writeln!(
+                out,
+                "<meta name=\"pypi:project-status-reason\" content=\"{}\">",
+                encode_double_quoted_attribute(reason)
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        "<title>Links for {name}</title>\n</head>\n<body>\n<h1>Links for {name}</h1>\n"
     );
     for f in &page.files {
         let mut href = f.url.clone();

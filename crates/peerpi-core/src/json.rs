@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::simple::{resolve_url, CoreMetadata, DistFile, PageParseError, ProjectPage, Yanked};
+use crate::simple::{
+    resolve_url, CoreMetadata, DistFile, PageParseError, ProjectPage, ProjectStatus, Yanked,
+};
 
 #[derive(Deserialize)]
 struct RawPage {
@@ -14,6 +16,16 @@ struct RawPage {
     files: Vec<RawFile>,
     #[serde(default)]
     versions: Option<Vec<String>>,
+    #[serde(rename = "project-status", default)]
+    project_status: Option<RawStatus>,
+}
+
+/// PEP 792's `project-status` object.
+#[derive(Deserialize, Serialize)]
+struct RawStatus {
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    reason: Option<String>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -108,6 +120,10 @@ pub fn parse_project_page(body: &[u8], page_url: &url::Url) -> Result<ProjectPag
         name: raw.name,
         files,
         versions: raw.versions,
+        status: raw.project_status.map(|s| ProjectStatus {
+            status: s.status,
+            reason: s.reason.filter(|r| !r.is_empty()),
+        }),
     })
 }
 
@@ -118,6 +134,15 @@ struct OutPage<'a> {
     files: Vec<OutFile<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     versions: Option<&'a [String]>,
+    #[serde(rename = "project-status", skip_serializing_if = "Option::is_none")]
+    project_status: Option<OutStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutStatus<'a> {
+    status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -149,13 +174,23 @@ fn core_metadata_value(cm: &CoreMetadata) -> Value {
 }
 
 /// Renders a PEP 691 project page. API version 1.1 (PEP 700) is declared only
-/// when every file has a size, since 1.1 makes `size` mandatory.
+/// when every file has a size, since 1.1 makes `size` mandatory; 1.4 (PEP
+/// 792) when the page also carries a project status.
 pub fn render_project_page(page: &ProjectPage) -> Vec<u8> {
     let v11 = page.files.iter().all(|f| f.size.is_some());
+    let api_version = match (v11, page.status.is_some()) {
+        (true, true) => "1.4",
+        (true, false) => "1.1",
+        (false, _) => "1.0",
+    };
     let out = OutPage {
         meta: RawMeta {
-            api_version: if v11 { "1.1" } else { "1.0" }.to_string(),
+            api_version: api_version.to_string(),
         },
+        project_status: page.status.as_ref().map(|s| OutStatus {
+            status: &s.status,
+            reason: s.reason.as_deref(),
+        }),
         name: &page.name,
         files: page
             .files

@@ -4,6 +4,7 @@
 //! ranges a client may ask of a file. No I/O lives here.
 
 pub mod accept;
+pub mod car;
 pub mod digest;
 pub mod filename;
 pub mod html;
@@ -13,7 +14,7 @@ pub mod range;
 pub mod simple;
 
 pub use accept::{negotiate, NotAcceptable, PageFormat};
-pub use digest::{DigestError, Sha256Digest};
+pub use digest::{Cid, DigestError, Sha256Digest};
 pub use filename::{DistFilename, DistKind, FilenameError};
 pub use name::{NameError, ProjectName};
 pub use simple::{CoreMetadata, DistFile, ProjectPage, Yanked};

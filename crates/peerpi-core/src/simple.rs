@@ -14,6 +14,33 @@ pub struct ProjectPage {
     pub name: String,
     pub files: Vec<DistFile>,
     pub versions: Option<Vec<String>>,
+    /// PEP 792 project status, when the index gives one.
+    #[serde(default)]
+    pub status: Option<ProjectStatus>,
+}
+
+/// A PEP 792 project status marker: `active`, `archived`, `quarantined` or
+/// `deprecated` as the index says it (an unknown one passes through).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectStatus {
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+impl ProjectStatus {
+    /// A quarantined project must not be installed: the index lists no
+    /// files for it, and nothing cached may be offered instead.
+    pub fn is_quarantined(&self) -> bool {
+        self.status.eq_ignore_ascii_case("quarantined")
+    }
+}
+
+impl ProjectPage {
+    pub fn is_quarantined(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(ProjectStatus::is_quarantined)
+    }
 }
 
 /// One distribution file (wheel or sdist) listed on a project page.
@@ -124,6 +151,7 @@ pub(crate) mod tests_support {
                 provenance: None,
             }],
             versions: with_sizes.then(|| vec!["1.0".into()]),
+            status: None,
         }
     }
 
@@ -178,11 +206,16 @@ pub(crate) mod tests_support {
             "[A-Za-z][A-Za-z0-9._-]{0,10}[A-Za-z0-9]",
             proptest::collection::vec(arb_file(), 0..6),
             proptest::collection::vec("[0-9]\\.[0-9]", 0..4),
+            proptest::option::of((
+                "active|archived|quarantined|deprecated",
+                proptest::option::of("[a-z &<>\"]{1,20}"),
+            )),
         )
-            .prop_map(|(name, files, versions)| ProjectPage {
+            .prop_map(|(name, files, versions, status)| ProjectPage {
                 name,
                 files,
                 versions: Some(versions),
+                status: status.map(|(status, reason)| ProjectStatus { status, reason }),
             })
     }
 }

@@ -18,6 +18,8 @@ use peerpi_core::filename::check_safe_filename;
 use peerpi_core::{negotiate, PageFormat, ProjectName, Sha256Digest};
 use peerpi_store::OpenedBlob;
 
+mod gateway;
+
 use crate::metrics::{Source, SwarmSample};
 use crate::{BlobBody, Node, NodeError};
 
@@ -35,6 +37,7 @@ pub fn router(node: Node) -> Router {
         .route("/simple/{project}", get(project_without_slash))
         .route("/simple/{project}/", get(project_page))
         .route("/files/{sha256}/{filename}", get(file))
+        .route("/ipfs/{*cid}", get(gateway::ipfs))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/tuf/{*path}", get(tuf_file))

@@ -194,8 +194,21 @@ fn encode_segment(s: &str) -> String {
 /// each at `../../files/<sha256>/<filename>` (relative, so a path prefix in
 /// front of the node keeps working), with only the sha256 this node verifies,
 /// core metadata only where its own sha256 is known, and PEP 700 versions
-/// derived from filenames when upstream did not list them.
+/// derived from filenames when upstream did not list them. The PEP 792
+/// status passes through; a quarantined project lists no files, whatever
+/// a cached copy held. PEP 740 `provenance` links are dropped: they point
+/// at the index's integrity endpoint, which a client of this node may not
+/// reach, and no digest on the page lets the node vouch for what it serves
+/// (`specs/http-api.md`).
 pub fn client_view(page: &ProjectPage) -> ProjectPage {
+    if page.is_quarantined() {
+        return ProjectPage {
+            name: page.name.clone(),
+            files: Vec::new(),
+            versions: Some(Vec::new()),
+            status: page.status.clone(),
+        };
+    }
     let mut files = Vec::with_capacity(page.files.len());
     for f in &page.files {
         let Some(sha) = f.sha256() else {
@@ -207,6 +220,7 @@ pub fn client_view(page: &ProjectPage) -> ProjectPage {
             continue;
         }
         let mut file = f.clone();
+        file.provenance = None;
         file.url = format!("../../files/{sha}/{}", encode_segment(&f.filename));
         file.hashes = [("sha256".to_string(), sha.to_hex())].into();
         file.core_metadata = match f.core_metadata.sha256() {
@@ -235,6 +249,7 @@ pub fn client_view(page: &ProjectPage) -> ProjectPage {
         name: page.name.clone(),
         files,
         versions,
+        status: page.status.clone(),
     }
 }
 

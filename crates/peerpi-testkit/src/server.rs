@@ -55,6 +55,8 @@ pub struct IndexState {
     file_base: RwLock<Option<String>>,
     /// Send file bodies chunked, without `Content-Length`.
     unknown_length: AtomicBool,
+    /// PEP 792 status (and reason) per normalised project name.
+    statuses: RwLock<HashMap<String, (String, Option<String>)>>,
 }
 
 /// The PEP 503 form of `name`; names the product would refuse are kept
@@ -151,6 +153,26 @@ impl IndexState {
     }
 
     /// Serve only HTML pages, as a legacy index would.
+    /// Marks `project` with a PEP 792 status; a quarantined one lists no
+    /// files, as the index does.
+    pub fn set_status(&self, project: &str, status: &str, reason: Option<&str>) {
+        self.statuses
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                normalise(project),
+                (status.into(), reason.map(String::from)),
+            );
+    }
+
+    fn status(&self, project: &str) -> Option<(String, Option<String>)> {
+        self.statuses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&normalise(project))
+            .cloned()
+    }
+
     pub fn set_html_only(&self, yes: bool) {
         self.html_only.store(yes, Ordering::Relaxed);
     }
@@ -286,14 +308,32 @@ fn json_page(state: &IndexState, name: &str, files: &[FakeFile]) -> Vec<u8> {
             v
         })
         .collect();
-    serde_json::json!({ "meta": { "api-version": "1.1" }, "name": name, "files": files, "versions": versions })
-        .to_string()
-        .into_bytes()
+    let mut page = serde_json::json!({ "meta": { "api-version": "1.1" }, "name": name, "files": files, "versions": versions });
+    if let Some((status, reason)) = state.status(name) {
+        page["meta"]["api-version"] = serde_json::json!("1.4");
+        page["project-status"] = serde_json::json!({ "status": status, "reason": reason });
+    }
+    page.to_string().into_bytes()
 }
 
 fn html_page(state: &IndexState, name: &str, files: &[FakeFile]) -> Vec<u8> {
-    let mut html =
-        format!("<!DOCTYPE html><html><head><title>Links for {name}</title></head><body>\n");
+    let status = state.status(name).map(|(status, reason)| {
+        let reason = reason.map(|r| {
+            format!(
+                "<meta name=\"pypi:project-status-reason\" content=\"{}\">",
+                escape(&r)
+            )
+        });
+        format!(
+            "<meta name=\"pypi:project-status\" content=\"{}\">{}",
+            escape(&status),
+            reason.unwrap_or_default()
+        )
+    });
+    let mut html = format!(
+        "<!DOCTYPE html><html><head>{}<title>Links for {name}</title></head><body>\n",
+        status.unwrap_or_default()
+    );
     for f in files {
         html.push_str(&format!(
             "<a href=\"{}#sha256={}\"",
@@ -330,6 +370,10 @@ async fn project_page(
             None => return (StatusCode::NOT_FOUND, "no such project").into_response(),
         }
     };
+    let quarantined = state
+        .status(&project)
+        .is_some_and(|(status, _)| status == "quarantined");
+    let files = if quarantined { Vec::new() } else { files };
     let wants_json = !state.html_only.load(Ordering::Relaxed)
         && headers
             .get(header::ACCEPT)

@@ -2,7 +2,6 @@
 //! graph, nodes run in-process on ephemeral loopback ports, and the real
 //! `peerpi` binary for tests that need a process to kill.
 
-
 pub mod python;
 
 use std::net::SocketAddr;

@@ -114,7 +114,9 @@ async fn prefetch(
     }))
     .buffer_unordered(args.jobs.max(1));
     let pages: Vec<_> = pages.collect().await;
-    for (project, items, page) in pages {
+    let mut chosen = Vec::new();
+    let mut locked = Vec::new();
+    for (project, items, page) in &pages {
         let page = match page {
             Ok(page) => page,
             Err(e) => {
@@ -122,30 +124,36 @@ async fn prefetch(
                 continue;
             }
         };
-        for item in items {
-            match select::select(&page, item, target) {
-                Ok(files) => {
-                    for f in files {
-                        let sha256 = f.hashes.get("sha256").cloned().unwrap_or_default();
-                        if seen.insert(sha256.clone()) {
-                            let metadata_sha256 = match &f.core_metadata {
-                                peerpi_core::simple::CoreMetadata::Available { hashes } => {
-                                    hashes.get("sha256").cloned()
-                                }
-                                peerpi_core::simple::CoreMetadata::Absent => None,
-                            };
-                            planned.push(Planned {
-                                filename: f.filename.clone(),
-                                url: f.url.clone(),
-                                sha256,
-                                size: f.size,
-                                metadata_sha256,
-                            });
-                        }
-                    }
-                }
-                Err(reason) => failures.push(reason),
+        for item in items.iter() {
+            match (select::select(page, item, target), item) {
+                (Ok(files), Wanted::File { .. }) => locked.extend(files),
+                (Ok(files), Wanted::Requirement { .. }) => chosen.extend(files),
+                (Err(reason), _) => failures.push(reason),
             }
+        }
+    }
+    // A lock names its files for every platform: only the target's go.
+    let (fitting, unfit) = select::locked_for_target(locked, target);
+    for reason in unfit {
+        eprintln!("skipped: {reason}");
+    }
+    chosen.extend(fitting);
+    for f in chosen {
+        let sha256 = f.hashes.get("sha256").cloned().unwrap_or_default();
+        if seen.insert(sha256.clone()) {
+            let metadata_sha256 = match &f.core_metadata {
+                peerpi_core::simple::CoreMetadata::Available { hashes } => {
+                    hashes.get("sha256").cloned()
+                }
+                peerpi_core::simple::CoreMetadata::Absent => None,
+            };
+            planned.push(Planned {
+                filename: f.filename.clone(),
+                url: f.url.clone(),
+                sha256,
+                size: f.size,
+                metadata_sha256,
+            });
         }
     }
     let total_bytes: u64 = planned.iter().filter_map(|p| p.size).sum();

@@ -97,33 +97,73 @@ pub fn select<'p>(
                 .filter(|(v, _)| *v == version)
                 .map(|(_, f)| *f)
                 .collect();
-            if target.is_any() {
-                return Ok(files);
-            }
-            let wheels: Vec<&DistFile> = files
-                .iter()
-                .copied()
-                .filter(|f| wheel_fits(&f.filename, target))
-                .collect();
-            if !wheels.is_empty() {
-                return Ok(wheels);
-            }
-            let sdists: Vec<&DistFile> = files
-                .iter()
-                .copied()
-                .filter(|f| {
-                    DistFilename::parse(&f.filename).is_ok_and(|d| d.kind == DistKind::Sdist)
-                })
-                .collect();
-            if sdists.is_empty() {
+            let fitting = for_target(files, target);
+            if fitting.is_empty() {
                 Err(format!(
                     "{project} {version} has no wheel for the target and no sdist"
                 ))
             } else {
-                Ok(sdists)
+                Ok(fitting)
             }
         }
     }
+}
+
+/// Of one release's files, those an installer on `target` would fetch: the
+/// wheels that fit it, else the sdists (it builds from those), else none.
+fn for_target<'p>(files: Vec<&'p DistFile>, target: &Target) -> Vec<&'p DistFile> {
+    if target.is_any() {
+        return files;
+    }
+    let wheels: Vec<&DistFile> = files
+        .iter()
+        .copied()
+        .filter(|f| wheel_fits(&f.filename, target))
+        .collect();
+    if !wheels.is_empty() {
+        return wheels;
+    }
+    files
+        .into_iter()
+        .filter(|f| DistFilename::parse(&f.filename).is_ok_and(|d| d.kind == DistKind::Sdist))
+        .collect()
+}
+
+/// The files a lock names, cut to `target`: a universal lock (uv.lock, a
+/// multi-platform pylock.toml) lists every wheel of every platform, and a
+/// warm-up for one runner needs only its own. Per release, the wheels that
+/// fit, else its sdist. Releases with neither are returned as reasons.
+pub fn locked_for_target<'p>(
+    files: Vec<&'p DistFile>,
+    target: &Target,
+) -> (Vec<&'p DistFile>, Vec<String>) {
+    if target.is_any() {
+        return (files, Vec::new());
+    }
+    let mut releases: std::collections::BTreeMap<(String, String), Vec<&'p DistFile>> =
+        std::collections::BTreeMap::new();
+    let mut kept = Vec::new();
+    for f in files {
+        match DistFilename::parse(&f.filename) {
+            Ok(d) => releases
+                .entry((d.name.as_str().to_string(), d.version))
+                .or_default()
+                .push(f),
+            // Not a distribution name we can judge: kept as the lock says.
+            Err(_) => kept.push(f),
+        }
+    }
+    let mut unfit = Vec::new();
+    for ((project, version), files) in releases {
+        let fitting = for_target(files, target);
+        if fitting.is_empty() {
+            unfit.push(format!(
+                "{project} {version}: the lock has no wheel for the target and no sdist"
+            ));
+        }
+        kept.extend(fitting);
+    }
+    (kept, unfit)
 }
 
 /// Whether a wheel's tags fit the target (a simplified form of pip's
@@ -206,6 +246,66 @@ mod tests {
             python: Some(python),
             platforms: vec![platform.into()],
         }
+    }
+
+    fn file(filename: &str) -> DistFile {
+        DistFile {
+            filename: filename.into(),
+            url: format!("https://files.invalid/{filename}"),
+            hashes: Default::default(),
+            requires_python: None,
+            yanked: Yanked::No,
+            core_metadata: Default::default(),
+            size: None,
+            upload_time: None,
+            provenance: None,
+        }
+    }
+
+    /// A universal lock names every platform's wheels: for one target only
+    /// the fitting wheel of each release is fetched, and the sdist where no
+    /// wheel fits (a 12-package lock fetched 159 files, Windows and macOS
+    /// wheels included, for one Linux target).
+    #[test]
+    fn locked_files_are_cut_to_the_target() {
+        let lock: Vec<DistFile> = [
+            "numpy-2.1.0-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            "numpy-2.1.0-cp312-cp312-musllinux_1_2_x86_64.whl",
+            "numpy-2.1.0-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl",
+            "numpy-2.1.0-cp312-cp312-win_amd64.whl",
+            "numpy-2.1.0-cp312-cp312-macosx_14_0_arm64.whl",
+            "numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            "numpy-2.1.0.tar.gz",
+            "six-1.16.0-py2.py3-none-any.whl",
+            "six-1.16.0.tar.gz",
+            "crcmod-1.7-cp312-cp312-win_amd64.whl",
+            "crcmod-1.7.tar.gz",
+            "winonly-1.0-cp312-cp312-win_amd64.whl",
+        ]
+        .map(file)
+        .to_vec();
+        let t = target((3, 12), "manylinux_2_28_x86_64");
+        let (kept, unfit) = locked_for_target(lock.iter().collect(), &t);
+        let mut names: Vec<&str> = kept.iter().map(|f| f.filename.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "crcmod-1.7.tar.gz",
+                "numpy-2.1.0-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+                "six-1.16.0-py2.py3-none-any.whl",
+            ]
+        );
+        assert_eq!(unfit.len(), 1);
+        assert!(unfit[0].starts_with("winonly 1.0"), "{unfit:?}");
+        let any = Target {
+            python: None,
+            platforms: Vec::new(),
+        };
+        assert_eq!(
+            locked_for_target(lock.iter().collect(), &any).0.len(),
+            lock.len()
+        );
     }
 
     #[test]

@@ -52,13 +52,13 @@ pub struct SimulateArgs {
     pub out: PathBuf,
 }
 
-/// Re-provide interval of a peerpi node (`SwarmConfig::reprovide_interval`).
-const REPROVIDE_INTERVAL_H: f64 = 12.0;
+/// Re-provide interval of a peerpi node, in hours.
+const REPROVIDE_INTERVAL_H: f64 = peerpi_swarm::REPROVIDE_INTERVAL.as_secs() as f64 / 3600.0;
 /// Bytes a remote provider record costs in peerpi's store, with up to four
 /// addresses (peerpi-swarm's `providers` module).
 const RECORD_BYTES: f64 = 300.0;
 /// Remote provider records a peerpi node keeps at most.
-const MAX_REMOTE_RECORDS: f64 = 262_144.0;
+const MAX_REMOTE_RECORDS: f64 = peerpi_swarm::MAX_REMOTE_RECORDS as f64;
 /// Bytes on the wire per Kademlia request and response, about (a peer
 /// record with addresses, framing, noise and yamux overhead).
 const MESSAGE_BYTES: f64 = 600.0;

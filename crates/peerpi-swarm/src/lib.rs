@@ -38,6 +38,10 @@ pub use identity::{load_or_create_keypair, read_swarm_key, write_new_swarm_key, 
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use protocol::Status;
+pub use providers::{MAX_RECORDS_PER_PROVIDER, MAX_REMOTE_RECORDS};
+
+/// How often a node announces again what it provides.
+pub const REPROVIDE_INTERVAL: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
@@ -134,7 +138,7 @@ impl SwarmConfig {
             max_streams_per_peer: 8,
             max_streams: 128,
             max_connections: 512,
-            reprovide_interval: Duration::from_secs(12 * 3600),
+            reprovide_interval: REPROVIDE_INTERVAL,
             provide_rate: 50,
             stream_timeout: Duration::from_secs(10),
             bulk_listen: None,

@@ -88,26 +88,8 @@ async fn uv_installs_a_dependency_graph_through_the_node() {
     let upstream = fake_index(peerpi_testkit::demo_graph()).await;
     let node = start_node(&upstream, |_| {}).await;
     let venv = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let env_dir = venv.path().join("env");
-    run(
-        Command::new("uv")
-            .args(["venv", "--quiet", "--python", &python()])
-            .arg(&env_dir)
-            .env("UV_CACHE_DIR", cache.path()),
-        "uv venv",
-    )
-    .await;
-    run(
-        Command::new("uv")
-            .args(["pip", "install", "--python"])
-            .arg(env_dir.join("bin/python"))
-            .args(["--default-index", &node.simple_url(), "alpha"])
-            .env("UV_CACHE_DIR", cache.path()),
-        "uv pip install",
-    )
-    .await;
-    assert_eq!(installed(&env_dir.join("bin")).await, expected());
+    let bin = uv_install(&venv.path().join("env"), &node.simple_url(), &["alpha"]).await;
+    assert_eq!(installed(&bin).await, expected());
     assert_eq!(
         upstream.state.count("/files/beta-2.0-py3-none-any.whl"),
         0,

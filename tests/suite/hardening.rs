@@ -939,28 +939,10 @@ async fn pip_and_uv_install_among_eight_hostile_swarm_members() {
 
     let c = honest_node(&upstream, &all).await;
     let uv_dir = tempfile::tempdir().unwrap();
-    let env_dir = uv_dir.path().join("env");
-    let cache = uv_dir.path().join("cache");
-    common::python::run(
-        tokio::process::Command::new("uv")
-            .args(["venv", "--quiet", "--python", &common::python::python()])
-            .arg(&env_dir)
-            .env("UV_CACHE_DIR", &cache),
-        "uv venv",
-    )
-    .await;
-    common::python::run(
-        tokio::process::Command::new("uv")
-            .args(["pip", "install", "--python"])
-            .arg(env_dir.join("bin/python"))
-            .args(["--default-index", &c.simple_url(), "alpha"])
-            .env("UV_CACHE_DIR", &cache)
-            .env("UV_NO_CONFIG", "1"),
-        "uv pip install",
-    )
-    .await;
+    let uv_bin =
+        common::python::uv_install(&uv_dir.path().join("env"), &c.simple_url(), &["alpha"]).await;
     assert_eq!(
-        common::python::installed(&env_dir.join("bin")).await,
+        common::python::installed(&uv_bin).await,
         common::python::expected()
     );
     for node in [&b, &c] {

@@ -439,26 +439,6 @@ fn tuf_start_refused(root: &Path, tuf_url: &str, data_dir: &Path) -> String {
     stderr
 }
 
-async fn uv_install(venv: &Path, index: &str, packages: &[&str]) {
-    run(
-        tokio::process::Command::new("uv")
-            .args(["venv", "--quiet"])
-            .arg(venv),
-        "uv venv",
-    )
-    .await;
-    run(
-        tokio::process::Command::new("uv")
-            .args(["pip", "install", "--no-cache", "--python"])
-            .arg(venv.join("bin/python"))
-            .args(["--index-url", index])
-            .args(packages)
-            .env("UV_NO_CONFIG", "1"),
-        "uv pip install",
-    )
-    .await;
-}
-
 /// A signer that stops answering (stopped: connections open, no byte
 /// back, as a dripping one) cost every page request the refresh's whole
 /// timeout. A request now waits at most 2 s for a due refresh, and cached,

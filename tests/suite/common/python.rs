@@ -102,3 +102,31 @@ pub async fn pip_install(bin: &Path, index: &str, args: &[&str]) {
     )
     .await;
 }
+
+/// A venv at `env_dir` made by uv, with `packages` installed by `uv pip
+/// install` from `index` (its own cache under `env_dir`, no user config);
+/// returns the venv's `bin`.
+pub async fn uv_install(env_dir: &Path, index: &str, packages: &[&str]) -> PathBuf {
+    let cache = env_dir.with_extension("uv-cache");
+    run(
+        Command::new("uv")
+            .args(["venv", "--quiet", "--python", &python()])
+            .arg(env_dir)
+            .env("UV_CACHE_DIR", &cache)
+            .env("UV_NO_CONFIG", "1"),
+        "uv venv",
+    )
+    .await;
+    run(
+        Command::new("uv")
+            .args(["pip", "install", "--python"])
+            .arg(env_dir.join("bin/python"))
+            .args(["--default-index", index])
+            .args(packages)
+            .env("UV_CACHE_DIR", &cache)
+            .env("UV_NO_CONFIG", "1"),
+        "uv pip install",
+    )
+    .await;
+    env_dir.join("bin")
+}

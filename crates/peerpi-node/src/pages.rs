@@ -283,9 +283,23 @@ fn origins(page: &ProjectPage) -> Vec<(Sha256Digest, Origin)> {
     out
 }
 
+/// A digest of the page's content, hashed as it is serialised: a page of
+/// hundreds of thousands of files is not copied into one more buffer.
 fn content_id(page: &ProjectPage) -> String {
-    let bytes = serde_json::to_vec(page).unwrap_or_default();
-    hex::encode(&Sha256::digest(&bytes)[..16])
+    struct Hashing(Sha256);
+    impl Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(Sha256::new());
+    // Serialising plain data into a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut hashing, page);
+    hex::encode(&hashing.0.finalize()[..16])
 }
 
 impl Node {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cli::ServeArgs;
+use crate::config::args::ServeArgs;
 use crate::config::{self, EnvLookup, ServeConfig};
 
 /// How a check came out.

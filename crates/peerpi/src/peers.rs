@@ -2,8 +2,10 @@
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::cli::PeersArgs;
+use clap::Args;
+
 use crate::config;
+use crate::config::args::CommonArgs;
 
 pub fn run(args: &PeersArgs) -> Result<()> {
     let file = config::load_file(&args.common, &config::process_env)?;
@@ -63,4 +65,14 @@ pub fn run(args: &PeersArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct PeersArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::cli::EnvFormat;
+use super::args::EnvFormat;
 
 /// The shell lines that point pip and uv at a node listening on `listen`.
 /// The host clients on this machine reach a node listening on `listen` at

@@ -4,6 +4,7 @@
 //! Split by job: `values` (parsing), `upstream` (discovery, exposure),
 //! `serve` (resolving `peerpi serve`), `env` (`peerpi env`).
 
+pub mod args;
 mod env;
 mod serve;
 mod upstream;
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{CommonArgs, LogFormat, TrustArg};
+use args::{CommonArgs, LogFormat, TrustArg};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7503";
 
@@ -129,7 +130,7 @@ mod tests {
     use peerpi_node::trust::TrustMode;
     use url::Url;
 
-    use crate::cli::{EnvFormat, ServeArgs};
+    use super::args::{EnvFormat, ServeArgs};
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

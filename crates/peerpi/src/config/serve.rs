@@ -11,8 +11,8 @@ use peerpi_node::trust::TrustMode;
 use peerpi_swarm::Multiaddr;
 use url::Url;
 
+use super::args::{LogFormat, ServeArgs, TrustArg};
 use super::*;
-use crate::cli::{LogFormat, ServeArgs, TrustArg};
 
 pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/tcp/7504";
 

@@ -19,8 +19,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use peerpi_core::ProjectName;
 use sha2::{Digest, Sha256};
 
-use crate::cli::PrefetchArgs;
+use clap::Args;
+
 use crate::config;
+use crate::config::args::CommonArgs;
 
 pub use inputs::{target_environment, Wanted};
 pub use select::Target;
@@ -406,4 +408,40 @@ fn progress_bar(total: u64) -> ProgressBar {
 
 fn show_bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct PrefetchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// pylock.toml, uv.lock or requirements files (by name), or requirement
+    /// strings such as 'requests>=2.31' (without a lock, only the named
+    /// projects: dependencies are not resolved).
+    #[arg(required = true, value_name = "FILE|REQUIREMENT")]
+    pub inputs: Vec<String>,
+
+    /// Downloads at once.
+    #[arg(long, default_value_t = 8)]
+    pub jobs: usize,
+
+    /// List what would be fetched, fetch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Keep the prefetched files from eviction (run on the node's machine;
+    /// pins may take half the store). `curl -X DELETE
+    /// http://127.0.0.1:7503/pins/<sha256>` unpins one.
+    #[arg(long)]
+    pub pin: bool,
+
+    /// Pick wheels for this CPython (e.g. 3.12) and judge markers for it
+    /// [default: every file of the chosen versions].
+    #[arg(long, value_name = "X.Y")]
+    pub python_version: Option<String>,
+
+    /// Pick wheels for this platform tag (repeatable), e.g.
+    /// manylinux_2_28_x86_64 [default: every platform].
+    #[arg(long = "platform", value_name = "TAG")]
+    pub platforms: Vec<String>,
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use html_escape::{encode_double_quoted_attribute, encode_text};
 
 use crate::simple::{
-    resolve_url, CoreMetadata, DistFile, PageParseError, ProjectPage, ProjectStatus, Yanked,
+    resolve_url, CoreMetadata, DistFile, Hashes, PageParseError, ProjectPage, ProjectStatus, Yanked,
 };
 
 /// An `<a>` (or `<base>`) start tag's attributes, entity-decoded by the tokenizer.
@@ -25,7 +25,7 @@ fn attributes_of(tag: &html5gum::StartTag<()>) -> Attributes {
 }
 
 /// `sha256=abc` (or the PEP 658 "true") into a hash map.
-fn hashes_from_fragment(fragment: &str) -> BTreeMap<String, String> {
+fn hashes_from_fragment(fragment: &str) -> Hashes {
     fragment
         .split_once('=')
         .map(|(k, v)| [(k.to_ascii_lowercase(), v.to_ascii_lowercase())].into())
@@ -146,7 +146,7 @@ pub fn parse_project_page(
     })
 }
 
-fn metadata_attr_value(hashes: &BTreeMap<String, String>) -> String {
+fn metadata_attr_value(hashes: &Hashes) -> String {
     // Prefer sha256 (PEP 658 lets the index pick one hash to name).
     hashes
         .get("sha256")
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(
             page.files[1].core_metadata,
             CoreMetadata::Available {
-                hashes: BTreeMap::new()
+                hashes: Hashes::default()
             }
         );
     }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::simple::{
-    resolve_url, CoreMetadata, DistFile, PageParseError, ProjectPage, ProjectStatus, Yanked,
+    resolve_url, CoreMetadata, DistFile, Hashes, PageParseError, ProjectPage, ProjectStatus, Yanked,
 };
 
 #[derive(Deserialize)]
@@ -70,7 +70,7 @@ fn yanked_from(value: Value) -> Yanked {
 fn core_metadata_from(value: Value) -> CoreMetadata {
     match value {
         Value::Bool(true) => CoreMetadata::Available {
-            hashes: BTreeMap::new(),
+            hashes: Hashes::default(),
         },
         Value::Object(map) => CoreMetadata::Available {
             hashes: map
@@ -149,7 +149,7 @@ struct OutStatus<'a> {
 struct OutFile<'a> {
     filename: &'a str,
     url: &'a str,
-    hashes: &'a BTreeMap<String, String>,
+    hashes: &'a Hashes,
     #[serde(rename = "requires-python", skip_serializing_if = "Option::is_none")]
     requires_python: Option<&'a str>,
     yanked: Flag<'a>,
@@ -178,7 +178,7 @@ enum Flag<'a> {
 #[serde(untagged)]
 enum Metadata<'a> {
     Bool(bool),
-    Hashes(&'a BTreeMap<String, String>),
+    Hashes(&'a Hashes),
 }
 
 fn core_metadata_value(cm: &CoreMetadata) -> Metadata<'_> {
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(
             b.core_metadata,
             CoreMetadata::Available {
-                hashes: BTreeMap::new()
+                hashes: Hashes::default()
             }
         );
     }

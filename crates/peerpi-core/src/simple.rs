@@ -50,7 +50,7 @@ pub struct DistFile {
     /// Without fragment; absolute once parsed from upstream.
     pub url: String,
     /// Hash name (lowercase) to hex digest.
-    pub hashes: BTreeMap<String, String>,
+    pub hashes: Hashes,
     pub requires_python: Option<String>,
     pub yanked: Yanked,
     pub core_metadata: CoreMetadata,
@@ -78,10 +78,68 @@ pub enum CoreMetadata {
     #[default]
     Absent,
     /// Available; the hashes of the metadata file itself (may be empty).
-    Available { hashes: BTreeMap<String, String> },
+    Available { hashes: Hashes },
 }
 
-fn sha256_of(hashes: &BTreeMap<String, String>) -> Option<Sha256Digest> {
+/// Hash name (lowercase) to hex digest, ordered by name. A sorted `Vec`,
+/// not a `BTreeMap`: a page lists one or two hashes per file, and a
+/// `BTreeMap` node holds room for eleven (about 560 bytes a file, 168 MB
+/// for a page of 300,000 files, in every copy of the page).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hashes(Vec<(String, String)>);
+
+impl Hashes {
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.get_key_value(name).map(|(_, v)| v)
+    }
+
+    pub fn get_key_value(&self, name: &str) -> Option<(&String, &String)> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| (&self.0[i].0, &self.0[i].1))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl FromIterator<(String, String)> for Hashes {
+    /// Sorted by name; a name given twice keeps its last value.
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        let map: BTreeMap<String, String> = iter.into_iter().collect();
+        Hashes(map.into_iter().collect())
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Hashes {
+    fn from(pairs: [(String, String); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl Serialize for Hashes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Hashes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        BTreeMap::<String, String>::deserialize(deserializer).map(|m| m.into_iter().collect())
+    }
+}
+
+fn sha256_of(hashes: &Hashes) -> Option<Sha256Digest> {
     hashes
         .get("sha256")
         .and_then(|h| Sha256Digest::from_hex(h).ok())
@@ -155,8 +213,9 @@ pub(crate) mod tests_support {
         }
     }
 
-    fn arb_hashes() -> impl Strategy<Value = BTreeMap<String, String>> {
+    fn arb_hashes() -> impl Strategy<Value = Hashes> {
         proptest::collection::btree_map("sha256|md5|blake2b_256", "[0-9a-f]{8,64}", 0..3)
+            .prop_map(|m| m.into_iter().collect())
     }
 
     pub fn arb_file() -> impl Strategy<Value = DistFile> {

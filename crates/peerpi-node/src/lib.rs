@@ -55,9 +55,13 @@ pub struct NodeConfig {
     pub peer_min_rate: u64,
     /// How long bytes from peers are held back before the client is sent
     /// anything: within it a lying peer costs the client nothing (the next
-    /// source takes over unseen); past it, bytes are released as they arrive
-    /// (last byte after verification) so that a large file from a slow
-    /// honest peer keeps the client's read timeout at bay.
+    /// source takes over unseen); past it, bytes of a blob whose size is
+    /// listed are released as they arrive (last byte after verification) so
+    /// that a large file from a slow honest peer keeps the client's read
+    /// timeout at bay. It is also the client's clock: no wait of the peer
+    /// phase outlasts it before a release (or `peer_deadline`, if longer),
+    /// nor as silence after one; then the next source takes over, continuing
+    /// released bytes from their offset.
     pub peer_hold_back: Duration,
     /// Largest file accepted when its size is not known in advance (no
     /// size listed, none announced); core-metadata files have their own,

@@ -259,7 +259,8 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
     /// head until peer bytes are released, and pip does not retry a
     /// cut-short download. So everything before a release (lookups,
     /// answers, peers that say they are fetching it, transfers) must fit in
-    /// `hold_back` from the start of the flight, and once bytes are
+    /// `hold_back` (or `first_provider`, if longer) from the start of the
+    /// flight, and a transfer running at `hold_back` is released; once bytes are
     /// released, no wait may outlast `hold_back` of silence. Past either,
     /// the phase ends and hands what it received to the next source, which
     /// continues the same file from that offset: a client reading released

@@ -213,13 +213,15 @@ impl Reach {
         if self.is_trusted(url) {
             return None;
         }
+        let address = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        if address.is_some_and(is_non_global) {
+            return Some("a non-public address that is not the upstream's");
+        }
         match url.host() {
-            Some(url::Host::Ipv4(ip)) if is_non_global(ip.into()) => {
-                Some("a non-public address that is not the upstream's")
-            }
-            Some(url::Host::Ipv6(ip)) if is_non_global(ip.into()) => {
-                Some("a non-public address that is not the upstream's")
-            }
             Some(url::Host::Domain(name))
                 if name.eq_ignore_ascii_case("localhost")
                     || name.to_ascii_lowercase().ends_with(".localhost") =>

@@ -73,6 +73,11 @@ fn ci_burst_with_a_poisoning_runner_meets_its_goals() {
     let report = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{report}");
+    if !out.status.success() {
+        // CI keeps only this output: the nodes' warnings say which peer
+        // misbehaved, or which honest one was suspended, when a goal is missed.
+        eprintln!("{}", node_warnings(out_dir.path()));
+    }
     assert!(out.status.success(), "{report}\n{stderr}");
     assert!(report.contains("| failed jobs | 0 |"), "{report}");
     assert!(
@@ -87,4 +92,54 @@ fn ci_burst_with_a_poisoning_runner_meets_its_goals() {
         .unwrap_or_else(|| panic!("no egress ratio in the report:\n{report}"));
     assert!(ratio <= 1.05, "upstream egress {ratio}x the unique bytes");
     assert!(out_dir.path().join("report.md").is_file());
+}
+
+/// The warnings and errors of every node log in `dir` (the last 40 of each),
+/// without terminal colours and without connection noise.
+fn node_warnings(dir: &Path) -> String {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    logs.retain(|p| {
+        p.extension().is_some_and(|e| e == "log") && p.file_name().is_some_and(|n| n != "index.log")
+    });
+    logs.sort();
+    let mut out = String::new();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<String> = text
+            .lines()
+            .map(strip_ansi)
+            .filter(|l| {
+                (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("connection with")
+            })
+            .collect();
+        out.push_str(&format!(
+            "--- {} ({} warnings)\n",
+            log.display(),
+            lines.len()
+        ));
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

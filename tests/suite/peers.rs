@@ -919,3 +919,67 @@ async fn an_intent_answers_pending_unless_its_node_waits_itself() {
         "the guard is gone"
     );
 }
+
+/// A burst of requests to one peer all start. The serving side takes new
+/// streams through a one-slot queue that drops what it cannot hold (rust-libp2p
+/// issue 5651); an honest peer then looked broken to a client that asked for
+/// several files at once (uv does), which went upstream for the file: the CI
+/// scenario's 1.36x egress. A stream that breaks before its answer is asked
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_to_one_peer_all_start() {
+    const BURST: usize = 48;
+    let upstream = fake_index(demo_graph()).await;
+    let a = peer_node(&upstream, &[], |c| {
+        c.bulk_listen = None;
+        c.max_streams_per_peer = BURST;
+    })
+    .await;
+    let wheel = "beta-1.0-py3-none-any.whl";
+    let bytes = get_bytes(&file_url(&a, "beta", wheel).await).await;
+    let b = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
+    assert!(eventually(Duration::from_secs(10), || connected(&b) >= 1).await);
+    let (a_id, b_swarm) = (
+        a.node.swarm().unwrap().local_peer_id(),
+        b.node.swarm().unwrap(),
+    );
+    let digest = peerpi_core::Sha256Digest::from_hex(&sha256_hex(&bytes)).unwrap();
+    for round in 0..4 {
+        // The last round's permits go back as its streams close.
+        tokio::time::sleep(Duration::from_millis(if round == 0 { 0 } else { 500 })).await;
+        let fetches = (0..BURST).map(|_| {
+            let b_swarm = b_swarm.clone();
+            tokio::spawn(async move { b_swarm.fetch(a_id, digest, 0).await })
+        });
+        let mut started = Vec::new();
+        for fetch in fetches.collect::<Vec<_>>() {
+            started.push(fetch.await.unwrap());
+        }
+        // Busy is an answer (permits of the last round may still be held);
+        // a stream that broke is not.
+        let broken: Vec<String> = started
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .filter(|e| !matches!(e, peerpi_swarm::FetchError::Refused { .. }))
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            broken.is_empty(),
+            "round {round}: {} of {BURST} broke: {broken:?}",
+            broken.len()
+        );
+        let started: Vec<_> = started.into_iter().filter_map(Result::ok).collect();
+        assert!(
+            started.len() >= BURST / 2,
+            "round {round}: {} started",
+            started.len()
+        );
+        for mut download in started {
+            let mut got = Vec::new();
+            while let Some(chunk) = download.next_chunk().await.unwrap() {
+                got.extend_from_slice(&chunk);
+            }
+            assert_eq!(got, bytes);
+        }
+    }
+}

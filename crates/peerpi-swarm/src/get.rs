@@ -48,6 +48,11 @@ pub struct PeerDownload {
 }
 
 /// Bytes read from a stream at most per call.
+/// Tries of a request whose stream broke before an answer, and the pause
+/// before the second (doubled for each after it): 10 + 20 + 40 ms at most.
+const STREAM_TRIES: u32 = 4;
+const STREAM_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 const READ_SIZE: usize = 256 * 1024;
 /// A new read buffer is allocated once less than this is left in the old one.
 const MIN_READ_SPACE: usize = 16 * 1024;
@@ -187,8 +192,37 @@ impl SwarmHandle {
         Ok(matches!(response, protocol::Response::Redirect { .. }))
     }
 
-    /// One request on a new stream, up to the response header.
+    /// One request, up to the response header, asked again on a new stream
+    /// when the stream broke before any answer.
+    ///
+    /// The serving side takes new streams through a one-slot queue that
+    /// drops a stream it cannot hold at once (rust-libp2p issue 5651), so a
+    /// burst of requests to an honest peer loses some: the dropped stream
+    /// reads as a closed connection. Asked again after a short pause, it
+    /// starts. Each try has its own `stream_timeout`; the peer phase bounds
+    /// the whole on the client's clock.
     async fn request(
+        &self,
+        peer: PeerId,
+        digest: Sha256Digest,
+        offset: u64,
+        can_redirect: bool,
+    ) -> Result<(protocol::Response, libp2p::Stream), FetchError> {
+        let mut pause = STREAM_RETRY_PAUSE;
+        for _ in 1..STREAM_TRIES {
+            match self.request_once(peer, digest, offset, can_redirect).await {
+                Err(FetchError::Broken { reason, .. }) => {
+                    tracing::debug!(%peer, %digest, "stream broke before an answer ({reason}); asking again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                answered => return answered,
+            }
+        }
+        self.request_once(peer, digest, offset, can_redirect).await
+    }
+
+    async fn request_once(
         &self,
         peer: PeerId,
         digest: Sha256Digest,
@@ -217,9 +251,15 @@ impl SwarmHandle {
         let response = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| FetchError::Timeout { peer })?
-            .map_err(|e| FetchError::Protocol {
-                peer,
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                protocol::ProtocolError::Io(io) => FetchError::Broken {
+                    peer,
+                    reason: io.to_string(),
+                },
+                other => FetchError::Protocol {
+                    peer,
+                    reason: other.to_string(),
+                },
             })?;
         Ok((response, stream))
     }

@@ -64,6 +64,10 @@ pub enum FetchError {
     Refused { peer: PeerId, status: Status },
     #[error("{peer} broke the protocol: {reason}")]
     Protocol { peer: PeerId, reason: String },
+    /// The stream closed before an answer: a transport failure, not a
+    /// refusal (see `SwarmHandle::request`).
+    #[error("the stream to {peer} broke before an answer: {reason}")]
+    Broken { peer: PeerId, reason: String },
     #[error("{peer} did not answer in time")]
     Timeout { peer: PeerId },
 }

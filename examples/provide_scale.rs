@@ -64,6 +64,7 @@ async fn node(
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     config.bootstrap = bootstrap;
     config.mdns = false;
+    config.bulk_listen = None;
     let swarm = SwarmHandle::start(config, std::sync::Arc::new(store)).await?;
     while swarm.listen_addrs().is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -37,15 +37,16 @@ fn check_command(origin: &str, args: &[String]) {
     if let peerpi::cli::Command::Serve(mut serve) = cli.command {
         // Compose interpolates the upstream; Kubernetes sets it from a ConfigMap.
         if serve
+            .options
             .upstream
             .as_deref()
             .is_none_or(|u| u.starts_with("${"))
         {
-            serve.upstream = Some("http://127.0.0.1:9/simple/".into());
+            serve.options.upstream = Some("http://127.0.0.1:9/simple/".into());
         }
         // The data directory comes from the environment in several examples.
         let env = |name: &str| (name == "HOME").then(|| "/nonexistent".to_string());
-        if let Err(e) = peerpi::config::resolve_serve(&serve, &env) {
+        if let Err(e) = serve.resolve(&env) {
             panic!("{origin}: `peerpi {}`: {e:#}", args.join(" "));
         }
     }

@@ -581,6 +581,7 @@ async fn a_private_swarm_refuses_quic_addresses_with_a_reason() {
     let mut config = SwarmConfig::new(dir.path().to_path_buf());
     config.mdns = false;
     config.swarm_key = Some(PreSharedKey::new([2; 32]));
+    config.bulk_listen = None;
     config.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
     let Err(e) = SwarmHandle::start(config, std::sync::Arc::new(store)).await else {
         panic!("a private swarm must not listen on QUIC");

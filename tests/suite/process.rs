@@ -253,3 +253,36 @@ async fn idle_connections_to_the_bulk_port_do_not_starve_the_front() {
     }
     drop(idle);
 }
+
+/// Settings come from `PEERPI_*` variables as from flags, the `no-`
+/// switches included: a node started with nothing but variables takes its
+/// upstream from them and runs without a swarm when told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variables_configure_a_node_like_flags() {
+    let upstream = fake_index(peerpi_testkit::demo_graph()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let simple = upstream.simple_url();
+    let node = NodeProcess::start_unconfigured(
+        dir.path(),
+        &[
+            ("PEERPI_UPSTREAM", simple.as_str()),
+            ("PEERPI_NO_P2P", "1"),
+            ("PEERPI_PAGE_MAX_AGE", "7s"),
+        ],
+    )
+    .await;
+    let peers = client().get(node.url("/peers")).send().await.unwrap();
+    assert_eq!(peers.status(), 404, "no swarm");
+    assert!(peers.text().await.unwrap().contains("peer-to-peer is off"));
+    let page = client()
+        .get(node.url("/simple/alpha/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let cache_control = page.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(cache_control.contains("max-age=7"), "{cache_control}");
+}

@@ -45,6 +45,19 @@ pub struct SignerConfig {
     pub interval: Duration,
 }
 
+impl SignerConfig {
+    /// How often queued pages are signed unless told otherwise.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+    pub fn new(repo: PathBuf, online_key: PathBuf) -> Self {
+        Self {
+            repo,
+            online_key,
+            interval: Self::DEFAULT_INTERVAL,
+        }
+    }
+}
+
 /// The TUF target path of a project's page.
 pub fn page_target(project: &str) -> String {
     format!("simple/{project}/index.json")

@@ -130,11 +130,20 @@ pub enum Adversary {
     LastByteWrong,
 }
 
+/// Where the bulk channel listens unless told otherwise.
+pub const DEFAULT_BULK_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    7505,
+));
+
 impl SwarmConfig {
+    /// The defaults of a node on the network: TCP and QUIC on port 7504
+    /// (see [`SwarmConfig::default_listen`]), the bulk channel on 7505,
+    /// mDNS on.
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
-            listen: Vec::new(),
+            listen: Self::default_listen(false),
             bootstrap: Vec::new(),
             mdns: true,
             region: None,
@@ -145,11 +154,35 @@ impl SwarmConfig {
             reprovide_interval: REPROVIDE_INTERVAL,
             provide_rate: 50,
             stream_timeout: Duration::from_secs(10),
-            bulk_listen: None,
+            bulk_listen: Some(DEFAULT_BULK_LISTEN),
             bulk_min_size: 1 << 20,
             upload_limit: None,
             #[cfg(feature = "adversary")]
             adversary: None,
+        }
+    }
+}
+
+impl SwarmConfig {
+    /// Where a node listens unless told otherwise: TCP on port 7504 and,
+    /// in an open swarm, QUIC on the same port (QUIC cannot carry the
+    /// private-network key).
+    pub fn default_listen(private: bool) -> Vec<Multiaddr> {
+        let tcp = Multiaddr::empty()
+            .with(libp2p::multiaddr::Protocol::Ip4(
+                std::net::Ipv4Addr::UNSPECIFIED,
+            ))
+            .with(libp2p::multiaddr::Protocol::Tcp(7504));
+        let quic = Multiaddr::empty()
+            .with(libp2p::multiaddr::Protocol::Ip4(
+                std::net::Ipv4Addr::UNSPECIFIED,
+            ))
+            .with(libp2p::multiaddr::Protocol::Udp(7504))
+            .with(libp2p::multiaddr::Protocol::QuicV1);
+        if private {
+            vec![tcp]
+        } else {
+            vec![tcp, quic]
         }
     }
 }

@@ -1,14 +1,20 @@
-//! The command line: the subcommands and the arguments of those without a
-//! module of their own. The settings `serve`, `doctor` and `env` share are
-//! declared in `config::args`; `prefetch` and `peers` own theirs.
+//! The command line: the subcommands, each with its module owning its
+//! arguments (`serve`, `env`, `id`, `keygen`, `peers`, `tuf`, `verify`,
+//! `doctor` with serve's, `prefetch`); the settings they share are declared
+//! once in `config::args`.
+//! [`command`] adds each setting's default, read from where it is defined,
+//! to its help.
 
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
 
-use clap::{Args, Parser, Subcommand};
-
-pub use crate::config::args::{CommonArgs, EnvFormat, LogFormat, ServeArgs, TrustArg};
+pub use crate::config::args::{CommonArgs, LogFormat, TrustArg};
+pub use crate::env::{EnvArgs, EnvFormat};
+pub use crate::id::IdArgs;
+pub use crate::keygen::KeygenArgs;
 pub use crate::peers::PeersArgs;
 pub use crate::prefetch::PrefetchArgs;
+pub use crate::serve::ServeArgs;
+pub use crate::verify::VerifyArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,38 +42,37 @@ pub enum Command {
     /// TUF: sign a repository (init, add, sign, rotate) or run a TUF client.
     Tuf(Box<crate::tuf::TufArgs>),
     /// Re-hash every blob in a stopped node's store; remove damaged ones.
-    Verify(IdArgs),
+    Verify(VerifyArgs),
     /// Check what a node needs (takes `serve`'s flags) and explain each finding.
     Doctor(Box<ServeArgs>),
     /// Warm a running node (and its cluster) from lockfiles, requirements or names.
     Prefetch(PrefetchArgs),
 }
 
-#[derive(Debug, Clone, Default, Args)]
-pub struct EnvArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-
-    /// shell: `eval "$(peerpi env)"`; pip-conf: a pip.conf; uv-toml: a
-    /// uv.toml; github-actions: `peerpi env --format github-actions >>
-    /// "$GITHUB_ENV"`; gitlab-ci: a `variables:` block.
-    #[arg(long, value_enum, default_value_t = EnvFormat::Shell)]
-    pub format: EnvFormat,
-}
-
-#[derive(Debug, Clone, Default, Args)]
-pub struct IdArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-
-    /// The node's data directory [default: $XDG_CACHE_HOME/peerpi].
-    #[arg(long, env = "PEERPI_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct KeygenArgs {
-    /// Where to write a new swarm key (never overwritten).
-    #[arg(long, value_name = "FILE")]
-    pub swarm_key: PathBuf,
+/// The command line with each setting's default in its help, read from the
+/// configs that define it (`config::defaults`), never written twice.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let defaults = crate::config::defaults();
+    let mut cli = Cli::command();
+    let names: Vec<String> = cli
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    for name in names {
+        cli = cli.mut_subcommand(name, |mut sub| {
+            for (id, values) in &defaults {
+                if !sub.get_arguments().any(|a| a.get_id() == id) {
+                    continue;
+                }
+                let shown = format!(" [default: {}]", values.join(", "));
+                sub = sub.mut_arg(*id, |arg| {
+                    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                    arg.help(format!("{help}{shown}"))
+                });
+            }
+            sub
+        });
+    }
+    cli
 }

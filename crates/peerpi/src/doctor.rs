@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::config::args::ServeArgs;
 use crate::config::{self, EnvLookup, ServeConfig};
+use crate::serve::ServeArgs;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 
 /// The findings for the node `args` describe.
 pub async fn diagnose(args: &ServeArgs, env: EnvLookup<'_>) -> Vec<Finding> {
-    let config = match config::resolve_serve(args, env) {
+    let config = match args.resolve(env) {
         Ok(config) => config,
         Err(e) => {
             return vec![Finding::bad(
@@ -110,9 +110,9 @@ pub async fn diagnose(args: &ServeArgs, env: EnvLookup<'_>) -> Vec<Finding> {
         "config",
         format!(
             "upstream {} (from {}), data dir {}, listen {}",
-            peerpi_upstream::redacted(config.upstream.as_str()),
+            peerpi_upstream::redacted(config.upstream().as_str()),
             config.upstream_source,
-            config.data_dir.display(),
+            config.node.data_dir.display(),
             config.listen
         ),
     )];
@@ -134,7 +134,10 @@ pub async fn diagnose(args: &ServeArgs, env: EnvLookup<'_>) -> Vec<Finding> {
     let (upstream, clock) = check_upstream(&http, &config).await;
     findings.push(upstream);
     findings.extend(clock);
-    findings.push(check_data_dir(&config.data_dir, config.cache_size));
+    findings.push(check_data_dir(
+        &config.node.data_dir,
+        config.node.cache_size,
+    ));
     let (port, running) = check_port(&http, config.listen).await;
     findings.push(port);
     findings.push(check_peers(&http, &config, running).await);
@@ -149,8 +152,8 @@ async fn check_upstream(
     http: &reqwest::Client,
     config: &ServeConfig,
 ) -> (Finding, Option<Finding>) {
-    let shown = peerpi_upstream::redacted(config.upstream.as_str());
-    let Ok(url) = config.upstream.join("pip/") else {
+    let shown = peerpi_upstream::redacted(config.upstream().as_str());
+    let Ok(url) = config.upstream().join("pip/") else {
         return (
             Finding::bad(
                 "upstream",

@@ -6,6 +6,9 @@
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod env;
+pub mod id;
+pub mod keygen;
 pub mod logging;
 pub mod memory;
 pub mod peers;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches;
 use peerpi::cli::{Cli, Command, LogFormat};
 use peerpi::config;
 use tracing_subscriber::EnvFilter;
@@ -27,41 +27,27 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     peerpi::memory::limit_arenas();
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&peerpi::cli::command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
-        Command::Serve(args) => {
-            config::resolve_serve(&args, &config::process_env).and_then(|config| {
-                init_logging(config.log_format);
-                peerpi::memory::trim_periodically();
-                tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(peerpi::serve::run(config))
-            })
-        }
-        Command::Env(args) => config::load_file(&args.common, &config::process_env)
-            .and_then(|file| config::resolve_listen(args.common.listen.as_deref(), &file))
-            .map(|listen| print!("{}", config::env_text(&listen, args.format))),
-        Command::Id(args) => config::load_file(&args.common, &config::process_env)
-            .and_then(|file| config::resolve_data_dir(args.data_dir.as_deref(), &file, &config::process_env))
-            .and_then(|dir| Ok(peerpi_swarm::load_or_create_keypair(&dir)?))
-            .map(|key| println!("{}", key.public().to_peer_id())),
-        Command::Keygen(args) => peerpi_swarm::write_new_swarm_key(&args.swarm_key)
-            .map(|key| {
-                println!(
-                    "wrote {} (fingerprint {}); give it to every node of the swarm with --swarm-key",
-                    args.swarm_key.display(),
-                    key.fingerprint()
-                )
-            })
-            .map_err(Into::into),
+        Command::Serve(args) => args.resolve(&config::process_env).and_then(|config| {
+            init_logging(config.log_format);
+            peerpi::memory::trim_periodically();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(peerpi::serve::run(config))
+        }),
+        Command::Env(args) => peerpi::env::run(&args),
+        Command::Id(args) => peerpi::id::run(&args),
+        Command::Keygen(args) => peerpi::keygen::run(&args),
         Command::Peers(args) => peerpi::peers::run(&args),
         Command::Tuf(args) => peerpi::tuf::run(*args),
         Command::Doctor(args) => peerpi::doctor::run(&args),
         Command::Prefetch(args) => peerpi::prefetch::run(&args),
-        Command::Verify(args) => config::load_file(&args.common, &config::process_env)
-            .and_then(|file| config::resolve_data_dir(args.data_dir.as_deref(), &file, &config::process_env))
-            .and_then(|dir| peerpi::verify::run(&dir)),
+        Command::Verify(args) => peerpi::verify::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,8 +8,8 @@ use crate::config;
 use crate::config::args::CommonArgs;
 
 pub fn run(args: &PeersArgs) -> Result<()> {
-    let file = config::load_file(&args.common, &config::process_env)?;
-    let listen = config::resolve_listen(args.common.listen.as_deref(), &file)?;
+    let place = config::locate(&args.common, &config::process_env)?;
+    let listen = config::resolve_listen(place.listen.as_deref())?;
     let url = format!("{}/peers", config::node_base_url(&listen));
     let body = tokio::runtime::Builder::new_current_thread()
         .enable_all()

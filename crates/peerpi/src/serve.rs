@@ -2,36 +2,43 @@
 //! in-flight responses finish (up to the shutdown timeout), flush the catalog.
 
 use anyhow::{Context, Result};
-use peerpi_node::{Node, NodeConfig};
-use peerpi_upstream::UpstreamConfig;
+use clap::Args;
+use peerpi_node::Node;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use peerpi_swarm::{SwarmConfig, SwarmHandle};
+use peerpi_swarm::SwarmHandle;
 
-use crate::config::{P2pConfig, ServeConfig};
+use crate::config::args::{CommonArgs, ServeOptions};
+use crate::config::{self, EnvLookup, P2pConfig, ServeConfig};
+
+/// `peerpi serve`'s (and `doctor`'s) command line.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[command(flatten)]
+    pub options: ServeOptions,
+}
+
+impl ServeArgs {
+    /// Flags and variables over the file over the defaults, validated.
+    pub fn resolve(&self, env: EnvLookup<'_>) -> Result<ServeConfig> {
+        config::resolve_serve(&self.common, &self.options, env)
+    }
+}
 
 pub async fn run(config: ServeConfig) -> Result<()> {
     raise_open_file_limit();
-    let mut upstream = UpstreamConfig::new(config.upstream.clone());
-    upstream.page_timeout = config.upstream_timeout;
-    let mut node_config = NodeConfig::new(config.data_dir.clone(), upstream);
-    node_config.cache_size = config.cache_size;
-    node_config.scrub.rate = config.scrub_rate;
-    node_config.page_ttl = config.page_ttl;
-    node_config.page_max_age = config.page_max_age;
-    node_config.peer_deadline = config.peer_deadline;
-    node_config.peer_suspension = config.peer_suspension;
-    node_config.signer = config.signer.clone();
-    node_config.trust = config.trust.clone();
-    if let Some(trust) = &config.trust {
-        node_config.upstream.signer = Some(trust.signer_base());
+    let node_config = config.node.clone();
+    if let Some(trust) = &node_config.trust {
         info!(mode = ?trust.mode, signer = %trust.url, "pages are verified against TUF metadata");
     }
     let (store, report) = Node::open_store(&node_config)?;
-    info!(?report, data_dir = %config.data_dir.display(), "store ready");
+    info!(?report, data_dir = %node_config.data_dir.display(), "store ready");
     let swarm = match &config.p2p {
-        Some(p2p) => Some(start_swarm(p2p, &config, store.clone()).await?),
+        Some(p2p) => Some(start_swarm(p2p, store.clone()).await?),
         None => {
             info!("peer-to-peer is off (--no-p2p)");
             None
@@ -49,7 +56,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         })?;
     let addr = listener.local_addr()?;
     info!(
-        upstream = %peerpi_upstream::redacted(config.upstream.as_str()),
+        upstream = %peerpi_upstream::redacted(config.upstream().as_str()),
         upstream_from = %config.upstream_source,
         "listening on http://{addr}/simple/"
     );
@@ -90,17 +97,9 @@ fn raise_open_file_limit() {
 
 async fn start_swarm(
     p2p: &P2pConfig,
-    config: &ServeConfig,
     store: std::sync::Arc<peerpi_store::Store>,
 ) -> Result<SwarmHandle> {
-    let mut swarm_config = SwarmConfig::new(config.data_dir.clone());
-    swarm_config.listen = p2p.listen.clone();
-    swarm_config.bootstrap = p2p.bootstrap.clone();
-    swarm_config.mdns = p2p.mdns;
-    swarm_config.region = p2p.region.clone();
-    swarm_config.stream_timeout = p2p.peer_timeout;
-    swarm_config.bulk_listen = p2p.bulk_listen;
-    swarm_config.upload_limit = p2p.upload_limit;
+    let mut swarm_config = p2p.swarm.clone();
     if let Some(path) = &p2p.swarm_key {
         let key = peerpi_swarm::read_swarm_key(path)?;
         info!(fingerprint = %key.fingerprint(), "private swarm: only nodes with this key connect");
@@ -109,7 +108,7 @@ async fn start_swarm(
     let swarm = SwarmHandle::start(swarm_config, store)
         .await
         .context("cannot start the peer-to-peer swarm (choose other addresses with --p2p-listen and --bulk-listen, or run with --no-p2p)")?;
-    info!(peer_id = %swarm.local_peer_id(), region = ?p2p.region, "peer-to-peer on");
+    info!(peer_id = %swarm.local_peer_id(), region = ?p2p.swarm.region, "peer-to-peer on");
     Ok(swarm)
 }
 

@@ -39,11 +39,11 @@ pub enum TufCommand {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The node's data directory (its TUF state is in tuf-client/).
-    #[arg(long, env = "PEERPI_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// Where the node is (its TUF state is in DATA_DIR/tuf-client/).
+    #[command(flatten)]
+    pub common: crate::config::args::CommonArgs,
     /// The signer's repository, to check that it answers and how far
-    /// ahead it is.
+    /// ahead it is [default: the config file's `tuf-url`].
     #[arg(long, env = "PEERPI_TUF_URL", value_name = "URL")]
     pub tuf_url: Option<Url>,
 }
@@ -202,12 +202,17 @@ pub fn run(args: TufArgs) -> anyhow::Result<()> {
 }
 
 fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let data_dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => {
-            let file = crate::config::load_file(&Default::default(), &crate::config::process_env)?;
-            crate::config::resolve_data_dir(None, &file, &crate::config::process_env)?
-        }
+    let env = &crate::config::process_env;
+    let file = crate::config::load_file(&args.common, env)?;
+    let place = args.common.place.clone().or(file.place);
+    let data_dir = crate::config::resolve_data_dir(place.data_dir.as_deref(), env)?;
+    let tuf_url = match (&args.tuf_url, &file.options.tuf_url) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(text)) => Some(
+            Url::parse(text)
+                .map_err(|e| anyhow::anyhow!("invalid tuf-url {text:?} in the config file: {e}"))?,
+        ),
+        (None, None) => None,
     };
     let dir = data_dir.join("tuf-client");
     if !dir.join("root.json").exists() {
@@ -256,7 +261,7 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
         println!("{role:<10} v{version:<8} expires {expires} ({left})");
     }
     println!("bins cached: {bins}");
-    if let Some(url) = &args.tuf_url {
+    if let Some(url) = &tuf_url {
         let timestamp = url.join("metadata/timestamp.json")?;
         match remote_version(&timestamp) {
             Ok(version) => println!(

@@ -8,10 +8,23 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::config::{self, args::CommonArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 use peerpi_store::{Scrub, Store};
 
-pub fn run(data_dir: &Path) -> Result<()> {
+#[derive(Debug, Clone, Default, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub fn run(args: &VerifyArgs) -> Result<()> {
+    verify(&config::data_dir(&args.common, &config::process_env)?)
+}
+
+fn verify(data_dir: &Path) -> Result<()> {
     // No eviction: verifying must not remove good blobs.
     let (store, _) = Store::open(data_dir, u64::MAX).with_context(|| {
         format!(

@@ -1,27 +1,27 @@
 //! Configuration layering: flags, then `PEERPI_*` variables (both through
 //! clap), then the TOML file, then defaults. With no upstream configured the
 //! node inherits the one pip or uv already use, never one pointing at itself.
-//! Split by job: `values` (parsing), `upstream` (discovery, exposure),
-//! `serve` (resolving `peerpi serve`), `env` (`peerpi env`).
+//! Split by job: `args` (every setting, declared once), `values` (typed
+//! values), `upstream` (discovery, exposure), `serve` (resolving `peerpi
+//! serve`), `reach` (where clients reach the node).
 
 pub mod args;
-mod env;
+mod reach;
 mod serve;
 mod upstream;
 mod values;
 
-pub use env::*;
+pub use reach::*;
 pub use serve::*;
 pub use upstream::*;
-use values::*;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use args::{CommonArgs, LogFormat, TrustArg};
+use args::{CommonArgs, NodePlace, ServeOptions};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7503";
 
@@ -33,51 +33,47 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// `peerpi.toml`: every key optional, names as the long flags.
+/// `peerpi.toml`: every key optional, named as the long flags (`mdns` and
+/// `p2p` for the `no-` switches).
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct FileConfig {
-    pub listen: Option<String>,
-    pub upstream: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub cache_size: Option<String>,
-    pub scrub_rate: Option<String>,
-    pub page_ttl: Option<String>,
-    pub page_max_age: Option<String>,
-    pub upstream_timeout: Option<String>,
-    pub shutdown_timeout: Option<String>,
-    pub log_format: Option<LogFormat>,
-    pub p2p: Option<bool>,
-    pub p2p_listen: Option<Vec<String>>,
-    pub bootstrap: Option<Vec<String>>,
-    pub mdns: Option<bool>,
-    pub region: Option<String>,
-    pub swarm_key: Option<PathBuf>,
-    pub peer_deadline: Option<String>,
-    pub peer_suspension: Option<String>,
-    pub peer_timeout: Option<String>,
-    pub bulk_listen: Option<String>,
-    pub upload_limit: Option<String>,
-    pub signer: Option<PathBuf>,
-    pub tuf_repo: Option<PathBuf>,
-    pub sign_interval: Option<String>,
-    pub trust: Option<TrustArg>,
-    pub tuf_root: Option<PathBuf>,
-    pub tuf_url: Option<String>,
+    #[serde(flatten)]
+    pub place: NodePlace,
+    #[serde(flatten)]
+    pub options: ServeOptions,
 }
 
-/// The data directory: the flag or file, else `$XDG_CACHE_HOME/peerpi`.
-pub fn resolve_data_dir(
-    flag: Option<&Path>,
-    file: &FileConfig,
-    env: EnvLookup<'_>,
-) -> Result<PathBuf> {
-    match flag.map(Path::to_path_buf).or(file.data_dir.clone()) {
-        Some(d) => Ok(d),
+/// The keys a config file may hold: one per setting of `peerpi serve`,
+/// read off the one declaration (serde cannot refuse unknown keys across
+/// flattened structs).
+pub fn file_keys() -> Vec<String> {
+    use clap::Args;
+    let declared = NodePlace::augment_args(ServeOptions::augment_args(clap::Command::new("file")));
+    declared
+        .get_arguments()
+        .map(|arg| arg.get_id().as_str().replace('_', "-"))
+        .collect()
+}
+
+/// The data directory: the one given, else `$XDG_CACHE_HOME/peerpi`.
+pub fn resolve_data_dir(given: Option<&Path>, env: EnvLookup<'_>) -> Result<PathBuf> {
+    match given {
+        Some(d) => Ok(d.to_path_buf()),
         None => cache_home(env).map(|c| c.join("peerpi")).ok_or_else(|| {
             anyhow!("no cache directory is known (HOME is unset): pass --data-dir DIR")
         }),
     }
+}
+
+/// Where the node is, for the commands that only need that: flags and
+/// variables over the file.
+pub fn locate(common: &CommonArgs, env: EnvLookup<'_>) -> Result<NodePlace> {
+    Ok(common.place.clone().or(load_file(common, env)?.place))
+}
+
+/// The data directory of a command that opens a node's store.
+pub fn data_dir(common: &CommonArgs, env: EnvLookup<'_>) -> Result<PathBuf> {
+    resolve_data_dir(locate(common, env)?.data_dir.as_deref(), env)
 }
 
 /// Loads the config file named by `--config`, or the first default that exists.
@@ -97,7 +93,31 @@ pub fn load_file(common: &CommonArgs, env: EnvLookup<'_>) -> Result<FileConfig> 
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    let known = file_keys();
+    if let Some(unknown) = table.keys().find(|key| !known.contains(key)) {
+        bail!(
+            "invalid config file {}: unknown key `{unknown}` (the keys are the long flags of              `peerpi serve`: {})",
+            path.display(),
+            known.join(", ")
+        );
+    }
+    table.clone().try_into().map_err(|e: toml::de::Error| {
+        // Flattened structs lose the key in serde's message: find it.
+        let key = table.iter().find_map(|(key, value)| {
+            let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
+            alone.try_into::<FileConfig>().is_err().then_some(key)
+        });
+        match key {
+            Some(key) => anyhow!(
+                "invalid config file {}: `{key}`: {}",
+                path.display(),
+                e.message()
+            ),
+            None => anyhow!("invalid config file {}: {}", path.display(), e.message()),
+        }
+    })
 }
 
 fn config_home(env: EnvLookup<'_>) -> Option<PathBuf> {
@@ -112,8 +132,8 @@ fn cache_home(env: EnvLookup<'_>) -> Option<PathBuf> {
         .or_else(|| env("HOME").map(|h| Path::new(&h).join(".cache")))
 }
 
-pub fn resolve_listen(flag: Option<&str>, file: &FileConfig) -> Result<SocketAddr> {
-    let text = flag.or(file.listen.as_deref()).unwrap_or(DEFAULT_LISTEN);
+pub fn resolve_listen(given: Option<&str>) -> Result<SocketAddr> {
+    let text = given.unwrap_or(DEFAULT_LISTEN);
     text.to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
@@ -130,8 +150,11 @@ mod tests {
     use peerpi_node::trust::TrustMode;
     use url::Url;
 
-    use super::args::{EnvFormat, ServeArgs};
+    use super::args::LogFormat;
+    use peerpi_node::NodeConfig;
+    use peerpi_swarm::SwarmConfig;
     use std::collections::HashMap;
+    use std::ops::Not;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs
@@ -145,36 +168,74 @@ mod tests {
         DEFAULT_LISTEN.parse().unwrap()
     }
 
+    /// `peerpi serve ARGS` as the real command line parses it.
+    fn serve_args(args: &[&str]) -> crate::serve::ServeArgs {
+        serve_parse(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn serve_parse(args: &[&str]) -> Result<crate::serve::ServeArgs, clap::Error> {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(["peerpi", "serve"].iter().chain(args))?;
+        match cli.command {
+            crate::cli::Command::Serve(args) => Ok(*args),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<ServeConfig> {
+        serve_args(args).resolve(&env_of(env))
+    }
+
     #[test]
     fn flags_win_over_file_and_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("peerpi.toml");
         std::fs::write(&file, "upstream = \"https://file.invalid/simple/\"\ncache-size = \"1GiB\"\npage-ttl = \"5m\"\n").unwrap();
-        let mut args = ServeArgs::default();
-        args.common.config = Some(file.clone());
-        args.data_dir = Some(dir.path().into());
-        let env = env_of(&[]);
-        let c = resolve_serve(&args, &env).unwrap();
-        assert_eq!(c.upstream.as_str(), "https://file.invalid/simple/");
-        assert_eq!(c.cache_size, 1 << 30);
-        assert_eq!(c.page_ttl, Duration::from_secs(300));
+        let (config, data) = (file.to_str().unwrap(), dir.path().to_str().unwrap());
+        let c = resolve(&["--config", config, "--data-dir", data], &[]).unwrap();
+        assert_eq!(c.upstream().as_str(), "https://file.invalid/simple/");
+        assert_eq!(c.upstream_source, "the config file");
+        assert_eq!(c.node.cache_size, 1 << 30);
+        assert_eq!(c.node.page_ttl, Duration::from_secs(300));
         assert_eq!(c.listen, listen());
-        args.upstream = Some("https://flag.invalid/simple/".into());
-        args.cache_size = Some("2GiB".into());
-        let c = resolve_serve(&args, &env).unwrap();
-        assert_eq!(c.upstream.as_str(), "https://flag.invalid/simple/");
-        assert_eq!(c.cache_size, 2 << 30);
+        let defaults = NodeConfig::new(PathBuf::new(), c.node.upstream.clone());
+        assert_eq!(
+            c.node.peer_deadline, defaults.peer_deadline,
+            "a library default"
+        );
+        let c = resolve(
+            &[
+                "--config",
+                config,
+                "--data-dir",
+                data,
+                "--upstream",
+                "https://flag.invalid/simple/",
+                "--cache-size",
+                "2GiB",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.upstream().as_str(), "https://flag.invalid/simple/");
+        assert_eq!(c.node.cache_size, 2 << 30);
+        assert_eq!(
+            c.node.page_ttl,
+            Duration::from_secs(300),
+            "still the file's"
+        );
     }
 
-    /// Every `peerpi serve` setting is declared in the clap struct, the
-    /// config file struct and the README's table: this keeps the three in
-    /// step (a flag added to one and forgotten in another fails here).
+    /// Every `peerpi serve` setting has a variable, a file key and a README
+    /// row that names both and shows the default the code has (the one
+    /// `--help` shows too).
     #[test]
-    fn every_serve_flag_has_a_variable_a_file_key_and_a_readme_row() {
-        use clap::CommandFactory;
+    fn every_serve_flag_has_a_variable_a_file_key_and_a_readme_row_with_its_default() {
         let readme = include_str!("../../../../README.md");
-        let cli = crate::cli::Cli::command();
+        let cli = crate::cli::command();
         let serve = cli.find_subcommand("serve").unwrap();
+        let defaults = defaults();
+        let keys = file_keys();
         let mut checked = 0;
         for arg in serve.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
@@ -191,78 +252,135 @@ mod tests {
                 row.contains(&format!("`{env}`")),
                 "README row of --{long} names {env}"
             );
-            // The file key: the flag's name, or `mdns`/`p2p` for the `no-` switches.
-            let (key, value) = match long.strip_prefix("no-") {
-                Some(positive) => (positive.to_string(), "false".to_string()),
-                None if arg.get_num_args().is_some_and(|n| n.max_values() > 1)
-                    || matches!(long, "p2p-listen" | "bootstrap") =>
-                {
-                    (long.to_string(), "[\"x\"]".to_string())
-                }
-                None if long == "log-format" => (long.to_string(), "\"json\"".to_string()),
-                None if long == "trust" => (long.to_string(), "\"tuf-or-index\"".to_string()),
-                None => (long.to_string(), "\"x\"".to_string()),
-            };
+            let key = arg.get_id().as_str().replace('_', "-");
+            assert!(
+                keys.contains(&key),
+                "peerpi.toml has the key {key} for --{long}"
+            );
             assert!(
                 row.contains(&format!("`{key}")),
                 "README row of --{long} names the key {key}"
             );
-            let toml_text = format!("{key} = {value}\n");
-            toml::from_str::<FileConfig>(&toml_text)
-                .unwrap_or_else(|e| panic!("peerpi.toml has no key {key} for --{long}: {e}"));
+            if let Some((_, values)) = defaults.iter().find(|(id, _)| *id == arg.get_id()) {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                for value in values {
+                    assert!(
+                        row.contains(&format!("`{value}`")),
+                        "README row of --{long} shows the default {value}: {row}"
+                    );
+                    assert!(
+                        help.contains(value),
+                        "--help of --{long} shows the default {value}: {help}"
+                    );
+                }
+            }
             checked += 1;
         }
-        assert!(checked >= 20, "{checked} flags checked");
+        assert!(checked >= 25, "{checked} flags checked");
+        assert!(defaults.len() >= 14, "{} defaults checked", defaults.len());
+    }
+
+    /// Each file key reads like its flag; an unknown key is refused with
+    /// the list of good ones.
+    #[test]
+    fn file_keys_read_like_flags_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("peerpi.toml");
+        std::fs::write(
+            &file,
+            "upstream = \"https://u.invalid/\"\npeer-deadline = \"750ms\"\nscrub-rate = \"0\"\n\
+             bulk-listen = \"off\"\nupload-limit = \"8MiB\"\np2p-listen = [\"/ip4/127.0.0.1/tcp/1\"]\n\
+             log-format = \"json\"\ntrust = \"index\"\nmdns = true\nswarm-key = \"k\"\n",
+        )
+        .unwrap();
+        let (config, data) = (file.to_str().unwrap(), dir.path().to_str().unwrap());
+        let c = resolve(&["--config", config, "--data-dir", data], &[]).unwrap();
+        assert_eq!(c.node.peer_deadline, Duration::from_millis(750));
+        assert_eq!(c.node.scrub.rate, 0);
+        assert_eq!(c.log_format, LogFormat::Json);
+        let p2p = c.p2p.unwrap();
+        assert_eq!(p2p.swarm.bulk_listen, None);
+        assert_eq!(p2p.swarm.upload_limit, Some(8 << 20));
+        assert_eq!(p2p.swarm.listen.len(), 1);
+        assert!(p2p.swarm.mdns, "asked for in a private swarm");
+        std::fs::write(
+            &file,
+            "upstream = \"https://u.invalid/\"\npeer_deadline = \"1s\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", resolve(&["--config", config], &[]).unwrap_err());
+        assert!(
+            e.contains("unknown key `peer_deadline`") && e.contains("peer-deadline"),
+            "{e}"
+        );
+        std::fs::write(&file, "page-ttl = \"soon\"\n").unwrap();
+        let e = format!("{:#}", resolve(&["--config", config], &[]).unwrap_err());
+        assert!(e.contains("page-ttl") && e.contains("10m"), "{e}");
     }
 
     #[test]
     fn trust_modes_need_a_root_and_a_signer_and_tuf_mode_takes_no_upstream() {
         let dir = tempfile::tempdir().unwrap();
-        let mut args = ServeArgs {
-            data_dir: Some(dir.path().into()),
-            trust: Some(TrustArg::Tuf),
-            ..ServeArgs::default()
-        };
-        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        let data = dir.path().to_str().unwrap();
+        let root = dir.path().join("root.json");
+        let root = root.to_str().unwrap();
+        let e = resolve(&["--data-dir", data, "--trust", "tuf"], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--tuf-root FILE"), "{e}");
-        args.tuf_root = Some(dir.path().join("root.json"));
-        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        let e = resolve(
+            &["--data-dir", data, "--trust", "tuf", "--tuf-root", root],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("--tuf-url URL"), "{e}");
-        args.tuf_url = Some("http://signer.internal:7503/tuf".into());
-        let config = resolve_serve(
-            &args,
-            &env_of(&[("PIP_INDEX_URL", "https://elsewhere.invalid/simple/")]),
+        let tuf = [
+            "--data-dir",
+            data,
+            "--trust",
+            "tuf",
+            "--tuf-root",
+            root,
+            "--tuf-url",
+            "http://signer.internal:7503/tuf",
+        ];
+        let config = resolve(
+            &tuf,
+            &[("PIP_INDEX_URL", "https://elsewhere.invalid/simple/")],
         )
         .unwrap();
         // The signer is the only source, whatever pip's settings say.
         assert_eq!(
-            config.upstream.as_str(),
+            config.upstream().as_str(),
             "http://signer.internal:7503/simple/"
         );
-        let trust = config.trust.unwrap();
+        let trust = config.node.trust.unwrap();
         assert_eq!(
             (trust.mode, trust.url.as_str()),
             (TrustMode::Tuf, "http://signer.internal:7503/tuf/")
         );
-        args.upstream = Some("https://index.invalid/simple/".into());
-        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        let with_upstream = |mode: &'static str| {
+            let mut args = tuf.to_vec();
+            args[3] = mode;
+            args.extend(["--upstream", "https://index.invalid/simple/"]);
+            resolve(&args, &[])
+        };
+        let e = with_upstream("tuf").unwrap_err().to_string();
         assert!(e.contains("drop --upstream"), "{e}");
-        args.trust = Some(TrustArg::TufOrIndex);
-        let config = resolve_serve(&args, &env_of(&[])).unwrap();
-        assert_eq!(config.upstream.as_str(), "https://index.invalid/simple/");
-        args.trust = Some(TrustArg::Index);
-        assert!(resolve_serve(&args, &env_of(&[])).unwrap().trust.is_none());
+        let config = with_upstream("tuf-or-index").unwrap();
+        assert_eq!(config.upstream().as_str(), "https://index.invalid/simple/");
+        assert!(with_upstream("index").unwrap().node.trust.is_none());
     }
 
     #[test]
     fn an_upstream_with_credentials_needs_a_swarm_key_for_peer_to_peer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut args = ServeArgs {
-            data_dir: Some(dir.path().into()),
-            upstream: Some("https://ci:s3cret@private.invalid/simple/".into()),
-            ..ServeArgs::default()
-        };
-        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        let data = dir.path().to_str().unwrap();
+        let private = "https://ci:s3cret@private.invalid/simple/";
+        let e = resolve(&["--data-dir", data, "--upstream", private], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--swarm-key") && e.contains("--no-p2p"), "{e}");
         assert!(!e.contains("s3cret"), "{e}");
 
@@ -276,33 +394,47 @@ machine private.invalid
 ",
         )
         .unwrap();
-        args.upstream = Some("https://private.invalid/simple/".into());
-        let env = env_of(&[("NETRC", netrc.to_str().unwrap())]);
-        let e = resolve_serve(&args, &env).unwrap_err().to_string();
+        let env = [("NETRC", netrc.to_str().unwrap())];
+        let upstream = |url| ["--data-dir", data, "--upstream", url];
+        let e = resolve(&upstream("https://private.invalid/simple/"), &env)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("netrc"), "{e}");
-        args.upstream = Some("https://public.invalid/simple/".into());
-        assert!(resolve_serve(&args, &env).is_ok(), "no entry for this host");
+        assert!(
+            resolve(&upstream("https://public.invalid/simple/"), &env).is_ok(),
+            "no entry for this host"
+        );
 
         // A private swarm, or none, is fine; a private swarm has mDNS off.
-        args.upstream = Some("https://ci:s3cret@private.invalid/simple/".into());
-        args.swarm_key = Some("swarm.key".into());
-        let p2p = resolve_serve(&args, &env).unwrap().p2p.unwrap();
-        assert!(!p2p.mdns, "mDNS off with a swarm key unless asked for");
-        args.swarm_key = None;
-        args.no_p2p = true;
-        assert!(resolve_serve(&args, &env).unwrap().p2p.is_none());
+        let keyed = [&upstream(private)[..], &["--swarm-key", "swarm.key"]].concat();
+        let p2p = resolve(&keyed, &env).unwrap().p2p.unwrap();
+        assert!(
+            !p2p.swarm.mdns,
+            "mDNS off with a swarm key unless asked for"
+        );
+        let off = [&upstream(private)[..], &["--no-p2p"]].concat();
+        assert!(resolve(&off, &env).unwrap().p2p.is_none());
+    }
+
+    /// A `no-` switch alone, or its variable set true, turns the setting
+    /// off; set false it leaves it on.
+    #[test]
+    fn switches_read_like_clap_flags() {
+        for off in ["", "1", "true", "YES", "on"] {
+            assert_eq!(values::switched_off(off), Ok(false), "{off:?}");
+        }
+        for on in ["0", "false", "no", "off"] {
+            assert_eq!(values::switched_off(on), Ok(true), "{on:?}");
+        }
+        assert!(values::switched_off("maybe").is_err());
     }
 
     #[test]
     fn an_upstream_with_a_token_or_on_a_private_network_needs_a_swarm_key() {
         let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
         let refused = |upstream: &str| {
-            let args = ServeArgs {
-                data_dir: Some(dir.path().into()),
-                upstream: Some(upstream.into()),
-                ..ServeArgs::default()
-            };
-            resolve_serve(&args, &env_of(&[]))
+            resolve(&["--data-dir", data, "--upstream", upstream], &[])
                 .err()
                 .map(|e| e.to_string())
         };
@@ -333,63 +465,68 @@ machine private.invalid
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("peerpi.toml");
         std::fs::write(&file, "upstream = \"https://u.invalid/\"\nbootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\nmdns = false\nregion = \"eu\"\n").unwrap();
-        let mut args = ServeArgs::default();
-        args.common.config = Some(file);
-        args.data_dir = Some(dir.path().into());
-        let c = resolve_serve(&args, &env_of(&[])).unwrap();
-        let p2p = c.p2p.unwrap();
+        let base = [
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ];
+        let with = |more: &[&str]| resolve(&[&base[..], more].concat(), &[]);
+        let p2p = with(&[]).unwrap().p2p.unwrap().swarm;
         assert_eq!(p2p.bootstrap.len(), 1);
         assert!(!p2p.mdns);
         assert_eq!(p2p.region.as_deref(), Some("eu"));
-        assert_eq!(p2p.listen[0].to_string(), DEFAULT_P2P_LISTEN);
-        assert_eq!(p2p.listen[1].to_string(), DEFAULT_P2P_LISTEN_QUIC);
-        args.swarm_key = Some("swarm.key".into());
-        let private = resolve_serve(&args, &env_of(&[])).unwrap().p2p.unwrap();
+        assert_eq!(p2p.listen, SwarmConfig::default_listen(false));
+        assert_eq!(p2p.listen.len(), 2, "TCP and QUIC");
+        let private = with(&["--swarm-key", "swarm.key"])
+            .unwrap()
+            .p2p
+            .unwrap()
+            .swarm;
         assert_eq!(
             private.listen.len(),
             1,
             "a private swarm listens on TCP only"
         );
-        args.swarm_key = None;
-        assert_eq!(p2p.bulk_listen, Some(DEFAULT_BULK_LISTEN.parse().unwrap()));
+        assert_eq!(p2p.bulk_listen, Some(peerpi_swarm::DEFAULT_BULK_LISTEN));
         assert_eq!(p2p.upload_limit, None);
-        args.bulk_listen = Some("off".into());
-        args.upload_limit = Some("8MiB".into());
-        let p2p = resolve_serve(&args, &env_of(&[])).unwrap().p2p.unwrap();
+        let p2p = with(&["--bulk-listen", "off", "--upload-limit", "8MiB"])
+            .unwrap()
+            .p2p
+            .unwrap()
+            .swarm;
         assert_eq!((p2p.bulk_listen, p2p.upload_limit), (None, Some(8 << 20)));
-        args.bulk_listen = Some("127.0.0.1:99999".into());
-        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        let flag_error = |more: &[&str]| {
+            serve_parse(&[&base[..], more].concat())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = flag_error(&["--bulk-listen", "127.0.0.1:99999"]);
         assert!(e.contains("--bulk-listen") && e.contains("off"), "{e}");
-        args.bulk_listen = None;
-        args.upload_limit = Some("fast".into());
-        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        let e = flag_error(&["--upload-limit", "fast"]);
         assert!(e.contains("--upload-limit"), "{e}");
-        args.upload_limit = None;
-        args.bootstrap = vec!["not a multiaddr".into()];
-        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        let e = flag_error(&["--bootstrap", "not a multiaddr"]);
         assert!(e.contains("--bootstrap") && e.contains("/p2p/"), "{e}");
-        args.bootstrap.clear();
-        args.no_p2p = true;
-        assert!(resolve_serve(&args, &env_of(&[])).unwrap().p2p.is_none());
+        assert!(with(&["--no-p2p"]).unwrap().p2p.is_none());
+        assert!(with(&["--no-mdns"]).unwrap().p2p.unwrap().swarm.mdns.not());
     }
 
     #[test]
     fn bad_values_say_how_to_fix_them() {
-        let mut args = ServeArgs {
-            upstream: Some("https://u.invalid/".into()),
-            data_dir: Some("/tmp/x".into()),
-            ..Default::default()
-        };
-        args.page_ttl = Some("soon".into());
-        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
+        let base = ["--upstream", "https://u.invalid/", "--data-dir", "/tmp/x"];
+        let e = serve_parse(&[&base[..], &["--page-ttl", "soon"]].concat())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--page-ttl") && e.contains("10m"), "{e}");
-        args.page_ttl = None;
-        args.cache_size = Some("lots".into());
-        let e = resolve_serve(&args, &env_of(&[])).unwrap_err().to_string();
-        assert!(e.contains("--cache-size"), "{e}");
-        args.cache_size = None;
-        args.upstream = Some("ftp://u.invalid/".into());
-        assert!(resolve_serve(&args, &env_of(&[])).is_err());
+        let e = serve_parse(&[&base[..], &["--cache-size", "lots"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cache-size") && e.contains("20GiB"), "{e}");
+        assert!(resolve(
+            &["--upstream", "ftp://u.invalid/", "--data-dir", "/tmp/x"],
+            &[]
+        )
+        .is_err());
     }
 
     #[test]
@@ -456,16 +593,12 @@ machine private.invalid
 
     #[test]
     fn no_upstream_is_an_error_that_says_how_to_set_one() {
-        let args = ServeArgs {
-            data_dir: Some("/tmp/x".into()),
-            ..Default::default()
-        };
-        let e = resolve_serve(
-            &args,
-            &env_of(&[
+        let e = resolve(
+            &["--data-dir", "/tmp/x"],
+            &[
                 ("HOME", "/nonexistent"),
                 ("PEERPI_PYTHON", "/nonexistent/python3"),
-            ]),
+            ],
         )
         .unwrap_err()
         .to_string();
@@ -501,46 +634,5 @@ machine private.invalid
             &Url::parse("http://127.0.0.1:7503/").unwrap(),
             &any
         ));
-    }
-
-    #[test]
-    fn env_exports_point_at_the_node() {
-        assert_eq!(
-            env_text(&listen(), EnvFormat::Shell),
-            "export PIP_INDEX_URL=http://127.0.0.1:7503/simple/\nexport UV_DEFAULT_INDEX=http://127.0.0.1:7503/simple/\n"
-        );
-        let lan: SocketAddr = "192.0.2.10:8000".parse().unwrap();
-        assert!(env_text(&lan, EnvFormat::Shell).contains("PIP_TRUSTED_HOST=192.0.2.10"));
-    }
-
-    /// Every format parses as what it claims to be and names the node.
-    #[test]
-    fn env_formats_parse_and_point_at_the_node() {
-        let lan: SocketAddr = "192.0.2.10:8000".parse().unwrap();
-        let url = "http://192.0.2.10:8000/simple/";
-
-        let pip = ini::Ini::load_from_str(&env_text(&lan, EnvFormat::PipConf)).unwrap();
-        let global = pip.section(Some("global")).unwrap();
-        assert_eq!(global.get("index-url"), Some(url));
-        assert_eq!(global.get("trusted-host"), Some("192.0.2.10"));
-
-        let uv: toml::Value = toml::from_str(&env_text(&lan, EnvFormat::UvToml)).unwrap();
-        assert_eq!(uv["index"][0]["url"].as_str(), Some(url));
-        assert_eq!(uv["index"][0]["default"].as_bool(), Some(true));
-
-        let github = env_text(&lan, EnvFormat::GithubActions);
-        assert!(
-            github.lines().all(|l| l.split_once('=').is_some()),
-            "{github}"
-        );
-        assert!(github.contains(&format!("UV_DEFAULT_INDEX={url}\n")));
-
-        let gitlab = env_text(&lan, EnvFormat::GitlabCi);
-        let docs = yaml_rust2::YamlLoader::load_from_str(&gitlab).unwrap();
-        assert_eq!(docs[0]["variables"]["PIP_INDEX_URL"].as_str(), Some(url));
-        assert_eq!(
-            docs[0]["variables"]["PIP_TRUSTED_HOST"].as_str(),
-            Some("192.0.2.10")
-        );
     }
 }

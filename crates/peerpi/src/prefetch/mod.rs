@@ -47,8 +47,8 @@ enum Outcome {
 }
 
 pub fn run(args: &PrefetchArgs) -> Result<()> {
-    let file = config::load_file(&args.common, &config::process_env)?;
-    let listen = config::resolve_listen(args.common.listen.as_deref(), &file)?;
+    let place = config::locate(&args.common, &config::process_env)?;
+    let listen = config::resolve_listen(place.listen.as_deref())?;
     let base = config::node_base_url(&listen);
     let env = match &args.python_version {
         Some(v) => Some(target_environment(

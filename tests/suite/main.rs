@@ -7,17 +7,14 @@
 
 mod common;
 
-mod cache;
 mod clients;
 mod doctor;
 mod examples;
 mod hardening;
-mod http_api;
 mod peers;
 mod prefetch;
 mod process;
 mod scrub;
-mod status_page;
 mod tuf_cli;
 mod tuf_cluster;
 mod tuf_signer;

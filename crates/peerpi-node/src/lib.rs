@@ -13,6 +13,10 @@ pub mod scrub;
 pub mod signing;
 mod sources;
 mod status;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
 pub mod trust;
 
 use std::collections::HashMap;

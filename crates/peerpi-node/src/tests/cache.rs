@@ -2,11 +2,9 @@
 //! streaming before the download ends, bad bytes never released or stored,
 //! stale pages during outages, eviction under the cap.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::testing::*;
 use peerpi_core::Sha256Digest;
 use peerpi_testkit::{demo_graph, synthetic, Fault};
 

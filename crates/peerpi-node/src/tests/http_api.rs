@@ -1,11 +1,9 @@
 //! The HTTP front against a fake upstream: negotiation, redirects, caching
 //! headers and revalidation, file ranges, HEAD, metadata files, bad input.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::testing::*;
 use peerpi_testkit::{demo_graph, wheel, DistSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,13 +3,11 @@
 //! the numbers of a node that just served a known set of files. The
 //! screenshot is kept in `target/test-artifacts/status-page.png`.
 
-use crate::common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::testing::*;
 
 fn chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]
@@ -106,7 +104,7 @@ async fn the_status_page_renders_in_a_browser_with_the_nodes_numbers() {
         );
     }
 
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("status-page.png");
     let _ = std::fs::remove_file(&shot);

@@ -32,7 +32,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TARGET = os.path.join(ROOT, "target", "release")
+TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
 JSON = "application/vnd.pypi.simple.v1+json"
 
 
@@ -84,7 +84,7 @@ def start_fake_index():
     port = free_port()
     proc = subprocess.Popen(
         [os.path.join(TARGET, "fake-index"), "--listen", f"127.0.0.1:{port}",
-         "--many-files", "2000", "--big-file", "100", "--big-file", "1024"],
+         "--many-files", "2000", "--big-file", "100", "--big-file", "1024", "--demo"],
         stdout=subprocess.PIPE, text=True)
     url = proc.stdout.readline().strip()
     wait_http(url + "many/")
@@ -93,17 +93,23 @@ def start_fake_index():
 
 # ---------------------------------------------------------------- contenders
 
-def peerpi(fx, workdir):
+def start_peerpi(fx, workdir, name, env=None):
+    """A node in front of the fake index; `env` is added to its environment."""
     port = free_port()
-    data = os.path.join(workdir, "peerpi-data")
-    log = open(os.path.join(workdir, "peerpi.log"), "w")
+    data = os.path.join(workdir, f"{name}-data")
+    log = open(os.path.join(workdir, f"{name}.log"), "w")
     proc = subprocess.Popen(
         [os.path.join(TARGET, "peerpi"), "serve", "--upstream", fx.index_url,
          "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--page-ttl", "1h",
          "--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--bulk-listen", "127.0.0.1:0"],
-        stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+        stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn", **(env or {})})
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/healthz")
+    return proc, base
+
+
+def peerpi(fx, workdir):
+    proc, base = start_peerpi(fx, workdir, "peerpi")
     urls = {}
     for project, filename in [("many", None), ("big100", fx.big100), ("big1024", fx.big1g)]:
         page = json.loads(get(f"{base}/simple/{project}/", JSON))
@@ -353,15 +359,115 @@ def sha256_rate():
     return 256 / (time.perf_counter() - start)
 
 
+# ---------------------------------------------------------------- page matrix
+
+def page_matrix(fx, workdir, arenas, seconds, rounds):
+    """Warm-page throughput of one build under several malloc arena caps
+    (glibc's MALLOC_ARENA_MAX; "builtin" is the binary's own cap) and of
+    nginx serving the same bytes, at 8 and 64 connections, for a small page
+    (2 files) and a large one (2,000 files). Rounds are interleaved so that
+    drift on a shared machine spreads over every contender."""
+    pages = {"small": "beta", "large": "many"}
+    contenders = []
+    for arena in arenas:
+        env = {} if arena == "builtin" else {"MALLOC_ARENA_MAX": arena}
+        proc, base = start_peerpi(fx, workdir, f"peerpi-arenas-{arena}", env)
+        urls = {}
+        for label, project in pages.items():
+            urls[label] = f"{base}/simple/{project}/"
+            get(urls[label], JSON)
+        contenders.append((f"peerpi, arenas {arena}", proc, urls))
+    root = os.path.join(workdir, "nginx-pages")
+    os.makedirs(root, exist_ok=True)
+    for label in pages:
+        with open(os.path.join(root, f"{label}.json"), "wb") as f:
+            f.write(get(contenders[0][2][label], JSON))
+    port = free_port()
+    conf = os.path.join(workdir, "nginx-pages.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes auto;
+pid {workdir}/nginx-pages.pid;
+error_log {workdir}/nginx-pages-error.log;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_requests 100000;
+    types {{ }}
+    default_type application/json;
+    server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+""")
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", workdir],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/small.json")
+    contenders.append(("nginx-static", nginx, {label: f"{base}/{label}.json" for label in pages}))
+    samples = {}
+    try:
+        for _ in range(rounds):
+            for name, _, urls in contenders:
+                for label, url in urls.items():
+                    for conns in (8, 64):
+                        samples.setdefault((name, label, conns), []).append(
+                            wrk(url, JSON, conns, seconds))
+        rss = {name: rss_kib(proc.pid) / 1024 for name, proc, _ in contenders}
+    finally:
+        for _, proc, _ in contenders:
+            proc.terminate()
+            proc.wait()
+    result = []
+    for (name, label, conns), runs in samples.items():
+        result.append({
+            "contender": name, "page": label, "conns": conns,
+            "rps_median": statistics.median(r["rps"] for r in runs),
+            "rps_runs": [r["rps"] for r in runs],
+            "p99_ms_median": statistics.median(r["p99_ms"] for r in runs),
+            "rss_after_mib": rss[name],
+        })
+    return result
+
+
+def print_page_matrix(rows):
+    print("| contender | page | conns | req/s (median) | req/s per round | p99 ms | RSS after, MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        runs = " / ".join(f"{x:.0f}" for x in r["rps_runs"])
+        print(f"| {r['contender']} | {r['page']} | {r['conns']} | {r['rps_median']:.0f} | {runs} "
+              f"| {r['p99_ms_median']:.2f} | {r['rss_after_mib']:.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter wrk runs, fewer repetitions")
     ap.add_argument("--out", default=os.path.join(ROOT, "testnet", "bench", "results", "latest.json"))
+    ap.add_argument("--pages", action="store_true",
+                    help="only the warm-page matrix: malloc arena caps against nginx")
+    ap.add_argument("--arenas", default="builtin,2,4,8",
+                    help="MALLOC_ARENA_MAX values for --pages (builtin: the binary's own)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds for --pages")
     args = ap.parse_args()
     seconds, runs = (3, 2) if args.quick else (10, 5)
 
     subprocess.run(["cargo", "build", "--release", "-p", "peerpi", "-p", "peerpi-testkit"], cwd=ROOT, check=True)
     workdir = tempfile.mkdtemp(prefix="peerpi-bench-")
+    if args.pages:
+        os.chmod(workdir, 0o755)
+        fx = start_fake_index()
+        try:
+            rows = page_matrix(fx, workdir, args.arenas.split(","), seconds, args.rounds)
+        finally:
+            fx.proc.send_signal(signal.SIGINT)
+            fx.proc.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out.replace(".json", "-pages.json"), "w") as f:
+            json.dump({"machine": {"nproc": os.cpu_count(), "kernel": os.uname().release},
+                       "seconds": seconds, "rounds": args.rounds, "rows": rows}, f, indent=2)
+        print_page_matrix(rows)
+        return
     os.chmod(workdir, 0o755)  # nginx workers run unprivileged and must read it
     fx = start_fake_index()
     contenders = []

@@ -590,17 +590,25 @@ impl Node {
         info: &TargetInfo,
         etag: Option<&str>,
     ) -> Result<PageFetch, peerpi_upstream::UpstreamError> {
-        let tag = format!("{TUF_ETAG}{}", hex::encode(info.sha256()));
-        if etag == Some(tag.as_str()) {
-            return Ok(PageFetch::NotModified);
-        }
         let page_url = trust.page_url(name.as_str());
         let unreachable = |reason: String| peerpi_upstream::UpstreamError::Unreachable {
             url: page_url.to_string(),
             reason,
         };
+        // The store is addressed by SHA-256; peerpi's signer always lists it.
+        let digest = info.sha256().map(Sha256Digest::from_bytes).ok_or_else(|| {
+            unreachable(format!(
+                "the signed target {} lists no sha256 (only {}), which this node's store needs",
+                info.path,
+                info.hashes.algorithms().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let tag = format!("{TUF_ETAG}{}", digest.to_hex());
+        if etag == Some(tag.as_str()) {
+            return Ok(PageFetch::NotModified);
+        }
         let bytes = self
-            .signed_page_bytes(trust, name, info)
+            .signed_page_bytes(trust, name, info, &digest)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let page = peerpi_core::json::parse_project_page(&bytes, &page_url).map_err(|source| {
@@ -622,9 +630,8 @@ impl Node {
         trust: &PageTrust,
         name: &ProjectName,
         info: &TargetInfo,
+        digest: &Sha256Digest,
     ) -> Result<Vec<u8>, NodeError> {
-        let digest = Sha256Digest::from_hex(&hex::encode(info.sha256()))
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
         let url = trust
             .target_url(info)
             .map_err(|e| NodeError::Internal(e.to_string()))?;
@@ -635,7 +642,7 @@ impl Node {
             metadata: None,
         };
         let max = self.inner.config.upstream.max_page_bytes;
-        let (bytes, _) = self.small_blob(&digest, origin, max).await?;
+        let (bytes, _) = self.small_blob(digest, origin, max).await?;
         Ok(bytes)
     }
 

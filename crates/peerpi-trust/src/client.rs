@@ -6,16 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tough::schema::{Hashes, Target, Targets};
-use tough::TargetName;
 use url::Url;
 
 use crate::datastore::{quote_segment, write_atomically, MetadataDir};
 use crate::error::{Result, TrustError};
 use crate::fetch::{fetch_failed, Fetch, FetchError};
-use crate::trusted::{
-    check_length_and_hashes, snapshot_meta, TimestampUpdate, TrustedSet, ROOT, TARGETS,
-};
+use crate::schema::{TargetFile, TargetHashes, Targets};
+use crate::trusted::{snapshot_meta, TimestampUpdate, TrustedSet, ROOT, TARGETS};
 
 /// Download limits and walk bounds. The metadata limits apply where the
 /// repository signed no length.
@@ -50,11 +47,11 @@ impl Default for Limits {
 pub struct TargetInfo {
     pub path: String,
     pub length: u64,
-    pub hashes: Hashes,
+    pub hashes: TargetHashes,
 }
 
 impl TargetInfo {
-    fn new(path: &str, target: &Target) -> Self {
+    fn new(path: &str, target: &TargetFile) -> Self {
         TargetInfo {
             path: path.to_string(),
             length: target.length,
@@ -62,14 +59,20 @@ impl TargetInfo {
         }
     }
 
-    /// The signed SHA-256 of the target.
-    pub fn sha256(&self) -> &[u8] {
-        &self.hashes.sha256
+    /// The signed SHA-256 of the target, if the repository listed one.
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        self.hashes.sha256()
     }
 
-    /// Whether `bytes` are this target.
+    /// Whether `bytes` are this target: its signed length and every
+    /// signed digest.
     pub fn verify(&self, bytes: &[u8]) -> Result<()> {
-        check_length_and_hashes(&self.path, bytes, Some(self.length), Some(&self.hashes))
+        if bytes.len() as u64 != self.length {
+            return Err(TrustError::LengthOrHash {
+                what: self.path.clone(),
+            });
+        }
+        self.hashes.check(&self.path, bytes)
     }
 }
 
@@ -261,9 +264,10 @@ impl<F: Fetch> Client<F> {
     }
 
     /// Loads `role` (stored copy if it is still the one the snapshot names,
-    /// otherwise from the repository) unless this refresh already has it.
+    /// otherwise from the repository) unless this refresh already has it
+    /// verified by `delegator`'s keys.
     async fn load_targets(&self, set: &mut TrustedSet, role: &str, delegator: &str) -> Result<()> {
-        if set.targets(role).is_some() {
+        if set.trusted_through(role, delegator)? {
             return Ok(());
         }
         if let Some(local) = self.store.read(role)? {
@@ -303,7 +307,6 @@ impl<F: Fetch> Client<F> {
     }
 
     async fn walk(&self, set: &mut TrustedSet, target: &str) -> Result<Option<TargetInfo>> {
-        let name = TargetName::new(target).ok();
         let mut to_visit: Vec<(String, String)> = vec![(TARGETS.into(), ROOT.into())];
         let mut visited: Vec<String> = Vec::new();
         while visited.len() < self.limits.max_delegations {
@@ -317,7 +320,7 @@ impl<F: Fetch> Client<F> {
             let targets: &Targets = set
                 .targets(&role)
                 .ok_or(TrustError::NotRefreshed("targets"))?;
-            if let Some(found) = name.as_ref().and_then(|n| targets.targets.get(n)) {
+            if let Some(found) = targets.targets.get(target) {
                 return Ok(Some(TargetInfo::new(target, found)));
             }
             let mut children = Vec::new();
@@ -377,7 +380,11 @@ impl<F: Fetch> Client<F> {
 /// `base/dir/HASH.name` (the SHA-256, the directory kept).
 pub fn target_url(base: &Url, info: &TargetInfo, consistent: bool) -> Result<Url> {
     let path = if consistent {
-        let digest = hex::encode(info.sha256());
+        let digest = info
+            .hashes
+            .for_file_name()
+            .map(hex::encode)
+            .ok_or_else(|| TrustError::malformed(&info.path, "no hash to name its file by"))?;
         match info.path.rsplit_once('/') {
             Some((dir, name)) => format!("{dir}/{digest}.{name}"),
             None => format!("{digest}.{}", info.path),

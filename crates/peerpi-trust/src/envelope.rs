@@ -15,9 +15,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::key::{EcdsaScheme, Ed25519Scheme, Key, RsaScheme};
-use tough::schema::{Root, Snapshot, Targets, Timestamp};
+use tough::schema::{Root, Snapshot, Timestamp};
 
 use crate::error::{Result, TrustError};
+use crate::schema::Targets;
 
 /// The major version of the TUF specification this client implements.
 const SPEC_MAJOR: &str = "1";

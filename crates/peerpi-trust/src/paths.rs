@@ -8,7 +8,9 @@ use std::collections::HashMap;
 
 use globset::GlobBuilder;
 use sha2::{Digest, Sha256};
-use tough::schema::{DelegatedRole, Delegations, PathSet};
+use tough::schema::{DelegatedRole, PathSet};
+
+use crate::schema::Delegations;
 
 /// The lowercase hex SHA-256 of a target path, what hash prefixes match.
 pub fn path_digest(target: &str) -> String {

@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 
-use sha2::{Digest, Sha256, Sha512};
-use tough::schema::{Hashes, Metafile, RoleType, Root, Snapshot, Targets, Timestamp};
+use sha2::{Digest, Sha256};
+use tough::schema::{Hashes, Metafile, RoleType, Root, Snapshot, Timestamp};
 
 use crate::envelope::Envelope;
 use crate::error::{Result, TrustError};
 use crate::paths::DelegationIndex;
+use crate::schema::{digest, Targets};
 
 /// The role that signs top-level targets.
 pub const TARGETS: &str = "targets";
@@ -36,6 +37,10 @@ pub struct TrustedSet {
     targets: HashMap<String, Envelope<Targets>>,
     /// Each trusted targets role's delegations, indexed for lookups.
     delegation_indexes: HashMap<String, DelegationIndex>,
+    /// Each trusted delegated role's delegators whose keys verified it. A
+    /// role two roles delegate (a "diamond") is trusted on a search path
+    /// only once that path's delegator verified it.
+    verified_by: HashMap<String, Vec<String>>,
 }
 
 impl TrustedSet {
@@ -52,6 +57,7 @@ impl TrustedSet {
             snapshot: None,
             targets: HashMap::new(),
             delegation_indexes: HashMap::new(),
+            verified_by: HashMap::new(),
         })
     }
 
@@ -191,30 +197,7 @@ impl TrustedSet {
             .ok_or_else(|| TrustError::NotInSnapshot { role: role.into() })?;
         check_length_and_hashes(role, bytes, meta.length, meta.hashes.as_ref())?;
         let new = Envelope::<Targets>::parse(bytes, "targets", role)?;
-        if delegator == ROOT {
-            verify_top_level(&self.root.signed, &new, RoleType::Targets, role)?;
-        } else {
-            let parent = self
-                .targets
-                .get(delegator)
-                .ok_or(TrustError::NotRefreshed("the delegating role"))?;
-            let delegations = parent.signed.delegations.as_ref().ok_or_else(|| {
-                TrustError::malformed(role, format!("{delegator} delegates nothing"))
-            })?;
-            let delegated = delegations
-                .roles
-                .iter()
-                .find(|r| r.name == role)
-                .ok_or_else(|| {
-                    TrustError::malformed(role, format!("{delegator} does not delegate it"))
-                })?;
-            new.verify(
-                role,
-                &delegations.keys,
-                &delegated.keyids,
-                delegated.threshold.get(),
-            )?;
-        }
+        self.verify_delegated(&new, role, delegator)?;
         if new.signed.version != meta.version {
             return Err(TrustError::VersionMismatch {
                 role: role.into(),
@@ -229,7 +212,53 @@ impl TrustedSet {
                 .insert(role.to_string(), DelegationIndex::new(delegations));
         }
         self.targets.insert(role.to_string(), new);
+        self.verified_by
+            .insert(role.to_string(), vec![delegator.to_string()]);
         Ok(())
+    }
+
+    /// Whether `role` is trusted on a search path through `delegator`: it
+    /// is loaded, and `delegator`'s keys for it verified it (checked now if
+    /// another delegator's did before).
+    pub fn trusted_through(&mut self, role: &str, delegator: &str) -> Result<bool> {
+        let Some(envelope) = self.targets.get(role) else {
+            return Ok(false);
+        };
+        let verifiers = self.verified_by.get(role).map(Vec::as_slice);
+        if verifiers.unwrap_or_default().iter().any(|d| d == delegator) {
+            return Ok(true);
+        }
+        self.verify_delegated(envelope, role, delegator)?;
+        self.verified_by
+            .entry(role.to_string())
+            .or_default()
+            .push(delegator.to_string());
+        Ok(true)
+    }
+
+    /// A threshold of `delegator`'s keys for `role` signed `envelope`
+    /// (the root's targets keys for the top-level targets).
+    fn verify_delegated(
+        &self,
+        envelope: &Envelope<Targets>,
+        role: &str,
+        delegator: &str,
+    ) -> Result<()> {
+        if delegator == ROOT {
+            return verify_top_level(&self.root.signed, envelope, RoleType::Targets, role);
+        }
+        let parent = self
+            .targets
+            .get(delegator)
+            .ok_or(TrustError::NotRefreshed("the delegating role"))?;
+        let delegations =
+            parent.signed.delegations.as_ref().ok_or_else(|| {
+                TrustError::malformed(role, format!("{delegator} delegates nothing"))
+            })?;
+        let (keyids, threshold) = delegations.signers_of(role).ok_or_else(|| {
+            TrustError::malformed(role, format!("{delegator} does not delegate it"))
+        })?;
+        envelope.verify(role, &delegations.keys, keyids, threshold)
     }
 
     /// Moves the reference time forward (a set kept between refreshes) and
@@ -258,15 +287,16 @@ impl TrustedSet {
     /// The roles `role` delegates `target` to, in listed order, with
     /// whether each is terminating.
     pub fn delegated_for(&self, role: &str, target: &str) -> Vec<(String, bool)> {
-        let (Some(targets), Some(index)) = (self.targets(role), self.delegation_indexes.get(role))
-        else {
+        let Some(delegations) = self.targets(role).and_then(|t| t.delegations.as_ref()) else {
             return Vec::new();
         };
-        let roles = targets
-            .delegations
-            .as_ref()
-            .map(|d| d.roles.as_slice())
-            .unwrap_or_default();
+        if let Some(succinct) = &delegations.succinct_roles {
+            return vec![(succinct.role_for(target), true)];
+        }
+        let Some(index) = self.delegation_indexes.get(role) else {
+            return Vec::new();
+        };
+        let roles = delegations.roles.as_slice();
         index
             .matching(roles, target)
             .into_iter()
@@ -350,11 +380,7 @@ pub fn check_length_and_hashes(
             .as_str()
             .and_then(|h| hex::decode(h).ok())
             .ok_or_else(mismatch)?;
-        let actual = match algorithm.as_str() {
-            "sha512" => Sha512::digest(bytes).to_vec(),
-            _ => return Err(mismatch()),
-        };
-        if actual != expected {
+        if digest(algorithm, bytes).ok_or_else(mismatch)? != expected {
             return Err(mismatch());
         }
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use peerpi_testkit::repo_server::RepoServer;
 use peerpi_trust::keys::SigningKey;
 use peerpi_trust::signer::{InitOptions, Keys, Lifetimes, NewTarget, Repository};
-use peerpi_trust::{Client, HttpFetcher, Limits, MetadataDir};
+use peerpi_trust::{Client, HttpFetcher, Limits, MetadataDir, TrustError};
 use sha2::{Digest, Sha256};
 use url::Url;
 
@@ -41,59 +41,134 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-async fn read_with_peerpi(keytype: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    let made = Command::new(python())
-        .arg(script("make_repo.py"))
-        .arg(&repo)
-        .arg(keytype)
-        .args([
-            "pkgs/x/a-1.0-py3-none-any.whl=wheel bytes",
-            "top-level.txt=top",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let server = RepoServer::start(&repo).await.unwrap();
-    let store = dir.path().join("client");
-    std::fs::create_dir_all(&store).unwrap();
-    std::fs::copy(repo.join("metadata/1.root.json"), store.join("root.json")).unwrap();
-    let mut client = Client::new(
-        MetadataDir::new(&store),
-        HttpFetcher::new(Duration::from_secs(10)).unwrap(),
-        &Url::parse(&server.url("metadata/")).unwrap(),
-        Limits::default(),
-    )
-    .unwrap();
-    client.refresh().await.unwrap();
-    let base = Url::parse(&server.url("targets/")).unwrap();
-    for (target, content) in [
-        ("pkgs/x/a-1.0-py3-none-any.whl", &b"wheel bytes"[..]),
-        ("top-level.txt", b"top"),
-    ] {
-        let info = client.lookup(target).await.unwrap().expect("target listed");
-        let file = client
-            .download(&info, &base, &dir.path().join("out"))
-            .await
+/// A repository made by python-tuf (`make_repo.py OUT KEYTYPE ARGS...`),
+/// served on loopback, and a refreshed peerpi client of it.
+struct PythonRepo {
+    dir: tempfile::TempDir,
+    server: RepoServer,
+    client: Client<HttpFetcher>,
+}
+
+impl PythonRepo {
+    async fn make(keytype: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let made = Command::new(python())
+            .arg(script("make_repo.py"))
+            .arg(&repo)
+            .arg(keytype)
+            .args(args)
+            .output()
             .unwrap();
-        assert_eq!(std::fs::read(file).unwrap(), content);
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let server = RepoServer::start(&repo).await.unwrap();
+        let store = dir.path().join("client");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::copy(repo.join("metadata/1.root.json"), store.join("root.json")).unwrap();
+        let mut client = Client::new(
+            MetadataDir::new(&store),
+            HttpFetcher::new(Duration::from_secs(10)).unwrap(),
+            &Url::parse(&server.url("metadata/")).unwrap(),
+            Limits::default(),
+        )
+        .unwrap();
+        client.refresh().await.unwrap();
+        PythonRepo {
+            dir,
+            server,
+            client,
+        }
     }
-    assert!(client.lookup("absent").await.unwrap().is_none());
+
+    /// Looks `target` up and downloads it; its bytes.
+    async fn download(&mut self, target: &str) -> Result<Vec<u8>, TrustError> {
+        let info = self.client.lookup(target).await?.expect("target listed");
+        let base = Url::parse(&self.server.url("targets/")).unwrap();
+        let file = self
+            .client
+            .download(&info, &base, &self.dir.path().join("out"))
+            .await?;
+        Ok(std::fs::read(file).unwrap())
+    }
+}
+
+async fn read_with_peerpi(keytype: &str, hash_args: &[&str]) {
+    let wheel = "pkgs/x/a-1.0-py3-none-any.whl";
+    let targets = [&format!("{wheel}=wheel bytes"), "top-level.txt=top"];
+    let args: Vec<&str> = hash_args.iter().copied().chain(targets).collect();
+    let mut repo = PythonRepo::make(keytype, &args).await;
+    assert_eq!(repo.download(wheel).await.unwrap(), b"wheel bytes");
+    assert_eq!(repo.download("top-level.txt").await.unwrap(), b"top");
+    assert!(repo.client.lookup("absent").await.unwrap().is_none());
 }
 
 #[tokio::test]
 async fn peerpi_reads_a_python_tuf_repository_with_ed25519_keys() {
-    read_with_peerpi("ed25519").await;
+    read_with_peerpi("ed25519", &[]).await;
 }
 
 #[tokio::test]
 async fn peerpi_reads_a_python_tuf_repository_with_ecdsa_keys() {
-    read_with_peerpi("ecdsa").await;
+    read_with_peerpi("ecdsa", &[]).await;
+}
+
+/// The specification lets a target list any hash algorithms; `tough`'s
+/// schema refused a `hashes` object without `sha256`.
+#[tokio::test]
+async fn targets_hashed_with_sha512_or_blake2b_only_download() {
+    read_with_peerpi("ed25519", &["--hash", "sha512"]).await;
+    read_with_peerpi("ed25519", &["--hash", "blake2b-256"]).await;
+    read_with_peerpi("ed25519", &["--hash", "sha512", "--hash", "blake2b-256"]).await;
+}
+
+/// TAP 15 hashed bins as python-tuf writes them (the form of the index's
+/// PEP 458 deployment). Five bits: 32 bins with two-digit names, so the
+/// shift and the padding both matter; python-tuf put each target in its
+/// bin, and a wrong bin name in peerpi would find nothing.
+#[tokio::test]
+async fn peerpi_reads_succinct_hashed_bins_made_by_python_tuf() {
+    let targets: Vec<String> = (0..12)
+        .map(|n| format!("simple/project-{n}/index.html=page {n}"))
+        .collect();
+    let mut args = vec!["--succinct", "5", "--hash", "blake2b-256"];
+    args.extend(targets.iter().map(String::as_str));
+    let mut repo = PythonRepo::make("ed25519", &args).await;
+    for n in 0..12 {
+        let page = repo
+            .download(&format!("simple/project-{n}/index.html"))
+            .await
+            .unwrap();
+        assert_eq!(page, format!("page {n}").as_bytes());
+    }
+    assert!(repo
+        .client
+        .lookup("simple/absent/index.html")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// `shared` is delegated by team-a (for `a/*`, to key S, which signed it)
+/// and by team-b (for every path, to another key). Trusted through team-a,
+/// it must not be trusted through team-b for a path only team-b delegates,
+/// although the client already holds it verified.
+#[tokio::test]
+async fn a_role_two_roles_delegate_is_verified_on_each_search_path() {
+    let args = ["--diamond", "a/x=through team-a", "b/evil=through team-b"];
+    let mut repo = PythonRepo::make("ed25519", &args).await;
+    assert_eq!(repo.download("a/x").await.unwrap(), b"through team-a");
+    let refused = repo.client.lookup("b/evil").await;
+    assert!(
+        matches!(refused, Err(TrustError::ThresholdNotMet { ref role, .. }) if role == "shared"),
+        "b/evil is listed only by a role team-b's key did not sign: {refused:?}"
+    );
+    // The same from a client that never took the path through team-a.
+    let mut fresh = PythonRepo::make("ed25519", &args).await;
+    assert!(fresh.client.lookup("b/evil").await.is_err());
 }
 
 #[tokio::test]

@@ -472,3 +472,113 @@ async fn a_silent_signer_holds_no_page_request_past_the_refresh_bound() {
     }
     stop("-CONT");
 }
+
+/// The signer down, and a node whose metadata is fresh but that never
+/// fetched the bin a project is signed in: the 503 names that cause (it
+/// said the metadata was stale, refused "until the signer publishes fresh
+/// metadata"), and the project it verified before is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_signer_down_a_bin_never_fetched_is_named_as_the_cause() {
+    let (known, unknown) = two_projects_in_different_bins();
+    let upstream = fake_index(demo_graph()).await;
+    let mut cluster = Cluster::start(&upstream.simple_url()).await;
+    for project in [known, unknown] {
+        get_text(cluster.signer.url(&format!("/simple/{project}/"))).await;
+    }
+    cluster
+        .wait_signed(&[known.to_string(), unknown.to_string()])
+        .await;
+    let a = cluster.tuf_node("a").await;
+    let known_page = a.url(&format!("/simple/{known}/"));
+    assert_eq!(
+        client().get(&known_page).send().await.unwrap().status(),
+        200
+    );
+    cluster.signer.child.kill().unwrap();
+    cluster.signer.child.wait().unwrap();
+
+    let response = tokio::time::timeout(
+        Duration::from_secs(30),
+        client().get(a.url(&format!("/simple/{unknown}/"))).send(),
+    )
+    .await
+    .expect("an answer")
+    .unwrap();
+    assert_eq!(response.status(), 503);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains("could not be fetched") && body.contains("has not expired"),
+        "the 503 should name the missing metadata: {body}"
+    );
+    assert!(!body.contains("fresh metadata"), "not stale: {body}");
+    assert_eq!(
+        client().get(&known_page).send().await.unwrap().status(),
+        200
+    );
+}
+
+/// Two demo projects whose pages fall in different bins of the cluster's
+/// 256, so that a node can hold the bin of one and not of the other.
+fn two_projects_in_different_bins() -> (&'static str, &'static str) {
+    let bin = |project: &str| {
+        peerpi_trust::paths::path_digest(&format!("simple/{project}/index.json"))[..2].to_string()
+    };
+    let projects = ["alpha", "beta", "gamma", "delta"];
+    projects
+        .iter()
+        .flat_map(|a| projects.iter().map(move |b| (*a, *b)))
+        .find(|(a, b)| bin(a) != bin(b))
+        .expect("two demo projects in different bins")
+}
+
+/// Bins travel like the snapshot: the snapshot lists their digests, so a
+/// node takes a bin from any peer that holds it. With the signer gone, a
+/// node that never fetched a project's bin serves the project from peers
+/// alone, bin and page (it answered 503: bins came only from the signer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_signer_down_a_bin_and_its_page_come_from_peers() {
+    let (first, second) = two_projects_in_different_bins();
+    let upstream = fake_index(demo_graph()).await;
+    let mut cluster = Cluster::start(&upstream.simple_url()).await;
+    for project in [first, second] {
+        get_text(cluster.signer.url(&format!("/simple/{project}/"))).await;
+    }
+    cluster
+        .wait_signed(&[first.to_string(), second.to_string()])
+        .await;
+    let a = cluster.tuf_node("a").await;
+    let a_addr = p2p_addr_of(&a).await;
+    let b = cluster.tuf_node_with("b", &["--bootstrap", &a_addr]).await;
+    // B trusts the metadata (and holds the first project's bin); A holds
+    // the second's bin and page.
+    let page = |node: &NodeProcess, project: &str| node.url(&format!("/simple/{project}/"));
+    assert_eq!(
+        client().get(page(&b, first)).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(page(&a, second))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    cluster.signer.child.kill().unwrap();
+    cluster.signer.child.wait().unwrap();
+
+    // A's announcements of what it just stored may take a moment to reach
+    // B: asked again, bounded.
+    let served = eventually_async(Duration::from_secs(30), || async {
+        let response = client().get(page(&b, second)).send().await.unwrap();
+        response.status() == 200
+    })
+    .await;
+    let body = client().get(page(&b, second)).send().await.unwrap();
+    assert!(
+        served,
+        "B never served {second}: {}",
+        body.text().await.unwrap()
+    );
+}

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use tough::schema::Metafile;
 use url::Url;
 
 use crate::datastore::{quote_segment, write_atomically, MetadataDir};
@@ -246,19 +247,13 @@ impl<F: Fetch> Client<F> {
         let timestamp = set
             .timestamp()
             .ok_or(TrustError::NotRefreshed("timestamp"))?;
-        let meta = snapshot_meta(timestamp)?;
-        let limit = meta.length.unwrap_or(self.limits.snapshot_bytes);
+        let meta = snapshot_meta(timestamp)?.clone();
         let version = set.root().consistent_snapshot.then(|| meta.version.get());
         let url = self.metadata_file_url("snapshot", version)?;
-        let sha256 = meta
-            .hashes
-            .as_ref()
-            .and_then(|h| <[u8; 32]>::try_from(h.sha256.as_ref()).ok());
-        let fetched = match (sha256, meta.length) {
-            (Some(sha256), Some(length)) => self.fetcher.fetch_hashed(&url, length, sha256).await,
-            _ => self.fetcher.fetch(&url, limit).await,
-        };
-        let bytes = fetched.map_err(|e| fetch_failed("snapshot", &url, e))?;
+        let bytes = self
+            .fetch_listed(&url, &meta, self.limits.snapshot_bytes)
+            .await
+            .map_err(|e| fetch_failed("snapshot", &url, e))?;
         set.update_snapshot(&bytes, false)?;
         self.store.write("snapshot", &bytes)
     }
@@ -278,17 +273,39 @@ impl<F: Fetch> Client<F> {
         }
         let entry = set
             .snapshot_entry(role)
-            .ok_or_else(|| TrustError::NotInSnapshot { role: role.into() })?;
-        let limit = entry.length.unwrap_or(self.limits.targets_bytes);
+            .ok_or_else(|| TrustError::NotInSnapshot { role: role.into() })?
+            .clone();
         let version = set.root().consistent_snapshot.then(|| entry.version.get());
         let url = self.metadata_file_url(role, version)?;
         let bytes = self
-            .fetcher
-            .fetch(&url, limit)
+            .fetch_listed(&url, &entry, self.limits.targets_bytes)
             .await
             .map_err(|e| fetch_failed(role, &url, e))?;
         set.update_targets(&bytes, role, delegator)?;
         self.store.write(role, &bytes)
+    }
+
+    /// Fetches the file a timestamp or snapshot entry names: by its digest
+    /// where the entry gives length and SHA-256 (so a fetcher may take it
+    /// from anyone who holds those bytes), else from `url`, reading at most
+    /// the listed length or `default_limit`.
+    async fn fetch_listed(
+        &self,
+        url: &Url,
+        entry: &Metafile,
+        default_limit: u64,
+    ) -> std::result::Result<Vec<u8>, FetchError> {
+        let sha256 = entry
+            .hashes
+            .as_ref()
+            .and_then(|h| <[u8; 32]>::try_from(h.sha256.as_ref()).ok());
+        match (sha256, entry.length) {
+            (Some(sha256), Some(length)) => self.fetcher.fetch_hashed(url, length, sha256).await,
+            _ => {
+                let limit = entry.length.unwrap_or(default_limit);
+                self.fetcher.fetch(url, limit).await
+            }
+        }
     }
 
     /// Finds `target` by walking delegations in pre-order from the

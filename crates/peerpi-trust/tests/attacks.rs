@@ -181,6 +181,14 @@ impl Fixture {
     }
 }
 
+/// Drops the length and hashes of a snapshot entry, so that a file whose
+/// bytes changed is judged by the check a test is about.
+fn unpin(entry: &mut Value) {
+    let entry = entry.as_object_mut().unwrap();
+    entry.remove("length");
+    entry.remove("hashes");
+}
+
 fn days_ago(days: i64) -> String {
     let t = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days);
     jiff::Timestamp::from_second(t.as_second())
@@ -397,15 +405,12 @@ async fn an_expired_snapshot_targets_or_bin_is_refused() {
         fx.tamper(&file, &[key], |signed| {
             signed["expires"] = days_ago(1).into()
         });
-        // Lengths in snapshot no longer match a re-signed file; drop them so
-        // that the freeze (not the length) is what is refused.
+        // Length and hash in snapshot no longer match a re-signed file;
+        // drop them so that the freeze (not the length) is what is refused.
         if role != "snapshot" {
             let snapshot = format!("{}.snapshot.json", fx.snapshot_version());
             fx.tamper(&snapshot, &[&online], |signed| {
-                signed["meta"][format!("{name}.json")]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("length");
+                unpin(&mut signed["meta"][format!("{name}.json")]);
             });
         }
         let snapshot_len = fx
@@ -491,10 +496,7 @@ async fn a_bin_whose_version_differs_from_snapshot_is_refused() {
     let online = fx.key("online.pk8");
     let snapshot = format!("{}.snapshot.json", fx.snapshot_version());
     fx.tamper(&snapshot, &[&online], |signed| {
-        signed["meta"][format!("{bin}.json")]
-            .as_object_mut()
-            .unwrap()
-            .remove("length");
+        unpin(&mut signed["meta"][format!("{bin}.json")]);
     });
     let snapshot_len = fx.published(&snapshot).len();
     fx.tamper("timestamp.json", &[&online], |signed| {

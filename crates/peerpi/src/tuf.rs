@@ -99,8 +99,9 @@ pub struct InitArgs {
     /// Move the root and targets keys offline afterwards.
     #[arg(long, value_name = "DIR", default_value = "tuf-keys")]
     pub keys: PathBuf,
-    /// Number of hashed bins (a power of two).
-    #[arg(long, default_value_t = 16_384)]
+    /// Number of hashed bins (a power of two): about one per ten projects
+    /// the cluster will sign; 16,384 for a mirror of the whole index.
+    #[arg(long, default_value_t = peerpi_trust::signer::DEFAULT_BINS)]
     pub bins: u32,
     /// Number of root keys.
     #[arg(long, default_value_t = 1)]

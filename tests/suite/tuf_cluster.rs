@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::python::*;
 use common::*;
-use peerpi_testkit::demo_graph;
+use peerpi_testkit::{demo_graph, FakeIndex};
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -73,6 +73,30 @@ impl Cluster {
         ];
         let args: Vec<&str> = args.iter().copied().chain(extra.iter().copied()).collect();
         NodeProcess::start_without_upstream(&self.dir.path().join(name), &args).await
+    }
+
+    /// A cluster whose signer signed two demo projects whose pages fall in
+    /// different bins of its 256, so that a node can hold the bin of one
+    /// and not of the other.
+    async fn with_two_bins_signed(upstream: &FakeIndex) -> (Self, &'static str, &'static str) {
+        let bin = |project: &str| {
+            let target = format!("simple/{project}/index.json");
+            peerpi_trust::paths::path_digest(&target)[..2].to_string()
+        };
+        let projects = ["alpha", "beta", "gamma", "delta"];
+        let (first, second) = projects
+            .iter()
+            .flat_map(|a| projects.iter().map(move |b| (*a, *b)))
+            .find(|(a, b)| bin(a) != bin(b))
+            .expect("two demo projects in different bins");
+        let cluster = Cluster::start(&upstream.simple_url()).await;
+        for project in [first, second] {
+            get_text(cluster.signer.url(&format!("/simple/{project}/"))).await;
+        }
+        cluster
+            .wait_signed(&[first.to_string(), second.to_string()])
+            .await;
+        (cluster, first, second)
     }
 
     /// Waits (bounded) until the signer has signed the pages of `projects`.
@@ -479,15 +503,8 @@ async fn a_silent_signer_holds_no_page_request_past_the_refresh_bound() {
 /// metadata"), and the project it verified before is still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_signer_down_a_bin_never_fetched_is_named_as_the_cause() {
-    let (known, unknown) = two_projects_in_different_bins();
     let upstream = fake_index(demo_graph()).await;
-    let mut cluster = Cluster::start(&upstream.simple_url()).await;
-    for project in [known, unknown] {
-        get_text(cluster.signer.url(&format!("/simple/{project}/"))).await;
-    }
-    cluster
-        .wait_signed(&[known.to_string(), unknown.to_string()])
-        .await;
+    let (mut cluster, known, unknown) = Cluster::with_two_bins_signed(&upstream).await;
     let a = cluster.tuf_node("a").await;
     let known_page = a.url(&format!("/simple/{known}/"));
     assert_eq!(
@@ -517,35 +534,14 @@ async fn with_the_signer_down_a_bin_never_fetched_is_named_as_the_cause() {
     );
 }
 
-/// Two demo projects whose pages fall in different bins of the cluster's
-/// 256, so that a node can hold the bin of one and not of the other.
-fn two_projects_in_different_bins() -> (&'static str, &'static str) {
-    let bin = |project: &str| {
-        peerpi_trust::paths::path_digest(&format!("simple/{project}/index.json"))[..2].to_string()
-    };
-    let projects = ["alpha", "beta", "gamma", "delta"];
-    projects
-        .iter()
-        .flat_map(|a| projects.iter().map(move |b| (*a, *b)))
-        .find(|(a, b)| bin(a) != bin(b))
-        .expect("two demo projects in different bins")
-}
-
 /// Bins travel like the snapshot: the snapshot lists their digests, so a
 /// node takes a bin from any peer that holds it. With the signer gone, a
 /// node that never fetched a project's bin serves the project from peers
 /// alone, bin and page (it answered 503: bins came only from the signer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_signer_down_a_bin_and_its_page_come_from_peers() {
-    let (first, second) = two_projects_in_different_bins();
     let upstream = fake_index(demo_graph()).await;
-    let mut cluster = Cluster::start(&upstream.simple_url()).await;
-    for project in [first, second] {
-        get_text(cluster.signer.url(&format!("/simple/{project}/"))).await;
-    }
-    cluster
-        .wait_signed(&[first.to_string(), second.to_string()])
-        .await;
+    let (mut cluster, first, second) = Cluster::with_two_bins_signed(&upstream).await;
     let a = cluster.tuf_node("a").await;
     let a_addr = p2p_addr_of(&a).await;
     let b = cluster.tuf_node_with("b", &["--bootstrap", &a_addr]).await;

@@ -137,9 +137,29 @@ fn is_locked(e: &sled::Error) -> bool {
         || io.to_string().contains("lock"))
 }
 
+/// How long an open waits for the database's file lock.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens the trees, waiting up to `LOCK_WAIT` while the file lock is held:
+/// sled releases it only once its background threads let go of a dropped
+/// database (a store reopened in the same process, a catalog reopened after
+/// a full disk), or once a previous process finished exiting (a quick
+/// restart).
+fn open_trees(path: &Path) -> Result<Trees, sled::Error> {
+    let started = Instant::now();
+    loop {
+        match Trees::open(path) {
+            Err(e) if is_locked(&e) && started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 impl Catalog {
     pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
-        let trees = Trees::open(path).map_err(|e| {
+        let trees = open_trees(path).map_err(|e| {
             if is_locked(&e) {
                 StoreError::Unavailable(format!(
                     "the catalog {} is in use by another process (is another peerpi running on this data directory?): {e}",
@@ -231,17 +251,7 @@ impl Catalog {
         // Ours is dropped here; in-flight readers let go of theirs shortly,
         // and only then does sled release its file lock.
         *slot = None;
-        let started = Instant::now();
-        let reopened = loop {
-            match Trees::open(&self.path) {
-                Ok(trees) => break Ok(trees),
-                Err(e) if is_locked(&e) && started.elapsed() < Duration::from_secs(2) => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        match reopened {
+        match open_trees(&self.path) {
             Ok(trees) => {
                 *slot = Some(Arc::new(trees));
                 crate::lock(&self.degraded).reason = None;

@@ -361,3 +361,20 @@ fn pages_count_against_the_cap_and_the_oldest_go_past_their_share() {
     let (store, _) = Store::open(dir.path(), 80_000).unwrap();
     assert_eq!(store.page_bytes(), counted);
 }
+
+/// sled lets go of its file lock only once its background threads drop a
+/// closed database: a store reopened in the same process right after the
+/// last one was dropped failed as "in use by another process" (seen in CI,
+/// in `pages_count_against_the_cap_and_the_oldest_go_past_their_share`).
+#[test]
+fn a_store_reopened_while_the_last_one_is_still_closing_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    let closing = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(store);
+    });
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    closing.join().unwrap();
+    put(&store, b"written after the reopen");
+}

@@ -164,24 +164,12 @@ async fn wrong_bytes_are_counted_as_verification_failures() {
             .is_empty())
         .await
     );
-    assert_eq!(
-        metric(
-            &node,
-            "peerpi_verification_failures_total",
-            "source=\"upstream\""
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &node,
-            "peerpi_upstream_requests_total",
-            "outcome=\"bad_digest\""
-        )
-        .await,
-        1.0
-    );
+    for (name, labels) in [
+        ("peerpi_verification_failures_total", "source=\"upstream\""),
+        ("peerpi_upstream_requests_total", "outcome=\"bad_digest\""),
+    ] {
+        assert_eq!(metric(&node, name, labels).await, 1.0, "{name}{{{labels}}}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

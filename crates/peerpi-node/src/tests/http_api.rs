@@ -441,49 +441,33 @@ async fn metrics_count_sources_routes_and_cache_size() {
         .len as f64;
     get_bytes(&url).await;
     get_bytes(&url).await;
-    assert_eq!(
-        metric(&node, "peerpi_blob_hits_total", "source=\"upstream\"").await,
-        1.0
-    );
-    assert_eq!(
-        metric(&node, "peerpi_blob_hits_total", "source=\"local\"").await,
-        1.0
-    );
-    assert_eq!(
-        metric(&node, "peerpi_blob_bytes_total", "source=\"upstream\"").await,
-        len
-    );
-    assert_eq!(
-        metric(&node, "peerpi_blob_bytes_total", "source=\"local\"").await,
-        len
-    );
-    assert_eq!(
-        metric(
-            &node,
+    for (name, labels, expected) in [
+        ("peerpi_blob_hits_total", "source=\"upstream\"", 1.0),
+        ("peerpi_blob_hits_total", "source=\"local\"", 1.0),
+        ("peerpi_blob_bytes_total", "source=\"upstream\"", len),
+        ("peerpi_blob_bytes_total", "source=\"local\"", len),
+        (
             "peerpi_upstream_requests_total",
-            "kind=\"file\",outcome=\"ok\""
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &node,
+            "kind=\"file\",outcome=\"ok\"",
+            1.0,
+        ),
+        (
             "peerpi_upstream_requests_total",
-            "kind=\"page\",outcome=\"ok\""
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &node,
+            "kind=\"page\",outcome=\"ok\"",
+            1.0,
+        ),
+        (
             "peerpi_http_requests_total",
-            "route=\"/files/{sha256}/{filename}\",status=\"200\""
-        )
-        .await,
-        2.0
-    );
+            "route=\"/files/{sha256}/{filename}\",status=\"200\"",
+            2.0,
+        ),
+    ] {
+        assert_eq!(
+            metric(&node, name, labels).await,
+            expected,
+            "{name}{{{labels}}}"
+        );
+    }
     assert_eq!(metric(&node, "peerpi_cache_size_bytes", "").await, len);
 }
 

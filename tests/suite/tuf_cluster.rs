@@ -17,6 +17,9 @@ use peerpi_testkit::{demo_graph, FakeIndex};
 struct Cluster {
     dir: tempfile::TempDir,
     signer: NodeProcess,
+    /// The signer's swarm address, kept so that nodes started after the
+    /// signer stopped still name it (and find it gone).
+    signer_p2p: String,
 }
 
 impl Cluster {
@@ -41,7 +44,12 @@ impl Cluster {
             ],
         )
         .await;
-        Cluster { dir, signer }
+        let signer_p2p = p2p_addr_of(&signer).await;
+        Cluster {
+            dir,
+            signer,
+            signer_p2p,
+        }
     }
 
     fn root(&self) -> String {
@@ -58,7 +66,7 @@ impl Cluster {
     }
 
     async fn tuf_node_with(&self, name: &str, extra: &[&str]) -> NodeProcess {
-        let bootstrap = p2p_addr_of(&self.signer).await;
+        let bootstrap = self.signer_p2p.clone();
         let tuf_url = self.signer.url("/tuf/");
         let root = self.root();
         let args = [
@@ -168,14 +176,7 @@ async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
     eprintln!("B installed the graph with the index down in {b_took:?}");
     // B's TUF state is visible to its operator.
     let metrics = get_text(b.url("/metrics")).await;
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in B's metrics"))
-    };
+    let value = |name: &str| metric(&metrics, name);
     assert!(value("peerpi_tuf_refresh_total{outcome=\"ok\"}") >= 1.0);
     // The snapshot, named by its hash in the timestamp, came over the swarm.
     assert!(value("peerpi_tuf_metadata_bytes_total{source=\"peer\"}") > 0.0);
@@ -186,6 +187,16 @@ async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
         timestamp_left > 3_600.0 && timestamp_left <= 86_400.0,
         "{timestamp_left}"
     );
+}
+
+/// The value of the series `name` (with its labels) in a metrics page.
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{metrics}"))
 }
 
 #[tokio::test]
@@ -576,5 +587,83 @@ async fn with_the_signer_down_a_bin_and_its_page_come_from_peers() {
         served,
         "B never served {second}: {}",
         body.text().await.unwrap()
+    );
+}
+
+/// The signer is no single point of failure: once it has stopped, nodes
+/// that never reached it (started cold, with only the installed root)
+/// install a set from peers alone: the timestamp (handed from node to
+/// node, the newest that verifies), snapshot, targets, bins, pages and
+/// files. Before, a cold node answered 503 for every project: the
+/// timestamp came from the signer only. Once the metadata expires, the 503
+/// names that cause and the signer's absence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_signer_stopped_cold_tuf_nodes_install_from_peers_alone() {
+    let upstream = fake_index(demo_graph()).await;
+    let mut cluster = Cluster::start(&upstream.simple_url()).await;
+    let a = cluster.tuf_node("a").await;
+    let venv_a = pip_venv(&cluster.dir.path().join("venv-a")).await;
+    pip_install(&venv_a, &a.url("/simple/"), &["alpha"]).await;
+    assert_eq!(installed(&venv_a).await, expected());
+    cluster.signer.child.kill().unwrap();
+    cluster.signer.child.wait().unwrap();
+    upstream.stop();
+
+    let a_addr = p2p_addr_of(&a).await;
+    let b = cluster.tuf_node_with("b", &["--bootstrap", &a_addr]).await;
+    let b_addr = p2p_addr_of(&b).await;
+    let mut c = cluster
+        .tuf_node_with("c", &["--bootstrap", &a_addr, "--bootstrap", &b_addr])
+        .await;
+    // A's announcements reach the newcomers' routing tables within
+    // moments; the first install is retried, bounded, until they have.
+    let venv_b = cluster.dir.path().join("venv-b");
+    let page_b = b.url("/simple/alpha/");
+    let reachable = eventually_async(Duration::from_secs(30), || async {
+        client().get(&page_b).send().await.unwrap().status() == 200
+    })
+    .await;
+    let refused = client().get(&page_b).send().await.unwrap();
+    assert!(reachable, "B: {}", refused.text().await.unwrap());
+    uv_install(&venv_b, &b.url("/simple/"), &["alpha"]).await;
+    assert_eq!(installed(&venv_b.join("bin")).await, expected());
+    let venv_c = pip_venv(&cluster.dir.path().join("venv-c")).await;
+    pip_install(&venv_c, &c.url("/simple/"), &["alpha"]).await;
+    assert_eq!(installed(&venv_c).await, expected());
+
+    // Every byte of metadata came from peers: the signer is gone.
+    let metrics = get_text(b.url("/metrics")).await;
+    let value = |name: &str| metric(&metrics, name);
+    assert!(value("peerpi_tuf_refresh_total{outcome=\"from_peers\"}") >= 1.0);
+    assert_eq!(value("peerpi_tuf_timestamp_from_peers"), 1.0);
+    assert!(value("peerpi_tuf_metadata_bytes_total{source=\"peer\"}") > 0.0);
+    assert!(
+        !metrics.contains("peerpi_tuf_metadata_bytes_total{source=\"signer\"}"),
+        "{metrics}"
+    );
+    let status = get_text(b.url("/")).await;
+    assert!(
+        status.contains("the signer cannot be reached") && status.contains("the newest peers hold"),
+        "{status}"
+    );
+
+    // Two days on (the timestamp lives one), C's metadata has expired:
+    // the refusal names the expiry and the unreachable signer.
+    c.stop_gracefully().await;
+    let later = jiff::Timestamp::now().as_second() + 2 * 86_400;
+    std::fs::write(
+        cluster.dir.path().join("c/tuf-client/clock"),
+        later.to_string(),
+    )
+    .unwrap();
+    let c = cluster
+        .tuf_node_with("c", &["--bootstrap", &a_addr, "--bootstrap", &b_addr])
+        .await;
+    let refused = client().get(c.url("/simple/alpha/")).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("expired") && body.contains("cannot be reached"),
+        "{body}"
     );
 }

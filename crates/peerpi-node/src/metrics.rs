@@ -70,6 +70,7 @@ pub struct Metrics {
     scrubbed_bytes: Counter,
     scrub_damaged: Counter,
     tuf_expires: Family<RoleLabels, Gauge>,
+    tuf_timestamp_from_peers: Gauge,
     blob_bytes: Family<SourceLabels, Counter>,
     blob_hits: Family<SourceLabels, Counter>,
     verification_failures: Family<SourceLabels, Counter>,
@@ -113,6 +114,7 @@ impl Metrics {
             scrubbed_bytes: Counter::default(),
             scrub_damaged: Counter::default(),
             tuf_expires: Family::default(),
+            tuf_timestamp_from_peers: Gauge::default(),
             blob_bytes: Family::default(),
             blob_hits: Family::default(),
             verification_failures: Family::default(),
@@ -213,7 +215,7 @@ impl Metrics {
         );
         registry.register(
             "tuf_refresh",
-            "TUF metadata refreshes, by outcome (ok, error)",
+            "TUF metadata refreshes, by outcome (ok; from_peers: the signer could not be reached and the timestamp came from peers; error)",
             m.tuf_refreshes.clone(),
         );
         registry.register(
@@ -240,6 +242,11 @@ impl Metrics {
             "tuf_expires_seconds",
             "Seconds until the trusted TUF metadata of each top-level role expires",
             m.tuf_expires.clone(),
+        );
+        registry.register(
+            "tuf_timestamp_from_peers",
+            "1 when the signer could not be reached at the last TUF refresh and the timestamp is the newest peers hold (freshness then rests on its expiry alone), else 0",
+            m.tuf_timestamp_from_peers.clone(),
         );
         Self { registry, ..m }
     }
@@ -299,6 +306,10 @@ impl Metrics {
                 role: role.to_string(),
             })
             .set(seconds);
+    }
+
+    pub fn tuf_timestamp_from_peers(&self, from_peers: bool) {
+        self.tuf_timestamp_from_peers.set(i64::from(from_peers));
     }
 
     pub fn blob_bytes(&self, s: Source, bytes: u64) {

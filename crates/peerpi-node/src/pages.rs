@@ -15,7 +15,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use peerpi_core::filename::check_safe_filename;
 use peerpi_core::{CoreMetadata, DistFilename, PageFormat, ProjectName, ProjectPage, Sha256Digest};
 use peerpi_store::{CachedPage, Origin};
-use peerpi_trust::{TargetInfo, TrustError};
+use peerpi_trust::TargetInfo;
 use peerpi_upstream::PageFetch;
 
 use crate::trust::{PageTrust, TrustMode};
@@ -329,11 +329,7 @@ impl Node {
                     if trust.config().mode == TrustMode::Tuf {
                         if let Err(e) = self.trust_current(trust).await {
                             self.inner.metrics.tuf_page_refused("unverifiable");
-                            return Err(NodeError::Unavailable(format!(
-                                "the page of {name} cannot be vouched for any more: {e}; pages \
-                                 are refused until the signer at {} publishes fresh metadata",
-                                trust.config().signer_base()
-                            )));
+                            return Err(NodeError::Unavailable(trust.refusal(name.as_str(), &e)));
                         }
                     }
                 }
@@ -547,7 +543,7 @@ impl Node {
             }
             Err(e) => {
                 metrics.tuf_page_refused("unverifiable");
-                Err(NodeError::Unavailable(unverifiable_page(name, &e, &signer)))
+                Err(NodeError::Unavailable(trust.refusal(name.as_str(), &e)))
             }
             Ok(None) => {
                 if !trust.ask_signer(name.as_str()).await {
@@ -563,9 +559,7 @@ impl Node {
                         Ok(None) => {}
                         Err(e) => {
                             metrics.tuf_page_refused("unverifiable");
-                            return Err(NodeError::Unavailable(unverifiable_page(
-                                name, &e, &signer,
-                            )));
+                            return Err(NodeError::Unavailable(trust.refusal(name.as_str(), &e)));
                         }
                     }
                 }
@@ -692,25 +686,4 @@ impl Node {
 
 fn not_found(name: &ProjectName) -> NodeError {
     NodeError::NotFound(format!("project {name} was not found upstream"))
-}
-
-/// Why a page cannot be verified, by its real cause (the 503's body):
-/// signed metadata that could not be fetched is not metadata that expired,
-/// and an operator fixes the two differently.
-fn unverifiable_page(name: &ProjectName, error: &TrustError, signer: &url::Url) -> String {
-    match error {
-        TrustError::Fetch { .. } | TrustError::TooLarge { .. } => format!(
-            "the page of {name} cannot be verified: signed metadata it needs could not be \
-             fetched ({error}). The metadata this node trusts has not expired, and pages it \
-             verified before are still served; this one needs the signer at {signer}"
-        ),
-        TrustError::Expired { .. } => format!(
-            "the page of {name} cannot be verified: {error}; pages are refused until the \
-             signer at {signer} publishes fresh metadata"
-        ),
-        _ => format!(
-            "the page of {name} cannot be verified: {error}; pages are refused until the \
-             signer at {signer} publishes metadata that verifies"
-        ),
-    }
 }

@@ -84,6 +84,46 @@ pub(crate) fn start_sampler(node: &Node) {
 }
 
 /// The page.
+/// The TUF section: the trusted timestamp, where it came from, and until
+/// when pages are served on it.
+fn trust_section(trust: &crate::trust::PageTrust) -> String {
+    let (class, text) = match trust.timestamp_status() {
+        None => (
+            "bad",
+            "no timestamp trusted yet: signed pages cannot be served".to_string(),
+        ),
+        Some(status) => {
+            let left = status.expires.as_second() - jiff::Timestamp::now().as_second();
+            let expiry = if left > 0 {
+                format!(
+                    "expires {} (in {})",
+                    status.expires,
+                    humantime::format_duration(Duration::from_secs(left.unsigned_abs()))
+                )
+            } else {
+                format!("expired {}: signed pages are refused", status.expires)
+            };
+            match status.source {
+                peerpi_trust::TimestampSource::Repository => (
+                    if left > 0 { "ok" } else { "bad" },
+                    format!("version {} from the signer, {expiry}", status.version),
+                ),
+                peerpi_trust::TimestampSource::Peers => (
+                    "bad",
+                    format!(
+                        "the signer cannot be reached: version {}, the newest peers hold, {expiry}",
+                        status.version
+                    ),
+                ),
+            }
+        }
+    };
+    format!(
+        "<h2>TUF</h2>\n<table>\n<tr><th>timestamp</th><td id=\"tuf-timestamp\" class=\"{class}\">{}</td></tr>\n</table>\n",
+        encode_text(&text)
+    )
+}
+
 pub(crate) fn render(node: &Node) -> String {
     let state = &node.inner.status;
     let metrics = node.metrics();
@@ -174,6 +214,10 @@ svg {{ border: 1px solid #ddd; background: #fafafa; }}
         show_bytes(metrics.bytes_saved()),
         saved = metrics.bytes_saved(),
     );
+
+    if let Some(trust) = &node.inner.trust {
+        html.push_str(&trust_section(trust));
+    }
 
     html.push_str("<h2>Peers</h2>\n");
     match swarm {

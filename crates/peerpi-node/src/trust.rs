@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use peerpi_core::Sha256Digest;
 use peerpi_store::Origin;
 use peerpi_trust::fetch::{Fetch, FetchError};
-use peerpi_trust::{Client, HttpFetcher, Limits, MetadataDir, TargetInfo, TrustError};
+use peerpi_trust::{
+    Client, HttpFetcher, Limits, MetadataDir, TargetInfo, TimestampSource, TrustError,
+};
 use tracing::{info, warn};
 use url::Url;
 
@@ -63,9 +65,36 @@ pub(crate) struct PageTrust {
     /// When the trusted metadata expires (seconds since the epoch; 0: none
     /// trusted).
     fresh_until: AtomicI64,
+    /// The client's clock floor at the last refresh (seconds since the
+    /// epoch): a clock set back does not revive expired metadata.
+    clock_floor: AtomicI64,
     asker: reqwest::Client,
     floor: Mutex<VersionFloor>,
+    /// The trusted timestamp after the last refresh, for the status page.
+    timestamp: Mutex<Option<TimestampStatus>>,
+    /// The signer could not be reached at the last refresh (whether or not
+    /// peers then had a timestamp).
+    signer_unreachable: std::sync::atomic::AtomicBool,
+    dir: PathBuf,
+    node: NodeSlot,
 }
+
+/// What the status page says of the trusted timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TimestampStatus {
+    pub version: u64,
+    pub expires: jiff::Timestamp,
+    /// `Peers`: the signer could not be reached at the last refresh.
+    pub source: TimestampSource,
+}
+
+/// The name under which nodes hand each other their trusted timestamp.
+pub(crate) const TIMESTAMP_DOCUMENT: &str = "tuf/timestamp";
+/// Peers asked at once for their timestamp when the signer is unreachable.
+const TIMESTAMP_PEERS: usize = 8;
+/// How long those peers are waited for: a refresh runs while a page
+/// request waits (for at most 2 s, see `pages`).
+const TIMESTAMP_PEERS_WAIT: Duration = Duration::from_millis(1_500);
 
 impl PageTrust {
     pub(crate) fn open(
@@ -104,7 +133,7 @@ impl PageTrust {
             .map_err(|e| fail(format!("--tuf-url {}: {e}", config.url)))?;
         let fetcher = ClusterFetcher {
             http: HttpFetcher::new(Duration::from_secs(30)).map_err(|e| fail(e.to_string()))?,
-            node,
+            node: node.clone(),
         };
         let client = Client::new(
             MetadataDir::new(&dir),
@@ -123,9 +152,19 @@ impl PageTrust {
             client: tokio::sync::Mutex::new(client),
             last_refresh: Mutex::new(None),
             fresh_until: AtomicI64::new(0),
+            clock_floor: AtomicI64::new(0),
             asker,
             floor: Mutex::new(floor),
+            timestamp: Mutex::new(None),
+            signer_unreachable: Default::default(),
+            dir,
+            node,
         })
+    }
+
+    /// The trusted timestamp after the last refresh, if any.
+    pub(crate) fn timestamp_status(&self) -> Option<TimestampStatus> {
+        lock(&self.timestamp).clone()
     }
 
     pub(crate) fn config(&self) -> &TrustConfig {
@@ -164,7 +203,9 @@ impl PageTrust {
     /// Whether the metadata trusted now is unexpired, without refreshing.
     pub(crate) fn current(&self) -> Result<(), TrustError> {
         let until = self.fresh_until.load(Ordering::Relaxed);
-        let now = jiff::Timestamp::now().as_second();
+        let now = jiff::Timestamp::now()
+            .as_second()
+            .max(self.clock_floor.load(Ordering::Relaxed));
         if now >= until {
             return Err(TrustError::Expired {
                 role: "the trusted metadata".into(),
@@ -188,7 +229,14 @@ impl PageTrust {
         }
         *lock(&self.last_refresh) = Some(Instant::now());
         let outcome = client.refresh().await;
-        metrics.tuf_refresh(if outcome.is_ok() { "ok" } else { "error" });
+        let from_peers = client.timestamp_source() == TimestampSource::Peers;
+        self.signer_unreachable.store(from_peers, Ordering::Relaxed);
+        metrics.tuf_timestamp_from_peers(from_peers);
+        metrics.tuf_refresh(match (&outcome, from_peers) {
+            (Ok(()), false) => "ok",
+            (Ok(()), true) => "from_peers",
+            (Err(_), _) => "error",
+        });
         let mut until = 0;
         if let Some(set) = client.trusted() {
             let now = jiff::Timestamp::now().as_second();
@@ -212,8 +260,11 @@ impl PageTrust {
             }
         }
         self.fresh_until.store(until, Ordering::Relaxed);
+        self.clock_floor
+            .store(client.latest_time().as_second(), Ordering::Relaxed);
         if let Some(set) = client.trusted() {
             lock(&self.floor).raise(set);
+            self.note_timestamp(set, client.timestamp_source());
         }
         if let Err(e) = outcome {
             warn!(error = %e, "TUF refresh failed");
@@ -222,6 +273,77 @@ impl PageTrust {
             }
         }
         Ok(())
+    }
+
+    /// Records the trusted timestamp for the status page and the metrics,
+    /// says in the log when its source changed, and hands the verified
+    /// bytes to peers that ask (so a node that cannot reach the signer
+    /// takes the newest timestamp the cluster holds).
+    fn note_timestamp(&self, set: &peerpi_trust::trusted::TrustedSet, source: TimestampSource) {
+        let Some(timestamp) = set.timestamp() else {
+            return;
+        };
+        let status = TimestampStatus {
+            version: timestamp.version.get(),
+            expires: timestamp.expires,
+            source,
+        };
+        let previous = lock(&self.timestamp).replace(status.clone());
+        if previous.as_ref().map(|p| p.source) != Some(source) {
+            match source {
+                TimestampSource::Peers => warn!(
+                    version = status.version,
+                    expires = %status.expires,
+                    "the signer cannot be reached: the TUF timestamp is the newest peers hold; \
+                     pages are served until it expires"
+                ),
+                TimestampSource::Repository if previous.is_some() => {
+                    info!(version = status.version, "the signer is reachable again")
+                }
+                TimestampSource::Repository => {}
+            }
+        }
+        if previous.as_ref().map(|p| p.version) == Some(status.version) {
+            return;
+        }
+        // The stored file holds exactly the bytes that verified; it is
+        // written only while unexpired.
+        let stored = MetadataDir::new(&self.dir).read("timestamp");
+        if let (Some(swarm), Ok(Some(bytes))) =
+            (self.node.node().and_then(|n| n.swarm().cloned()), stored)
+        {
+            if let Err(e) = swarm.publish_latest(TIMESTAMP_DOCUMENT, bytes.into()) {
+                warn!(error = %e, "cannot hand the TUF timestamp to peers");
+            }
+        }
+    }
+
+    /// Why the page of `project` cannot be verified, by its real cause (a
+    /// 503's body): signed metadata that could not be fetched is not
+    /// metadata that expired, and an operator fixes the two differently.
+    pub(crate) fn refusal(&self, project: &str, error: &TrustError) -> String {
+        let signer = self.config.signer_base();
+        let from_peers = self.signer_unreachable.load(Ordering::Relaxed);
+        match error {
+            TrustError::Fetch { .. } | TrustError::TooLarge { .. } => format!(
+                "the page of {project} cannot be verified: signed metadata it needs could not be \
+                 fetched ({error}). The metadata this node trusts has not expired, and pages it \
+                 verified before are still served; this one needs the signer at {signer}"
+            ),
+            TrustError::Expired { .. } if from_peers => format!(
+                "the page of {project} cannot be verified: {error}. The signer at {signer} cannot \
+                 be reached, and no peer holds newer signed metadata; pages are refused until \
+                 the signer publishes fresh metadata"
+            ),
+            TrustError::Expired { .. } => format!(
+                "the page of {project} cannot be verified: {error}; pages are refused until the \
+                 signer at {signer} publishes fresh metadata"
+            ),
+            _ => format!(
+                "the page of {project} cannot be verified: {error}; pages are refused until the \
+                 signer at {signer} publishes metadata that verifies"
+            ),
+        }
     }
 
     /// Where the signer publishes the page's bytes.
@@ -292,6 +414,28 @@ impl ClusterFetcher {
 }
 
 impl Fetch for ClusterFetcher {
+    async fn timestamps_from_peers(&self, limit: u64) -> Vec<Vec<u8>> {
+        let Some(swarm) = self.node.node().and_then(|n| n.swarm().cloned()) else {
+            return Vec::new();
+        };
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let copies = swarm
+            .ask_latest(
+                TIMESTAMP_DOCUMENT,
+                limit,
+                TIMESTAMP_PEERS,
+                TIMESTAMP_PEERS_WAIT,
+            )
+            .await;
+        copies
+            .into_iter()
+            .map(|(_, bytes)| {
+                self.count("peer", &bytes);
+                bytes.to_vec()
+            })
+            .collect()
+    }
+
     async fn fetch(&self, url: &Url, limit: u64) -> Result<Vec<u8>, FetchError> {
         let bytes = self.http.fetch(url, limit).await?;
         self.count("signer", &bytes);

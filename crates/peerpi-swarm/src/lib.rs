@@ -16,6 +16,7 @@ mod adversary;
 mod bulk;
 mod get;
 mod identity;
+mod latest;
 mod limits;
 pub mod protocol;
 mod provider;
@@ -35,6 +36,7 @@ use tokio::sync::mpsc;
 
 pub use get::{Channel, PeerDownload};
 pub use identity::{load_or_create_keypair, read_swarm_key, write_new_swarm_key, KEY_FILE};
+pub use latest::MAX_DOCUMENT as MAX_LATEST_DOCUMENT;
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use protocol::Status;
@@ -53,6 +55,8 @@ pub enum SwarmError {
     Address { addr: String, reason: String },
     #[error("the swarm task has stopped")]
     Stopped,
+    #[error("the document {name} cannot be published: {reason}")]
+    Document { name: String, reason: String },
 }
 
 /// Why a fetch from a peer failed before or while streaming.
@@ -247,6 +251,9 @@ pub(crate) struct Shared {
     /// is itself waiting for another peer's intent.
     fetching: Mutex<HashMap<Sha256Digest, (usize, bool)>>,
     http: reqwest::Client,
+    /// Documents this node hands to peers that ask by name (its TUF
+    /// timestamp), see `latest`.
+    latest: Mutex<HashMap<String, bytes::Bytes>>,
     #[cfg(feature = "adversary")]
     adversary: Option<Adversary>,
 }
@@ -407,6 +414,40 @@ impl SwarmHandle {
             .send(command)
             .await
             .map_err(|_| SwarmError::Stopped)
+    }
+
+    /// Hands `bytes` to every peer that asks for the document `name` from
+    /// now on, replacing what was published under it. The swarm does not
+    /// read them: publish only what a peer can verify by itself (signed
+    /// metadata). Over [`MAX_LATEST_DOCUMENT`] bytes is refused.
+    pub fn publish_latest(&self, name: &str, bytes: bytes::Bytes) -> Result<(), SwarmError> {
+        if bytes.len() > latest::MAX_DOCUMENT || name.len() > usize::from(u8::MAX) {
+            return Err(SwarmError::Document {
+                name: name.to_string(),
+                reason: format!(
+                    "{} bytes (at most {}), a name of {} bytes (at most 255)",
+                    bytes.len(),
+                    latest::MAX_DOCUMENT,
+                    name.len()
+                ),
+            });
+        }
+        lock(&self.shared.latest).insert(name.to_string(), bytes);
+        Ok(())
+    }
+
+    /// Asks up to `max_peers` connected, unblocked peers at once for their
+    /// document `name` (at most `limit` bytes each), waiting at most
+    /// `within`. What arrives is unverified: the caller checks each copy
+    /// and keeps what it can trust.
+    pub async fn ask_latest(
+        &self,
+        name: &str,
+        limit: usize,
+        max_peers: usize,
+        within: Duration,
+    ) -> Vec<(PeerId, bytes::Bytes)> {
+        latest::ask_peers(&self.shared, name, limit, max_peers, within).await
     }
 
     /// Announces that this node holds `digest` (its CID).

@@ -211,6 +211,9 @@ pub(crate) async fn start(
     let incoming = control
         .accept(crate::protocol::PROTOCOL)
         .map_err(|e| SwarmError::Start(e.to_string()))?;
+    let latest_incoming = control
+        .accept(crate::latest::PROTOCOL)
+        .map_err(|e| SwarmError::Start(e.to_string()))?;
     let (tx, rx) = mpsc::channel(1024);
     let bulk_listener =
         match config.bulk_listen {
@@ -251,9 +254,11 @@ pub(crate) async fn start(
         upload_limit: config.upload_limit.map(crate::limits::UploadLimit::new),
         fetching: Mutex::new(HashMap::new()),
         http,
+        latest: Mutex::new(HashMap::new()),
         #[cfg(feature = "adversary")]
         adversary: config.adversary,
     });
+    tokio::spawn(crate::latest::accept_loop(latest_incoming, shared.clone()));
     if let Some(listener) = bulk_listener {
         tokio::spawn(crate::bulk::serve(listener, shared.clone()));
         tokio::spawn(crate::bulk::prune_tickets(

@@ -90,6 +90,21 @@ pub struct Client<F> {
     /// Where the latest time is kept across restarts, if anywhere.
     clock_file: Option<PathBuf>,
     set: Option<TrustedSet>,
+    /// Where the timestamp of the last refresh came from (or was asked
+    /// for, when the refresh failed).
+    timestamp_source: TimestampSource,
+}
+
+/// Where the trusted timestamp came from in the last refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimestampSource {
+    /// The repository's URL (the signer).
+    #[default]
+    Repository,
+    /// The repository could not be reached, so peers were asked: the
+    /// timestamp is a peer's copy (the newest that verified) or the one
+    /// already trusted when no peer had a newer one.
+    Peers,
 }
 
 impl<F: Fetch> Client<F> {
@@ -107,6 +122,7 @@ impl<F: Fetch> Client<F> {
             latest_time: jiff::Timestamp::UNIX_EPOCH,
             clock_file: None,
             set: None,
+            timestamp_source: TimestampSource::default(),
         })
     }
 
@@ -138,6 +154,18 @@ impl<F: Fetch> Client<F> {
     /// The trusted metadata after the last successful refresh.
     pub fn trusted(&self) -> Option<&TrustedSet> {
         self.set.as_ref()
+    }
+
+    /// The time expiry is judged against: the later of the system clock
+    /// and the latest time this client has seen (kept across restarts
+    /// with [`Client::with_clock_file`]).
+    pub fn latest_time(&mut self) -> jiff::Timestamp {
+        self.now()
+    }
+
+    /// Where the timestamp of the last refresh came from.
+    pub fn timestamp_source(&self) -> TimestampSource {
+        self.timestamp_source
     }
 
     fn now(&mut self) -> jiff::Timestamp {
@@ -193,15 +221,21 @@ impl<F: Fetch> Client<F> {
             path: self.store.file(ROOT),
         })?;
         let mut set = TrustedSet::new(&root, self.now())?;
-        self.rotate_root(&mut set).await?;
-        self.load_timestamp(&mut set).await?;
+        self.timestamp_source = TimestampSource::Repository;
+        let unreachable = self.rotate_root(&mut set).await?;
+        self.load_timestamp(&mut set, unreachable).await?;
         self.load_snapshot(&mut set).await?;
         self.load_targets(&mut set, TARGETS, ROOT).await?;
         Ok(set)
     }
 
-    async fn rotate_root(&self, set: &mut TrustedSet) -> Result<()> {
+    /// Rotates the trusted root as far as the repository has new roots.
+    /// `Ok(Some(error))`: the repository could not be reached, so no
+    /// rotation could be seen; the refresh may go on with a timestamp from
+    /// peers (see `timestamp_from_peers`), and fails with `error` without one.
+    async fn rotate_root(&self, set: &mut TrustedSet) -> Result<Option<TrustError>> {
         let first = set.root().version.get() + 1;
+        let mut unreachable = None;
         for version in first..first + self.limits.max_root_rotations {
             let url = self.metadata_file_url(ROOT, Some(version))?;
             match self.fetcher.fetch(&url, self.limits.root_bytes).await {
@@ -210,13 +244,24 @@ impl<F: Fetch> Client<F> {
                     self.store.write(ROOT, &bytes)?;
                 }
                 Err(FetchError::NotFound) => break,
+                Err(e @ FetchError::Other(_)) => {
+                    unreachable = Some(fetch_failed("root", &url, e));
+                    break;
+                }
                 Err(e) => return Err(fetch_failed("root", &url, e)),
             }
         }
-        set.check_root_fresh()
+        set.check_root_fresh()?;
+        Ok(unreachable)
     }
 
-    async fn load_timestamp(&self, set: &mut TrustedSet) -> Result<()> {
+    /// `unreachable`: the repository could not be reached for the root
+    /// rotation; the timestamp is then asked of peers only.
+    async fn load_timestamp(
+        &mut self,
+        set: &mut TrustedSet,
+        unreachable: Option<TrustError>,
+    ) -> Result<()> {
         if let Some(local) = self.store.read("timestamp")? {
             // The stored timestamp is a reference against rollback even when
             // it has expired; if the keys rotated it no longer verifies and
@@ -225,16 +270,69 @@ impl<F: Fetch> Client<F> {
                 tracing::debug!(error = %e, "stored timestamp is not final");
             }
         }
+        if let Some(unreachable) = unreachable {
+            return self.timestamp_from_peers(set, unreachable).await;
+        }
         let url = self.metadata_file_url("timestamp", None)?;
-        let bytes = self
-            .fetcher
-            .fetch(&url, self.limits.timestamp_bytes)
-            .await
-            .map_err(|e| fetch_failed("timestamp", &url, e))?;
+        let bytes = match self.fetcher.fetch(&url, self.limits.timestamp_bytes).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let unreachable = fetch_failed("timestamp", &url, e);
+                return self.timestamp_from_peers(set, unreachable).await;
+            }
+        };
         if set.update_timestamp(&bytes)? == TimestampUpdate::Updated {
             self.store.write("timestamp", &bytes)?;
         }
         Ok(())
+    }
+
+    /// The repository could not be reached (`unreachable`): takes the
+    /// newest timestamp peers hold that verifies under the trusted root and
+    /// is not older than the trusted one. Freshness is then bounded by that
+    /// timestamp's expiry alone, which is what the repository's own copy
+    /// would bound it by; a peer can withhold a newer timestamp, not forge
+    /// or roll one back. Without one, the refresh fails with `unreachable`.
+    /// A root rotated during the outage is seen once the repository is
+    /// back: until then the trusted root decides.
+    async fn timestamp_from_peers(
+        &mut self,
+        set: &mut TrustedSet,
+        unreachable: TrustError,
+    ) -> Result<()> {
+        self.timestamp_source = TimestampSource::Peers;
+        let mut candidates = self
+            .fetcher
+            .timestamps_from_peers(self.limits.timestamp_bytes)
+            .await;
+        // Newest claimed version first: an older one can only fail the
+        // rollback check after a newer one verified.
+        candidates.sort_by_key(|bytes| std::cmp::Reverse(claimed_version(bytes)));
+        candidates.dedup();
+        let offered = candidates.len();
+        for bytes in candidates {
+            match set.update_timestamp(&bytes) {
+                Ok(update) => {
+                    if update == TimestampUpdate::Updated {
+                        self.store.write("timestamp", &bytes)?;
+                    }
+                    tracing::warn!(
+                        error = %unreachable,
+                        version = set.timestamp().map(|t| t.version.get()),
+                        "the repository cannot be reached: using the newest valid timestamp peers hold"
+                    );
+                    return Ok(());
+                }
+                // A newer one that verifies but has expired is the answer:
+                // the metadata has expired, whoever else holds what.
+                Err(e @ TrustError::Expired { .. }) => return Err(e),
+                Err(e) => tracing::debug!(error = %e, "a peer's timestamp was refused"),
+            }
+        }
+        if offered > 0 {
+            tracing::debug!(offered, "no timestamp from peers verified");
+        }
+        Err(unreachable)
     }
 
     async fn load_snapshot(&self, set: &mut TrustedSet) -> Result<()> {
@@ -420,6 +518,20 @@ fn with_trailing_slash(url: &Url) -> Url {
         url.set_path(&format!("{}/", url.path()));
     }
     url
+}
+
+/// The version a metadata file claims, unverified (0 when it does not
+/// parse): only to order candidates before verifying them.
+fn claimed_version(bytes: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Claim {
+        signed: Version,
+    }
+    #[derive(serde::Deserialize)]
+    struct Version {
+        version: u64,
+    }
+    serde_json::from_slice::<Claim>(bytes).map_or(0, |c| c.signed.version)
 }
 
 /// The SHA-256 of `bytes`, for callers that hold bytes and a `TargetInfo`.

@@ -44,6 +44,15 @@ pub trait Fetch {
         let _ = sha256;
         self.fetch(url, limit)
     }
+
+    /// Copies of the timestamp that others hold (a node's peers), each at
+    /// most `limit` bytes, asked for when the repository cannot be reached.
+    /// Unverified: the client keeps the newest that verifies and is not
+    /// older than the one it trusts. By default, none.
+    fn timestamps_from_peers(&self, limit: u64) -> impl Future<Output = Vec<Vec<u8>>> + Send {
+        let _ = limit;
+        std::future::ready(Vec::new())
+    }
 }
 
 /// Downloads over HTTP(S) with reqwest.

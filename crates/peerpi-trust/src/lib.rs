@@ -18,7 +18,7 @@ pub mod schema;
 pub mod signer;
 pub mod trusted;
 
-pub use client::{Client, Limits, TargetInfo};
+pub use client::{Client, Limits, TargetInfo, TimestampSource};
 pub use datastore::MetadataDir;
 pub use error::{Result, TrustError};
 pub use fetch::{Fetch, FetchError, HttpFetcher};

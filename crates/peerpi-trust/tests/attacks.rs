@@ -876,3 +876,98 @@ async fn a_garbage_timestamp_keeps_the_set_trusted_before() {
         .unwrap()
         .is_some());
 }
+
+// Timestamps from peers ----------------------------------------------------------------
+
+/// A repository whose URL cannot be reached, and peers that hand over
+/// timestamps (any bytes); metadata named by its hash still arrives, as a
+/// node takes it from its peers.
+struct SignerDown {
+    http: HttpFetcher,
+    peers: Vec<Vec<u8>>,
+}
+
+impl peerpi_trust::Fetch for SignerDown {
+    async fn fetch(&self, url: &Url, _limit: u64) -> Result<Vec<u8>, peerpi_trust::FetchError> {
+        Err(peerpi_trust::FetchError::Other(format!(
+            "{url}: connection refused"
+        )))
+    }
+
+    async fn fetch_hashed(
+        &self,
+        url: &Url,
+        limit: u64,
+        _sha256: [u8; 32],
+    ) -> Result<Vec<u8>, peerpi_trust::FetchError> {
+        self.http.fetch(url, limit).await
+    }
+
+    async fn timestamps_from_peers(&self, _limit: u64) -> Vec<Vec<u8>> {
+        self.peers.clone()
+    }
+}
+
+impl Fixture {
+    fn client_with_signer_down(&self, peers: Vec<Vec<u8>>) -> Client<SignerDown> {
+        let url = Url::parse(&self.server.url("metadata/")).unwrap();
+        let fetcher = SignerDown {
+            http: HttpFetcher::new(Duration::from_secs(10)).unwrap(),
+            peers,
+        };
+        Client::new(
+            MetadataDir::new(self.client_dir()),
+            fetcher,
+            &url,
+            Limits::default(),
+        )
+        .unwrap()
+    }
+}
+
+/// With the repository unreachable, the newest timestamp peers hand over
+/// that verifies is trusted; an older one (rollback), one with a forged
+/// signature, one of another repository and garbage are passed over, and
+/// with only those the refresh fails naming the unreachable repository.
+#[tokio::test]
+async fn with_the_repository_down_the_newest_valid_peer_timestamp_is_trusted() {
+    let fx = Fixture::new(4).await;
+    let old = fx.published("timestamp.json");
+    fx.add("a", b"a");
+    fx.refresh().await.unwrap();
+    fx.add("b", b"b");
+    let genuine = fx.published("timestamp.json");
+    let mut forged: Value = serde_json::from_slice(&genuine).unwrap();
+    forged["signed"]["version"] = Value::from(99);
+    let forged = serde_json::to_vec(&forged).unwrap();
+    let other = Fixture::new(4).await;
+    other.add("c", b"c");
+    other.add("d", b"d");
+    other.add("e", b"e");
+    let foreign = other.published("timestamp.json");
+    let bad = vec![old.clone(), forged, foreign, b"not json".to_vec()];
+
+    let mut client = fx.client_with_signer_down(bad.clone());
+    expect(
+        client.refresh().await,
+        |e| matches!(e, TrustError::Fetch { reason, .. } if reason.contains("connection refused")),
+    );
+    assert_eq!(fx.trusted_version("timestamp"), Some(2));
+    assert_eq!(
+        client.timestamp_source(),
+        peerpi_trust::TimestampSource::Peers
+    );
+
+    let mut offered = bad;
+    offered.insert(1, genuine);
+    let mut client = fx.client_with_signer_down(offered);
+    client.refresh().await.unwrap();
+    assert_eq!(fx.trusted_version("timestamp"), Some(3));
+    assert_eq!(
+        client.timestamp_source(),
+        peerpi_trust::TimestampSource::Peers
+    );
+    // The new snapshot and bin came by their hashes: the target signed
+    // after the last refresh is found.
+    assert!(client.lookup("b").await.unwrap().is_some());
+}

@@ -176,7 +176,7 @@ async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
     eprintln!("B installed the graph with the index down in {b_took:?}");
     // B's TUF state is visible to its operator.
     let metrics = get_text(b.url("/metrics")).await;
-    let value = |name: &str| metric(&metrics, name);
+    let value = |name: &str| series(&metrics, name);
     assert!(value("peerpi_tuf_refresh_total{outcome=\"ok\"}") >= 1.0);
     // The snapshot, named by its hash in the timestamp, came over the swarm.
     assert!(value("peerpi_tuf_metadata_bytes_total{source=\"peer\"}") > 0.0);
@@ -190,7 +190,7 @@ async fn tuf_nodes_install_from_the_cluster_after_the_index_is_gone() {
 }
 
 /// The value of the series `name` (with its labels) in a metrics page.
-fn metric(metrics: &str, name: &str) -> f64 {
+fn series(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
         .find(|l| l.starts_with(name))
@@ -633,7 +633,7 @@ async fn with_the_signer_stopped_cold_tuf_nodes_install_from_peers_alone() {
 
     // Every byte of metadata came from peers: the signer is gone.
     let metrics = get_text(b.url("/metrics")).await;
-    let value = |name: &str| metric(&metrics, name);
+    let value = |name: &str| series(&metrics, name);
     assert!(value("peerpi_tuf_refresh_total{outcome=\"from_peers\"}") >= 1.0);
     assert_eq!(value("peerpi_tuf_timestamp_from_peers"), 1.0);
     assert!(value("peerpi_tuf_metadata_bytes_total{source=\"peer\"}") > 0.0);
@@ -665,5 +665,56 @@ async fn with_the_signer_stopped_cold_tuf_nodes_install_from_peers_alone() {
     assert!(
         body.contains("expired") && body.contains("cannot be reached"),
         "{body}"
+    );
+}
+
+/// Metadata is refreshed when a page needs it, not on every burst of
+/// requests: cache hits within the page TTL use the metadata trusted now
+/// (a node refreshed every 10 s while it served pages, which with a batch
+/// signed every 10 s meant a new snapshot each time: 254 MB an hour); a
+/// page revalidated after its TTL, or a project not known yet, refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_do_not_refresh_the_metadata_a_revalidation_does() {
+    let upstream = fake_index(demo_graph()).await;
+    let cluster = Cluster::start(&upstream.simple_url()).await;
+    let signer_simple = cluster.signer.url("/simple/");
+    let trust = peerpi_node::trust::TrustConfig {
+        mode: peerpi_node::trust::TrustMode::Tuf,
+        root: cluster.root().into(),
+        url: url::Url::parse(&cluster.signer.url("/tuf/")).unwrap(),
+        refresh: Duration::from_millis(100),
+        wait: Duration::from_secs(30),
+    };
+    let node = start_node(&upstream, |c| {
+        c.upstream.base = signer_simple.parse().unwrap();
+        c.trust = Some(trust.clone());
+        c.page_ttl = Duration::from_secs(3);
+    })
+    .await;
+    let refreshes = || metric(&node, "peerpi_tuf_refresh_total", "outcome=");
+    let page = node.url("/simple/alpha/");
+    assert_eq!(client().get(&page).send().await.unwrap().status(), 200);
+    let after_first = refreshes().await;
+    assert!(after_first >= 1.0);
+    // 2 s of hits, 20 of them, each well past the 100 ms minimum interval.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(client().get(&page).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        refreshes().await,
+        after_first,
+        "hits refreshed the metadata"
+    );
+    // Past the page TTL, the page is revalidated on metadata refreshed
+    // after it was verified.
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    assert_eq!(client().get(&page).send().await.unwrap().status(), 200);
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            refreshes().await > after_first
+        })
+        .await,
+        "a revalidation past the page TTL did not refresh"
     );
 }

@@ -184,7 +184,7 @@ impl Node {
         let trust = config
             .trust
             .clone()
-            .map(|t| trust::PageTrust::open(t, &config.data_dir, slot.clone()))
+            .map(|t| trust::PageTrust::open(t, &config.data_dir, config.page_ttl, slot.clone()))
             .transpose()?;
         let node = Self {
             inner: Arc::new(Inner {

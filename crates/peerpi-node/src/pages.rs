@@ -365,7 +365,7 @@ impl Node {
     /// `TRUST_REFRESH_WAIT` (a slow or dripping signer cost 30 s on every
     /// request), after which the metadata trusted now decides.
     async fn trust_current(&self, trust: &PageTrust) -> Result<(), peerpi_trust::TrustError> {
-        if !trust.refresh_due() {
+        if !trust.refresh_due(None) {
             return trust.current();
         }
         let node = self.clone();
@@ -391,9 +391,13 @@ impl Node {
         cached: Option<Arc<PageEntry>>,
     ) -> Result<PageView, NodeError> {
         let etag = cached.as_ref().and_then(|c| c.cached.etag.clone());
+        let verified_at_ms = cached.as_ref().map(|c| c.cached.fetched_at_ms);
         let result = match &self.inner.trust {
             None => self.inner.upstream.fetch_page(&name, etag.as_deref()).await,
-            Some(trust) => match self.fetch_trusted_page(trust, &name, etag.as_deref()).await {
+            Some(trust) => match self
+                .fetch_trusted_page(trust, &name, etag.as_deref(), verified_at_ms)
+                .await
+            {
                 Ok(result) => result,
                 Err(refused) => {
                     // Not served stale: expired or unverifiable metadata
@@ -524,12 +528,16 @@ impl Node {
         trust: &PageTrust,
         name: &ProjectName,
         etag: Option<&str>,
+        verified_at_ms: Option<u64>,
     ) -> Result<Result<PageFetch, peerpi_upstream::UpstreamError>, NodeError> {
         let mode = trust.config().mode;
         let index_etag = etag.filter(|e| !e.starts_with(TUF_ETAG));
         let signer = trust.config().signer_base();
         let metrics = &self.inner.metrics;
-        match trust.signed(name.as_str(), false, metrics).await {
+        match trust
+            .signed(name.as_str(), verified_at_ms, false, metrics)
+            .await
+        {
             Ok(Some(info)) => {
                 trust.nudge_signer(name.as_str());
                 Ok(self.signed_page(trust, name, &info, etag).await)
@@ -552,7 +560,7 @@ impl Node {
                 let deadline = std::time::Instant::now() + trust.config().wait;
                 while std::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    match trust.signed(name.as_str(), true, metrics).await {
+                    match trust.signed(name.as_str(), None, true, metrics).await {
                         Ok(Some(info)) => {
                             return Ok(self.signed_page(trust, name, &info, etag).await)
                         }

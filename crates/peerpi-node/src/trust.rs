@@ -44,7 +44,9 @@ pub struct TrustConfig {
     pub root: PathBuf,
     /// The signer's repository, e.g. `http://signer:7503/tuf/`.
     pub url: Url,
-    /// How often the timestamp is refreshed, at most.
+    /// How often the timestamp is refreshed at most, except for a project
+    /// not known yet. At least, it is refreshed when a page's verification
+    /// is older than the page TTL (see `PageTrust::refresh_due`).
     pub refresh: Duration,
     /// How long a request for a project the signer has not signed yet
     /// waits for its signature (`tuf` mode).
@@ -61,7 +63,12 @@ impl TrustConfig {
 pub(crate) struct PageTrust {
     config: TrustConfig,
     client: tokio::sync::Mutex<Client<ClusterFetcher>>,
-    last_refresh: Mutex<Option<Instant>>,
+    /// When the last refresh started, as an instant and in milliseconds
+    /// since the epoch (compared with when a page was verified).
+    last_refresh: Mutex<Option<(Instant, u64)>>,
+    /// Metadata older than this is refreshed before a page is served on it
+    /// (the page TTL: a page is verified again when its TTL has passed).
+    max_age: Duration,
     /// When the trusted metadata expires (seconds since the epoch; 0: none
     /// trusted).
     fresh_until: AtomicI64,
@@ -97,9 +104,12 @@ const TIMESTAMP_PEERS: usize = 8;
 const TIMESTAMP_PEERS_WAIT: Duration = Duration::from_millis(1_500);
 
 impl PageTrust {
+    /// `page_ttl`: how old the metadata may be before it is refreshed (at
+    /// a page request or a cache hit).
     pub(crate) fn open(
         config: TrustConfig,
         data_dir: &Path,
+        page_ttl: Duration,
         node: NodeSlot,
     ) -> Result<Self, NodeError> {
         let dir = data_dir.join("tuf-client");
@@ -126,6 +136,7 @@ impl PageTrust {
                 installed.display()
             ))
         })?;
+        let max_age = page_ttl.max(config.refresh);
         let floor = VersionFloor::check(data_dir, &MetadataDir::new(&dir)).map_err(fail)?;
         let metadata_url = config
             .url
@@ -151,6 +162,7 @@ impl PageTrust {
             config,
             client: tokio::sync::Mutex::new(client),
             last_refresh: Mutex::new(None),
+            max_age,
             fresh_until: AtomicI64::new(0),
             clock_floor: AtomicI64::new(0),
             asker,
@@ -172,30 +184,47 @@ impl PageTrust {
     }
 
     /// The signed page of `project`: `Ok(None)` when no trusted role lists
-    /// it. Refreshes the metadata when the last refresh is older than the
-    /// cadence (or `force`).
+    /// it. `verified_at_ms`: when the copy being revalidated was verified
+    /// (milliseconds since the epoch), if there is one. Refreshes the
+    /// metadata when due (see [`PageTrust::refresh_due`]) or on `force`.
     pub(crate) async fn signed(
         &self,
         project: &str,
+        verified_at_ms: Option<u64>,
         force: bool,
         metrics: &Metrics,
     ) -> Result<Option<TargetInfo>, TrustError> {
         let mut client = self.client.lock().await;
-        self.refresh_if_due(&mut client, force, metrics).await?;
+        if force || self.refresh_due(verified_at_ms) {
+            self.refresh_now(&mut client, metrics).await?;
+        }
         client.lookup(&page_target(project)).await
     }
 
-    /// Whether a refresh of the metadata is due.
-    pub(crate) fn refresh_due(&self) -> bool {
-        lock(&self.last_refresh).is_none_or(|at| at.elapsed() >= self.config.refresh)
+    /// Whether a refresh of the metadata is due: never within `refresh` (10
+    /// s) of the last one; otherwise when none was made yet, when the last
+    /// is older than the page TTL, or when it is not newer than the page
+    /// being revalidated (`verified_at_ms`), which was verified on it. So a
+    /// node serving pages refreshes about once per page TTL, not on every
+    /// burst of requests, and downloads a new snapshot only then.
+    pub(crate) fn refresh_due(&self, verified_at_ms: Option<u64>) -> bool {
+        let Some((at, at_ms)) = *lock(&self.last_refresh) else {
+            return true;
+        };
+        let age = at.elapsed();
+        age >= self.config.refresh
+            && (age >= self.max_age || verified_at_ms.is_some_and(|verified| at_ms <= verified))
     }
 
     /// Whether the metadata trusted now is unexpired (refreshing it first
     /// when due): a cached page is served under `tuf` only while it is.
     pub(crate) async fn ensure_current(&self, metrics: &Metrics) -> Result<(), TrustError> {
-        if self.refresh_due() {
+        if self.refresh_due(None) {
             let mut client = self.client.lock().await;
-            self.refresh_if_due(&mut client, false, metrics).await?;
+            // Another request may have refreshed while this one waited.
+            if self.refresh_due(None) {
+                self.refresh_now(&mut client, metrics).await?;
+            }
         }
         self.current()
     }
@@ -216,18 +245,13 @@ impl PageTrust {
         Ok(())
     }
 
-    async fn refresh_if_due(
+    async fn refresh_now(
         &self,
         client: &mut Client<ClusterFetcher>,
-        force: bool,
         metrics: &Metrics,
     ) -> Result<(), TrustError> {
-        let due =
-            force || lock(&self.last_refresh).is_none_or(|at| at.elapsed() >= self.config.refresh);
-        if !due {
-            return Ok(());
-        }
-        *lock(&self.last_refresh) = Some(Instant::now());
+        let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
+        *lock(&self.last_refresh) = Some((Instant::now(), now_ms));
         let outcome = client.refresh().await;
         let from_peers = client.timestamp_source() == TimestampSource::Peers;
         self.signer_unreachable.store(from_peers, Ordering::Relaxed);

@@ -1,7 +1,8 @@
 //! `fake-index`: serves a generated package index on loopback for manual
 //! testing, the testnet and the benchmarks.
 //!
-//! Usage: `fake-index [--listen ADDR] [--demo] [--many-files N] [--big-file MIB]...`
+//! Usage: `fake-index [--listen ADDR] [--demo] [--project NAME]... [--many-files N] [--big-file MIB]...`
+//! (`--project NAME`: one more project, a single small wheel `NAME-1.0`).
 //! It prints the Simple API URL on its first line, then serves until killed.
 
 use std::net::SocketAddr;
@@ -9,7 +10,9 @@ use std::net::SocketAddr;
 use peerpi_testkit::{synthetic, wheel, DistSpec, FakeIndex, IndexState};
 
 fn usage() -> ! {
-    eprintln!("usage: fake-index [--listen ADDR] [--demo] [--many-files N] [--big-file MIB]...");
+    eprintln!(
+        "usage: fake-index [--listen ADDR] [--demo] [--project NAME]... [--many-files N] [--big-file MIB]..."
+    );
     std::process::exit(2)
 }
 
@@ -23,6 +26,7 @@ async fn main() {
         match arg.as_str() {
             "--listen" => listen = value().parse().unwrap_or_else(|_| usage()),
             "--demo" => files.extend(peerpi_testkit::demo_graph()),
+            "--project" => files.push(wheel(&DistSpec::new(&value(), "1.0"))),
             "--many-files" => {
                 let n: usize = value().parse().unwrap_or_else(|_| usage());
                 files.extend((0..n).map(|i| wheel(&DistSpec::new("many", &format!("1.{i}")))));

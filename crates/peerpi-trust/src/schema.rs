@@ -118,6 +118,12 @@ impl SuccinctRoles {
         format!("{}-{bin:0width$x}", self.name_prefix, width = self.digits())
     }
 
+    /// Every bin's name, in order.
+    pub fn names(&self) -> impl Iterator<Item = String> + '_ {
+        (0..1u64 << self.bit_length)
+            .map(|bin| format!("{}-{bin:0width$x}", self.name_prefix, width = self.digits()))
+    }
+
     /// Whether `name` is one of the bins.
     pub fn is_role(&self, name: &str) -> bool {
         let Some(suffix) = name

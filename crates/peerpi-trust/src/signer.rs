@@ -1,8 +1,10 @@
 //! The signer: creates and maintains a repository shaped like PEP 458 on
 //! disk. Root (a threshold of offline keys) names the keys of targets
 //! (offline), snapshot and timestamp (the online key); top-level targets
-//! delegates every target path to one of N hashed bins by
-//! `path_hash_prefixes`; the bins are signed by the online key.
+//! delegates every target path to one of N hashed bins by TAP 15
+//! `succinct_roles` (repositories made before list the bins with
+//! `path_hash_prefixes`, and are still maintained); the bins are signed by
+//! the online key.
 //!
 //! Adding targets rewrites only the bins they fall in, then snapshot and
 //! timestamp, each written whole before the next (new files, then the
@@ -29,6 +31,7 @@ use crate::datastore::{quote_segment, write_atomically};
 use crate::error::{Result, TrustError};
 use crate::keys::{sign_role, SigningKey};
 use crate::paths::path_digest;
+use crate::schema::SuccinctRoles;
 
 /// The specification version written into every role (python-tuf accepts
 /// any 1.x).
@@ -58,20 +61,37 @@ impl Default for Lifetimes {
     }
 }
 
-/// Hashed bins of a new repository. PEP 458 sizes 16,384 for the whole
-/// index; a cluster's signer signs the pages its nodes asked for, thousands
-/// rather than millions, and every bin costs every node a snapshot entry
-/// (version, length, sha256: about 130 bytes) and a delegation in
-/// top-level targets (about 180 bytes) at each download. At 1,024 bins the
-/// snapshot is 132 KB and targets 182 KB (16,384: 2.1 MB and 3.0 MB), and
-/// a bin holds a few pages up to some hundred thousand.
-pub const DEFAULT_BINS: u32 = 1_024;
+/// Targets a new repository is sized for unless told otherwise: a
+/// cluster's signer signs the pages its nodes asked for, thousands rather
+/// than the index's millions.
+pub const DEFAULT_EXPECTED_TARGETS: u64 = 10_000;
+
+/// Hashed bins of a new repository, sized for [`DEFAULT_EXPECTED_TARGETS`]
+/// (see [`bins_for`]): 256. PEP 458 sizes 16,384 for the whole index; each
+/// bin costs every node a snapshot entry (version, length, sha256: about
+/// 100 bytes) at each new snapshot, and each target about 110 bytes in the
+/// bin a node downloads to look it up.
+pub const DEFAULT_BINS: u32 = 256;
+
+/// How top-level targets delegates to the bins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinStyle {
+    /// TAP 15 `succinct_roles`: one rule, whatever the number of bins (a
+    /// few hundred bytes instead of about 180 bytes a bin).
+    Succinct,
+    /// Each bin listed with its `path_hash_prefixes`: what repositories
+    /// made before TAP 15 support have (kept to test that they are still
+    /// maintained).
+    Listed,
+}
 
 /// What `init` makes.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
-    /// Number of hashed bins: a power of two from 1 to 65,536.
+    /// Number of hashed bins: a power of two from 2 to 65,536 (from 1 with
+    /// listed bins).
     pub bins: u32,
+    pub style: BinStyle,
     pub root_keys: usize,
     pub root_threshold: u64,
     pub lifetimes: Lifetimes,
@@ -81,11 +101,29 @@ impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
             bins: DEFAULT_BINS,
+            style: BinStyle::Succinct,
             root_keys: 1,
             root_threshold: 1,
             lifetimes: Lifetimes::default(),
         }
     }
+}
+
+/// The bin name prefix of succinct bins (`bins-0`, `bins-1`, ...), as the
+/// index's PEP 458 deployment names them.
+pub const BIN_PREFIX: &str = "bins";
+
+/// The number of bins for a repository expected to sign `targets`
+/// targets: the power of two nearest (on a log scale) to `sqrt(6.6 x
+/// targets)`, between 2 and 65,536. A cold node installing k projects
+/// downloads the snapshot (about 100 bytes a bin) and k bins (about 110
+/// bytes a target they hold); the sum is least at `sqrt(k x targets x
+/// 110 / 100)` bins, and k = 6 is a typical install. 10,000 targets: 256
+/// bins; 1,000: 64; 100,000: 1,024.
+pub fn bins_for(targets: u64) -> u32 {
+    let best = (6.6 * targets.max(1) as f64).sqrt();
+    let exponent = best.log2().round().clamp(1.0, 16.0) as u32;
+    1 << exponent
 }
 
 /// A target to sign: its path in the repository and the digest and length
@@ -163,7 +201,7 @@ pub struct Repository {
 /// The newest signed state, as read from the repository.
 struct State {
     root: Root,
-    targets: Targets,
+    targets: TopTargets,
     snapshot: Snapshot,
     timestamp: Timestamp,
 }
@@ -174,9 +212,13 @@ impl Repository {
     /// `online.pk8`; move the root and targets keys offline afterwards).
     pub fn init(dir: &Path, keys_dir: &Path, options: &InitOptions) -> Result<Changes> {
         let bins = options.bins;
-        if !bins.is_power_of_two() || bins > 65_536 {
+        let least = match options.style {
+            BinStyle::Succinct => 2,
+            BinStyle::Listed => 1,
+        };
+        if !bins.is_power_of_two() || bins < least || bins > 65_536 {
             return Err(TrustError::Signer(format!(
-                "--bins {bins}: must be a power of two from 1 to 65536"
+                "--bins {bins}: must be a power of two from {least} to 65536"
             )));
         }
         if options.root_keys == 0
@@ -281,26 +323,24 @@ impl Repository {
         };
         self.write_root(&root, &root_keys)?;
 
-        let layout = BinLayout::new(options.bins);
         let mut snapshot = Snapshot::new(
             SPEC_VERSION.into(),
             non_zero(1),
             expiry(now, options.lifetimes.snapshot),
         );
+        let targets = TopTargets::new(
+            expiry(now, options.lifetimes.targets),
+            options.style,
+            options.bins,
+            online,
+        )?;
         let bin_expiry = expiry(now, options.lifetimes.bins);
-        for index in 0..options.bins {
+        for name in BinIndex::new(&targets)?.names() {
             let bin = Targets::new(SPEC_VERSION.into(), non_zero(1), bin_expiry);
-            let name = layout.name(index);
             let meta = self.write_versioned(&name, 1, sign_role(bin, &[online])?)?;
             snapshot.meta.insert(format!("{name}.json"), meta);
         }
-        let mut targets = Targets::new(
-            SPEC_VERSION.into(),
-            non_zero(1),
-            expiry(now, options.lifetimes.targets),
-        );
-        targets.delegations = Some(layout.delegations(online)?);
-        let meta = self.write_versioned("targets", 1, sign_role(&targets, &[targets_key])?)?;
+        let meta = self.write_versioned("targets", 1, sign_role(&targets.0, &[targets_key])?)?;
         snapshot.meta.insert("targets.json".into(), meta);
         self.publish_snapshot(snapshot, None, online, options.lifetimes)?;
         Ok(Changes {
@@ -322,7 +362,7 @@ impl Repository {
         let online = keys.online()?;
         let state = self.state()?;
         let index = BinIndex::new(&state.targets)?;
-        let mut by_bin: BTreeMap<&str, Vec<&NewTarget>> = BTreeMap::new();
+        let mut by_bin: BTreeMap<String, Vec<&NewTarget>> = BTreeMap::new();
         for target in new {
             let bin = index.bin_of(&target.path).ok_or_else(|| {
                 TrustError::Signer(format!("no bin is delegated {:?}", target.path))
@@ -375,11 +415,11 @@ impl Repository {
         }
         let mut snapshot = state.snapshot.clone();
         let mut snapshot_changed = false;
-        if due(state.targets.expires, lifetimes.targets) {
+        let targets_expires = state.targets.expires()?;
+        if due(targets_expires, lifetimes.targets) {
             match &keys.targets {
                 None => waiting.push(format!(
-                    "targets expires {} (needs --targets-key)",
-                    state.targets.expires
+                    "targets expires {targets_expires} (needs --targets-key)"
                 )),
                 Some(key) => {
                     let targets = state.targets.clone();
@@ -394,10 +434,7 @@ impl Repository {
             waiting.push("timestamp, snapshot and bins (needs --online-key)".into());
             return Ok((changes, waiting));
         };
-        let bins: Vec<String> = BinIndex::new(&state.targets)?
-            .names()
-            .map(str::to_owned)
-            .collect();
+        let bins: Vec<String> = BinIndex::new(&state.targets)?.names().collect();
         for bin in &bins {
             let role: Targets = self.read_current(&snapshot, bin)?;
             if due(role.expires, lifetimes.bins) {
@@ -484,17 +521,8 @@ impl Repository {
                 keys.online()?
             }
             _ => {
-                let index = BinIndex::new(&targets)?;
-                let bins: Vec<String> = index.names().map(str::to_owned).collect();
-                let delegations = targets
-                    .delegations
-                    .as_mut()
-                    .ok_or_else(|| TrustError::Signer("targets delegates no bins".into()))?;
-                delegations.keys =
-                    HashMap::from([(new_key.keyid().clone(), new_key.public().clone())]);
-                for role in &mut delegations.roles {
-                    role.keyids = vec![new_key.keyid().clone()];
-                }
+                let bins: Vec<String> = BinIndex::new(&targets)?.names().collect();
+                targets.delegate_to(new_key)?;
                 changes.targets_version = Some(self.resign_into(
                     &mut snapshot,
                     "targets",
@@ -545,14 +573,12 @@ impl Repository {
         &self,
         snapshot: &mut Snapshot,
         name: &str,
-        mut role: Targets,
+        mut role: impl TargetsRole,
         key: &SigningKey,
         expires: jiff::Timestamp,
     ) -> Result<u64> {
-        let version = role.version.get() + 1;
-        role.version = non_zero(version);
-        role.expires = expires;
-        let meta = self.write_versioned(name, version, sign_role(&role, &[key])?)?;
+        let version = role.renew(expires)?;
+        let meta = self.write_versioned(name, version, role.sign(key)?)?;
         snapshot.meta.insert(format!("{name}.json"), meta);
         Ok(version)
     }
@@ -626,17 +652,18 @@ impl Repository {
         }
         let mut listed: HashSet<String> = HashSet::new();
         let index = BinIndex::new(&state.targets)?;
-        for role in std::iter::once("targets").chain(index.names()) {
-            let targets: Targets = if role == "targets" {
-                state.targets.clone()
+        for role in std::iter::once("targets".to_string()).chain(index.names()) {
+            let targets: crate::schema::Targets = if role == "targets" {
+                state.targets.parsed()?
             } else {
-                self.read_current(&state.snapshot, role)?
+                self.read_current(&state.snapshot, &role)?
             };
             listed.extend(
                 targets
                     .targets
                     .values()
-                    .map(|t| hex::encode(t.hashes.sha256.as_ref())),
+                    .filter_map(|t| t.hashes.sha256())
+                    .map(hex::encode),
             );
         }
         let mut dirs = vec![self.targets_dir()];
@@ -726,7 +753,7 @@ impl Repository {
         let timestamp: Timestamp = self.read_signed("timestamp.json")?;
         let snapshot_version = crate::trusted::snapshot_meta(&timestamp)?.version;
         let snapshot: Snapshot = self.read_signed(&format!("{snapshot_version}.snapshot.json"))?;
-        let targets = self.read_current(&snapshot, "targets")?;
+        let targets = TopTargets(self.read_current(&snapshot, "targets")?);
         let root = self.read_signed("root.json")?;
         Ok(State {
             root,
@@ -737,106 +764,212 @@ impl Repository {
     }
 }
 
-/// How N bins split the hash space: bin `i` holds the prefixes
-/// `i * per_bin .. (i + 1) * per_bin` of `digits` hex digits.
-struct BinLayout {
-    digits: usize,
-    per_bin: u32,
-    bins: u32,
+/// A targets role the signer re-signs: a bin (`tough`'s type) or the
+/// top-level role.
+trait TargetsRole {
+    /// Sets the next version and `expires`; returns the version.
+    fn renew(&mut self, expires: jiff::Timestamp) -> Result<u64>;
+    fn sign(&self, key: &SigningKey) -> Result<Vec<u8>>;
 }
 
-impl BinLayout {
-    fn new(bins: u32) -> Self {
-        // The fewest hex digits that give every bin at least one prefix.
-        let mut digits = 1;
-        while 16u64.pow(digits as u32) < u64::from(bins) {
-            digits += 1;
+impl TargetsRole for Targets {
+    fn renew(&mut self, expires: jiff::Timestamp) -> Result<u64> {
+        let version = self.version.get() + 1;
+        self.version = non_zero(version);
+        self.expires = expires;
+        Ok(version)
+    }
+
+    fn sign(&self, key: &SigningKey) -> Result<Vec<u8>> {
+        sign_role(self, &[key])
+    }
+}
+
+/// The top-level targets role's `signed` object, kept as JSON: `tough`'s
+/// type cannot express TAP 15 `succinct_roles`, and re-signing must keep
+/// every field it does not change. It lists no targets of its own.
+#[derive(Clone)]
+struct TopTargets(serde_json::Value);
+
+impl TopTargets {
+    /// Top-level targets delegating every path to `bins` bins signed by
+    /// `online`.
+    fn new(
+        expires: jiff::Timestamp,
+        style: BinStyle,
+        bins: u32,
+        online: &SigningKey,
+    ) -> Result<Self> {
+        let keyid = json(online.keyid())?;
+        let delegations = match style {
+            BinStyle::Succinct => serde_json::json!({
+                "keys": { keyid.as_str().unwrap_or_default(): json(online.public())? },
+                "succinct_roles": {
+                    "keyids": [keyid],
+                    "threshold": 1,
+                    "bit_length": bins.trailing_zeros(),
+                    "name_prefix": BIN_PREFIX,
+                },
+            }),
+            BinStyle::Listed => json(&listed_delegations(bins, online)?)?,
+        };
+        Ok(TopTargets(serde_json::json!({
+            "_type": "targets",
+            "spec_version": SPEC_VERSION,
+            "version": 1,
+            "expires": expires.to_string(),
+            "targets": {},
+            "delegations": delegations,
+        })))
+    }
+
+    /// As the client reads it.
+    fn parsed(&self) -> Result<crate::schema::Targets> {
+        serde_json::from_value(self.0.clone())
+            .map_err(|e| TrustError::Signer(format!("top-level targets: {e}")))
+    }
+
+    fn expires(&self) -> Result<jiff::Timestamp> {
+        Ok(self.parsed()?.expires)
+    }
+
+    /// Makes `key` the only key of every bin (an online key rotation).
+    fn delegate_to(&mut self, key: &SigningKey) -> Result<()> {
+        let keyid = json(key.keyid())?;
+        let delegations = self
+            .0
+            .get_mut("delegations")
+            .and_then(|d| d.as_object_mut())
+            .ok_or_else(|| TrustError::Signer("targets delegates no bins".into()))?;
+        let mut keys = serde_json::Map::new();
+        keys.insert(
+            keyid.as_str().unwrap_or_default().to_string(),
+            json(key.public())?,
+        );
+        delegations.insert("keys".into(), keys.into());
+        if let Some(succinct) = delegations
+            .get_mut("succinct_roles")
+            .and_then(|r| r.as_object_mut())
+        {
+            succinct.insert("keyids".into(), serde_json::json!([keyid]));
         }
-        let per_bin = (16u64.pow(digits as u32) / u64::from(bins)) as u32;
-        BinLayout {
-            digits,
-            per_bin,
-            bins,
+        if let Some(roles) = delegations.get_mut("roles").and_then(|r| r.as_array_mut()) {
+            for role in roles.iter_mut().filter_map(|r| r.as_object_mut()) {
+                role.insert("keyids".into(), serde_json::json!([keyid]));
+            }
         }
+        Ok(())
+    }
+}
+
+impl TargetsRole for TopTargets {
+    fn renew(&mut self, expires: jiff::Timestamp) -> Result<u64> {
+        let version = self.parsed()?.version.get() + 1;
+        self.0["version"] = version.into();
+        self.0["expires"] = expires.to_string().into();
+        Ok(version)
     }
 
-    fn name(&self, index: u32) -> String {
-        format!("bin-{:0width$x}", index, width = self.digits)
+    fn sign(&self, key: &SigningKey) -> Result<Vec<u8>> {
+        sign_role(&self.0, &[key])
     }
+}
 
-    fn prefixes(&self, index: u32) -> impl Iterator<Item = String> + '_ {
-        let first = index * self.per_bin;
-        (first..first + self.per_bin).map(|p| format!("{:0width$x}", p, width = self.digits))
+fn json(value: &impl serde::Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| TrustError::Signer(format!("encoding metadata: {e}")))
+}
+
+/// Bins listed by `path_hash_prefixes`: bin `i` of N holds the prefixes
+/// `i * per_bin .. (i + 1) * per_bin` of the fewest hex digits that give
+/// every bin one, and is named `bin-{i:0digits x}`.
+fn listed_delegations(bins: u32, online: &SigningKey) -> Result<Delegations> {
+    let mut digits = 1;
+    while 16u64.pow(digits) < u64::from(bins) {
+        digits += 1;
     }
+    let width = digits as usize;
+    let per_bin = (16u64.pow(digits) / u64::from(bins)) as u32;
+    let mut delegations = Delegations::new();
+    delegations
+        .keys
+        .insert(online.keyid().clone(), online.public().clone());
+    for index in 0..bins {
+        let first = index * per_bin;
+        let prefixes = (first..first + per_bin)
+            .map(|p| PathHashPrefix::new(format!("{p:0width$x}")))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| TrustError::Signer(format!("hash prefix: {e}")))?;
+        delegations.roles.push(DelegatedRole {
+            name: format!("bin-{index:0width$x}"),
+            keyids: vec![online.keyid().clone()],
+            threshold: non_zero(1),
+            paths: PathSet::PathHashPrefixes(prefixes),
+            terminating: true,
+            targets: None,
+        });
+    }
+    Ok(delegations)
+}
 
-    fn delegations(&self, online: &SigningKey) -> Result<Delegations> {
-        let mut delegations = Delegations::new();
-        delegations
-            .keys
-            .insert(online.keyid().clone(), online.public().clone());
-        for index in 0..self.bins {
-            let prefixes = self
-                .prefixes(index)
-                .map(PathHashPrefix::new)
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| TrustError::Signer(format!("hash prefix: {e}")))?;
-            delegations.roles.push(DelegatedRole {
-                name: self.name(index),
-                keyids: vec![online.keyid().clone()],
-                threshold: non_zero(1),
-                paths: PathSet::PathHashPrefixes(prefixes),
-                terminating: true,
-                targets: None,
+/// Which bin a path belongs to, read back from the signed delegations.
+enum BinIndex {
+    Succinct(SuccinctRoles),
+    Listed {
+        digits: usize,
+        by_prefix: HashMap<String, String>,
+        names: Vec<String>,
+    },
+}
+
+impl BinIndex {
+    fn new(targets: &TopTargets) -> Result<Self> {
+        let Some(delegations) = targets.parsed()?.delegations else {
+            return Ok(BinIndex::Listed {
+                digits: 0,
+                by_prefix: HashMap::new(),
+                names: Vec::new(),
             });
+        };
+        if let Some(succinct) = delegations.succinct_roles {
+            return Ok(BinIndex::Succinct(succinct));
         }
-        Ok(delegations)
-    }
-}
-
-/// Hash prefix → bin name, read back from the signed delegations.
-struct BinIndex<'a> {
-    digits: usize,
-    by_prefix: HashMap<&'a str, &'a str>,
-    names: Vec<&'a str>,
-}
-
-impl<'a> BinIndex<'a> {
-    fn new(targets: &'a Targets) -> Result<Self> {
-        let roles = targets
-            .delegations
-            .as_ref()
-            .map(|d| d.roles.as_slice())
-            .unwrap_or_default();
         let mut by_prefix = HashMap::new();
         let mut digits = 0;
-        let mut names = Vec::with_capacity(roles.len());
-        for role in roles {
+        let mut names = Vec::with_capacity(delegations.roles.len());
+        for role in delegations.roles {
             let PathSet::PathHashPrefixes(prefixes) = &role.paths else {
                 return Err(TrustError::Signer(format!(
                     "role {} is not a hashed bin; this signer only maintains hashed bins",
                     role.name
                 )));
             };
-            names.push(role.name.as_str());
             for prefix in prefixes {
                 digits = prefix.value().len();
-                by_prefix.insert(prefix.value(), role.name.as_str());
+                by_prefix.insert(prefix.value().to_string(), role.name.clone());
             }
+            names.push(role.name);
         }
-        Ok(BinIndex {
+        Ok(BinIndex::Listed {
             digits,
             by_prefix,
             names,
         })
     }
 
-    fn bin_of(&self, path: &str) -> Option<&'a str> {
-        let digest = path_digest(path);
-        self.by_prefix.get(&digest[..self.digits]).copied()
+    fn bin_of(&self, path: &str) -> Option<String> {
+        match self {
+            BinIndex::Succinct(succinct) => Some(succinct.role_for(path)),
+            BinIndex::Listed {
+                digits, by_prefix, ..
+            } => by_prefix.get(&path_digest(path)[..*digits]).cloned(),
+        }
     }
 
-    fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
-        self.names.iter().copied()
+    fn names(&self) -> Box<dyn Iterator<Item = String> + '_> {
+        match self {
+            BinIndex::Succinct(succinct) => Box::new(succinct.names()),
+            BinIndex::Listed { names, .. } => Box::new(names.iter().cloned()),
+        }
     }
 }
 
@@ -889,4 +1022,19 @@ fn now() -> jiff::Timestamp {
 fn expiry(now: jiff::Timestamp, lifetime: jiff::SignedDuration) -> jiff::Timestamp {
     let seconds = now.as_second().saturating_add(lifetime.as_secs());
     jiff::Timestamp::from_second(seconds).unwrap_or(jiff::Timestamp::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_are_sized_for_the_targets_expected() {
+        assert_eq!(bins_for(10_000), 256);
+        assert_eq!(bins_for(1_000), 64);
+        assert_eq!(bins_for(100_000), 1_024);
+        assert_eq!(bins_for(0), 2);
+        assert_eq!(bins_for(u64::MAX), 65_536);
+        assert_eq!(bins_for(DEFAULT_EXPECTED_TARGETS), DEFAULT_BINS);
+    }
 }

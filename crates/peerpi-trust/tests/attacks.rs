@@ -155,6 +155,8 @@ impl Fixture {
             .unwrap()
     }
 
+    /// The bin `target` falls in, by the delegation top-level targets signs
+    /// (succinct or listed).
     fn bin_of(&self, target: &str) -> String {
         let snapshot = self.published(&format!("{}.snapshot.json", self.snapshot_version()));
         let snapshot: Value = serde_json::from_slice(&snapshot).unwrap();
@@ -165,7 +167,13 @@ impl Fixture {
         let targets: Value =
             serde_json::from_slice(&self.published(&format!("{targets_version}.targets.json")))
                 .unwrap();
-        targets["signed"]["delegations"]["roles"]
+        let delegations = &targets["signed"]["delegations"];
+        if let Some(bits) = delegations["succinct_roles"]["bit_length"].as_u64() {
+            let first = u32::from_str_radix(&digest[..8], 16).unwrap();
+            let digits = bits.div_ceil(4) as usize;
+            return format!("bins-{:0digits$x}", first >> (32 - bits));
+        }
+        delegations["roles"]
             .as_array()
             .unwrap()
             .iter()
@@ -970,4 +978,59 @@ async fn with_the_repository_down_the_newest_valid_peer_timestamp_is_trusted() {
     // The new snapshot and bin came by their hashes: the target signed
     // after the last refresh is found.
     assert!(client.lookup("b").await.unwrap().is_some());
+}
+
+// Bin layouts --------------------------------------------------------------------------
+
+/// New repositories delegate by TAP 15 `succinct_roles`: top-level targets
+/// stays a few hundred bytes whatever the number of bins (it listed every
+/// bin: 182 KB at 1,024 bins). Repositories made with listed bins are still
+/// maintained: targets added, roles re-signed, the online key rotated, and
+/// a client reads each state.
+#[tokio::test]
+async fn succinct_bins_are_written_and_listed_bins_still_maintained() {
+    let fx = Fixture::new(1_024).await;
+    let targets: Value = serde_json::from_slice(&fx.published("1.targets.json")).unwrap();
+    let delegations = &targets["signed"]["delegations"];
+    assert_eq!(delegations["succinct_roles"]["bit_length"], 10);
+    assert_eq!(delegations["succinct_roles"]["name_prefix"], "bins");
+    assert!(delegations.get("roles").is_none());
+    assert!(fx.published("1.targets.json").len() < 1_000);
+    fx.add("simple/a/index.json", b"a");
+    assert_eq!(fx.download("simple/a/index.json").await.unwrap(), b"a");
+
+    let listed = Fixture::with(InitOptions {
+        bins: 16,
+        style: peerpi_trust::signer::BinStyle::Listed,
+        ..InitOptions::default()
+    })
+    .await;
+    let targets: Value = serde_json::from_slice(&listed.published("1.targets.json")).unwrap();
+    assert_eq!(
+        targets["signed"]["delegations"]["roles"]
+            .as_array()
+            .unwrap()
+            .len(),
+        16
+    );
+    listed.add("simple/a/index.json", b"a");
+    assert_eq!(listed.download("simple/a/index.json").await.unwrap(), b"a");
+    let new_online = SigningKey::create(&listed.dir.path().join("new-online.pk8")).unwrap();
+    listed
+        .repo()
+        .rotate(
+            KeyRole::Online,
+            &new_online,
+            &listed.keys(),
+            Lifetimes::default(),
+        )
+        .unwrap();
+    std::fs::copy(
+        listed.dir.path().join("new-online.pk8"),
+        listed.dir.path().join("keys/online.pk8"),
+    )
+    .unwrap();
+    listed.add("simple/b/index.json", b"b");
+    assert_eq!(listed.download("simple/b/index.json").await.unwrap(), b"b");
+    assert_eq!(listed.download("simple/a/index.json").await.unwrap(), b"a");
 }

@@ -171,8 +171,10 @@ async fn a_role_two_roles_delegate_is_verified_on_each_search_path() {
     assert!(fresh.client.lookup("b/evil").await.is_err());
 }
 
+/// python-tuf's `ngclient` reads what peerpi's signer writes, TAP 15
+/// succinct bins included.
 #[tokio::test]
-async fn python_tuf_downloads_a_target_from_a_peerpi_signed_repository() {
+async fn python_tuf_downloads_a_target_from_a_peerpi_signed_tap15_repository() {
     let python = python();
     let dir = tempfile::tempdir().unwrap();
     let repo_dir = dir.path().join("repo");
@@ -186,6 +188,13 @@ async fn python_tuf_downloads_a_target_from_a_peerpi_signed_repository() {
         },
     )
     .unwrap();
+    let targets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo_dir.join("metadata/1.targets.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        targets["signed"]["delegations"]["succinct_roles"]["bit_length"],
+        8
+    );
     let content = b"a page, in canonical JSON";
     let path = "simple/requests/index.json";
     let sha256: [u8; 32] = Sha256::digest(content).into();

@@ -99,10 +99,16 @@ pub struct InitArgs {
     /// Move the root and targets keys offline afterwards.
     #[arg(long, value_name = "DIR", default_value = "tuf-keys")]
     pub keys: PathBuf,
-    /// Number of hashed bins (a power of two): about one per ten projects
-    /// the cluster will sign; 16,384 for a mirror of the whole index.
-    #[arg(long, default_value_t = peerpi_trust::signer::DEFAULT_BINS)]
-    pub bins: u32,
+    /// Number of hashed bins (a power of two, at least 2); by default sized
+    /// for --expected-targets (the metadata a cold node downloads is
+    /// least there).
+    #[arg(long)]
+    pub bins: Option<u32>,
+    /// Pages (and files) the repository is expected to sign: sizes the
+    /// bins (10,000: 256 bins; 100,000: 1,024). A cluster signs the
+    /// projects its jobs use, thousands rather than the index's millions.
+    #[arg(long, value_name = "N", default_value_t = peerpi_trust::signer::DEFAULT_EXPECTED_TARGETS)]
+    pub expected_targets: u64,
     /// Number of root keys.
     #[arg(long, default_value_t = 1)]
     pub root_keys: usize,
@@ -277,10 +283,12 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
 
 fn init(args: &InitArgs) -> anyhow::Result<()> {
     let options = InitOptions {
-        bins: args.bins,
+        bins: args
+            .bins
+            .unwrap_or_else(|| peerpi_trust::signer::bins_for(args.expected_targets)),
         root_keys: args.root_keys,
         root_threshold: args.root_threshold,
-        lifetimes: Lifetimes::default(),
+        ..InitOptions::default()
     };
     let changes = Repository::init(&args.repo.repo, &args.keys, &options)?;
     report(&changes);

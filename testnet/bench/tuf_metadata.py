@@ -14,11 +14,13 @@ repository size, on loopback:
      (signer and peers; "store" is what it already held);
   4. serving: for MINUTES, a client asks the node for the 6 pages every 2 s
      while a new target is signed every 10 s (a batch: one bin, snapshot,
-     timestamp); the metadata bytes moved meanwhile, scaled to an hour.
+     timestamp); the metadata bytes moved meanwhile, scaled to an hour. The
+     node's page TTL is --page-ttl (1m: ten times the default node's
+     refreshes, so an upper bound of the default's figure).
 
 Usage:
   python3 testnet/bench/tuf_metadata.py [--old-bin PATH] [--targets 1000,10000]
-      [--minutes 5] [--out FILE]
+      [--minutes 5] [--seeds 1,2] [--page-ttl 1m] [--out FILE]
 Needs: a release build (cargo build --release -p peerpi -p peerpi-testkit),
 python3 with venv. --old-bin is a `peerpi` binary built from an older commit
 (git worktree add /tmp/old REV && cargo build --release there).
@@ -88,12 +90,15 @@ def synthetic_targets(n, seed):
 
 
 class Cluster:
-    def __init__(self, peerpi, workdir, index_url, targets, seed):
+    def __init__(self, peerpi, workdir, index_url, targets, seed, page_ttl, sized):
         self.peerpi, self.workdir, self.procs = peerpi, workdir, []
         data = os.path.join(workdir, "signer")
         self.repo = os.path.join(data, "tuf")
         self.keys = os.path.join(workdir, "keys")
-        run([peerpi, "tuf", "init", "--repo", self.repo, "--keys", self.keys])
+        # Each build's own default layout; a build that sizes the bins to
+        # the repository is told its size.
+        sizing = ["--expected-targets", str(max(targets, 1))] if sized else []
+        run([peerpi, "tuf", "init", "--repo", self.repo, "--keys", self.keys, *sizing])
         if targets:
             run([peerpi, "tuf", "add", "--repo", self.repo, "--online-key",
                  os.path.join(self.keys, "online.pk8"), "--from", "-"],
@@ -105,7 +110,8 @@ class Cluster:
         bootstrap = addr if "/p2p/" in addr else f"{addr}/p2p/{peers['peer_id']}"
         self.node = self.serve("node", [
             "--trust", "tuf", "--tuf-root", os.path.join(self.repo, "metadata/1.root.json"),
-            "--tuf-url", self.signer + "/tuf/", "--bootstrap", bootstrap])
+            "--tuf-url", self.signer + "/tuf/", "--bootstrap", bootstrap,
+            "--page-ttl", page_ttl])
 
     def serve(self, name, args):
         port = free_port()
@@ -131,9 +137,10 @@ class Cluster:
             p.wait()
 
 
-def measure(name, peerpi, index_url, targets, minutes, seed):
+def measure(name, peerpi, index_url, targets, minutes, seed, page_ttl):
     with tempfile.TemporaryDirectory() as workdir:
-        cluster = Cluster(peerpi, workdir, index_url, targets, seed)
+        sized = "--expected-targets" in run([peerpi, "tuf", "init", "--help"]).stdout
+        cluster = Cluster(peerpi, workdir, index_url, targets, seed, page_ttl, sized)
         try:
             venv = os.path.join(workdir, "venv")
             run([sys.executable, "-m", "venv", venv])
@@ -171,7 +178,8 @@ def measure(name, peerpi, index_url, targets, minutes, seed):
             stop.set()
             batches.join()
             per_hour = served * 3600 / elapsed
-            row = {"build": name, "targets": targets, "seed": seed, "cold_bytes": cold,
+            row = {"build": name, "targets": targets, "seed": seed, "page_ttl": page_ttl,
+                   "cold_bytes": cold,
                    "serving_bytes": served, "serving_seconds": round(elapsed),
                    "per_hour_bytes": round(per_hour), "page_errors": errors,
                    "snapshot_bytes": snapshot_size(cluster.repo)}
@@ -193,6 +201,9 @@ def main():
     ap.add_argument("--targets", default="1000,10000")
     ap.add_argument("--minutes", type=float, default=5)
     ap.add_argument("--seeds", default="1")
+    ap.add_argument("--page-ttl", default="1m",
+                    help="the node's page TTL while serving (the default node's is 10m: "
+                         "a shorter one refreshes more, an upper bound)")
     ap.add_argument("--out", default=os.path.join(ROOT, "testnet", "bench", "results",
                                                   "tuf-metadata.json"))
     args = ap.parse_args()
@@ -208,7 +219,8 @@ def main():
         for seed in [int(s) for s in args.seeds.split(",")]:
             for targets in [int(t) for t in args.targets.split(",")]:
                 for name, binary in builds:
-                    rows.append(measure(name, binary, index_url, targets, args.minutes, seed))
+                    rows.append(measure(name, binary, index_url, targets, args.minutes, seed,
+                                        args.page_ttl))
     finally:
         index.terminate()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -11,6 +11,7 @@ mod clients;
 mod doctor;
 mod examples;
 mod hardening;
+mod index_signed;
 mod peers;
 mod prefetch;
 mod process;

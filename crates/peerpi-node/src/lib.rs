@@ -6,6 +6,7 @@
 mod error;
 mod flight;
 mod http;
+mod index_signed;
 pub mod metrics;
 mod pages;
 mod reputation;
@@ -119,6 +120,9 @@ struct Inner {
     swarm: Option<SwarmHandle>,
     signer: Option<Arc<signing::PageSigner>>,
     trust: Option<trust::PageTrust>,
+    /// Under `--trust index-signed`: each verified page's signed
+    /// `blake2b-256` and the SHA-256 it is stored under.
+    signed_pages: Mutex<HashMap<[u8; 32], peerpi_core::Sha256Digest>>,
     status: status::StatusState,
 }
 
@@ -197,6 +201,7 @@ impl Node {
                 swarm,
                 signer,
                 trust,
+                signed_pages: Mutex::new(HashMap::new()),
                 status: status::StatusState::new(),
             }),
         };

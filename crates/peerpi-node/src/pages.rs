@@ -326,7 +326,7 @@ impl Node {
             let age_ms = now_ms().saturating_sub(entry.cached.fetched_at_ms);
             if u128::from(age_ms) < self.inner.config.page_ttl.as_millis() {
                 if let Some(trust) = &self.inner.trust {
-                    if trust.config().mode == TrustMode::Tuf {
+                    if trust.config().mode != TrustMode::TufOrIndex {
                         if let Err(e) = self.trust_current(trust).await {
                             self.inner.metrics.tuf_page_refused("unverifiable");
                             return Err(NodeError::Unavailable(trust.refusal(name.as_str(), &e)));
@@ -538,6 +538,9 @@ impl Node {
             .signed(name.as_str(), verified_at_ms, false, metrics)
             .await
         {
+            Ok(Some(info)) if mode == TrustMode::IndexSigned => {
+                Ok(self.index_signed_page(name, &info, etag).await)
+            }
             Ok(Some(info)) => {
                 trust.nudge_signer(name.as_str());
                 Ok(self.signed_page(trust, name, &info, etag).await)
@@ -552,6 +555,13 @@ impl Node {
             Err(e) => {
                 metrics.tuf_page_refused("unverifiable");
                 Err(NodeError::Unavailable(trust.refusal(name.as_str(), &e)))
+            }
+            Ok(None) if mode == TrustMode::IndexSigned => {
+                metrics.tuf_page_refused("not_signed");
+                Err(NodeError::Unavailable(format!(
+                    "the index's TUF metadata does not sign {name}: a page it does not vouch \
+                     for is not served under --trust index-signed"
+                )))
             }
             Ok(None) => {
                 if !trust.ask_signer(name.as_str()).await {
@@ -615,6 +625,53 @@ impl Node {
                 url: page_url.to_string(),
                 source,
             }
+        })?;
+        Ok(PageFetch::Fresh {
+            page,
+            etag: Some(tag),
+        })
+    }
+
+    /// The page the index signed itself (`--trust index-signed`): its HTML
+    /// bytes, verified against the signed `blake2b-256` and length, then
+    /// parsed.
+    async fn index_signed_page(
+        &self,
+        name: &ProjectName,
+        info: &TargetInfo,
+        etag: Option<&str>,
+    ) -> Result<PageFetch, peerpi_upstream::UpstreamError> {
+        let page_url = self.inner.upstream.page_url(name)?;
+        let unreachable = |reason: String| peerpi_upstream::UpstreamError::Unreachable {
+            url: page_url.to_string(),
+            reason,
+        };
+        let key = crate::index_signed::page_key(info).ok_or_else(|| {
+            unreachable(format!(
+                "the index's target {} lists no {} (only {})",
+                info.path,
+                crate::index_signed::PAGE_HASH,
+                info.hashes.algorithms().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let tag = format!("{TUF_ETAG}{}", hex::encode(key));
+        if etag == Some(tag.as_str()) {
+            return Ok(PageFetch::NotModified);
+        }
+        let bytes = self
+            .index_signed_bytes(name, info, key)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let project = name.as_str().to_string();
+        let url = page_url.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            peerpi_core::html::parse_project_page(&bytes, &url, &project)
+        })
+        .await
+        .map_err(|e| unreachable(format!("parsing the page failed: {e}")))?;
+        let page = parsed.map_err(|source| peerpi_upstream::UpstreamError::BadPage {
+            url: page_url.to_string(),
+            source,
         })?;
         Ok(PageFetch::Fresh {
             page,

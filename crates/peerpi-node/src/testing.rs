@@ -182,6 +182,13 @@ pub fn blocked_for_good(node: &TestNode, peer: &TestNode) -> bool {
         .is_some_and(|p| p.blocked && p.blocked_until.is_none())
 }
 
+/// Keeps `bytes` in the node's store as a blob under their SHA-256, and
+/// announces it (what a node does with bytes it verified; a test's liar
+/// does it with bytes it tampered with).
+pub async fn keep_bytes(node: &TestNode, bytes: Vec<u8>) {
+    node.node.clone().keep_blob(bytes).await;
+}
+
 /// Peers the node's swarm is connected to.
 pub fn connected(node: &TestNode) -> u64 {
     node.node

@@ -33,6 +33,10 @@ pub enum TrustMode {
     /// Signed pages where the project is a target; the upstream index over
     /// TLS for the others, and whenever the TUF metadata cannot be used.
     TufOrIndex,
+    /// The index's own TUF metadata (PEP 458), no signer: a project's
+    /// target is its normalised name, signed with the `blake2b-256` of the
+    /// index's HTML page; the node serves only pages whose bytes match.
+    IndexSigned,
 }
 
 /// TUF settings of a node.
@@ -183,6 +187,25 @@ impl PageTrust {
         &self.config
     }
 
+    /// The target that signs `project`'s page: the normalised name in the
+    /// index's repository (PEP 458), the canonical JSON page in a signer's.
+    fn target_of(&self, project: &str) -> String {
+        match self.config.mode {
+            TrustMode::IndexSigned => project.to_string(),
+            TrustMode::Tuf | TrustMode::TufOrIndex => page_target(project),
+        }
+    }
+
+    /// Who publishes the metadata, for messages.
+    fn publisher(&self) -> String {
+        match self.config.mode {
+            TrustMode::IndexSigned => format!("the index's TUF repository at {}", self.config.url),
+            TrustMode::Tuf | TrustMode::TufOrIndex => {
+                format!("the signer at {}", self.config.signer_base())
+            }
+        }
+    }
+
     /// The signed page of `project`: `Ok(None)` when no trusted role lists
     /// it. `verified_at_ms`: when the copy being revalidated was verified
     /// (milliseconds since the epoch), if there is one. Refreshes the
@@ -198,7 +221,7 @@ impl PageTrust {
         if force || self.refresh_due(verified_at_ms) {
             self.refresh_now(&mut client, metrics).await?;
         }
-        client.lookup(&page_target(project)).await
+        client.lookup(&self.target_of(project)).await
     }
 
     /// Whether a refresh of the metadata is due: never within `refresh` (10
@@ -346,26 +369,26 @@ impl PageTrust {
     /// 503's body): signed metadata that could not be fetched is not
     /// metadata that expired, and an operator fixes the two differently.
     pub(crate) fn refusal(&self, project: &str, error: &TrustError) -> String {
-        let signer = self.config.signer_base();
+        let publisher = self.publisher();
         let from_peers = self.signer_unreachable.load(Ordering::Relaxed);
         match error {
             TrustError::Fetch { .. } | TrustError::TooLarge { .. } => format!(
                 "the page of {project} cannot be verified: signed metadata it needs could not be \
                  fetched ({error}). The metadata this node trusts has not expired, and pages it \
-                 verified before are still served; this one needs the signer at {signer}"
+                 verified before are still served; this one needs {publisher}"
             ),
             TrustError::Expired { .. } if from_peers => format!(
-                "the page of {project} cannot be verified: {error}. The signer at {signer} cannot \
-                 be reached, and no peer holds newer signed metadata; pages are refused until \
-                 the signer publishes fresh metadata"
+                "the page of {project} cannot be verified: {error}. {publisher} cannot be \
+                 reached, and no peer holds newer signed metadata; pages are refused until it \
+                 publishes fresh metadata"
             ),
             TrustError::Expired { .. } => format!(
-                "the page of {project} cannot be verified: {error}; pages are refused until the \
-                 signer at {signer} publishes fresh metadata"
+                "the page of {project} cannot be verified: {error}; pages are refused until \
+                 {publisher} publishes fresh metadata"
             ),
             _ => format!(
-                "the page of {project} cannot be verified: {error}; pages are refused until the \
-                 signer at {signer} publishes metadata that verifies"
+                "the page of {project} cannot be verified: {error}; pages are refused until \
+                 {publisher} publishes metadata that verifies"
             ),
         }
     }

@@ -136,6 +136,20 @@ pub(crate) async fn ask_peers(
         .map(|(peer, _)| *peer)
         .take(max_peers)
         .collect();
+    ask_each(shared, &peers, name, limit, within).await
+}
+
+/// Asks each of `peers` (unblocked ones) at once for its document `name`;
+/// returns what arrived within `within`, unverified.
+pub(crate) async fn ask_each(
+    shared: &Shared,
+    peers: &[PeerId],
+    name: &str,
+    limit: usize,
+    within: Duration,
+) -> Vec<(PeerId, Bytes)> {
+    let blocked = |peer: &PeerId| lock(&shared.peers).get(peer).is_some_and(|p| p.blocked);
+    let peers: Vec<PeerId> = peers.iter().filter(|p| !blocked(p)).copied().collect();
     let asks = peers.into_iter().map(|peer| async move {
         match tokio::time::timeout(within, ask(shared, peer, name, limit)).await {
             Ok(Ok(Some(bytes))) => Some((peer, bytes)),

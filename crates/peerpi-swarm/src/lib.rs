@@ -270,6 +270,10 @@ pub fn kademlia_config() -> libp2p::kad::Config {
     config
 }
 
+/// Documents published for peers at most (one per page verified under
+/// `--trust index-signed`, 32 bytes each).
+const MAX_LATEST_DOCUMENTS: usize = 65_536;
+
 /// Blobs being fetched beyond which no further intent is announced.
 const MAX_ANNOUNCED_INTENTS: usize = 64;
 
@@ -432,7 +436,15 @@ impl SwarmHandle {
                 ),
             });
         }
-        lock(&self.shared.latest).insert(name.to_string(), bytes);
+        let mut latest = lock(&self.shared.latest);
+        if latest.len() >= MAX_LATEST_DOCUMENTS && !latest.contains_key(name) {
+            // Any one goes: a peer that asks for it then finds it elsewhere
+            // or at its source.
+            if let Some(old) = latest.keys().next().cloned() {
+                latest.remove(&old);
+            }
+        }
+        latest.insert(name.to_string(), bytes);
         Ok(())
     }
 
@@ -448,6 +460,18 @@ impl SwarmHandle {
         within: Duration,
     ) -> Vec<(PeerId, bytes::Bytes)> {
         latest::ask_peers(&self.shared, name, limit, max_peers, within).await
+    }
+
+    /// Asks each of `peers` (those not blocked) at once for its document
+    /// `name`, as [`SwarmHandle::ask_latest`] does connected peers.
+    pub async fn ask_latest_of(
+        &self,
+        peers: &[PeerId],
+        name: &str,
+        limit: usize,
+        within: Duration,
+    ) -> Vec<(PeerId, bytes::Bytes)> {
+        latest::ask_each(&self.shared, peers, name, limit, within).await
     }
 
     /// Announces that this node holds `digest` (its CID).

@@ -4,6 +4,7 @@
 //! tests, the testnet and the benchmarks; it is not part of the product.
 
 pub mod dist;
+pub mod index_tuf;
 pub mod repo_server;
 pub mod server;
 
@@ -23,6 +24,33 @@ pub fn missing_prerequisite(what: &str) {
         "{what}, and {REQUIRE_PREREQUISITES} is set: CI installs every prerequisite, so this test must run"
     );
     eprintln!("skipped: {what}");
+}
+
+/// The Python with python-tuf the TUF interop tests run
+/// (`PEERPI_TEST_PYTHON`, else `python3`); fails naming the fix when it
+/// lacks python-tuf (CI installs it).
+pub fn python() -> String {
+    let python = std::env::var("PEERPI_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import tuf.ngclient, cryptography"])
+        .output();
+    match probe {
+        Ok(probe) if probe.status.success() => python,
+        Ok(probe) => panic!(
+            "{python} lacks python-tuf: run `{python} -m pip install tuf cryptography` \
+             (or set PEERPI_TEST_PYTHON): {}",
+            String::from_utf8_lossy(&probe.stderr)
+        ),
+        Err(e) => panic!("{python}: {e}"),
+    }
+}
+
+/// One of the testkit's python-tuf scripts (`make_repo.py`,
+/// `ngclient_download.py`).
+pub fn python_script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
 }
 
 /// A small dependency graph that exercises what resolvers look at:

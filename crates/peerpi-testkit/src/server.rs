@@ -173,6 +173,25 @@ impl IndexState {
             .cloned()
     }
 
+    /// The HTML page of `project` exactly as the index serves it now
+    /// (`None`: no such project).
+    pub fn html_page_of(&self, project: &str) -> Option<Vec<u8>> {
+        let files = self.listed_files(project)?;
+        Some(html_page(self, project, &files))
+    }
+
+    /// The files a project page lists (none while it is quarantined).
+    fn listed_files(&self, project: &str) -> Option<Vec<FakeFile>> {
+        let files = {
+            let projects = self.projects.read().unwrap_or_else(|p| p.into_inner());
+            projects.get(&normalise(project))?.clone()
+        };
+        let quarantined = self
+            .status(project)
+            .is_some_and(|(status, _)| status == "quarantined");
+        Some(if quarantined { Vec::new() } else { files })
+    }
+
     pub fn set_html_only(&self, yes: bool) {
         self.html_only.store(yes, Ordering::Relaxed);
     }
@@ -363,17 +382,9 @@ async fn project_page(
     Path(project): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let files = {
-        let projects = state.projects.read().unwrap_or_else(|p| p.into_inner());
-        match projects.get(&normalise(&project)) {
-            Some(files) => files.clone(),
-            None => return (StatusCode::NOT_FOUND, "no such project").into_response(),
-        }
+    let Some(files) = state.listed_files(&project) else {
+        return (StatusCode::NOT_FOUND, "no such project").into_response();
     };
-    let quarantined = state
-        .status(&project)
-        .is_some_and(|(status, _)| status == "quarantined");
-    let files = if quarantined { Vec::new() } else { files };
     let wants_json = !state.html_only.load(Ordering::Relaxed)
         && headers
             .get(header::ACCEPT)

@@ -163,6 +163,11 @@ impl TargetHashes {
         self.0.keys().map(String::as_str)
     }
 
+    /// The digest listed for `algorithm`, if any.
+    pub fn get(&self, algorithm: &str) -> Option<&[u8]> {
+        self.0.get(algorithm).map(Vec::as_slice)
+    }
+
     /// The signed SHA-256, if the repository listed one.
     pub fn sha256(&self) -> Option<[u8; 32]> {
         self.0

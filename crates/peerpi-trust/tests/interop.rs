@@ -9,7 +9,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,26 +19,7 @@ use peerpi_trust::{Client, HttpFetcher, Limits, MetadataDir, TrustError};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-fn python() -> String {
-    let python = std::env::var("PEERPI_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
-        .args(["-c", "import tuf.ngclient, cryptography"])
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e}"));
-    assert!(
-        probe.status.success(),
-        "{python} lacks python-tuf: run `{python} -m pip install tuf cryptography` \
-         (or set PEERPI_TEST_PYTHON): {}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
-    python
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(name)
-}
+use peerpi_testkit::{python, python_script as script};
 
 /// A repository made by python-tuf (`make_repo.py OUT KEYTYPE ARGS...`),
 /// served on loopback, and a refreshed peerpi client of it.

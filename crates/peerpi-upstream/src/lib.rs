@@ -332,18 +332,20 @@ impl Upstream {
             .map_err(|_| UpstreamError::BadUrl(format!("{}{project}/", self.config.base)))
     }
 
-    /// Fetches a project page, revalidating with `etag` when given.
-    pub async fn fetch_page(
+    /// Sends the request for a project page; any status but success, 304
+    /// and 404/410 is an error.
+    async fn page_response(
         &self,
         project: &ProjectName,
+        accept: &str,
         etag: Option<&str>,
-    ) -> Result<PageFetch, UpstreamError> {
+    ) -> Result<PageResponse, UpstreamError> {
         let url = self.page_url(project)?;
         let url_text = redacted(url.as_str());
         let mut request = self
             .pages
             .get(url.clone())
-            .header(ACCEPT, PAGE_ACCEPT)
+            .header(ACCEPT, accept)
             .timeout(self.config.page_timeout);
         if let Some(etag) = etag {
             request = request.header(IF_NONE_MATCH, etag);
@@ -355,16 +357,47 @@ impl Upstream {
         let status = response.status();
         debug!(url = %url_text, %status, "upstream page");
         match status {
-            StatusCode::NOT_MODIFIED => return Ok(PageFetch::NotModified),
-            StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(PageFetch::NotFound),
-            s if !s.is_success() => {
-                return Err(UpstreamError::Status {
-                    url: url_text,
-                    status: s.as_u16(),
-                })
-            }
-            _ => {}
+            StatusCode::NOT_MODIFIED => Ok(PageResponse::NotModified),
+            StatusCode::NOT_FOUND | StatusCode::GONE => Ok(PageResponse::NotFound),
+            s if !s.is_success() => Err(UpstreamError::Status {
+                url: url_text,
+                status: s.as_u16(),
+            }),
+            _ => Ok(PageResponse::Body(response, url_text)),
         }
+    }
+
+    /// The bytes of a project page as the index serves them in the format
+    /// `accept` names (the HTML page whose digest the index's TUF metadata
+    /// signs), at most `limit` bytes, and the URL they came from. `Ok(None)`:
+    /// the index has no such project.
+    pub async fn fetch_page_bytes(
+        &self,
+        project: &ProjectName,
+        accept: &str,
+        limit: u64,
+    ) -> Result<Option<(Bytes, Url)>, UpstreamError> {
+        match self.page_response(project, accept, None).await? {
+            PageResponse::Body(response, url_text) => {
+                let url = response.url().clone();
+                let body = read_limited(response, limit, &url_text).await?;
+                Ok(Some((body, url)))
+            }
+            PageResponse::NotFound | PageResponse::NotModified => Ok(None),
+        }
+    }
+
+    /// Fetches a project page, revalidating with `etag` when given.
+    pub async fn fetch_page(
+        &self,
+        project: &ProjectName,
+        etag: Option<&str>,
+    ) -> Result<PageFetch, UpstreamError> {
+        let (response, url_text) = match self.page_response(project, PAGE_ACCEPT, etag).await? {
+            PageResponse::NotModified => return Ok(PageFetch::NotModified),
+            PageResponse::NotFound => return Ok(PageFetch::NotFound),
+            PageResponse::Body(response, url_text) => (response, url_text),
+        };
         let final_url = response.url().clone();
         let new_etag = response
             .headers()
@@ -451,6 +484,14 @@ impl Upstream {
             }),
         }
     }
+}
+
+/// What the index answered to a page request.
+enum PageResponse {
+    NotModified,
+    NotFound,
+    /// A success, with the URL as shown in logs.
+    Body(reqwest::Response, String),
 }
 
 /// The whole body, failing once more than `limit` bytes arrived (counted

@@ -220,6 +220,8 @@ layered! {
 pub enum TrustArg {
     Tuf,
     TufOrIndex,
+    /// The index's own TUF metadata (PEP 458), no signer.
+    IndexSigned,
     #[default]
     Index,
 }

@@ -370,6 +370,10 @@ mod tests {
         assert!(e.contains("drop --upstream"), "{e}");
         let config = with_upstream("tuf-or-index").unwrap();
         assert_eq!(config.upstream().as_str(), "https://index.invalid/simple/");
+        // The index's own TUF: the index is the upstream, no signer.
+        let config = with_upstream("index-signed").unwrap();
+        assert_eq!(config.upstream().as_str(), "https://index.invalid/simple/");
+        assert_eq!(config.node.trust.unwrap().mode, TrustMode::IndexSigned);
         assert!(with_upstream("index").unwrap().node.trust.is_none());
     }
 

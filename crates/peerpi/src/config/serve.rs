@@ -200,15 +200,16 @@ pub(crate) fn resolve_trust(
         TrustArg::Index => return Ok(None),
         TrustArg::Tuf => TrustMode::Tuf,
         TrustArg::TufOrIndex => TrustMode::TufOrIndex,
+        TrustArg::IndexSigned => TrustMode::IndexSigned,
     };
     let root = options.tuf_root.clone().ok_or_else(|| {
         anyhow!(
             "--trust {} needs --tuf-root FILE: the repository's 1.root.json, installed by the \
              operator (from `peerpi tuf init` on the signer's side)",
-            if mode == TrustMode::Tuf {
-                "tuf"
-            } else {
-                "tuf-or-index"
+            match mode {
+                TrustMode::Tuf => "tuf",
+                TrustMode::TufOrIndex => "tuf-or-index",
+                TrustMode::IndexSigned => "index-signed",
             }
         )
     })?;

@@ -12,6 +12,7 @@ index's PEP 458 deployment does.
 
 usage: make_repo.py OUT_DIR KEYTYPE(ed25519|ecdsa) [--hash ALG]...
                     [--diamond | --succinct BITS] TARGET_PATH=CONTENT...
+(TARGET_PATH=@FILE takes the target's bytes from FILE.)
 """
 
 import argparse
@@ -111,7 +112,11 @@ def main() -> None:
 
     for spec in args.targets:
         path, content = spec.split("=", 1)
-        data = content.encode()
+        if content.startswith("@"):
+            with open(content[1:], "rb") as f:
+                data = f.read()
+        else:
+            data = content.encode()
         target = TargetFile.from_data(path, data, hashes)
         roles[role_of(path)][0].targets[path] = target
         directory, _, name = path.rpartition("/")

@@ -551,6 +551,88 @@ impl Repository {
         Ok(changes)
     }
 
+    /// Moves every target into `bins` succinct bins (a power of two from 2
+    /// to 65,536): a repository that outgrew its bins, or one made with
+    /// listed bins. Needs the targets key (a new delegation rule) and the
+    /// online key (every new bin). Bins whose name the new rule reuses get
+    /// their next version; the old bins stay listed in the snapshot at
+    /// their version (a client refuses a snapshot that drops a role), no
+    /// longer delegated.
+    pub fn rebin(&self, bins: u32, keys: &Keys, lifetimes: Lifetimes) -> Result<Changes> {
+        if !bins.is_power_of_two() || !(2..=65_536).contains(&bins) {
+            return Err(TrustError::Signer(format!(
+                "--bins {bins}: must be a power of two from 2 to 65536"
+            )));
+        }
+        let online = keys.online()?;
+        let targets_key = keys.targets()?;
+        let state = self.state()?;
+        let now = now();
+        let mut listed: Vec<(TargetName, Target)> = Vec::new();
+        for bin in BinIndex::new(&state.targets)?.names() {
+            let role: Targets = self.read_current(&state.snapshot, &bin)?;
+            listed.extend(role.targets);
+        }
+        let mut top = TopTargets::new(
+            expiry(now, lifetimes.targets),
+            BinStyle::Succinct,
+            bins,
+            online,
+        )?;
+        // The new rule replaces the old one: the version goes on.
+        top.0["version"] = state.targets.parsed()?.version.get().into();
+        let index = BinIndex::new(&top)?;
+        let mut by_bin: BTreeMap<String, Targets> = index
+            .names()
+            .map(|name| (name, Targets::new(SPEC_VERSION.into(), non_zero(1), now)))
+            .collect();
+        for (name, target) in listed {
+            let bin = index.bin_of(name.raw()).ok_or_else(|| {
+                TrustError::Signer(format!("no bin is delegated {:?}", name.raw()))
+            })?;
+            if let Some(role) = by_bin.get_mut(&bin) {
+                role.targets.insert(name, target);
+            }
+        }
+        let mut snapshot = state.snapshot.clone();
+        let mut changes = Changes::default();
+        for (name, mut bin) in by_bin {
+            // Reused names continue their version; new ones start at 1.
+            let previous = snapshot
+                .meta
+                .get(&format!("{name}.json"))
+                .map_or(0, |meta| meta.version.get());
+            if previous == 0 {
+                bin.version = non_zero(1);
+                bin.expires = expiry(now, lifetimes.bins);
+                let meta = self.write_versioned(&name, 1, sign_role(&bin, &[online])?)?;
+                snapshot.meta.insert(format!("{name}.json"), meta);
+            } else {
+                bin.version = non_zero(previous);
+                self.resign_into(
+                    &mut snapshot,
+                    &name,
+                    bin,
+                    online,
+                    expiry(now, lifetimes.bins),
+                )?;
+            }
+            changes.bins_signed += 1;
+        }
+        changes.targets_version = Some(self.resign_into(
+            &mut snapshot,
+            "targets",
+            top,
+            targets_key,
+            expiry(now, lifetimes.targets),
+        )?);
+        let published =
+            self.publish_snapshot(snapshot, Some(&state.timestamp), online, lifetimes)?;
+        changes.snapshot_version = published.snapshot_version;
+        changes.timestamp_version = published.timestamp_version;
+        Ok(changes)
+    }
+
     /// Writes the next root version signed by `keys.root` and `extra`.
     fn bump_root(&self, root: &mut Root, keys: &Keys, extra: &[&SigningKey]) -> Result<u64> {
         let version = root.version.get() + 1;

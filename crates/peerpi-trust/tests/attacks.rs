@@ -1034,3 +1034,59 @@ async fn succinct_bins_are_written_and_listed_bins_still_maintained() {
     assert_eq!(listed.download("simple/b/index.json").await.unwrap(), b"b");
     assert_eq!(listed.download("simple/a/index.json").await.unwrap(), b"a");
 }
+
+/// A repository that outgrew its bins moves to more of them with the
+/// targets key: a client that trusted the old layout follows (no rollback:
+/// reused bin names get their next version, old bins stay listed), finds
+/// every target, and new targets go into the new bins. A listed-bin
+/// repository moves to succinct bins the same way.
+#[tokio::test]
+async fn rebinning_keeps_every_target_and_clients_follow() {
+    for style in [
+        peerpi_trust::signer::BinStyle::Succinct,
+        peerpi_trust::signer::BinStyle::Listed,
+    ] {
+        let fx = Fixture::with(InitOptions {
+            bins: 4,
+            style,
+            ..InitOptions::default()
+        })
+        .await;
+        let paths: Vec<String> = (0..20).map(|i| format!("simple/p{i}/index.json")).collect();
+        for path in &paths {
+            fx.add(path, path.as_bytes());
+        }
+        fx.refresh().await.unwrap();
+        let changes = fx
+            .repo()
+            .rebin(64, &fx.keys(), Lifetimes::default())
+            .unwrap();
+        assert_eq!(changes.bins_signed, 64);
+        let targets: Value = serde_json::from_slice(&fx.published(&format!(
+            "{}.targets.json",
+            changes.targets_version.unwrap()
+        )))
+        .unwrap();
+        assert_eq!(
+            targets["signed"]["delegations"]["succinct_roles"]["bit_length"],
+            6
+        );
+        for path in &paths {
+            assert_eq!(fx.download(path).await.unwrap(), path.as_bytes(), "{path}");
+        }
+        fx.add("simple/new/index.json", b"new");
+        assert_eq!(fx.download("simple/new/index.json").await.unwrap(), b"new");
+        assert!(fx.bin_of("simple/new/index.json").starts_with("bins-"));
+        // 64 to 128 bins reuses the names bins-00 ... bins-3f.
+        fx.repo()
+            .rebin(128, &fx.keys(), Lifetimes::default())
+            .unwrap();
+        for path in paths
+            .iter()
+            .map(String::as_str)
+            .chain(["simple/new/index.json"])
+        {
+            assert!(!fx.download(path).await.unwrap().is_empty(), "{path}");
+        }
+    }
+}

@@ -30,6 +30,9 @@ pub enum TufCommand {
     Sign(SignArgs),
     /// Replace the keys of a role and publish everything they sign.
     Rotate(RotateArgs),
+    /// Move every target into a new number of bins (a repository that
+    /// outgrew its bins); needs the offline targets key and the online key.
+    Rebin(RebinArgs),
     /// A TUF client (the TUF conformance suite's command-line protocol).
     Client(ClientArgs),
     /// A node's TUF state: versions and expiries it trusts, bins cached,
@@ -141,6 +144,17 @@ pub struct SignArgs {
     pub keys: KeyArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct RebinArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// The new number of bins (a power of two, at least 2).
+    #[arg(long)]
+    pub bins: u32,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RotateRole {
     Root,
@@ -203,6 +217,7 @@ pub fn run(args: TufArgs) -> anyhow::Result<()> {
         TufCommand::Add(args) => add(&args),
         TufCommand::Sign(args) => sign(&args),
         TufCommand::Rotate(args) => rotate(&args),
+        TufCommand::Rebin(args) => rebin(&args),
         TufCommand::Client(args) => client(args),
         TufCommand::Status(args) => status(&args),
     }
@@ -332,6 +347,20 @@ fn sign(args: &SignArgs) -> anyhow::Result<()> {
     for role in waiting {
         println!("not signed: {role}");
     }
+    Ok(())
+}
+
+fn rebin(args: &RebinArgs) -> anyhow::Result<()> {
+    let repo = Repository::open(&args.repo.repo)?;
+    let keys = args.keys.load()?;
+    if keys.targets.is_none() || keys.online.is_none() {
+        bail!(
+            "rebinning signs a new delegation and every new bin: give --targets-key FILE and \
+             --online-key FILE"
+        );
+    }
+    let changes = repo.rebin(args.bins, &keys, Lifetimes::default())?;
+    report(&changes);
     Ok(())
 }
 

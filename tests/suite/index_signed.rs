@@ -5,14 +5,13 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::python::*;
 use common::*;
 use peerpi_node::trust::{TrustConfig, TrustMode};
 use peerpi_testkit::index_tuf::IndexTuf;
-use peerpi_testkit::{demo_graph, python, python_script};
+use peerpi_testkit::{demo_graph, ngclient_download};
 
 const PROJECTS: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
 
@@ -134,31 +133,16 @@ async fn python_tuf_accepts_the_fake_index_repository() {
         .await
         .unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (metadata, targets) = (tuf.server.url("metadata/"), tuf.server.url("targets/"));
-    let root = tuf.root();
-    let work_dir = work.path().to_path_buf();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(python_script("ngclient_download.py"))
-            .args([&metadata, &targets])
-            .arg(root)
-            .arg("alpha")
-            .arg(work_dir)
-            .output()
-            .unwrap()
-    })
+    let downloaded = ngclient_download(
+        &tuf.server.url("metadata/"),
+        &tuf.server.url("targets/"),
+        &tuf.root(),
+        "alpha",
+        work.path(),
+    )
     .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "python-tuf refused the index's repository: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let downloaded = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(
-        std::fs::read(downloaded.trim()).unwrap(),
-        upstream.state.html_page_of("alpha").unwrap()
-    );
+    .unwrap_or_else(|e| panic!("python-tuf refused the index's repository: {e}"));
+    assert_eq!(downloaded, upstream.state.html_page_of("alpha").unwrap());
 }
 
 fn blake2b_256(bytes: &[u8]) -> Vec<u8> {

@@ -60,6 +60,18 @@ impl Cluster {
             .to_string()
     }
 
+    /// The TUF settings of an in-process node in `tuf` mode, refreshing at
+    /// most every `refresh`.
+    fn trust_config(&self, refresh: Duration) -> peerpi_node::trust::TrustConfig {
+        peerpi_node::trust::TrustConfig {
+            mode: peerpi_node::trust::TrustMode::Tuf,
+            root: self.root().into(),
+            url: url::Url::parse(&self.signer.url("/tuf/")).unwrap(),
+            refresh,
+            wait: Duration::from_secs(30),
+        }
+    }
+
     /// A node in `--trust tuf` mode, bootstrapped to the signer.
     async fn tuf_node(&self, name: &str) -> NodeProcess {
         self.tuf_node_with(name, &[]).await
@@ -343,13 +355,7 @@ async fn a_peer_serving_a_tampered_snapshot_or_page_is_refused_and_blocked() {
     let upstream = fake_index(demo_graph()).await;
     let cluster = Cluster::start(&upstream.simple_url()).await;
     let signer_simple = cluster.signer.url("/simple/");
-    let trust = peerpi_node::trust::TrustConfig {
-        mode: peerpi_node::trust::TrustMode::Tuf,
-        root: cluster.root().into(),
-        url: url::Url::parse(&cluster.signer.url("/tuf/")).unwrap(),
-        refresh: Duration::from_secs(10),
-        wait: Duration::from_secs(30),
-    };
+    let trust = cluster.trust_config(Duration::from_secs(10));
     let under_tuf = |c: &mut peerpi_node::NodeConfig| {
         c.upstream.base = signer_simple.parse().unwrap();
         c.trust = Some(trust.clone());
@@ -678,13 +684,7 @@ async fn cache_hits_do_not_refresh_the_metadata_a_revalidation_does() {
     let upstream = fake_index(demo_graph()).await;
     let cluster = Cluster::start(&upstream.simple_url()).await;
     let signer_simple = cluster.signer.url("/simple/");
-    let trust = peerpi_node::trust::TrustConfig {
-        mode: peerpi_node::trust::TrustMode::Tuf,
-        root: cluster.root().into(),
-        url: url::Url::parse(&cluster.signer.url("/tuf/")).unwrap(),
-        refresh: Duration::from_millis(100),
-        wait: Duration::from_secs(30),
-    };
+    let trust = cluster.trust_config(Duration::from_millis(100));
     let node = start_node(&upstream, |c| {
         c.upstream.base = signer_simple.parse().unwrap();
         c.trust = Some(trust.clone());

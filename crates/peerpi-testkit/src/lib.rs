@@ -53,6 +53,40 @@ pub fn python_script(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
+/// Downloads `target` with python-tuf's own client (`ngclient`), trusting
+/// `root`, into `work`: the verified bytes, or python's error output. Runs
+/// on a blocking thread, so the repository may be served on the caller's
+/// runtime.
+pub async fn ngclient_download(
+    metadata_url: &str,
+    targets_url: &str,
+    root: &std::path::Path,
+    target: &str,
+    work: &std::path::Path,
+) -> Result<Vec<u8>, String> {
+    let args = [
+        metadata_url.to_string(),
+        targets_url.to_string(),
+        root.display().to_string(),
+        target.to_string(),
+        work.display().to_string(),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python())
+            .arg(python_script("ngclient_download.py"))
+            .args(&args)
+            .output()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    std::fs::read(&path).map_err(|e| format!("{path}: {e}"))
+}
+
 /// A small dependency graph that exercises what resolvers look at:
 /// `alpha` needs `beta>=1.0`, `gamma` and `delta`; beta 2.0 is yanked;
 /// gamma has only an sdist; delta 2.0 requires a Python that does not exist yet (a lower

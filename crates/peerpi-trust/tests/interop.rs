@@ -155,7 +155,6 @@ async fn a_role_two_roles_delegate_is_verified_on_each_search_path() {
 /// succinct bins included.
 #[tokio::test]
 async fn python_tuf_downloads_a_target_from_a_peerpi_signed_tap15_repository() {
-    let python = python();
     let dir = tempfile::tempdir().unwrap();
     let repo_dir = dir.path().join("repo");
     let keys_dir = dir.path().join("keys");
@@ -200,27 +199,16 @@ async fn python_tuf_downloads_a_target_from_a_peerpi_signed_tap15_repository() {
     .unwrap();
     drop(repo);
     let server = RepoServer::start(&repo_dir).await.unwrap();
-    let (metadata_url, targets_url) = (server.url("metadata/"), server.url("targets/"));
     let work = dir.path().join("ngclient");
     let root = repo_dir.join("metadata/1.root.json");
-    // The server runs on this runtime: run python on a blocking thread.
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script("ngclient_download.py"))
-            .args([&metadata_url, &targets_url])
-            .arg(root)
-            .arg(path)
-            .arg(&work)
-            .output()
-            .unwrap()
-    })
+    let downloaded = peerpi_testkit::ngclient_download(
+        &server.url("metadata/"),
+        &server.url("targets/"),
+        &root,
+        path,
+        &work,
+    )
     .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "python-tuf refused the repository: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let downloaded = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(std::fs::read(downloaded.trim()).unwrap(), content);
+    .unwrap_or_else(|e| panic!("python-tuf refused the repository: {e}"));
+    assert_eq!(downloaded, content);
 }

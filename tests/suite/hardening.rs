@@ -758,6 +758,71 @@ async fn peers_answering_late_cannot_hold_a_client_past_the_hold_back() {
     );
 }
 
+/// A provider slow to answer (it answers "not found" after 9.5 s, as a
+/// stalled or overloaded peer would) is listed first, in the client's
+/// region: the node asks the next provider once the hedge delay (50 ms
+/// before any answer) has passed, and the file comes from that peer within
+/// moments (73 ms measured). Before, the client waited the peer deadline (2 s,
+/// measured 2.02 s) on the slow one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_slow_to_answer_is_hedged_by_the_next() {
+    let upstream = fake_index(demo_graph()).await;
+    let beta = alpha_closure(&upstream)[1].clone();
+    let in_region = |region: &'static str, slow: bool| {
+        move |c: &mut peerpi_swarm::SwarmConfig| {
+            c.bulk_listen = None;
+            c.region = Some(region.into());
+            if slow {
+                c.adversary = Some(peerpi_swarm::Adversary::SlowNotFound);
+            }
+        }
+    };
+    let slow = peer_node(&upstream, &[], in_region("here", true)).await;
+    let honest = peer_node(&upstream, &[], in_region("there", false)).await;
+    for holder in [&slow, &honest] {
+        get_bytes(&file_url(holder, "beta", &beta.filename).await).await;
+    }
+    let defaults = peerpi_node::NodeConfig::new(
+        std::path::PathBuf::new(),
+        peerpi_upstream::UpstreamConfig::new(upstream.simple_url().parse().unwrap()),
+    );
+    let b = peer_node_with(
+        &upstream,
+        &[p2p_addr(&slow), p2p_addr(&honest)],
+        |c| {
+            c.peer_deadline = defaults.peer_deadline;
+            c.peer_hold_back = defaults.peer_hold_back;
+        },
+        |c| c.region = Some("here".into()),
+    )
+    .await;
+    // B orders providers by region once it knows them: the slow one first.
+    let knows_regions = || {
+        [&slow, &honest].iter().all(|peer| {
+            let id = peer.node.swarm().unwrap().local_peer_id();
+            b.node
+                .swarm()
+                .unwrap()
+                .peer_info(&id)
+                .is_some_and(|p| p.region.is_some() && p.connected)
+        })
+    };
+    assert!(eventually(Duration::from_secs(20), knows_regions).await);
+    let url = file_url(&b, "beta", &beta.filename).await;
+    let started = std::time::Instant::now();
+    let body = get_bytes(&url).await;
+    let took = started.elapsed();
+    eprintln!("the file came after {took:?}");
+    assert_is_upstream_file(&upstream, &beta.filename, &body);
+    // Without the hedge it waited the peer deadline (2 s) on the slow one.
+    assert!(
+        took < Duration::from_secs(1),
+        "the download waited on the slow provider: {took:?}"
+    );
+    assert!(metric(&b, "peerpi_blob_bytes_total", "source=\"peer\"").await > 0.0);
+    assert!(metric(&b, "peerpi_peer_hedges_total", "").await >= 1.0);
+}
+
 /// Peers claiming to be fetching every file (intents they never fulfil,
 /// answered "pending") held a client up to 2 minutes: now at most the
 /// hold-back.

@@ -245,6 +245,7 @@ impl Node {
                 bounds: self.peer_bounds(&origin),
                 metrics,
                 flight: &flight,
+                hedging: &self.inner.hedging,
             };
             let commit = |writer, len| self.commit(writer, digest, len);
             outcome = match phase.run(digest, &origin, &mut suspects, commit).await {

@@ -123,6 +123,8 @@ struct Inner {
     /// Under `--trust index-signed`: each verified page's signed
     /// `blake2b-256` and the SHA-256 it is stored under.
     signed_pages: Mutex<HashMap<[u8; 32], peerpi_core::Sha256Digest>>,
+    /// When this node's flights ask a second provider (see `hedge`).
+    hedging: sources::hedge::Hedging,
     status: status::StatusState,
 }
 
@@ -202,6 +204,7 @@ impl Node {
                 signer,
                 trust,
                 signed_pages: Mutex::new(HashMap::new()),
+                hedging: Default::default(),
                 status: status::StatusState::new(),
             }),
         };

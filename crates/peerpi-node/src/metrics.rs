@@ -76,6 +76,7 @@ pub struct Metrics {
     verification_failures: Family<SourceLabels, Counter>,
     fetch_seconds: Family<SourceLabels, Histogram, fn() -> Histogram>,
     peer_transfers: Family<ChannelLabels, Counter>,
+    peer_hedges: Counter,
     upstream_bytes_saved: Counter,
     upstream_requests: Family<UpstreamLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
@@ -123,6 +124,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.001, 2.0, 17))
             }),
             peer_transfers: Family::default(),
+            peer_hedges: Counter::default(),
             upstream_bytes_saved: Counter::default(),
             upstream_requests: Family::default(),
             http_requests: Family::default(),
@@ -161,6 +163,11 @@ impl Metrics {
             "peer_transfers",
             "Transfers started from peers, by channel: stream (libp2p) or bulk (HTTP with a ticket)",
             m.peer_transfers.clone(),
+        );
+        registry.register(
+            "peer_hedges",
+            "Transfer requests hedged: a provider had not answered within the learned delay, so a second was asked too",
+            m.peer_hedges.clone(),
         );
         registry.register(
             "upstream_bytes_saved",
@@ -332,6 +339,10 @@ impl Metrics {
 
     pub fn upstream_bytes_saved(&self, bytes: u64) {
         self.upstream_bytes_saved.inc_by(bytes);
+    }
+
+    pub fn peer_hedge(&self) {
+        self.peer_hedges.inc();
     }
 
     pub fn peer_transfer(&self, channel: &str) {

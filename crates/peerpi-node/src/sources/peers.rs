@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::flight::{publish_progress, ranges_differ, CommitError, Flight};
 use crate::metrics::{Metrics, Source};
 use crate::reputation::{Misdeed, Verdict};
+use crate::sources::hedge::Hedging;
 
 /// Bytes from a peer gathered before one write to the temp file.
 const PEER_WRITE_BATCH: usize = 1 << 20;
@@ -239,6 +240,16 @@ pub(crate) struct PeerPhase<'a, N> {
     pub bounds: PeerBounds,
     pub metrics: &'a Metrics,
     pub flight: &'a Flight,
+    /// The node's hedging state (see `hedge`).
+    pub hedging: &'a Hedging,
+}
+
+/// How asking for a transfer ended.
+enum Started<T> {
+    Transfer(PeerId, T),
+    /// The peers asked did not start one (judged already); try the next.
+    Failed,
+    DeadlinePassed,
 }
 
 impl<N: PeerNetwork> PeerPhase<'_, N> {
@@ -367,23 +378,19 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                         return Err(received.hand_over(reason).await);
                     }
                     attempt_ended = true;
-                    let asked = tokio::time::Instant::now();
                     let at = received.writer.len();
-                    match tokio::time::timeout_at(client_deadline, net.fetch(peer, digest, at))
-                        .await
-                    {
-                        Ok(Ok(t)) => (peer, t),
-                        Ok(Err(e)) => {
-                            debug!(%peer, %digest, "peer fetch did not start: {e}");
-                            if asked.elapsed() > bounds.first_provider {
-                                warn!(%peer, %digest, took = ?asked.elapsed(), "a peer answered late");
-                                self.sentence(peer, Misdeed::Late).await;
-                            }
-                            continue;
-                        }
-                        Err(_) => {
-                            warn!(%peer, %digest, "a peer did not answer before the client's deadline");
-                            self.sentence(peer, Misdeed::Late).await;
+                    let start = self.start_transfer(
+                        peer,
+                        digest,
+                        at,
+                        &mut queue,
+                        &mut tried,
+                        client_deadline,
+                    );
+                    match start.await {
+                        Started::Transfer(peer, t) => (peer, t),
+                        Started::Failed => continue,
+                        Started::DeadlinePassed => {
                             return Err(received.hand_over(CLIENT_DEADLINE_PASSED).await);
                         }
                     }
@@ -562,6 +569,127 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
     /// listed size, the peer's claim is what made this node write: it is
     /// suspended. Its temp file goes with the returned value, freeing the
     /// space for the next source.
+    /// Asks `peer` for the blob from `at`. When it has not answered within
+    /// the learned hedge delay and the node's budget allows, asks the next
+    /// usable provider in `queue` too and keeps whichever starts a transfer
+    /// first; the other request is dropped, which cancels it. A refusal
+    /// after `first_provider` is judged late, as is a peer that had not
+    /// answered when the client's `deadline` passed.
+    async fn start_transfer(
+        &self,
+        peer: PeerId,
+        digest: Sha256Digest,
+        at: u64,
+        queue: &mut Vec<PeerId>,
+        tried: &mut HashSet<PeerId>,
+        deadline: tokio::time::Instant,
+    ) -> Started<N::Transfer> {
+        let net = self.net;
+        self.hedging.started();
+        let asked = tokio::time::Instant::now();
+        let first = net.fetch(peer, digest, at);
+        tokio::pin!(first);
+        let hedge_at = (asked + self.hedging.delay()).min(deadline);
+        let second = match tokio::time::timeout_at(hedge_at, &mut first).await {
+            Ok(answer) => return self.answered(peer, answer, asked).await,
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                self.late(peer, digest).await;
+                return Started::DeadlinePassed;
+            }
+            Err(_) => self.hedge_candidate(queue, tried),
+        };
+        let Some(second) = second else {
+            return match tokio::time::timeout_at(deadline, first).await {
+                Ok(answer) => self.answered(peer, answer, asked).await,
+                Err(_) => {
+                    self.late(peer, digest).await;
+                    Started::DeadlinePassed
+                }
+            };
+        };
+        self.metrics.peer_hedge();
+        debug!(%peer, %second, %digest, "no answer within the hedge delay; asking a second provider too");
+        let other = net.fetch(second, digest, at);
+        tokio::pin!(other);
+        let (mut first_open, mut other_open) = (true, true);
+        while first_open || other_open {
+            let next = async {
+                tokio::select! {
+                    answer = &mut first, if first_open => (peer, answer),
+                    answer = &mut other, if other_open => (second, answer),
+                }
+            };
+            let Ok((who, answer)) = tokio::time::timeout_at(deadline, next).await else {
+                for (open, waiting) in [(first_open, peer), (other_open, second)] {
+                    if open {
+                        self.late(waiting, digest).await;
+                    }
+                }
+                return Started::DeadlinePassed;
+            };
+            if who == peer {
+                first_open = false;
+            } else {
+                other_open = false;
+            }
+            match self.answered(who, answer, asked).await {
+                Started::Failed => continue,
+                started => return started,
+            }
+        }
+        Started::Failed
+    }
+
+    /// A provider's answer to a transfer request made at `asked`.
+    async fn answered(
+        &self,
+        peer: PeerId,
+        answer: Result<N::Transfer, NotStarted>,
+        asked: tokio::time::Instant,
+    ) -> Started<N::Transfer> {
+        match answer {
+            Ok(transfer) => {
+                self.hedging.answered(asked.elapsed());
+                Started::Transfer(peer, transfer)
+            }
+            Err(e) => {
+                debug!(%peer, "peer fetch did not start: {e}");
+                if asked.elapsed() > self.bounds.first_provider {
+                    warn!(%peer, took = ?asked.elapsed(), "a peer answered late");
+                    self.sentence(peer, Misdeed::Late).await;
+                }
+                Started::Failed
+            }
+        }
+    }
+
+    async fn late(&self, peer: PeerId, digest: Sha256Digest) {
+        warn!(%peer, %digest, "a peer did not answer before the client's deadline");
+        self.sentence(peer, Misdeed::Late).await;
+    }
+
+    /// The provider a hedge asks: the next usable, untried one in `queue`,
+    /// if the attempt bound and the node's budget allow one.
+    fn hedge_candidate(
+        &self,
+        queue: &mut Vec<PeerId>,
+        tried: &mut HashSet<PeerId>,
+    ) -> Option<PeerId> {
+        if tried.len() >= MAX_PROVIDERS_TRIED {
+            return None;
+        }
+        let own = self.net.local_peer_id();
+        let at = queue
+            .iter()
+            .position(|p| *p != own && self.net.usable(p) && !tried.contains(p))?;
+        if !self.hedging.take() {
+            return None;
+        }
+        let peer = queue.remove(at);
+        tried.insert(peer);
+        Some(peer)
+    }
+
     async fn write_failed(&self, peer: PeerId, origin: &Origin, error: String) -> Unfinished {
         if origin.size.is_none() {
             warn!(%peer, file = %origin.filename, "writing a peer's bytes of unlisted size failed ({error}); suspending it");

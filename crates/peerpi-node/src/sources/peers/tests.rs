@@ -39,6 +39,8 @@ enum Script {
     PendingForEver,
     /// Answers "not found" after this many ms.
     RefusesAfter(u64),
+    /// Starts the transfer after this many ms, then serves the right bytes.
+    AnswersAfter(u64),
     /// The right bytes, 64 KiB every 50 ms, up to this offset; then silence.
     StallsAt(u64),
     /// Flipped bytes up to `at`, then the transfer breaks off; with
@@ -250,6 +252,10 @@ impl PeerNetwork for ScriptedNet {
                 return Err(not_started(false));
             }
             Script::PendingForEver => return Err(not_started(true)),
+            Script::AnswersAfter(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                script = Script::Honest;
+            }
             Script::PendingFor(ms) => {
                 if self.created.elapsed() < Duration::from_millis(ms) {
                     return Err(not_started(true));
@@ -339,12 +345,14 @@ async fn run_with_flight(
     let (store, _) = Store::open(dir.path(), 1 << 30).unwrap();
     let metrics = Metrics::new();
     let digest = digest_of(bytes);
+    let hedging = Hedging::default();
     let phase = PeerPhase {
         net,
         store: &store,
         bounds,
         metrics: &metrics,
         flight,
+        hedging: &hedging,
     };
     let mut suspects = Vec::new();
     let commit = |writer: BlobWriter, len: u64| {
@@ -696,7 +704,8 @@ fn the_intent_wait_grows_with_the_size_and_is_capped() {
 /// Eight providers that each answer "not found" just before a stream
 /// timeout held a client 75 s with no response head. The client's clock
 /// (`hold_back` from the start of the flight) bounds every answer: the
-/// phase ends at it, and the peer that answered late is suspended.
+/// phase ends at it, and the peers that had not answered (the first, and
+/// the one hedged after the hedge delay) are suspended.
 #[tokio::test]
 async fn providers_answering_late_hold_the_client_no_longer_than_the_hold_back() {
     let bytes = blob(10_000);
@@ -713,11 +722,13 @@ async fn providers_answering_late_hold_the_client_no_longer_than_the_hold_back()
         took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
         "at most the hold-back, not 8 late answers: {took:?}"
     );
-    assert_eq!(net.asked.lock().unwrap().len(), 1);
-    assert_eq!(
-        net.verdict(ids[0]),
-        Some(Verdict::Suspend(crate::reputation::LATE_SUSPENSION))
-    );
+    assert_eq!(net.asked.lock().unwrap().len(), 2, "one hedge, no more");
+    for late in &ids[..2] {
+        assert_eq!(
+            net.verdict(*late),
+            Some(Verdict::Suspend(crate::reputation::LATE_SUSPENSION))
+        );
+    }
 }
 
 /// A peer that announced it is fetching the blob and answers `Pending` for
@@ -816,4 +827,63 @@ async fn a_claim_the_store_cannot_hold_is_refused_before_a_byte_is_written() {
         "refused unread, not a transfer that broke off"
     );
     assert_eq!(*net.asked.lock().unwrap(), vec![(ids[0], 0), (ids[1], 0)]);
+}
+
+/// A provider slow to answer (stalled, overloaded) is hedged: once the
+/// learned delay (50 ms before any answer) passes, the next provider is
+/// asked too and the faster transfer kept; the slow one is dropped, not
+/// sentenced. Before, the client waited on the slow peer's answer.
+#[tokio::test]
+async fn a_provider_slow_to_answer_is_hedged_by_the_next() {
+    let bytes = blob(50_000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::AnswersAfter(20_000), Script::Honest]);
+    let started = std::time::Instant::now();
+    let outcome = run_phase(&net, &bytes, Some(50_000), bounds(50_000)).await;
+    assert!(outcome.result.is_ok());
+    assert!(stored(&outcome, &bytes));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited on the slow provider: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(*net.asked.lock().unwrap(), vec![(ids[0], 0), (ids[1], 0)]);
+    assert_eq!(net.verdict(ids[0]), None, "a hedged loser is not sentenced");
+}
+
+/// A hedge only where the budget allows: with none left, the phase waits
+/// for the first provider's answer and asks nobody else.
+#[tokio::test]
+async fn no_hedge_without_budget() {
+    let bytes = blob(50_000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::AnswersAfter(300), Script::Honest]);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1 << 30).unwrap();
+    let metrics = Metrics::new();
+    let hedging = Hedging::default();
+    while hedging.take() {}
+    let flight = Flight::new();
+    let phase = PeerPhase {
+        net: &net,
+        store: &store,
+        bounds: bounds(50_000),
+        metrics: &metrics,
+        flight: &flight,
+        hedging: &hedging,
+    };
+    let digest = digest_of(&bytes);
+    let commit = |writer: BlobWriter, len: u64| {
+        let committed = store.commit(writer, &digest, Some(len));
+        async move {
+            committed
+                .map(|_| ())
+                .map_err(|e| CommitError::Other(e.to_string()))
+        }
+    };
+    let started = std::time::Instant::now();
+    let done = phase
+        .run(digest, &origin(Some(50_000)), &mut Vec::new(), commit)
+        .await;
+    assert!(done.is_ok());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(*net.asked.lock().unwrap(), vec![(ids[0], 0)]);
 }

@@ -485,6 +485,14 @@ async fn a_full_disk_degrades_the_node_which_recovers_when_space_returns() {
     let node = start_node_in(&upstream, data.clone(), |_| {}).await;
     let wheel = "beta-1.0-py3-none-any.whl";
     let wheel_url = file_url(&node, "beta", wheel).await;
+    // A file larger than what the filled disk leaves, listed before.
+    upstream.state.add(peerpi_testkit::synthetic(
+        "big",
+        "big-1.0.tar.gz",
+        256 << 10,
+        3,
+    ));
+    let unheld = file_url(&node, "big", "big-1.0.tar.gz").await;
     assert_is_upstream_file(&upstream, wheel, &get_bytes(&wheel_url).await);
     node.node.flush().unwrap();
     assert_eq!(health(&node).await.0, 200);
@@ -517,6 +525,12 @@ async fn a_full_disk_degrades_the_node_which_recovers_when_space_returns() {
         page_status_within(&node, "beta", PAGE_ANSWER_LIMIT).await,
         200
     );
+    // A file it does not hold cannot be stored: 503 naming the store (it
+    // was a 502 blaming the upstream for the disk's failure).
+    let refused = client().get(&unheld).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let why = refused.text().await.unwrap();
+    assert!(why.contains("store cannot write"), "{why}");
 
     std::fs::remove_file(filler).unwrap();
     let mut recovered = false;

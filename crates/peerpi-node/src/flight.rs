@@ -28,6 +28,33 @@ pub const MAX_METADATA_SIZE: u64 = 4 << 20;
 /// Bytes read per read call from a growing temp file.
 const READ_CHUNK: u64 = peerpi_store::READ_CHUNK;
 
+/// Why a download failed, as its waiting readers answer it.
+#[derive(Debug, Clone)]
+pub(crate) enum FlightFailure {
+    /// No source delivered the verified blob (502).
+    Sources(Arc<str>),
+    /// The store could not write it (503, with the reason: a full disk is
+    /// this node's trouble, not the upstream's).
+    Store(Arc<str>),
+}
+
+impl FlightFailure {
+    pub(crate) fn to_error(&self) -> NodeError {
+        match self {
+            FlightFailure::Sources(reason) => NodeError::Upstream(reason.to_string()),
+            FlightFailure::Store(reason) => NodeError::Unavailable(reason.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for FlightFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlightFailure::Sources(reason) | FlightFailure::Store(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// The state of one download, shared with every client reading it.
 #[derive(Clone)]
 pub(crate) enum FlightState {
@@ -46,7 +73,7 @@ pub(crate) enum FlightState {
         len: u64,
         source: Source,
     },
-    Failed(Arc<str>),
+    Failed(FlightFailure),
 }
 
 pub(crate) struct Flight {
@@ -97,7 +124,7 @@ impl Node {
                 FlightState::Connecting => {}
                 FlightState::Streaming { len, .. } => break len.or(origin.size),
                 FlightState::Done { len, .. } => break Some(*len),
-                FlightState::Failed(reason) => return Err(NodeError::Upstream(reason.to_string())),
+                FlightState::Failed(failure) => return Err(failure.to_error()),
             }
             if rx.changed().await.is_err() {
                 return Err(NodeError::Internal(
@@ -164,9 +191,7 @@ impl Node {
                 let source = loop {
                     match &*rx.borrow_and_update() {
                         FlightState::Done { source, .. } => break *source,
-                        FlightState::Failed(reason) => {
-                            return Err(NodeError::Upstream(reason.to_string()))
-                        }
+                        FlightState::Failed(failure) => return Err(failure.to_error()),
                         FlightState::Connecting | FlightState::Streaming { .. } => {}
                     }
                     if rx.changed().await.is_err() {
@@ -208,9 +233,7 @@ impl Node {
             loop {
                 match &*rx.borrow_and_update() {
                     FlightState::Done { .. } => break,
-                    FlightState::Failed(reason) => {
-                        return Err(NodeError::Upstream(reason.to_string()))
-                    }
+                    FlightState::Failed(failure) => return Err(failure.to_error()),
                     FlightState::Connecting | FlightState::Streaming { .. } => {}
                 }
                 if rx.changed().await.is_err() {
@@ -229,7 +252,7 @@ impl Node {
     async fn drive(self, digest: Sha256Digest, origin: Origin, flight: Arc<Flight>) {
         let started = std::time::Instant::now();
         let metrics = &self.inner.metrics;
-        let mut outcome = Err("no source tried".to_string());
+        let mut outcome = Err(FlightFailure::Sources("no source tried".into()));
         let mut source = Source::Peer;
         let mut suspects = Vec::new();
         // Peers missing this blob meanwhile wait for this fetch instead of
@@ -252,7 +275,7 @@ impl Node {
                 Ok(done) => Ok(done),
                 Err(unfinished) => {
                     partial = unfinished.partial;
-                    Err(unfinished.reason)
+                    Err(FlightFailure::Sources(unfinished.reason.into()))
                 }
             };
             match &outcome {
@@ -294,11 +317,9 @@ impl Node {
                     tokio::spawn(async move { judge(&swarm, digest, suspects, file).await });
                 }
             }
-            Err(reason) => {
-                warn!(%digest, file = %origin.filename, %reason, "download failed");
-                flight
-                    .state
-                    .send_replace(FlightState::Failed(reason.into()));
+            Err(failure) => {
+                warn!(%digest, file = %origin.filename, reason = %failure, "download failed");
+                flight.state.send_replace(FlightState::Failed(failure));
             }
         }
         lock(&self.inner.flights).remove(&digest);

@@ -315,6 +315,27 @@ impl Store {
     }
 
     /// A new temp file in the store's temp directory, hashing what is written.
+    /// Whether the disk under the store has room for `bytes` more now
+    /// (what the file system says is free, beside the cache cap that
+    /// eviction keeps): a download the disk cannot hold is refused before
+    /// it starts rather than cut short.
+    pub fn disk_room_for(&self, bytes: u64) -> Result<(), StoreError> {
+        let free = fs2::available_space(&self.tmp_dir).map_err(|e| StoreError::Io {
+            context: format!("free space of {}", self.tmp_dir.display()),
+            source: e,
+        })?;
+        if free < bytes {
+            return Err(StoreError::Io {
+                context: format!(
+                    "{} has {free} bytes free, {bytes} needed",
+                    self.tmp_dir.display()
+                ),
+                source: io::Error::from(io::ErrorKind::StorageFull),
+            });
+        }
+        Ok(())
+    }
+
     pub fn writer(&self) -> Result<BlobWriter, StoreError> {
         BlobWriter::new(&self.tmp_dir, self.in_progress.clone())
     }

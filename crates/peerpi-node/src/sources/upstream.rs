@@ -14,7 +14,7 @@ use peerpi_core::Sha256Digest;
 use peerpi_store::{BlobWriter, Origin};
 use tracing::{debug, warn};
 
-use crate::flight::{CommitError, Flight, FlightState};
+use crate::flight::{CommitError, Flight, FlightFailure, FlightState};
 use crate::metrics::Source;
 use crate::reputation::Misdeed;
 use crate::sources::peers::{Attempt, Partial, PeerNetwork};
@@ -26,6 +26,18 @@ enum Failure {
     /// refused, or the bytes continued on failed verification.
     Retry(String),
     Final(String),
+    /// The store could not hold the bytes (a full disk): no source would
+    /// do better now.
+    Store(String),
+}
+
+impl From<Failure> for FlightFailure {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Retry(e) | Failure::Final(e) => FlightFailure::Sources(e.into()),
+            Failure::Store(e) => FlightFailure::Store(e.into()),
+        }
+    }
 }
 
 impl Node {
@@ -40,7 +52,7 @@ impl Node {
         flight: &Flight,
         partial: Option<Partial>,
         suspects: &mut Vec<Attempt>,
-    ) -> Result<(Arc<File>, u64), String> {
+    ) -> Result<(Arc<File>, u64), FlightFailure> {
         if let Some(Partial {
             writer,
             file,
@@ -53,7 +65,7 @@ impl Node {
                 .await
             {
                 Ok(done) => return Ok(done),
-                Err(Failure::Final(e)) => return Err(e),
+                Err(e @ (Failure::Final(_) | Failure::Store(_))) => return Err(e.into()),
                 Err(Failure::Retry(e)) => {
                     debug!(%digest, from, "continuing the peers' bytes upstream failed ({e}); fetching it whole");
                     if let Some(swarm) = self.inner.swarm.as_ref() {
@@ -68,11 +80,13 @@ impl Node {
                 }
             }
         }
-        let writer = self.inner.store.writer().map_err(|e| e.to_string())?;
-        let file = writer.reader().map_err(|e| e.to_string())?;
+        let store_failure =
+            |e: peerpi_store::StoreError| FlightFailure::from(store_full(origin, e));
+        let writer = self.inner.store.writer().map_err(store_failure)?;
+        let file = writer.reader().map_err(store_failure)?;
         self.download(digest, origin, flight, writer, file)
             .await
-            .map_err(|(Failure::Retry(e) | Failure::Final(e))| e)
+            .map_err(FlightFailure::from)
     }
 
     /// Downloads into `writer` from its length on, then verifies and stores.
@@ -114,6 +128,14 @@ impl Node {
         // endless data. With nothing announced, the size cap applies.
         let limit = origin.size.or(announced);
         let cap = limit.unwrap_or_else(|| self.size_cap(origin));
+        // Before a client gets a response head: a file the disk cannot
+        // hold would be cut short, where a refusal can say why.
+        if let Some(size) = limit {
+            self.inner
+                .store
+                .disk_room_for(size.saturating_sub(from))
+                .map_err(|e| store_full(origin, e))?;
+        }
         flight.state.send_replace(FlightState::Streaming {
             file: file.clone(),
             len: limit,
@@ -140,7 +162,9 @@ impl Node {
                 )));
             }
             metrics.blob_bytes(Source::Upstream, chunk.len() as u64);
-            writer = append(writer, chunk).await.map_err(Failure::Final)?;
+            writer = append(writer, chunk)
+                .await
+                .map_err(|e| store_full(origin, e))?;
             // Hold back the last byte until the digest is checked.
             let readable = writer.len().saturating_sub(1);
             flight.state.send_modify(|s| {
@@ -175,16 +199,27 @@ impl Node {
                     origin.filename
                 )))
             }
-            Err(CommitError::Other(e)) => {
-                Err(Failure::Final(format!("storing {}: {e}", origin.filename)))
-            }
+            Err(CommitError::Other(e)) => Err(Failure::Store(format!(
+                "this node's store cannot keep {} ({e}); retry once the disk has room",
+                origin.filename
+            ))),
         }
     }
 }
 
-async fn append(mut writer: BlobWriter, chunk: Bytes) -> Result<BlobWriter, String> {
+/// The store could not take `origin`'s bytes.
+fn store_full(origin: &Origin, error: impl std::fmt::Display) -> Failure {
+    Failure::Store(format!(
+        "this node's store cannot write {} ({error}); retry once the disk has room",
+        origin.filename
+    ))
+}
+
+async fn append(
+    mut writer: BlobWriter,
+    chunk: Bytes,
+) -> Result<BlobWriter, peerpi_store::StoreError> {
     tokio::task::spawn_blocking(move || writer.append(&chunk).map(|()| writer))
         .await
-        .map_err(|e| format!("write task failed: {e}"))?
-        .map_err(|e| e.to_string())
+        .map_err(|e| peerpi_store::StoreError::Unavailable(format!("write task failed: {e}")))?
 }

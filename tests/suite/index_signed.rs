@@ -43,6 +43,8 @@ async fn index_signed_nodes_verify_the_index_pages_and_block_a_tampering_peer() 
     let venv = pip_venv(&tempfile::tempdir().unwrap().keep().join("venv")).await;
     pip_install(&venv, &a.simple_url(), &["alpha"]).await;
     assert_eq!(installed(&venv).await, expected());
+    let status = get_text(a.url("/")).await;
+    assert!(status.contains("from the index, expires"), "{status}");
 
     // B takes alpha's page from A: the index is not asked for it again.
     let asked = upstream.state.count("/simple/alpha/");

@@ -87,6 +87,7 @@ pub(crate) fn start_sampler(node: &Node) {
 /// The TUF section: the trusted timestamp, where it came from, and until
 /// when pages are served on it.
 fn trust_section(trust: &crate::trust::PageTrust) -> String {
+    let publisher = trust.publisher_name();
     let (class, text) = match trust.timestamp_status() {
         None => (
             "bad",
@@ -106,12 +107,12 @@ fn trust_section(trust: &crate::trust::PageTrust) -> String {
             match status.source {
                 peerpi_trust::TimestampSource::Repository => (
                     if left > 0 { "ok" } else { "bad" },
-                    format!("version {} from the signer, {expiry}", status.version),
+                    format!("version {} from {publisher}, {expiry}", status.version),
                 ),
                 peerpi_trust::TimestampSource::Peers => (
                     "bad",
                     format!(
-                        "the signer cannot be reached: version {}, the newest peers hold, {expiry}",
+                        "{publisher} cannot be reached: version {}, the newest peers hold, {expiry}",
                         status.version
                     ),
                 ),

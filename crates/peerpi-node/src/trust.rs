@@ -196,6 +196,15 @@ impl PageTrust {
         }
     }
 
+    /// Who publishes the metadata, in a word or two: "the signer" or "the
+    /// index".
+    pub(crate) fn publisher_name(&self) -> &'static str {
+        match self.config.mode {
+            TrustMode::IndexSigned => "the index",
+            TrustMode::Tuf | TrustMode::TufOrIndex => "the signer",
+        }
+    }
+
     /// Who publishes the metadata, for messages.
     fn publisher(&self) -> String {
         match self.config.mode {

@@ -45,6 +45,14 @@ const INTENT_LOOKUP_WAIT: Duration = Duration::from_millis(500);
 /// Peers fetching the blob (announced intents) that are waited for at most.
 const MAX_INTENT_HOLDERS: usize = 4;
 
+/// How long a node that found no intent waits before looking once more
+/// (an announcement's DHT round trip on a cluster network).
+const INTENT_SETTLE: Duration = Duration::from_millis(100);
+
+/// Blobs from this size on are worth that wait: below it, a second upstream
+/// fetch costs less than every cold miss waiting.
+const SETTLE_MIN_SIZE: u64 = 1 << 20;
+
 /// How often a peer fetching the blob is asked again.
 const INTENT_POLL: Duration = Duration::from_millis(250);
 
@@ -731,6 +739,11 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
             }
         })
         .await;
+        if holders.is_empty() && offset == 0 && self.bounds.size_cap >= SETTLE_MIN_SIZE {
+            holders = self
+                .intents_after_settle(digest, tried, client_deadline)
+                .await;
+        }
         if holders.is_empty() {
             return None;
         }
@@ -741,6 +754,45 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
             .await;
         net.set_waiting(digest, false);
         found
+    }
+
+    /// Two nodes that miss a blob at the same instant each look for intents
+    /// before the other's is visible, and both fetch it upstream. So a
+    /// node that found none looks once more after `INTENT_SETTLE`, and
+    /// defers only to peers with a smaller id: of two racing nodes exactly
+    /// one goes upstream (the smaller), the other waits for it. A larger id
+    /// seen now is ignored: that node waits for this one.
+    async fn intents_after_settle(
+        &self,
+        digest: Sha256Digest,
+        tried: &HashSet<PeerId>,
+        client_deadline: tokio::time::Instant,
+    ) -> Vec<PeerId> {
+        let net = self.net;
+        let settle_until = tokio::time::Instant::now() + INTENT_SETTLE;
+        if settle_until >= client_deadline {
+            return Vec::new();
+        }
+        tokio::time::sleep_until(settle_until).await;
+        let Ok(mut intents) = net.find_intents(digest).await else {
+            return Vec::new();
+        };
+        let own = net.local_peer_id();
+        let mut holders = Vec::new();
+        let lookup_until = client_deadline.min(tokio::time::Instant::now() + INTENT_LOOKUP_WAIT);
+        let _ = tokio::time::timeout_at(lookup_until, async {
+            while let Some(peer) = intents.recv().await {
+                let defer = peer < own
+                    && net.usable(&peer)
+                    && !tried.contains(&peer)
+                    && !holders.contains(&peer);
+                if defer && holders.len() < MAX_INTENT_HOLDERS {
+                    holders.push(peer);
+                }
+            }
+        })
+        .await;
+        holders
     }
 
     /// Asks `holders` every `INTENT_POLL` until one delivers, none is
@@ -758,17 +810,33 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let net = self.net;
         let own_wait = tokio::time::Instant::now() + self.bounds.intent_wait;
         let deadline = own_wait.min(client_deadline);
+        let own = net.local_peer_id();
+        let mut first_round = true;
         loop {
             let mut still_pending = Vec::new();
+            // Holders that answered "not fetching" in the first round may
+            // be waiting for this node's intent as it waits for theirs:
+            // the one with the smaller id goes upstream, the other asks it
+            // again once (by then it is fetching).
+            let mut smaller_waiting = Vec::new();
             for peer in holders {
                 match tokio::time::timeout_at(deadline, net.fetch(peer, digest, offset)).await {
                     Ok(Ok(transfer)) => return Some((peer, transfer)),
                     Ok(Err(e)) if e.pending => still_pending.push(peer),
-                    Ok(Err(e)) => debug!(%peer, %digest, "no longer fetching it: {e}"),
+                    Ok(Err(e)) => {
+                        debug!(%peer, %digest, "no longer fetching it: {e}");
+                        if first_round && peer < own {
+                            smaller_waiting.push(peer);
+                        }
+                    }
                     Err(_) => still_pending.push(peer),
                 }
             }
+            first_round = false;
             holders = still_pending;
+            if holders.is_empty() {
+                holders = smaller_waiting;
+            }
             if holders.is_empty() {
                 return None;
             }

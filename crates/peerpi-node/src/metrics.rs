@@ -227,7 +227,7 @@ impl Metrics {
         );
         registry.register(
             "tuf_pages_refused",
-            "Pages refused under TUF, by reason (unverifiable: the metadata cannot be trusted; not_signed: the signer did not sign it in time)",
+            "Pages refused under TUF, by reason (unverifiable: the metadata cannot be trusted; not_signed: the signer did not sign it in time, or the index does not sign it; peer_page_not_signed: a peer named a page the index did not sign)",
             m.tuf_pages_refused.clone(),
         );
         registry.register(

@@ -264,7 +264,7 @@ async fn main() {
             .unwrap_or(0)
     };
     println!(
-        "sizes: timestamp {} B, snapshot {} B, targets {} B (16,384 bins)",
+        "sizes: timestamp {} B, snapshot {} B, targets {} B (`tuf init`'s default bins)",
         newest("timestamp.json"),
         newest(".snapshot.json"),
         newest(".targets.json")

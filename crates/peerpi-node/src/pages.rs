@@ -642,7 +642,7 @@ impl Node {
         etag: Option<&str>,
     ) -> Result<PageFetch, peerpi_upstream::UpstreamError> {
         let page_url = self.inner.upstream.page_url(name)?;
-        let unreachable = |reason: String| peerpi_upstream::UpstreamError::Unreachable {
+        let unreachable = |reason: String| peerpi_upstream::UpstreamError::Unverified {
             url: page_url.to_string(),
             reason,
         };

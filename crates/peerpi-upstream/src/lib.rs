@@ -63,6 +63,10 @@ pub enum UpstreamError {
         #[source]
         source: PageParseError,
     },
+    /// The page's bytes do not match what signed metadata vouches for, or
+    /// could not be had to check.
+    #[error("the page at {url} cannot be verified: {reason}")]
+    Unverified { url: String, reason: String },
     #[error("upstream {url} sent a page larger than {limit} bytes")]
     PageTooLarge { url: String, limit: u64 },
     #[error("bad upstream URL {0:?}")]

@@ -620,16 +620,8 @@ impl Node {
             .signed_page_bytes(trust, name, info, &digest)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let page = peerpi_core::json::parse_project_page(&bytes, &page_url).map_err(|source| {
-            peerpi_upstream::UpstreamError::BadPage {
-                url: page_url.to_string(),
-                source,
-            }
-        })?;
-        Ok(PageFetch::Fresh {
-            page,
-            etag: Some(tag),
-        })
+        let page = peerpi_core::json::parse_project_page(&bytes, &page_url);
+        signed_fetch(page, &page_url, tag)
     }
 
     /// The page the index signed itself (`--trust index-signed`): its HTML
@@ -669,14 +661,7 @@ impl Node {
         })
         .await
         .map_err(|e| unreachable(format!("parsing the page failed: {e}")))?;
-        let page = parsed.map_err(|source| peerpi_upstream::UpstreamError::BadPage {
-            url: page_url.to_string(),
-            source,
-        })?;
-        Ok(PageFetch::Fresh {
-            page,
-            etag: Some(tag),
-        })
+        signed_fetch(parsed, &page_url, tag)
     }
 
     /// The signed page's bytes, fetched by digest like any blob (store,
@@ -751,4 +736,20 @@ impl Node {
 
 fn not_found(name: &ProjectName) -> NodeError {
     NodeError::NotFound(format!("project {name} was not found upstream"))
+}
+
+/// A signed page's parse, as a fresh fetch tagged with its signed digest.
+fn signed_fetch(
+    parsed: Result<ProjectPage, peerpi_core::simple::PageParseError>,
+    page_url: &url::Url,
+    tag: String,
+) -> Result<PageFetch, peerpi_upstream::UpstreamError> {
+    let page = parsed.map_err(|source| peerpi_upstream::UpstreamError::BadPage {
+        url: page_url.to_string(),
+        source,
+    })?;
+    Ok(PageFetch::Fresh {
+        page,
+        etag: Some(tag),
+    })
 }

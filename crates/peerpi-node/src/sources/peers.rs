@@ -724,21 +724,10 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         client_deadline: tokio::time::Instant,
     ) -> Option<(PeerId, N::Transfer)> {
         let net = self.net;
-        let mut intents = intents?;
-        let mut holders: Vec<PeerId> = Vec::new();
-        let lookup_until = client_deadline.min(tokio::time::Instant::now() + INTENT_LOOKUP_WAIT);
-        let _ = tokio::time::timeout_at(lookup_until, async {
-            while let Some(peer) = intents.recv().await {
-                let fresh = peer != net.local_peer_id()
-                    && net.usable(&peer)
-                    && !tried.contains(&peer)
-                    && !holders.contains(&peer);
-                if fresh && holders.len() < MAX_INTENT_HOLDERS {
-                    holders.push(peer);
-                }
-            }
-        })
-        .await;
+        let own = net.local_peer_id();
+        let mut holders = self
+            .holders(intents?, tried, client_deadline, |peer| *peer != own)
+            .await;
         if holders.is_empty() && offset == 0 && self.bounds.size_cap >= SETTLE_MIN_SIZE {
             holders = self
                 .intents_after_settle(digest, tried, client_deadline)
@@ -774,19 +763,34 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
             return Vec::new();
         }
         tokio::time::sleep_until(settle_until).await;
-        let Ok(mut intents) = net.find_intents(digest).await else {
+        let Ok(intents) = net.find_intents(digest).await else {
             return Vec::new();
         };
         let own = net.local_peer_id();
+        self.holders(intents, tried, client_deadline, |peer| *peer < own)
+            .await
+    }
+
+    /// The peers an intent lookup names that `wanted` keeps and that are
+    /// usable and not tried yet, at most `MAX_INTENT_HOLDERS`, gathered for
+    /// at most `INTENT_LOOKUP_WAIT` (never past `client_deadline`).
+    async fn holders(
+        &self,
+        mut intents: mpsc::UnboundedReceiver<PeerId>,
+        tried: &HashSet<PeerId>,
+        client_deadline: tokio::time::Instant,
+        wanted: impl Fn(&PeerId) -> bool,
+    ) -> Vec<PeerId> {
+        let net = self.net;
         let mut holders = Vec::new();
         let lookup_until = client_deadline.min(tokio::time::Instant::now() + INTENT_LOOKUP_WAIT);
         let _ = tokio::time::timeout_at(lookup_until, async {
             while let Some(peer) = intents.recv().await {
-                let defer = peer < own
+                let keep = wanted(&peer)
                     && net.usable(&peer)
                     && !tried.contains(&peer)
                     && !holders.contains(&peer);
-                if defer && holders.len() < MAX_INTENT_HOLDERS {
+                if keep && holders.len() < MAX_INTENT_HOLDERS {
                     holders.push(peer);
                 }
             }

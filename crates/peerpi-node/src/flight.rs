@@ -212,15 +212,9 @@ impl Node {
                 opened.size
             )));
         }
-        let bytes = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut bytes = Vec::with_capacity(opened.size as usize);
-            let mut file = opened.file;
-            file.read_to_end(&mut bytes).map(|_| bytes)
-        })
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
-        .map_err(|e| NodeError::Internal(format!("reading {digest}: {e}")))?;
+        let bytes = read_whole(opened)
+            .await
+            .map_err(|e| NodeError::Internal(format!("reading {digest}: {e}")))?;
         Ok((bytes, source))
     }
 
@@ -511,6 +505,19 @@ async fn read_at(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
     tokio::task::spawn_blocking(move || peerpi_store::read_exact_at(&file, offset, len))
         .await
         .map_err(io::Error::other)?
+}
+
+/// A stored blob's bytes, read on a blocking thread (small blobs only:
+/// metadata and pages).
+pub(crate) async fn read_whole(opened: OpenedBlob) -> io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut bytes = Vec::with_capacity(opened.size as usize);
+        let mut file = opened.file;
+        file.read_to_end(&mut bytes).map(|_| bytes)
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 #[cfg(test)]

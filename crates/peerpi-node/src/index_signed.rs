@@ -111,15 +111,7 @@ impl Node {
     async fn own_signed_page(&self, info: &TargetInfo, key: &[u8; 32]) -> Option<Vec<u8>> {
         let digest = *lock(&self.inner.signed_pages).get(key)?;
         let opened = self.inner.store.open_blob(&digest).ok()??;
-        let bytes = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut bytes = Vec::with_capacity(opened.size as usize);
-            let mut file = opened.file;
-            file.read_to_end(&mut bytes).map(|_| bytes)
-        })
-        .await
-        .ok()?
-        .ok()?;
+        let bytes = crate::flight::read_whole(opened).await.ok()?;
         info.verify(&bytes).is_ok().then_some(bytes)
     }
 
@@ -204,8 +196,7 @@ impl Node {
     /// Keeps verified page bytes as a blob, and tells peers where to find
     /// them by the signed digest.
     async fn remember_signed_page(&self, key: [u8; 32], bytes: &[u8]) {
-        let digest = Sha256Digest::from_bytes(peerpi_trust::client::sha256(bytes));
-        self.clone().keep_blob(bytes.to_vec()).await;
+        let digest = self.clone().keep_blob(bytes.to_vec()).await;
         {
             let mut remembered = lock(&self.inner.signed_pages);
             if remembered.len() >= MAX_REMEMBERED {

@@ -702,12 +702,11 @@ impl Node {
     /// Keeps bytes a signer published (a canonical page, a snapshot) as a
     /// blob under their own digest and announces it, so that `tuf` nodes
     /// get them over the swarm from the signer too (not only over HTTP from
-    /// `/tuf/`).
-    pub(crate) async fn keep_blob(self, bytes: Vec<u8>) {
-        let digest = Sha256Digest::from_hex(&hex::encode(Sha256::digest(&bytes)));
-        let Ok(digest) = digest else { return };
+    /// `/tuf/`). Returns their digest (kept or not: a failure is logged).
+    pub(crate) async fn keep_blob(self, bytes: Vec<u8>) -> Sha256Digest {
+        let digest = Sha256Digest::from_bytes(Sha256::digest(&bytes).into());
         if matches!(self.inner.store.open_blob(&digest), Ok(Some(_))) {
-            return;
+            return digest;
         }
         let len = bytes.len() as u64;
         let store = self.inner.store.clone();
@@ -726,6 +725,7 @@ impl Node {
             Ok(Err(e)) => warn!(%digest, error = %e, "cannot keep a signed file's bytes"),
             Err(e) => warn!(%digest, error = %e, "the page-keeping task failed"),
         }
+        digest
     }
 
     /// Names of the projects this node has pages for.

@@ -170,7 +170,9 @@ impl PageSigner {
         let path =
             Repository::metadata_dir_of(&self.config.repo).join(format!("{version}.snapshot.json"));
         match tokio::fs::read(&path).await {
-            Ok(bytes) => node.keep_blob(bytes).await,
+            Ok(bytes) => {
+                node.keep_blob(bytes).await;
+            }
             Err(e) => warn!(path = %path.display(), error = %e, "cannot read the new snapshot"),
         }
     }

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
             let written = out.into_inner();
             let mut expected = data[..written.len()].to_vec();
             if let Some(flags) = expected.last_mut() {
-                *flags &= protocol::FLAG_CAN_REDIRECT;
+                *flags &= protocol::FLAG_CAN_REDIRECT | protocol::FLAG_ACCEPTS_IN_FLIGHT;
             }
             assert_eq!(expected, written);
         }

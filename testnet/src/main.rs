@@ -55,6 +55,11 @@ enum Command {
     Outage(scenario::ScenarioArgs),
     /// ci-burst where the last region's runners join a third of the way in.
     ColdRegion(scenario::ScenarioArgs),
+    /// Every runner starts the same job at once: the 200 MB and 50 MB wheels
+    /// that no node holds. Reports the time until the last runner holds
+    /// them against one upstream download of them (measured after, alone);
+    /// any baseline.
+    Herd(scenario::ScenarioArgs),
     /// The report over several runs' results.json: Markdown and SVG plots.
     Report(report::ReportArgs),
     /// Many Kademlia nodes in one process (in-memory transport): lookup
@@ -123,6 +128,7 @@ fn main() -> Result<()> {
         Command::Churn(args) => scenario_command(&args, scenario::Fault::Churn),
         Command::Outage(args) => scenario_command(&args, scenario::Fault::Outage),
         Command::ColdRegion(args) => scenario_command(&args, scenario::Fault::ColdRegion),
+        Command::Herd(args) => scenario_command(&args, scenario::Fault::Herd),
         Command::Report(args) => report::write(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Fetch(args) => {

@@ -74,7 +74,15 @@ pub struct Results {
     /// Files the index sent more than once, and how often.
     #[serde(default)]
     pub refetched: Vec<(String, u64)>,
+    /// `herd`: seconds one runner alone takes to install the same files
+    /// straight from the index, measured after the herd.
+    #[serde(default)]
+    pub reference_s: Option<f64>,
 }
+
+/// `herd`: the time until the last runner holds the files, at most this
+/// many times one upstream download of them.
+pub const HERD_GOAL: f64 = 1.25;
 
 /// The `p` quantile (0..=1) of `values`, nearest rank.
 pub fn quantile(values: &[f64], p: f64) -> f64 {
@@ -117,6 +125,32 @@ impl Results {
         self.jobs.iter().map(|j| j.checked_files).sum()
     }
 
+    /// Seconds from the first job's start to the last job's end.
+    pub fn makespan_s(&self) -> f64 {
+        let start = self
+            .jobs
+            .iter()
+            .map(|j| j.start_s)
+            .fold(f64::INFINITY, f64::min);
+        let end = self
+            .jobs
+            .iter()
+            .map(|j| j.start_s + j.seconds)
+            .fold(0.0, f64::max);
+        if start.is_finite() {
+            end - start
+        } else {
+            0.0
+        }
+    }
+
+    /// `herd`: the makespan over one upstream download, when measured.
+    pub fn herd_ratio(&self) -> Option<f64> {
+        self.reference_s
+            .filter(|r| *r > 0.0)
+            .map(|r| self.makespan_s() / r)
+    }
+
     pub fn job_seconds(&self) -> Vec<f64> {
         self.jobs
             .iter()
@@ -140,6 +174,13 @@ impl Results {
                 "upstream egress {:.3}x the unique bytes (goal {max_egress}x)",
                 self.egress_ratio()
             ));
+        }
+        if let (true, Some(ratio)) = (peerpi, self.herd_ratio()) {
+            if ratio > HERD_GOAL {
+                missed.push(format!(
+                    "the last runner held the files after {ratio:.2}x one upstream download (goal {HERD_GOAL}x)"
+                ));
+            }
         }
         missed
     }
@@ -175,6 +216,12 @@ impl Results {
             quantile(&times, 0.95),
             self.elapsed_s,
         );
+        if let (Some(reference), Some(ratio)) = (self.reference_s, self.herd_ratio()) {
+            md.push_str(&format!(
+                "| last runner holds the files | {:.2} s after the first job started |\n                 | one upstream download of them, alone | {reference:.2} s ({ratio:.2}x; goal {HERD_GOAL}x) |\n",
+                self.makespan_s()
+            ));
+        }
         if !self.by_runner.is_empty() {
             md.push_str(
                 "\n| node | local | peer | upstream | refused from peers | peers blocked |\n\

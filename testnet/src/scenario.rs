@@ -13,7 +13,9 @@
 //! truncated or no bytes), `churn` (runners SIGKILLed and restarted, a third
 //! with an empty data dir), `outage` (the index unreachable for the middle
 //! third of the jobs), `cold-region` (the last region joins a third of the
-//! way in). The results go to `results.json` and `report.md` in `--out`.
+//! way in). `herd` is its own schedule: every runner starts the same job at
+//! once, the large wheels no node holds yet, on any baseline. The results go
+//! to `results.json` and `report.md` in `--out`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -56,7 +58,13 @@ pub enum Fault {
     Churn,
     Outage,
     ColdRegion,
+    /// One job per runner, all at once: the large wheels no node holds.
+    Herd,
 }
+
+/// What a `herd` job installs: the 200 MB and 50 MB wheels of the default
+/// package set.
+pub const HERD_SET: [&str; 2] = ["weights", "tokenizer"];
 
 #[derive(Debug, Clone, Args)]
 pub struct ScenarioArgs {
@@ -239,9 +247,25 @@ pub fn run(args: &ScenarioArgs, fault: Fault) -> Result<Results> {
             peerpi.display()
         );
     }
-    if fault != Fault::None && args.baseline != Baseline::Peerpi {
+    if !matches!(fault, Fault::None | Fault::Herd) && args.baseline != Baseline::Peerpi {
         bail!("the fault scenarios run on --baseline peerpi");
     }
+    if fault == Fault::Herd && args.set != PackageSet::Default {
+        bail!("herd installs the large wheels of --set default");
+    }
+    // A herd is one wave: a job on every runner at once.
+    let herd;
+    let args = if fault == Fault::Herd {
+        let runners = usize::from(args.layout.regions) * usize::from(args.layout.nodes);
+        herd = ScenarioArgs {
+            jobs: runners,
+            parallel: runners,
+            ..args.clone()
+        };
+        &herd
+    } else {
+        args
+    };
     if fault == Fault::ColdRegion && args.layout.regions < 2 {
         bail!("cold-region needs --regions 2 or more");
     }
@@ -511,7 +535,18 @@ fn run_on_rig(
     let warm: Vec<String> = honest.iter().filter(|r| !cold(r)).cloned().collect();
     let third = args.jobs / 3;
     let mut plan: Vec<PlannedJob> = Vec::new();
-    for index in 0..args.jobs {
+    if fault == Fault::Herd {
+        for (index, runner) in honest.iter().enumerate() {
+            plan.push(PlannedJob {
+                index,
+                runner: runner.clone(),
+                set: HERD_SET.to_vec(),
+                pip: index % 2 == 0,
+                in_outage: false,
+            });
+        }
+    }
+    for index in plan.len()..args.jobs {
         let in_outage = fault == Fault::Outage && (third..2 * third).contains(&index);
         let (runner, set) = if in_outage {
             // Only what the runner installed before the outage: a node
@@ -596,6 +631,7 @@ fn run_on_rig(
             Fault::Churn => "churn".into(),
             Fault::Outage => "outage".into(),
             Fault::ColdRegion => "cold-region".into(),
+            Fault::Herd => "herd".into(),
         },
         baseline: args.baseline,
         regions: args.layout.regions,
@@ -686,6 +722,16 @@ fn run_on_rig(
     )?;
     (results.egress_bytes, results.unique_bytes) = egress_of(&stats);
     results.refetched = refetched(&stats);
+    if fault == Fault::Herd {
+        // What the herd is measured against: one runner alone downloading
+        // the same files from the index (after the egress was read).
+        let venv = args.out.join("venv-reference");
+        let began = Instant::now();
+        run_job(&runners[0], &venv, &index_url, &HERD_SET, true)
+            .context("the reference download")?;
+        results.reference_s = Some(began.elapsed().as_secs_f64());
+        let _ = std::fs::remove_dir_all(&venv);
+    }
     if let Ok(text) = std::fs::read_to_string(net::router_stats_path(prefix)) {
         let stats: serde_json::Value = serde_json::from_str(&text)?;
         for pair in stats["pairs"].as_array().into_iter().flatten() {

@@ -11,6 +11,7 @@ mod clients;
 mod doctor;
 mod examples;
 mod hardening;
+mod in_flight;
 mod index_signed;
 mod peers;
 mod prefetch;

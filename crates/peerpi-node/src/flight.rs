@@ -78,12 +78,38 @@ pub(crate) enum FlightState {
 
 pub(crate) struct Flight {
     pub(crate) state: watch::Sender<FlightState>,
+    /// Its bytes offered to peers as they arrive (with a swarm).
+    in_flight: Option<peerpi_swarm::InFlightShare>,
 }
 
 impl Flight {
     pub(crate) fn new() -> Self {
         Self {
             state: watch::channel(FlightState::Connecting).0,
+            in_flight: None,
+        }
+    }
+
+    /// A flight whose bytes peers may take while they arrive.
+    pub(crate) fn shared_with_peers(share: peerpi_swarm::InFlightShare) -> Self {
+        Self {
+            in_flight: Some(share),
+            ..Self::new()
+        }
+    }
+
+    /// Bytes `0..written` of `file`, a blob of `len` bytes, are written:
+    /// peers may take them, less the last byte until it is verified.
+    pub(crate) fn offer(&self, file: &Arc<File>, len: u64, written: u64) {
+        if let Some(share) = &self.in_flight {
+            share.written(file, len, written);
+        }
+    }
+
+    /// `file` is the verified blob: peers following it may take the rest.
+    fn offer_verified(&self, file: &Arc<File>, len: u64) {
+        if let Some(share) = &self.in_flight {
+            share.verified(file, len);
         }
     }
 }
@@ -158,7 +184,10 @@ impl Node {
                     self.inner.metrics.blob_hit(Source::Local);
                     return Ok(Joined::Stored(stored));
                 }
-                let flight = Arc::new(Flight::new());
+                let flight = Arc::new(match self.inner.swarm.as_ref() {
+                    Some(swarm) => Flight::shared_with_peers(swarm.share_in_flight(*digest)),
+                    None => Flight::new(),
+                });
                 flights.insert(*digest, flight.clone());
                 tokio::spawn(self.clone().drive(*digest, origin.clone(), flight.clone()));
                 flight
@@ -300,6 +329,7 @@ impl Node {
                     bytes: len,
                     at: jiff::Timestamp::now(),
                 });
+                flight.offer_verified(&file, len);
                 flight.state.send_replace(FlightState::Done {
                     file: file.clone(),
                     len,
@@ -308,7 +338,10 @@ impl Node {
                 // After the clients are released: judging re-reads files.
                 if let (Some(swarm), false) = (self.inner.swarm.as_ref(), suspects.is_empty()) {
                     let swarm = swarm.clone();
-                    tokio::spawn(async move { judge(&swarm, digest, suspects, file).await });
+                    let suspension = self.inner.config.peer_suspension;
+                    tokio::spawn(
+                        async move { judge(&swarm, digest, suspects, file, suspension).await },
+                    );
                 }
             }
             Err(failure) => {

@@ -567,6 +567,7 @@ async fn metrics(State(node): State<Node>) -> Response {
                 blocked_peers: c.blocked_peers.load(Ordering::Relaxed),
                 provided_keys: c.provided_keys.load(Ordering::Relaxed),
                 bytes_served: c.bytes_served.load(Ordering::Relaxed),
+                in_flight_served: c.in_flight_served.load(Ordering::Relaxed),
             }
         })
         .unwrap_or_default();

@@ -77,6 +77,7 @@ pub struct Metrics {
     fetch_seconds: Family<SourceLabels, Histogram, fn() -> Histogram>,
     peer_transfers: Family<ChannelLabels, Counter>,
     peer_hedges: Counter,
+    peer_in_flight_transfers: Counter,
     upstream_bytes_saved: Counter,
     upstream_requests: Family<UpstreamLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
@@ -88,6 +89,7 @@ pub struct Metrics {
     blocked_peers: Gauge,
     provided_keys: Gauge,
     peer_bytes_served: Gauge,
+    peer_in_flight_served: Gauge,
 }
 
 /// Swarm figures sampled when metrics are scraped.
@@ -97,6 +99,7 @@ pub struct SwarmSample {
     pub blocked_peers: u64,
     pub provided_keys: u64,
     pub bytes_served: u64,
+    pub in_flight_served: u64,
 }
 
 fn source(s: Source) -> SourceLabels {
@@ -125,6 +128,7 @@ impl Metrics {
             }),
             peer_transfers: Family::default(),
             peer_hedges: Counter::default(),
+            peer_in_flight_transfers: Counter::default(),
             upstream_bytes_saved: Counter::default(),
             upstream_requests: Family::default(),
             http_requests: Family::default(),
@@ -136,6 +140,7 @@ impl Metrics {
             blocked_peers: Gauge::default(),
             provided_keys: Gauge::default(),
             peer_bytes_served: Gauge::default(),
+            peer_in_flight_served: Gauge::default(),
             // Replaced below by the registry the metrics are registered in.
             registry: Registry::default(),
         };
@@ -168,6 +173,11 @@ impl Metrics {
             "peer_hedges",
             "Transfer requests hedged: a provider had not answered within the learned delay, so a second was asked too",
             m.peer_hedges.clone(),
+        );
+        registry.register(
+            "peer_in_flight_transfers",
+            "Transfers started from peers that were still fetching the blob (its bytes shared as they arrived)",
+            m.peer_in_flight_transfers.clone(),
         );
         registry.register(
             "upstream_bytes_saved",
@@ -219,6 +229,11 @@ impl Metrics {
             "peer_served_bytes",
             "Blob bytes this node served to other peers",
             m.peer_bytes_served.clone(),
+        );
+        registry.register(
+            "peer_in_flight_served",
+            "Transfers this node served to peers from a blob it was still fetching",
+            m.peer_in_flight_served.clone(),
         );
         registry.register(
             "tuf_refresh",
@@ -345,12 +360,15 @@ impl Metrics {
         self.peer_hedges.inc();
     }
 
-    pub fn peer_transfer(&self, channel: &str) {
+    pub fn peer_transfer(&self, channel: &str, in_flight: bool) {
         self.peer_transfers
             .get_or_create(&ChannelLabels {
                 channel: channel.to_string(),
             })
             .inc();
+        if in_flight {
+            self.peer_in_flight_transfers.inc();
+        }
     }
 
     pub fn upstream_request(&self, kind: &str, outcome: &str) {
@@ -385,6 +403,8 @@ impl Metrics {
         self.blocked_peers.set(swarm.blocked_peers as i64);
         self.provided_keys.set(swarm.provided_keys as i64);
         self.peer_bytes_served.set(swarm.bytes_served as i64);
+        self.peer_in_flight_served
+            .set(swarm.in_flight_served as i64);
         self.cache_bytes.set(cache_bytes as i64);
         self.cache_blobs.set(cache_blobs as i64);
         self.cache_cap_bytes.set(cap_bytes as i64);

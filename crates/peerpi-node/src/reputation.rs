@@ -11,6 +11,10 @@ pub(crate) enum Misdeed {
     /// Its bytes failed verification (alone, or by comparison with a
     /// verified copy).
     BadBytes,
+    /// Bytes it relayed while still fetching the blob, and broke off before
+    /// its last byte, differ from the verified copy: its own source may
+    /// have sent them, so they prove nothing about it.
+    RelayedBadBytes,
     /// It announced a size that is not the listed one, or over the cap.
     SizeLie,
     /// It broke off, stalled past the stream timeout, or broke the protocol.
@@ -45,9 +49,11 @@ impl Misdeed {
     pub(crate) fn verdict(self, suspension: Duration) -> Verdict {
         match self {
             Misdeed::BadBytes | Misdeed::SizeLie => Verdict::Block,
-            Misdeed::BrokeOff | Misdeed::TooSlow | Misdeed::Overran | Misdeed::Suspect => {
-                Verdict::Suspend(suspension)
-            }
+            Misdeed::BrokeOff
+            | Misdeed::TooSlow
+            | Misdeed::Overran
+            | Misdeed::Suspect
+            | Misdeed::RelayedBadBytes => Verdict::Suspend(suspension),
             Misdeed::Late => Verdict::Suspend(suspension.min(LATE_SUSPENSION)),
         }
     }
@@ -67,6 +73,7 @@ mod tests {
             Misdeed::TooSlow,
             Misdeed::Overran,
             Misdeed::Suspect,
+            Misdeed::RelayedBadBytes,
         ] {
             assert_eq!(honest_looking.verdict(s), Verdict::Suspend(s));
         }

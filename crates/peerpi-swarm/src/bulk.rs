@@ -253,6 +253,7 @@ mod tests {
             file: file(),
             offset,
             len: 10,
+            follower: None,
             permits: permits(),
         };
         let ticket = channel.issue(grant(5)).unwrap();
@@ -284,6 +285,7 @@ mod tests {
             file: file(),
             offset: 0,
             len: 1,
+            follower: None,
             permits,
         };
         channel.issue(grant(held)).unwrap();
@@ -314,6 +316,7 @@ mod tests {
                 file: file(),
                 offset: 0,
                 len: 1,
+                follower: None,
                 permits: held,
             })
             .unwrap();

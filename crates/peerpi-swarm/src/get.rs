@@ -40,6 +40,9 @@ pub struct PeerDownload {
     pub peer: PeerId,
     /// Bytes that follow, from the requested offset.
     pub remaining: u64,
+    /// The peer is still fetching the blob and sends its bytes as they
+    /// arrive (it sends the last one only once it verified the blob).
+    pub in_flight: bool,
     body: Body,
     shared: Arc<Shared>,
     /// Where stream reads land: chunks handed out share its allocation, so a
@@ -139,37 +142,47 @@ impl SwarmHandle {
             .filter(|p| p.bulk_unreachable_until.is_none_or(|until| until <= now))
             .and_then(|p| p.ip);
         let (response, stream) = self.request(peer, digest, offset, ip.is_some()).await?;
-        let download = |remaining, body| PeerDownload {
+        let download = |remaining, in_flight, body| PeerDownload {
             peer,
             remaining,
+            in_flight,
             body,
             shared: self.shared.clone(),
             buffer: bytes::BytesMut::new(),
         };
         match (response, ip) {
-            (protocol::Response::Data { remaining }, _) => {
-                Ok(download(remaining, Body::Stream(stream)))
-            }
+            (
+                protocol::Response::Data {
+                    remaining,
+                    in_flight,
+                },
+                _,
+            ) => Ok(download(remaining, in_flight, Body::Stream(stream))),
             (
                 protocol::Response::Redirect {
                     remaining,
                     port,
                     ticket,
+                    in_flight,
                 },
                 Some(ip),
             ) => {
                 drop(stream);
                 match bulk::fetch(&self.shared, peer, ip, port, &digest, &ticket, remaining).await {
-                    Ok(response) => Ok(download(remaining, Body::Bulk(response))),
+                    Ok(response) => Ok(download(remaining, in_flight, Body::Bulk(response))),
                     Err(e) => {
                         tracing::warn!(%peer, "bulk channel unusable ({e}); using the stream, and not trying it again for {BULK_RETRY_AFTER:?}");
                         self.shared.peer_mut(peer, |p| {
                             p.bulk_unreachable_until = Some(now + BULK_RETRY_AFTER);
                         });
                         match self.request(peer, digest, offset, false).await? {
-                            (protocol::Response::Data { remaining }, stream) => {
-                                Ok(download(remaining, Body::Stream(stream)))
-                            }
+                            (
+                                protocol::Response::Data {
+                                    remaining,
+                                    in_flight,
+                                },
+                                stream,
+                            ) => Ok(download(remaining, in_flight, Body::Stream(stream))),
                             (other, _) => Err(unexpected(peer, other)),
                         }
                     }
@@ -239,10 +252,13 @@ impl SwarmHandle {
                     peer,
                     reason: e.to_string(),
                 })?;
+        // Every fetch takes bytes still arriving at the peer: the caller
+        // verifies the whole blob whatever its source.
         let request = protocol::Request {
             digest,
             offset,
             can_redirect,
+            accepts_in_flight: true,
         };
         let exchange = async {
             protocol::write_request(&mut stream, &request).await?;

@@ -16,6 +16,7 @@ mod adversary;
 mod bulk;
 mod get;
 mod identity;
+mod in_flight;
 mod latest;
 mod limits;
 pub mod protocol;
@@ -36,6 +37,7 @@ use tokio::sync::mpsc;
 
 pub use get::{Channel, PeerDownload};
 pub use identity::{load_or_create_keypair, read_swarm_key, write_new_swarm_key, KEY_FILE};
+pub use in_flight::InFlightShare;
 pub use latest::MAX_DOCUMENT as MAX_LATEST_DOCUMENT;
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
@@ -223,6 +225,8 @@ pub struct SwarmCounters {
     pub connected_peers: AtomicU64,
     pub blocked_peers: AtomicU64,
     pub bytes_served: AtomicU64,
+    /// Transfers served from a blob this node was still fetching.
+    pub in_flight_served: AtomicU64,
 }
 
 pub(crate) enum Command {
@@ -250,6 +254,8 @@ pub(crate) struct Shared {
     /// Blobs this node is fetching, with how many fetches, and whether it
     /// is itself waiting for another peer's intent.
     fetching: Mutex<HashMap<Sha256Digest, (usize, bool)>>,
+    /// Fetches whose bytes are offered while they arrive (see `in_flight`).
+    in_flight: Mutex<HashMap<Sha256Digest, in_flight::Follower>>,
     http: reqwest::Client,
     /// Documents this node hands to peers that ask by name (its TUF
     /// timestamp), see `latest`.
@@ -510,6 +516,12 @@ impl SwarmHandle {
             shared: self.shared.clone(),
             digest,
         }
+    }
+
+    /// Offers the bytes of this node's fetch of `digest` to peers that ask
+    /// for it, as they arrive, until the share drops (see [`InFlightShare`]).
+    pub fn share_in_flight(&self, digest: Sha256Digest) -> InFlightShare {
+        InFlightShare::new(self.shared.clone(), digest)
     }
 
     /// Marks this node as waiting (or no longer) for another peer's intent

@@ -7,7 +7,10 @@
 //! of bytes that follow (u64, big-endian), then exactly that many bytes of the
 //! blob from the offset, then the stream is closed; on `REDIRECT` the number
 //! of bytes, the bulk channel's TCP port (u16) and a one-time ticket (32
-//! bytes) to present there.
+//! bytes) to present there. `OK_IN_FLIGHT` and `REDIRECT_IN_FLIGHT` are the
+//! same answers for a blob the server is still fetching (request flag bit 1):
+//! its bytes follow as they arrive, unverified by the server until the last
+//! byte.
 
 use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
@@ -18,6 +21,9 @@ pub const VERSION: u8 = 2;
 const REQUEST_LEN: usize = 42;
 /// Request flag: the requester can fetch over the bulk channel.
 pub const FLAG_CAN_REDIRECT: u8 = 1;
+/// Request flag: the requester takes the bytes of a blob the server is
+/// still fetching, as they arrive.
+pub const FLAG_ACCEPTS_IN_FLIGHT: u8 = 2;
 
 /// Response status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +37,10 @@ pub enum Status {
     /// Not held yet: this node is fetching it from upstream now (it
     /// announced an intent); ask again shortly.
     Pending = 5,
+    /// `OK` for a blob the server is still fetching.
+    OkInFlight = 6,
+    /// `REDIRECT` for a blob the server is still fetching.
+    RedirectInFlight = 7,
 }
 
 impl Status {
@@ -42,6 +52,8 @@ impl Status {
             3 => Some(Status::BadRequest),
             4 => Some(Status::Redirect),
             5 => Some(Status::Pending),
+            6 => Some(Status::OkInFlight),
+            7 => Some(Status::RedirectInFlight),
             _ => None,
         }
     }
@@ -52,21 +64,26 @@ pub struct Request {
     pub digest: Sha256Digest,
     pub offset: u64,
     pub can_redirect: bool,
+    /// The requester takes bytes still arriving at the server.
+    pub accepts_in_flight: bool,
 }
 
 /// A one-time permission to fetch one blob range over the bulk channel.
 pub type Ticket = [u8; 32];
 
-/// A server's answer to a request.
+/// A server's answer to a request. `in_flight`: the server is still
+/// fetching the blob and sends its bytes as they arrive; it sends the last
+/// one only once it verified the whole blob itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Response {
     /// `remaining` bytes follow on this stream.
-    Data { remaining: u64 },
+    Data { remaining: u64, in_flight: bool },
     /// Fetch the `remaining` bytes from the bulk channel on `port` with `ticket`.
     Redirect {
         remaining: u64,
         port: u16,
         ticket: Ticket,
+        in_flight: bool,
     },
     /// No data: not found, busy or a bad request.
     Refused(Status),
@@ -91,7 +108,10 @@ pub async fn write_request<S: AsyncWrite + Unpin>(
     buf[1..33].copy_from_slice(request.digest.as_bytes());
     buf[33..41].copy_from_slice(&request.offset.to_be_bytes());
     if request.can_redirect {
-        buf[41] = FLAG_CAN_REDIRECT;
+        buf[41] |= FLAG_CAN_REDIRECT;
+    }
+    if request.accepts_in_flight {
+        buf[41] |= FLAG_ACCEPTS_IN_FLIGHT;
     }
     stream.write_all(&buf).await?;
     stream.flush().await?;
@@ -115,6 +135,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Reques
         digest: Sha256Digest::from_bytes(digest),
         offset: u64::from_be_bytes(offset),
         can_redirect: buf[41] & FLAG_CAN_REDIRECT != 0,
+        accepts_in_flight: buf[41] & FLAG_ACCEPTS_IN_FLIGHT != 0,
     })
 }
 
@@ -124,16 +145,28 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
 ) -> Result<(), ProtocolError> {
     let mut buf = Vec::with_capacity(43);
     match response {
-        Response::Data { remaining } => {
-            buf.push(Status::Ok as u8);
+        Response::Data {
+            remaining,
+            in_flight,
+        } => {
+            buf.push(if *in_flight {
+                Status::OkInFlight
+            } else {
+                Status::Ok
+            } as u8);
             buf.extend_from_slice(&remaining.to_be_bytes());
         }
         Response::Redirect {
             remaining,
             port,
             ticket,
+            in_flight,
         } => {
-            buf.push(Status::Redirect as u8);
+            buf.push(if *in_flight {
+                Status::RedirectInFlight
+            } else {
+                Status::Redirect
+            } as u8);
             buf.extend_from_slice(&remaining.to_be_bytes());
             buf.extend_from_slice(&port.to_be_bytes());
             buf.extend_from_slice(ticket);
@@ -151,14 +184,21 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     let mut b = [0u8; 1];
     stream.read_exact(&mut b).await?;
     let status = Status::from_byte(b[0]).ok_or(ProtocolError::UnknownStatus(b[0]))?;
-    if !matches!(status, Status::Ok | Status::Redirect) {
-        return Ok(Response::Refused(status));
-    }
+    let (redirect, in_flight) = match status {
+        Status::Ok => (false, false),
+        Status::OkInFlight => (false, true),
+        Status::Redirect => (true, false),
+        Status::RedirectInFlight => (true, true),
+        refused => return Ok(Response::Refused(refused)),
+    };
     let mut len = [0u8; 8];
     stream.read_exact(&mut len).await?;
     let remaining = u64::from_be_bytes(len);
-    if status == Status::Ok {
-        return Ok(Response::Data { remaining });
+    if !redirect {
+        return Ok(Response::Data {
+            remaining,
+            in_flight,
+        });
     }
     let mut port = [0u8; 2];
     stream.read_exact(&mut port).await?;
@@ -168,6 +208,7 @@ pub async fn read_response<S: AsyncRead + Unpin>(
         remaining,
         port: u16::from_be_bytes(port),
         ticket,
+        in_flight,
     })
 }
 
@@ -183,19 +224,23 @@ mod tests {
         let mut bytes = vec![VERSION];
         bytes.extend_from_slice(&[b'x'; 32]);
         bytes.extend_from_slice(&7u64.to_be_bytes());
-        bytes.push(0x78); // CAN_REDIRECT clear, unknown bits set
+        bytes.push(0x78); // CAN_REDIRECT and ACCEPTS_IN_FLIGHT clear, unknown bits set
         let request = read_request(&mut Cursor::new(bytes)).await.unwrap();
         assert_eq!(request.offset, 7);
         assert!(!request.can_redirect);
+        assert!(!request.accepts_in_flight);
     }
 
     #[tokio::test]
     async fn request_and_status_round_trip() {
-        for can_redirect in [false, true] {
+        for (can_redirect, accepts_in_flight) in
+            [(false, false), (true, false), (false, true), (true, true)]
+        {
             let request = Request {
                 digest: Sha256Digest::from_bytes([7; 32]),
                 offset: 1 << 40,
                 can_redirect,
+                accepts_in_flight,
             };
             let mut buf = Cursor::new(Vec::new());
             write_request(&mut buf, &request).await.unwrap();
@@ -205,13 +250,28 @@ mod tests {
         }
 
         let responses = [
-            Response::Data { remaining: 12345 },
+            Response::Data {
+                remaining: 12345,
+                in_flight: false,
+            },
+            Response::Data {
+                remaining: 99,
+                in_flight: true,
+            },
             Response::Refused(Status::Busy),
             Response::Redirect {
                 remaining: 1 << 33,
                 port: 7505,
                 ticket: [9; 32],
+                in_flight: false,
             },
+            Response::Redirect {
+                remaining: 5,
+                port: 7505,
+                ticket: [8; 32],
+                in_flight: true,
+            },
+            Response::Refused(Status::Pending),
             Response::Refused(Status::NotFound),
         ];
         let mut buf = Cursor::new(Vec::new());

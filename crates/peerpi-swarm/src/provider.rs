@@ -70,42 +70,61 @@ async fn serve_one(
     if let Some(status) = crate::adversary::refusal(shared).await {
         return protocol::write_response(&mut stream, &refuse(status)).await;
     }
-    let blob = match store.get(&request.digest) {
-        Ok(Some(blob)) => blob,
+    let (file, blob_len, follower) = match store.get(&request.digest) {
+        Ok(Some(blob)) => match std::fs::File::open(&blob.path) {
+            Ok(f) => (Arc::new(f), blob.size, None),
+            // Evicted between lookup and open.
+            Err(_) => {
+                return protocol::write_response(&mut stream, &refuse(Status::NotFound)).await
+            }
+        },
         _ => {
-            let status = if shared.is_fetching(&request.digest) {
-                Status::Pending
-            } else {
-                Status::NotFound
-            };
-            return protocol::write_response(&mut stream, &refuse(status)).await;
+            let in_flight = request
+                .accepts_in_flight
+                .then(|| shared.in_flight_from(&request.digest, request.offset))
+                .flatten();
+            match in_flight {
+                Some((follower, progress)) => (progress.file, progress.len, Some(follower)),
+                None => {
+                    let status = if shared.is_fetching(&request.digest) {
+                        Status::Pending
+                    } else {
+                        Status::NotFound
+                    };
+                    return protocol::write_response(&mut stream, &refuse(status)).await;
+                }
+            }
         }
     };
-    if request.offset > blob.size {
+    if request.offset > blob_len {
         return protocol::write_response(&mut stream, &refuse(Status::BadRequest)).await;
     }
-    let file = match std::fs::File::open(&blob.path) {
-        Ok(f) => Arc::new(f),
-        // Evicted between lookup and open.
-        Err(_) => return protocol::write_response(&mut stream, &refuse(Status::NotFound)).await,
+    let in_flight = follower.is_some();
+    if in_flight {
+        shared
+            .counters
+            .in_flight_served
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let remaining = blob_len - request.offset;
+    let grant = Grant {
+        peer,
+        digest: request.digest,
+        file,
+        offset: request.offset,
+        len: remaining,
+        follower,
+        permits,
     };
-    let remaining = blob.size - request.offset;
     if let Some(bulk) = shared.bulk.as_ref() {
         if request.can_redirect && remaining >= bulk.min_size {
-            let issued = bulk.issue(Grant {
-                peer,
-                digest: request.digest,
-                file: file.clone(),
-                offset: request.offset,
-                len: remaining,
-                permits,
-            });
-            match issued {
+            match bulk.issue(grant) {
                 Ok(ticket) => {
                     let redirect = Response::Redirect {
                         remaining,
                         port: bulk.port,
                         ticket,
+                        in_flight,
                     };
                     protocol::write_response(&mut stream, &redirect).await?;
                     stream.close().await?;
@@ -120,18 +139,12 @@ async fn serve_one(
     }
     #[cfg(feature = "adversary")]
     let remaining = crate::adversary::announced(shared, remaining);
-    protocol::write_response(&mut stream, &Response::Data { remaining }).await?;
-    let mut body = std::pin::pin!(outgoing(
-        shared.clone(),
-        Grant {
-            peer,
-            digest: request.digest,
-            file,
-            offset: request.offset,
-            len: remaining,
-            permits,
-        }
-    ));
+    let data = Response::Data {
+        remaining,
+        in_flight,
+    };
+    protocol::write_response(&mut stream, &data).await?;
+    let mut body = std::pin::pin!(outgoing(shared.clone(), grant));
     while let Some(chunk) = body.next().await {
         // write_all waits for the peer to read: the stream's flow control is
         // the backpressure, and a peer that stops reading loses the stream
@@ -162,6 +175,8 @@ pub(crate) struct Grant {
     pub(crate) file: Arc<std::fs::File>,
     pub(crate) offset: u64,
     pub(crate) len: u64,
+    /// For a blob still being fetched here: how far `file` is written.
+    pub(crate) follower: Option<crate::in_flight::Follower>,
     pub(crate) permits: Permits,
 }
 
@@ -172,8 +187,8 @@ pub(crate) fn outgoing(
     shared: Arc<Shared>,
     grant: Grant,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    struct Transfer<S> {
-        chunks: std::pin::Pin<Box<S>>,
+    struct Transfer {
+        chunks: futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>,
         shared: Arc<Shared>,
         peer: PeerId,
         sent: u64,
@@ -181,12 +196,19 @@ pub(crate) fn outgoing(
         len: u64,
         _permits: Permits,
     }
-    let transfer = Transfer {
-        chunks: Box::pin(peerpi_store::read_range(
+    let chunks = match grant.follower {
+        Some(follower) => crate::in_flight::follow(
+            follower,
             grant.file,
             grant.offset,
             grant.len,
-        )),
+            shared.stream_timeout,
+        )
+        .boxed(),
+        None => peerpi_store::read_range(grant.file, grant.offset, grant.len).boxed(),
+    };
+    let transfer = Transfer {
+        chunks,
         shared,
         peer: grant.peer,
         sent: 0,

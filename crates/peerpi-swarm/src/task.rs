@@ -253,6 +253,7 @@ pub(crate) async fn start(
         bulk,
         upload_limit: config.upload_limit.map(crate::limits::UploadLimit::new),
         fetching: Mutex::new(HashMap::new()),
+        in_flight: Mutex::new(HashMap::new()),
         http,
         latest: Mutex::new(HashMap::new()),
         #[cfg(feature = "adversary")]

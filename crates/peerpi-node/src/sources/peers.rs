@@ -126,6 +126,10 @@ pub(crate) trait PeerTransfer {
     /// How the bytes travel, for metrics and logs.
     fn channel(&self) -> &'static str;
 
+    /// The peer is still fetching the blob: its bytes arrive as it gets
+    /// them, and a transfer it ends early claims nothing about them.
+    fn in_flight(&self) -> bool;
+
     /// The next piece; `None` at the announced end. Silence past the
     /// network's timeout and an early end are errors.
     fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, String>> + Send;
@@ -214,6 +218,10 @@ impl PeerTransfer for peerpi_swarm::PeerDownload {
 
     fn channel(&self) -> &'static str {
         peerpi_swarm::PeerDownload::channel(self).as_str()
+    }
+
+    fn in_flight(&self) -> bool {
+        self.in_flight
     }
 
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
@@ -405,7 +413,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 }
             };
             let offset = received.writer.len();
-            metrics.peer_transfer(transfer.channel());
+            metrics.peer_transfer(transfer.channel(), transfer.in_flight());
             let total = offset + transfer.remaining();
             let size_lie = match origin.size {
                 Some(expected) => total != expected,
@@ -430,7 +438,11 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                     + bounds.min_rate_grace
                     + Duration::from_secs_f64(total as f64 / min_rate)
             });
-            received.parts.push((peer, offset..offset));
+            received.parts.push(Part {
+                peer,
+                range: offset..offset,
+                in_flight: transfer.in_flight(),
+            });
             let transfer_started = tokio::time::Instant::now();
             let mut received_here = 0u64;
             let mut failed: Option<Misdeed> = None;
@@ -493,6 +505,10 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                         return Err(self.write_failed(peer, origin, e).await);
                     }
                     last_write = tokio::time::Instant::now();
+                    if origin.size.is_some() {
+                        self.flight
+                            .offer(&received.file, total, received.writer.written());
+                    }
                     if received.released {
                         received.publish(self.flight, total).await?;
                     }
@@ -557,13 +573,15 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 }
                 Err(CommitError::Mismatch(e)) => {
                     metrics.verification_failure(Source::Peer);
-                    if let [(liar, _)] = parts[..] {
+                    // One peer sent the whole file: a complete transfer is
+                    // a claim about verified bytes, in flight or not.
+                    if let [Part { peer: liar, .. }] = parts[..] {
                         warn!(peer = %liar, %digest, "bad content from peer ({e})");
                         self.sentence(liar, Misdeed::BadBytes).await;
                     } else {
-                        for (peer, _) in &parts {
-                            warn!(%peer, %digest, "bad content from several peers ({e}); suspended until a verified copy tells who lied");
-                            self.sentence(*peer, Misdeed::Suspect).await;
+                        for part in &parts {
+                            warn!(peer = %part.peer, %digest, "bad content from several peers ({e}); suspended until a verified copy tells who lied");
+                            self.sentence(part.peer, Misdeed::Suspect).await;
                         }
                         suspects.push(Attempt { file, parts });
                     }
@@ -896,14 +914,34 @@ pub(crate) struct Partial {
     pub writer: BlobWriter,
     pub file: Arc<File>,
     /// Who sent which range.
-    pub parts: Vec<(PeerId, std::ops::Range<u64>)>,
+    pub parts: Vec<Part>,
+}
+
+/// The range of a temp file one peer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Part {
+    pub peer: PeerId,
+    pub range: std::ops::Range<u64>,
+    /// Sent while the peer was still fetching the blob itself.
+    pub in_flight: bool,
+}
+
+impl Part {
+    /// Whether the peer vouched for these bytes: it sent them from a
+    /// verified blob, or, in flight, it sent the blob's last byte (which an
+    /// honest peer does only once it verified the whole blob). A part in
+    /// flight that ended early vouches for nothing: its peer relayed bytes
+    /// its own source may have got wrong.
+    fn vouched(&self, blob_len: u64) -> bool {
+        !self.in_flight || self.range.end == blob_len
+    }
 }
 
 /// The temp file a peer fetch writes, and who sent which range of it.
 struct Received {
     writer: BackgroundWriter,
     file: Arc<File>,
-    parts: Vec<(PeerId, std::ops::Range<u64>)>,
+    parts: Vec<Part>,
     /// Whether clients may read it before it verifies.
     released: bool,
 }
@@ -934,10 +972,10 @@ impl Received {
     /// suspect in a failed verification.
     fn close_part(&mut self) {
         let len = self.writer.len();
-        if let Some((_, range)) = self.parts.last_mut() {
-            range.end = len;
+        if let Some(part) = self.parts.last_mut() {
+            part.range.end = len;
         }
-        if self.parts.last().is_some_and(|(_, range)| range.is_empty()) {
+        if self.parts.last().is_some_and(|part| part.range.is_empty()) {
             self.parts.pop();
         }
     }
@@ -1083,36 +1121,46 @@ impl BackgroundWriter {
 /// its temp file (unlinked, still open) and who sent which range.
 pub(crate) struct Attempt {
     file: Arc<File>,
-    parts: Vec<(PeerId, std::ops::Range<u64>)>,
+    parts: Vec<Part>,
 }
 
 impl Attempt {
-    pub(crate) fn new(file: Arc<File>, parts: Vec<(PeerId, std::ops::Range<u64>)>) -> Self {
+    pub(crate) fn new(file: Arc<File>, parts: Vec<Part>) -> Self {
         Self { file, parts }
     }
 }
 
 /// Compares each suspect's range with the verified blob `good` and blocks
-/// the peers whose bytes differ. The others were honest: the last part's
-/// peer finished its transfer and is acquitted; earlier ones stay suspended
-/// for breaking off.
+/// the peers whose bytes differ and who vouched for them (see
+/// [`Part::vouched`]); a peer that relayed wrong bytes in flight and broke
+/// off is only suspended. The others were honest: the last part's peer
+/// finished its transfer and is acquitted; earlier ones stay suspended for
+/// breaking off.
 pub(crate) async fn judge<N: PeerNetwork>(
     net: &N,
     digest: Sha256Digest,
     attempts: Vec<Attempt>,
     good: Arc<File>,
+    suspension: Duration,
 ) {
+    let blob_len = good.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
     for attempt in attempts {
-        let finisher = attempt.parts.last().map(|(peer, _)| *peer);
-        for (peer, range) in attempt.parts {
-            let (bad, good) = (attempt.file.clone(), good.clone());
+        let finisher = attempt.parts.last().map(|part| part.peer);
+        for part in attempt.parts {
+            let (bad, good, range) = (attempt.file.clone(), good.clone(), part.range.clone());
             let differs = tokio::task::spawn_blocking(move || ranges_differ(&bad, &good, range))
                 .await
                 .unwrap_or(Ok(false));
+            let peer = part.peer;
             match differs {
-                Ok(true) => {
+                Ok(true) if part.vouched(blob_len) => {
                     warn!(%peer, %digest, "its part of a failed transfer differs from the verified blob");
                     net.sentence(peer, Misdeed::BadBytes.verdict(Duration::ZERO))
+                        .await;
+                }
+                Ok(true) => {
+                    warn!(%peer, %digest, "bytes it relayed while fetching differ from the verified blob; suspended, not blocked: its source may have sent them");
+                    net.sentence(peer, Misdeed::RelayedBadBytes.verdict(suspension))
                         .await;
                 }
                 Ok(false) => {

@@ -70,8 +70,8 @@ impl Node {
                     debug!(%digest, from, "continuing the peers' bytes upstream failed ({e}); fetching it whole");
                     if let Some(swarm) = self.inner.swarm.as_ref() {
                         let verdict = Misdeed::Suspect.verdict(self.inner.config.peer_suspension);
-                        for (peer, _) in &parts {
-                            swarm.sentence(*peer, verdict).await;
+                        for part in &parts {
+                            swarm.sentence(part.peer, verdict).await;
                         }
                     }
                     if !parts.is_empty() {
@@ -141,6 +141,9 @@ impl Node {
             len: limit,
             readable: from.saturating_sub(1),
         });
+        if let Some(len) = limit {
+            flight.offer(&file, len, from);
+        }
         let mut body = download.body;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -172,6 +175,9 @@ impl Node {
                     *r = readable;
                 }
             });
+            if let Some(len) = limit {
+                flight.offer(&file, len, writer.len());
+            }
         }
         let len = writer.len();
         if let Some(expected) = limit.filter(|&l| l != len) {

@@ -65,6 +65,8 @@ struct ScriptedNet {
     sentences: Arc<Mutex<Vec<(PeerId, Verdict)>>>,
     /// (peer, offset) of every transfer started.
     asked: Mutex<Vec<(PeerId, u64)>>,
+    /// Peers that serve as nodes still fetching the blob.
+    in_flight: Vec<PeerId>,
 }
 
 impl ScriptedNet {
@@ -79,6 +81,7 @@ impl ScriptedNet {
             scripts: ids.iter().copied().zip(peers.iter().copied()).collect(),
             sentences: Arc::default(),
             asked: Mutex::new(Vec::new()),
+            in_flight: Vec::new(),
         };
         (net, ids)
     }
@@ -102,6 +105,7 @@ struct ScriptedTransfer {
     script: Script,
     sent: u64,
     offset: u64,
+    in_flight: bool,
 }
 
 impl PeerTransfer for ScriptedTransfer {
@@ -111,6 +115,10 @@ impl PeerTransfer for ScriptedTransfer {
 
     fn channel(&self) -> &'static str {
         "stream"
+    }
+
+    fn in_flight(&self) -> bool {
+        self.in_flight
     }
 
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
@@ -277,6 +285,7 @@ impl PeerNetwork for ScriptedNet {
             script,
             sent: 0,
             offset,
+            in_flight: self.in_flight.contains(&peer),
         })
     }
 
@@ -286,6 +295,15 @@ impl PeerNetwork for ScriptedNet {
 }
 
 const SUSPENSION: Duration = Duration::from_secs(600);
+
+/// A part sent from a verified blob.
+fn part(peer: PeerId, range: std::ops::Range<u64>) -> Part {
+    Part {
+        peer,
+        range,
+        in_flight: false,
+    }
+}
 
 fn bounds(size: u64) -> PeerBounds {
     PeerBounds {
@@ -426,7 +444,7 @@ async fn bad_bytes_from_two_peers_make_suspects_judged_against_the_verified_copy
     assert_eq!(outcome.suspects.len(), 1);
     assert_eq!(
         outcome.suspects[0].parts,
-        vec![(ids[0], 0..80_000), (ids[1], 80_000..200_000)]
+        vec![part(ids[0], 0..80_000), part(ids[1], 80_000..200_000)]
     );
     // Both suspended, none blocked, until a verified copy is there.
     for id in &ids {
@@ -434,7 +452,14 @@ async fn bad_bytes_from_two_peers_make_suspects_judged_against_the_verified_copy
     }
     let good = tempfile::tempfile().unwrap();
     std::io::Write::write_all(&mut &good, &bytes).unwrap();
-    judge(&net, digest_of(&bytes), outcome.suspects, Arc::new(good)).await;
+    judge(
+        &net,
+        digest_of(&bytes),
+        outcome.suspects,
+        Arc::new(good),
+        SUSPENSION,
+    )
+    .await;
     assert_eq!(net.verdict(ids[1]), Some(Verdict::Block), "the forger");
     assert_eq!(
         net.verdict(ids[0]),
@@ -649,7 +674,14 @@ async fn a_finisher_proved_right_by_the_verified_copy_is_acquitted() {
     assert_eq!(net.verdict(ids[1]), Some(Verdict::Suspend(SUSPENSION)));
     let good = tempfile::tempfile().unwrap();
     std::io::Write::write_all(&mut &good, &bytes).unwrap();
-    judge(&net, digest_of(&bytes), outcome.suspects, Arc::new(good)).await;
+    judge(
+        &net,
+        digest_of(&bytes),
+        outcome.suspects,
+        Arc::new(good),
+        SUSPENSION,
+    )
+    .await;
     assert_eq!(net.verdict(ids[0]), Some(Verdict::Block));
     assert_eq!(net.verdict(ids[1]), Some(Verdict::Acquit));
     assert!(net.usable(&ids[1]));
@@ -775,7 +807,7 @@ async fn a_released_transfer_that_goes_silent_is_handed_over_with_its_bytes() {
     assert!(err.contains("client's deadline"), "{err}");
     let partial = outcome.partial.expect("the bytes received are handed over");
     assert_eq!(partial.writer.len(), 1 << 20);
-    assert_eq!(partial.parts, vec![(ids[0], 0..1 << 20)]);
+    assert_eq!(partial.parts, vec![part(ids[0], 0..1 << 20)]);
     match &*flight.state.borrow() {
         FlightState::Streaming { file, readable, .. } => {
             assert!(Arc::ptr_eq(file, &partial.file), "clients read that file");
@@ -886,4 +918,81 @@ async fn no_hedge_without_budget() {
     assert!(done.is_ok());
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(*net.asked.lock().unwrap(), vec![(ids[0], 0)]);
+}
+
+/// A peer still fetching the blob relays what its source sends. When it
+/// broke off and its bytes prove wrong against the verified copy, it is
+/// suspended, not blocked: it never sent the last byte, which is the claim
+/// that it verified them. The same bytes from a peer serving a verified
+/// blob block it, as before.
+#[tokio::test]
+async fn wrong_bytes_relayed_in_flight_and_broken_off_suspend_and_do_not_block() {
+    let bytes = blob(200_000);
+    let relay = Script::WrongThenCut {
+        at: 64 * 1024,
+        blocked_elsewhere: false,
+    };
+    for in_flight in [true, false] {
+        let (mut net, ids) = ScriptedNet::new(&bytes, &[relay, Script::Honest]);
+        if in_flight {
+            net.in_flight.push(ids[0]);
+        }
+        let outcome = run_phase(&net, &bytes, Some(200_000), bounds(200_000)).await;
+        assert!(outcome.result.is_err(), "no third provider");
+        assert_eq!(outcome.suspects.len(), 1);
+        assert_eq!(outcome.suspects[0].parts[0].in_flight, in_flight);
+        let good = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut &good, &bytes).unwrap();
+        judge(
+            &net,
+            digest_of(&bytes),
+            outcome.suspects,
+            Arc::new(good),
+            SUSPENSION,
+        )
+        .await;
+        let expected = if in_flight {
+            Verdict::Suspend(SUSPENSION)
+        } else {
+            Verdict::Block
+        };
+        assert_eq!(
+            net.verdict(ids[0]),
+            Some(expected),
+            "in flight: {in_flight}"
+        );
+        assert_eq!(net.verdict(ids[1]), Some(Verdict::Acquit));
+    }
+}
+
+/// A peer in flight that sent the whole blob, last byte included, vouched
+/// for it: wrong bytes block it, alone or judged among several.
+#[tokio::test]
+async fn a_peer_in_flight_that_sent_the_last_byte_answers_for_every_byte() {
+    let bytes = blob(200_000);
+    let (mut net, ids) = ScriptedNet::new(&bytes, &[Script::Wrong, Script::Honest]);
+    net.in_flight.push(ids[0]);
+    let outcome = run_phase(&net, &bytes, Some(200_000), bounds(200_000)).await;
+    assert!(outcome.result.is_ok());
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Block));
+
+    let (mut net, ids) = ScriptedNet::new(&bytes, &[Script::StopsAt(80_000), Script::Wrong]);
+    net.in_flight.push(ids[1]);
+    let outcome = run_phase(&net, &bytes, Some(200_000), bounds(200_000)).await;
+    assert_eq!(outcome.suspects.len(), 1);
+    let good = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut &good, &bytes).unwrap();
+    judge(
+        &net,
+        digest_of(&bytes),
+        outcome.suspects,
+        Arc::new(good),
+        SUSPENSION,
+    )
+    .await;
+    assert_eq!(
+        net.verdict(ids[1]),
+        Some(Verdict::Block),
+        "the finisher lied"
+    );
 }

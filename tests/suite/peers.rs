@@ -808,7 +808,7 @@ async fn a_node_started_before_its_bootstrap_peer_joins_and_shares() {
     let a = peer_node_with(&upstream, &[], |_| {}, |s| s.listen = vec![a_addr.clone()]).await;
     assert!(
         eventually(Duration::from_secs(20), || connected(&b) >= 1).await,
-        "B dialled A again (every 5 s while alone)"
+        "B dialled A again (soon at first, then every 5 s at most, while alone)"
     );
     let digest = peerpi_core::Sha256Digest::from_hex(&file.sha256).unwrap();
     let b_id = b.node.swarm().unwrap().local_peer_id();

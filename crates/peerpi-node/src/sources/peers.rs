@@ -36,14 +36,24 @@ pub(crate) const MAX_PROVIDERS_TRIED: usize = 8;
 /// How long a peer transfer may run before its average rate is judged.
 pub(crate) const MIN_RATE_GRACE: Duration = Duration::from_secs(3);
 
+/// How long a transfer from a peer still fetching the blob runs before its
+/// rate is judged: such a peer sends no faster than its own source, which
+/// starts slowly (a connection to the index ramping up, or a relay of a
+/// relay; on the rig one was judged too slow at 3 s and its receiver went
+/// upstream beside it). A peer dripping bytes on purpose holds a client
+/// this long at most, once: it is then suspended.
+pub(crate) const IN_FLIGHT_RATE_GRACE: Duration = Duration::from_secs(10);
+
 /// How long to gather providers after the first one arrives.
 const PROVIDER_WINDOW: Duration = Duration::from_millis(25);
 
 /// How long the intent lookup may run on after the provider lookup ended.
 const INTENT_LOOKUP_WAIT: Duration = Duration::from_millis(500);
 
-/// Peers fetching the blob (announced intents) that are waited for at most.
-const MAX_INTENT_HOLDERS: usize = 4;
+/// Peers fetching the blob (announced intents) that are waited for at most:
+/// enough that a node missing a blob with many others sees the smallest of
+/// them, who fetches it for all (see `poll_intents`).
+const MAX_INTENT_HOLDERS: usize = 16;
 
 /// How long a node that found no intent waits before looking once more
 /// (an announcement's DHT round trip on a cluster network).
@@ -91,6 +101,9 @@ pub(crate) trait PeerNetwork: Send + Sync {
 
     /// Puts the peers to ask in order, best first.
     fn order(&self, peers: &mut [PeerId]);
+
+    /// Whether `peer` is known to be in this node's region.
+    fn same_region(&self, peer: &PeerId) -> bool;
 
     /// Asks `peer` for `digest` from `offset`, up to its announced length.
     fn fetch(
@@ -170,16 +183,22 @@ impl PeerNetwork for SwarmHandle {
 
     /// Same region first, then lower round-trip time, unknown last.
     fn order(&self, peers: &mut [PeerId]) {
-        let mine = self.region().map(str::to_string);
         peers.sort_by_key(|peer| {
-            let info = self.peer_info(peer);
-            let same_region = info
-                .as_ref()
-                .and_then(|i| i.region.clone())
-                .is_some_and(|r| Some(r) == mine);
-            let rtt = info.and_then(|i| i.rtt).unwrap_or(Duration::MAX);
-            (!same_region, rtt)
+            let rtt = self
+                .peer_info(peer)
+                .and_then(|i| i.rtt)
+                .unwrap_or(Duration::MAX);
+            (!PeerNetwork::same_region(self, peer), rtt)
         });
+    }
+
+    fn same_region(&self, peer: &PeerId) -> bool {
+        let Some(mine) = self.region() else {
+            return false;
+        };
+        self.peer_info(peer)
+            .and_then(|i| i.region)
+            .is_some_and(|r| r == mine)
     }
 
     async fn fetch(
@@ -324,7 +343,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         // Beside it: peers fetching the blob right now, waited for
         // when no peer holds it (two runners missing the same file at once
         // would otherwise both fetch it upstream).
-        let mut intents = net.find_intents(digest).await.ok();
+        let mut intents = net.find_intents(digest).await.ok().map(IntentFeed::new);
         let mut ready: Option<(PeerId, N::Transfer)> = None;
         // The lookup goes on while a provider is tried: one that fails
         // leaves the lookup `first_provider` more to name the next, however
@@ -335,6 +354,8 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let mut phase_deadline = None;
         let mut tried: HashSet<PeerId> = HashSet::new();
         let mut queue: Vec<PeerId> = Vec::new();
+        // A near peer still fetching is asked once per phase at most.
+        let mut near_asked = false;
         let mut received = Received::new(self.store)?;
         loop {
             if std::mem::take(&mut attempt_ended) {
@@ -385,6 +406,22 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                     (peer, transfer)
                 }
                 None => {
+                    let at = received.writer.len();
+                    if !std::mem::replace(&mut near_asked, true) {
+                        let next = &queue[0];
+                        let near = self.near_in_flight(
+                            digest,
+                            at,
+                            next,
+                            intents.as_mut(),
+                            &tried,
+                            client_deadline,
+                        );
+                        if let Some((peer, transfer)) = near.await {
+                            ready = Some((peer, transfer));
+                            continue;
+                        }
+                    }
                     let peer = queue.remove(0);
                     if peer == net.local_peer_id() || !net.usable(&peer) || !tried.insert(peer) {
                         continue;
@@ -394,7 +431,6 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                         return Err(received.hand_over(reason).await);
                     }
                     attempt_ended = true;
-                    let at = received.writer.len();
                     let start = self.start_transfer(
                         peer,
                         digest,
@@ -433,9 +469,14 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                     continue;
                 }
             }
+            let rate_grace = if transfer.in_flight() {
+                bounds.min_rate_grace.max(IN_FLIGHT_RATE_GRACE)
+            } else {
+                bounds.min_rate_grace
+            };
             let phase_deadline = *phase_deadline.get_or_insert_with(|| {
                 tokio::time::Instant::now()
-                    + bounds.min_rate_grace
+                    + rate_grace
                     + Duration::from_secs_f64(total as f64 / min_rate)
             });
             received.parts.push(Part {
@@ -514,7 +555,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                     }
                 }
                 let elapsed = transfer_started.elapsed();
-                if elapsed >= bounds.min_rate_grace
+                if elapsed >= rate_grace
                     && (received_here as f64) < min_rate * elapsed.as_secs_f64()
                 {
                     warn!(%peer, %digest, received = received_here, ?elapsed, "peer transfer below the minimum rate; resuming elsewhere");
@@ -737,7 +778,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         &self,
         digest: Sha256Digest,
         offset: u64,
-        intents: Option<mpsc::UnboundedReceiver<PeerId>>,
+        intents: Option<IntentFeed>,
         tried: &HashSet<PeerId>,
         client_deadline: tokio::time::Instant,
     ) -> Option<(PeerId, N::Transfer)> {
@@ -784,6 +825,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let Ok(intents) = net.find_intents(digest).await else {
             return Vec::new();
         };
+        let intents = IntentFeed::new(intents);
         let own = net.local_peer_id();
         self.holders(intents, tried, client_deadline, |peer| *peer < own)
             .await
@@ -794,34 +836,83 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
     /// at most `INTENT_LOOKUP_WAIT` (never past `client_deadline`).
     async fn holders(
         &self,
-        mut intents: mpsc::UnboundedReceiver<PeerId>,
+        mut intents: IntentFeed,
         tried: &HashSet<PeerId>,
         client_deadline: tokio::time::Instant,
         wanted: impl Fn(&PeerId) -> bool,
     ) -> Vec<PeerId> {
         let net = self.net;
         let mut holders = Vec::new();
+        let mut keep = |peer: PeerId| {
+            let keep = wanted(&peer)
+                && net.usable(&peer)
+                && !tried.contains(&peer)
+                && !holders.contains(&peer);
+            if keep && holders.len() < MAX_INTENT_HOLDERS {
+                holders.push(peer);
+            }
+        };
+        for peer in std::mem::take(&mut intents.seen) {
+            keep(peer);
+        }
         let lookup_until = client_deadline.min(tokio::time::Instant::now() + INTENT_LOOKUP_WAIT);
         let _ = tokio::time::timeout_at(lookup_until, async {
-            while let Some(peer) = intents.recv().await {
-                let keep = wanted(&peer)
-                    && net.usable(&peer)
-                    && !tried.contains(&peer)
-                    && !holders.contains(&peer);
-                if keep && holders.len() < MAX_INTENT_HOLDERS {
-                    holders.push(peer);
-                }
+            while let Some(peer) = intents.rx.recv().await {
+                keep(peer);
             }
         })
         .await;
         holders
     }
 
-    /// Asks `holders` every `INTENT_POLL` until one delivers, none is
-    /// pending any more, or the wait runs out: `intent_wait`, or the
-    /// client's deadline if that comes first. Those still pending then are
-    /// suspended (for less time when it was the client's deadline that
-    /// passed: an honest peer fetching a large blob is still at it).
+    /// A peer of this node's region still fetching the blob, asked before
+    /// `next`, a provider in another region: its bytes are arriving on the
+    /// cluster's own network, and every copy taken across regions is one
+    /// more on the slow link. Only intents already found are asked, and
+    /// only for as long as the hedge delay: a near peer that is slow to
+    /// answer, or answers it has nothing yet, costs at most that and is
+    /// not sentenced (it is asked again, like any intent, if no provider
+    /// delivers). Once per phase: the caller keeps count.
+    async fn near_in_flight(
+        &self,
+        digest: Sha256Digest,
+        at: u64,
+        next: &PeerId,
+        intents: Option<&mut IntentFeed>,
+        tried: &HashSet<PeerId>,
+        client_deadline: tokio::time::Instant,
+    ) -> Option<(PeerId, N::Transfer)> {
+        let net = self.net;
+        let intents = intents?;
+        if net.same_region(next) {
+            return None;
+        }
+        intents.drain_ready();
+        let own = net.local_peer_id();
+        let near = *intents.seen.iter().find(|peer| {
+            **peer != own && net.same_region(peer) && net.usable(peer) && !tried.contains(peer)
+        })?;
+        let asked = net.fetch(near, digest, at);
+        let until = client_deadline.min(tokio::time::Instant::now() + self.hedging.delay());
+        match tokio::time::timeout_at(until, asked).await {
+            Ok(Ok(transfer)) => {
+                debug!(peer = %near, %digest, "a peer of this region fetching it is asked before a provider in another");
+                Some((near, transfer))
+            }
+            Ok(Err(e)) => {
+                debug!(peer = %near, %digest, "a peer of this region fetching it has nothing yet: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Asks `holders` (all at once) every `INTENT_POLL` until one
+    /// delivers, none is pending or waiting with a smaller id any more, or
+    /// the wait runs out: `intent_wait`, or the client's deadline if that
+    /// comes first. Those still pending then are suspended (for less time
+    /// when it was the client's deadline that passed: an honest peer
+    /// fetching a large blob is still at it).
     async fn poll_intents(
         &self,
         digest: Sha256Digest,
@@ -832,34 +923,32 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let net = self.net;
         let own_wait = tokio::time::Instant::now() + self.bounds.intent_wait;
         let deadline = own_wait.min(client_deadline);
-        let own = net.local_peer_id();
-        let mut first_round = true;
         loop {
-            let mut still_pending = Vec::new();
-            // Holders that answered "not fetching" in the first round may
-            // be waiting for this node's intent as it waits for theirs:
-            // the one with the smaller id goes upstream, the other asks it
-            // again once (by then it is fetching).
-            let mut smaller_waiting = Vec::new();
-            for peer in holders {
-                match tokio::time::timeout_at(deadline, net.fetch(peer, digest, offset)).await {
-                    Ok(Ok(transfer)) => return Some((peer, transfer)),
-                    Ok(Err(e)) if e.pending => still_pending.push(peer),
-                    Ok(Err(e)) => {
-                        debug!(%peer, %digest, "no longer fetching it: {e}");
-                        if first_round && peer < own {
-                            smaller_waiting.push(peer);
-                        }
-                    }
-                    Err(_) => still_pending.push(peer),
+            // Peers of this region first: a transfer from one crosses no
+            // slow link. Those of other regions are asked in the same round
+            // only when no smaller peer of this region waits too: that one
+            // takes the blob from the other region, once, and this node
+            // takes it from that one in flight.
+            let (near, far): (Vec<PeerId>, Vec<PeerId>) =
+                holders.into_iter().partition(|p| net.same_region(p));
+            let mut answers = match self.ask_holders(digest, offset, near, deadline).await {
+                Ok(delivered) => return Some(delivered),
+                Err(answers) => answers,
+            };
+            if answers.smaller_waiting.is_empty() {
+                match self.ask_holders(digest, offset, far, deadline).await {
+                    Ok(delivered) => return Some(delivered),
+                    Err(more) => answers.absorb(more),
                 }
+            } else {
+                answers.not_asked = far;
             }
-            first_round = false;
-            holders = still_pending;
-            if holders.is_empty() {
-                holders = smaller_waiting;
-            }
-            if holders.is_empty() {
+            let HolderAnswers {
+                pending: still_pending,
+                smaller_waiting,
+                not_asked,
+            } = answers;
+            if still_pending.is_empty() && smaller_waiting.is_empty() {
                 return None;
             }
             if tokio::time::Instant::now() + INTENT_POLL >= deadline {
@@ -868,16 +957,112 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 } else {
                     Misdeed::TooSlow
                 };
-                for peer in holders {
+                // A smaller peer still waiting did nothing wrong: it waits
+                // for another, as this node did.
+                for peer in still_pending {
                     warn!(%peer, %digest, ?misdeed, "a peer fetching it did not deliver in time");
                     self.sentence(peer, misdeed).await;
                 }
                 return None;
             }
+            holders = still_pending;
+            holders.extend(smaller_waiting);
+            holders.extend(not_asked);
             tokio::time::sleep(INTENT_POLL).await;
         }
     }
+
+    /// Asks `holders` at once; the first transfer started wins (the
+    /// requests still open are dropped, which cancels them). Otherwise who
+    /// is still pending and who, with a smaller id than this node, answered
+    /// it is not fetching: a node waiting too, for a peer smaller still. Of
+    /// all the nodes that missed the blob at once only the smallest goes
+    /// upstream, and the others take its bytes in flight once it has them,
+    /// each asking the smaller ones it sees again. (Deferring to a smaller
+    /// holder only once sent every node that saw no smaller one among its
+    /// first answers upstream: four fetches of one 200 MB wheel in the
+    /// rig's herd.)
+    async fn ask_holders(
+        &self,
+        digest: Sha256Digest,
+        offset: u64,
+        holders: Vec<PeerId>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(PeerId, N::Transfer), HolderAnswers> {
+        let net = self.net;
+        let own = net.local_peer_id();
+        let mut answers = HolderAnswers::default();
+        let mut asked: futures_util::stream::FuturesUnordered<_> = holders
+            .into_iter()
+            .map(|peer| async move {
+                let answer =
+                    tokio::time::timeout_at(deadline, net.fetch(peer, digest, offset)).await;
+                (peer, answer)
+            })
+            .collect();
+        while let Some((peer, answer)) = futures_util::StreamExt::next(&mut asked).await {
+            match answer {
+                Ok(Ok(transfer)) => return Ok((peer, transfer)),
+                Ok(Err(e)) if e.pending => answers.pending.push(peer),
+                Ok(Err(e)) => {
+                    debug!(%peer, %digest, "not fetching it now: {e}");
+                    if peer < own {
+                        answers.smaller_waiting.push(peer);
+                    }
+                }
+                Err(_) => answers.pending.push(peer),
+            }
+        }
+        Err(answers)
+    }
 }
+
+/// What the peers fetching a blob answered in one round, when none started
+/// a transfer.
+#[derive(Default)]
+struct HolderAnswers {
+    pending: Vec<PeerId>,
+    smaller_waiting: Vec<PeerId>,
+    /// Not asked this round (peers of other regions, while a smaller one
+    /// of this region waits).
+    not_asked: Vec<PeerId>,
+}
+
+impl HolderAnswers {
+    fn absorb(&mut self, other: HolderAnswers) {
+        self.pending.extend(other.pending);
+        self.smaller_waiting.extend(other.smaller_waiting);
+        self.not_asked.extend(other.not_asked);
+    }
+}
+
+/// The peers an intent lookup names, as they arrive; those already seen are
+/// kept for the waits that come later.
+pub(crate) struct IntentFeed {
+    rx: mpsc::UnboundedReceiver<PeerId>,
+    seen: Vec<PeerId>,
+}
+
+impl IntentFeed {
+    fn new(rx: mpsc::UnboundedReceiver<PeerId>) -> Self {
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Takes what the lookup named so far, without waiting.
+    fn drain_ready(&mut self) {
+        while let Ok(peer) = self.rx.try_recv() {
+            if !self.seen.contains(&peer) && self.seen.len() < MAX_SEEN_INTENTS {
+                self.seen.push(peer);
+            }
+        }
+    }
+}
+
+/// Intent holders remembered from one lookup at most.
+const MAX_SEEN_INTENTS: usize = 64;
 
 /// Why a phase ended when the client's clock ran out.
 const CLIENT_DEADLINE_PASSED: &str =

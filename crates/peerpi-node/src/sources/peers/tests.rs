@@ -37,6 +37,9 @@ enum Script {
     PendingFor(u64),
     /// Answers `Pending` for ever.
     PendingForEver,
+    /// Answers "not found" (it waits for another peer itself) for this many
+    /// ms from the start of the test, then serves the right bytes.
+    WaitingFor(u64),
     /// Answers "not found" after this many ms.
     RefusesAfter(u64),
     /// Starts the transfer after this many ms, then serves the right bytes.
@@ -67,6 +70,10 @@ struct ScriptedNet {
     asked: Mutex<Vec<(PeerId, u64)>>,
     /// Peers that serve as nodes still fetching the blob.
     in_flight: Vec<PeerId>,
+    /// Peers in this node's region.
+    near: Vec<PeerId>,
+    /// This node's id.
+    me: PeerId,
 }
 
 impl ScriptedNet {
@@ -82,6 +89,8 @@ impl ScriptedNet {
             sentences: Arc::default(),
             asked: Mutex::new(Vec::new()),
             in_flight: Vec::new(),
+            near: Vec::new(),
+            me: PeerId::random(),
         };
         (net, ids)
     }
@@ -193,7 +202,7 @@ impl PeerNetwork for ScriptedNet {
     type Transfer = ScriptedTransfer;
 
     fn local_peer_id(&self) -> PeerId {
-        PeerId::random()
+        self.me
     }
 
     async fn find_providers(
@@ -241,6 +250,10 @@ impl PeerNetwork for ScriptedNet {
         peers.sort_by_key(|p| self.providers.iter().position(|q| q == p));
     }
 
+    fn same_region(&self, peer: &PeerId) -> bool {
+        self.near.contains(peer)
+    }
+
     async fn fetch(
         &self,
         peer: PeerId,
@@ -267,6 +280,12 @@ impl PeerNetwork for ScriptedNet {
             Script::PendingFor(ms) => {
                 if self.created.elapsed() < Duration::from_millis(ms) {
                     return Err(not_started(true));
+                }
+                script = Script::Honest;
+            }
+            Script::WaitingFor(ms) => {
+                if self.created.elapsed() < Duration::from_millis(ms) {
+                    return Err(not_started(false));
                 }
                 script = Script::Honest;
             }
@@ -995,4 +1014,163 @@ async fn a_peer_in_flight_that_sent_the_last_byte_answers_for_every_byte() {
         Some(Verdict::Block),
         "the finisher lied"
     );
+}
+
+/// A provider in another region holds the blob, and a peer of this region
+/// is still fetching it: the near peer is asked first, and its bytes in
+/// flight are taken, so that the slow link carries no second copy. A near
+/// peer with nothing yet costs a round trip and no sentence; a provider of
+/// this region is asked directly.
+#[tokio::test]
+async fn a_peer_of_this_region_still_fetching_goes_before_a_provider_in_another() {
+    let bytes = blob(300_000);
+    let (mut net, ids) = ScriptedNet::new(&bytes, &[Script::Honest, Script::Honest]);
+    let (far, near) = (ids[0], ids[1]);
+    net.providers = vec![far];
+    net.intents = vec![near];
+    net.in_flight = vec![near];
+    net.near = vec![near];
+    let outcome = run_phase(&net, &bytes, Some(300_000), bounds(300_000)).await;
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(*net.asked.lock().unwrap(), vec![(near, 0)]);
+
+    // The near peer has no bytes yet: the far provider delivers.
+    let (mut net, ids) = ScriptedNet::new(&bytes, &[Script::Honest, Script::PendingForEver]);
+    let (far, near) = (ids[0], ids[1]);
+    net.providers = vec![far];
+    net.intents = vec![near];
+    net.near = vec![near];
+    let outcome = run_phase(&net, &bytes, Some(300_000), bounds(300_000)).await;
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(*net.asked.lock().unwrap(), vec![(near, 0), (far, 0)]);
+    assert_eq!(net.verdict(near), None, "nothing yet is no misdeed");
+
+    // A provider of this region goes first.
+    let (mut net, ids) = ScriptedNet::new(&bytes, &[Script::Honest, Script::Honest]);
+    let (provider, fetching) = (ids[0], ids[1]);
+    net.providers = vec![provider];
+    net.intents = vec![fetching];
+    net.near = vec![provider, fetching];
+    let outcome = run_phase(&net, &bytes, Some(300_000), bounds(300_000)).await;
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(*net.asked.lock().unwrap(), vec![(provider, 0)]);
+}
+
+/// Many nodes miss a blob at once and each finds the others' intents; all
+/// of them wait, answering "not found". Only the smallest id goes upstream;
+/// the others keep asking the smaller ones they see until one has bytes
+/// (here after 800 ms, longer than one poll round): none goes upstream
+/// beside it. Deferring to a smaller holder for one round only sent four
+/// runners of twelve upstream in the rig's herd.
+#[tokio::test]
+async fn nodes_missing_a_blob_together_wait_for_the_smallest_however_many_rounds() {
+    let bytes = blob(2 << 20);
+    let mut scripts = vec![Script::WaitingFor(800)];
+    scripts.extend([Script::Refuses; 5]);
+    let (mut net, mut ids) = ScriptedNet::new(&bytes, &scripts);
+    // The waiting holder is the smallest of all; this node is the largest.
+    ids.sort();
+    let smallest = ids[0];
+    let scripts: Vec<Script> = ids
+        .iter()
+        .map(|id| {
+            if *id == smallest {
+                Script::WaitingFor(800)
+            } else {
+                Script::Refuses
+            }
+        })
+        .collect();
+    net.scripts = ids.iter().copied().zip(scripts).collect();
+    net.me = *ids.last().unwrap();
+    net.providers = Vec::new();
+    // The smallest is named last: a node that kept only its first few
+    // answers would not see it.
+    net.intents = ids[..ids.len() - 1].iter().rev().copied().collect();
+    let outcome = run_phase(&net, &bytes, Some(2 << 20), bounds(2 << 20)).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert!(stored(&outcome, &bytes));
+    assert!(
+        net.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == smallest)
+            .count()
+            >= 3
+    );
+    assert_eq!(net.verdict(smallest), None);
+}
+
+/// Nodes of two regions miss a blob together, and one far away already has
+/// bytes in flight. A smaller node of this region waits too: this node
+/// leaves the far peer to it and takes the bytes from it once it has them,
+/// so the slow link carries one copy into the region, not one per node.
+#[tokio::test]
+async fn a_smaller_node_of_this_region_fetches_across_regions_for_it() {
+    let bytes = blob(2 << 20);
+    let (mut net, mut ids) = ScriptedNet::new(&bytes, &[Script::Honest; 3]);
+    ids.sort();
+    let (near_smaller, far, me) = (ids[0], ids[1], ids[2]);
+    net.scripts = [
+        (near_smaller, Script::WaitingFor(600)),
+        (far, Script::Honest),
+    ]
+    .into_iter()
+    .collect();
+    net.me = me;
+    net.near = vec![near_smaller];
+    net.in_flight = vec![near_smaller, far];
+    net.providers = Vec::new();
+    net.intents = vec![far, near_smaller];
+    let outcome = run_phase(&net, &bytes, Some(2 << 20), bounds(2 << 20)).await;
+    assert!(stored(&outcome, &bytes));
+    let asked = net.asked.lock().unwrap().clone();
+    assert!(
+        asked.iter().all(|(p, _)| *p == near_smaller),
+        "the far peer is left to the smaller near one: {asked:?}"
+    );
+
+    // Without a smaller node of this region, the far peer is asked.
+    let (mut net, mut ids) = ScriptedNet::new(&bytes, &[Script::Honest; 3]);
+    ids.sort();
+    let (far, me, near_larger) = (ids[0], ids[1], ids[2]);
+    net.scripts = [(near_larger, Script::Refuses), (far, Script::Honest)]
+        .into_iter()
+        .collect();
+    net.me = me;
+    net.near = vec![near_larger];
+    net.providers = Vec::new();
+    net.intents = vec![near_larger, far];
+    let outcome = run_phase(&net, &bytes, Some(2 << 20), bounds(2 << 20)).await;
+    assert!(stored(&outcome, &bytes));
+    assert!(net.asked.lock().unwrap().contains(&(far, 0)));
+}
+
+/// A peer still fetching the blob sends no faster than its own source:
+/// below the minimum rate it is judged only after `IN_FLIGHT_RATE_GRACE`,
+/// not after the usual grace, and here delivers the whole blob. The same
+/// pace from a peer serving a stored blob is too slow.
+#[tokio::test]
+async fn a_slow_start_in_flight_is_given_longer_before_its_rate_is_judged() {
+    let bytes = blob(2_000);
+    let slow = Script::Slow {
+        per_chunk: 256,
+        pause_ms: 400,
+    };
+    for in_flight in [true, false] {
+        let (mut net, ids) = ScriptedNet::new(&bytes, &[slow, Script::Honest]);
+        if in_flight {
+            net.in_flight.push(ids[0]);
+        }
+        let outcome = run_phase(&net, &bytes, Some(2_000), bounds(2_000)).await;
+        assert!(stored(&outcome, &bytes));
+        let verdict = net.verdict(ids[0]);
+        if in_flight {
+            assert_eq!(verdict, None, "it delivered");
+            assert_eq!(*net.asked.lock().unwrap(), vec![(ids[0], 0)]);
+        } else {
+            assert_eq!(verdict, Some(Verdict::Suspend(SUSPENSION)), "too slow");
+        }
+    }
 }

@@ -218,7 +218,8 @@ impl Results {
         );
         if let (Some(reference), Some(ratio)) = (self.reference_s, self.herd_ratio()) {
             md.push_str(&format!(
-                "| last runner holds the files | {:.2} s after the first job started |\n                 | one upstream download of them, alone | {reference:.2} s ({ratio:.2}x; goal {HERD_GOAL}x) |\n",
+                "| last runner holds the files | {:.2} s after the first job started |\n\
+                 | one upstream download of them, alone | {reference:.2} s ({ratio:.2}x; goal {HERD_GOAL}x) |\n",
                 self.makespan_s()
             ));
         }
@@ -301,5 +302,40 @@ pub fn baseline_name(baseline: Baseline) -> &'static str {
         Baseline::PeerpiRegion => "peerpi, one node per region",
         Baseline::Proxy => "nginx proxy_cache per region",
         Baseline::Direct => "direct to the index",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(start_s: f64, seconds: f64) -> JobRecord {
+        JobRecord {
+            start_s,
+            seconds,
+            ..JobRecord::default()
+        }
+    }
+
+    /// The herd's measure: from the first job's start to the last job's
+    /// end, over one download alone; a peerpi run above the goal misses.
+    #[test]
+    fn a_herd_is_measured_from_the_first_start_to_the_last_end() {
+        let mut results = Results {
+            baseline: Baseline::Peerpi,
+            jobs: vec![job(2.0, 60.0), job(2.5, 70.0), job(3.0, 50.0)],
+            ..Results::default()
+        };
+        assert!((results.makespan_s() - 70.5).abs() < 1e-9);
+        assert_eq!(results.herd_ratio(), None, "no reference: not a herd");
+        assert!(results.missed_goals(1.05).is_empty());
+        results.reference_s = Some(50.0);
+        assert!((results.herd_ratio().unwrap() - 1.41).abs() < 1e-9);
+        assert_eq!(results.missed_goals(1.05).len(), 1);
+        assert!(results
+            .markdown()
+            .contains("\n| one upstream download of them, alone | 50.00 s"));
+        results.reference_s = Some(60.0);
+        assert!(results.missed_goals(1.05).is_empty());
     }
 }

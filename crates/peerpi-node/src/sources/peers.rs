@@ -923,19 +923,24 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let net = self.net;
         let own_wait = tokio::time::Instant::now() + self.bounds.intent_wait;
         let deadline = own_wait.min(client_deadline);
+        let own = net.local_peer_id();
         loop {
             // Peers of this region first: a transfer from one crosses no
             // slow link. Those of other regions are asked in the same round
-            // only when no smaller peer of this region waits too: that one
-            // takes the blob from the other region, once, and this node
-            // takes it from that one in flight.
+            // only when no smaller peer of this region is at it too
+            // (waiting, or fetching with nothing to send yet, as a node
+            // still looking for providers answers): that one takes the
+            // blob from the other region, once, and this node takes it
+            // from that one in flight.
             let (near, far): (Vec<PeerId>, Vec<PeerId>) =
                 holders.into_iter().partition(|p| net.same_region(p));
             let mut answers = match self.ask_holders(digest, offset, near, deadline).await {
                 Ok(delivered) => return Some(delivered),
                 Err(answers) => answers,
             };
-            if answers.smaller_waiting.is_empty() {
+            let smaller_near_at_it =
+                !answers.smaller_waiting.is_empty() || answers.pending.iter().any(|p| *p < own);
+            if !smaller_near_at_it {
                 match self.ask_holders(digest, offset, far, deadline).await {
                     Ok(delivered) => return Some(delivered),
                     Err(more) => answers.absorb(more),

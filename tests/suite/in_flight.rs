@@ -14,7 +14,9 @@ use peerpi_core::Sha256Digest;
 /// while A is still at it, longer than B's client may wait for a first
 /// byte. B streams A's bytes as they arrive instead of waiting for A to
 /// finish (it used to give up at its client's deadline and fetch the file
-/// upstream too): the index sends the file once.
+/// upstream too): the index sends the file once. (This replaces the test of
+/// the same race with a file A fetched within B's deadline, which B took
+/// whole after A finished.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_still_arriving_at_a_peer_is_streamed_from_it_and_fetched_upstream_once() {
     let filename = "big-1.0.tar.gz";

@@ -840,42 +840,6 @@ async fn a_node_started_before_its_bootstrap_peer_joins_and_shares() {
     );
 }
 
-/// Two runners miss the same file at once: A is fetching it from a slow
-/// upstream when B asks. B finds no provider but A's intent, waits for A
-/// (which answers `Pending` until it holds the verified blob) and takes the
-/// file from A: the index sends it once. On the old code B fetched it
-/// upstream too (announcements come only after verification).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_missed_on_two_nodes_at_once_is_fetched_upstream_once() {
-    let filename = "big-1.0.tar.gz";
-    let upstream = fake_index(vec![peerpi_testkit::synthetic("big", filename, 2 << 20, 7)]).await;
-    // About 2 s for the whole file, so that B asks while A fetches.
-    upstream.state.set_fault(
-        "/files/",
-        peerpi_testkit::Fault::Slow {
-            chunk: 64 * 1024,
-            delay: Duration::from_millis(60),
-        },
-    );
-    let a = peer_node(&upstream, &[], |_| {}).await;
-    let b = peer_node(&upstream, &[p2p_addr(&a)], |_| {}).await;
-    assert!(eventually(Duration::from_secs(10), || connected(&b) >= 1).await);
-    let a_url = file_url(&a, "big", filename).await;
-    let b_url = file_url(&b, "big", filename).await;
-    let from_a = tokio::spawn(get_bytes(a_url));
-    let path = format!("/files/{filename}");
-    assert!(
-        eventually(Duration::from_secs(10), || upstream.state.count(&path) == 1).await,
-        "A started its upstream fetch"
-    );
-    let from_b = get_bytes(b_url).await;
-    let from_a = from_a.await.unwrap();
-    assert_eq!(from_a, from_b);
-    assert_is_upstream_file(&upstream, filename, &from_b);
-    assert_eq!(upstream.state.count(&path), 1, "the index sent it once");
-    assert!(metric(&b, "peerpi_blob_bytes_total", "source=\"peer\"").await >= (2 << 20) as f64);
-}
-
 /// Two runners miss the same large file at the same instant: neither
 /// intent is visible to the other's first lookup. The node that finds
 /// nobody looks for intents once more after a short settle, and defers to

@@ -24,8 +24,14 @@ run poison poison
 run churn churn
 run outage outage
 run cold-region cold-region
+# One job per runner at once (--jobs and --parallel are the runner count).
+# The example's first herd row is the build before bytes were shared while
+# they arrive (5bfbe43, `--peerpi` pointing at its binary).
+run herd-peerpi herd --baseline peerpi
+run herd-proxy herd --baseline proxy
 "$bin" report "$out"/burst-peerpi "$out"/burst-peerpi-region "$out"/burst-proxy \
     "$out"/burst-direct "$out"/poison "$out"/churn "$out"/outage "$out"/cold-region \
+    "$out"/herd-peerpi "$out"/herd-proxy \
     --out testnet/reports/example
 timeout 1800 "$bin" simulate --nodes 1000 --providers 200 --lookups 500 --out "$out/sim"
 cp "$out"/sim/simulation.md "$out"/sim/lookup-requests.svg testnet/reports/example/

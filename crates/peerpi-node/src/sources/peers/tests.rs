@@ -1109,48 +1109,28 @@ async fn nodes_missing_a_blob_together_wait_for_the_smallest_however_many_rounds
 #[tokio::test]
 async fn a_smaller_node_of_this_region_fetches_across_regions_for_it() {
     let bytes = blob(2 << 20);
-    let (mut net, mut ids) = ScriptedNet::new(&bytes, &[Script::Honest; 3]);
-    ids.sort();
-    let (near_smaller, far, me) = (ids[0], ids[1], ids[2]);
-    net.scripts = [
-        (near_smaller, Script::WaitingFor(600)),
-        (far, Script::Honest),
-    ]
-    .into_iter()
-    .collect();
-    net.me = me;
-    net.near = vec![near_smaller];
-    net.in_flight = vec![near_smaller, far];
-    net.providers = Vec::new();
-    net.intents = vec![far, near_smaller];
-    let outcome = run_phase(&net, &bytes, Some(2 << 20), bounds(2 << 20)).await;
-    assert!(stored(&outcome, &bytes));
-    let asked = net.asked.lock().unwrap().clone();
-    assert!(
-        asked.iter().all(|(p, _)| *p == near_smaller),
-        "the far peer is left to the smaller near one: {asked:?}"
-    );
-
-    // The same when the smaller node of this region answers "pending" (it
-    // is still looking for providers, or fetching with nothing to send).
-    let (mut net, mut ids) = ScriptedNet::new(&bytes, &[Script::Honest; 3]);
-    ids.sort();
-    let (near_smaller, far, me) = (ids[0], ids[1], ids[2]);
-    net.scripts = [
-        (near_smaller, Script::PendingFor(600)),
-        (far, Script::Honest),
-    ]
-    .into_iter()
-    .collect();
-    net.me = me;
-    net.near = vec![near_smaller];
-    net.in_flight = vec![near_smaller, far];
-    net.providers = Vec::new();
-    net.intents = vec![far, near_smaller];
-    let outcome = run_phase(&net, &bytes, Some(2 << 20), bounds(2 << 20)).await;
-    assert!(stored(&outcome, &bytes));
-    let asked = net.asked.lock().unwrap().clone();
-    assert!(asked.iter().all(|(p, _)| *p == near_smaller), "{asked:?}");
+    // The smaller node of this region waits, or answers "pending" (it is
+    // still looking for providers, or fetching with nothing to send).
+    for near_script in [Script::WaitingFor(600), Script::PendingFor(600)] {
+        let (mut net, mut ids) = ScriptedNet::new(&bytes, &[Script::Honest; 3]);
+        ids.sort();
+        let (near_smaller, far, me) = (ids[0], ids[1], ids[2]);
+        net.scripts = [(near_smaller, near_script), (far, Script::Honest)]
+            .into_iter()
+            .collect();
+        net.me = me;
+        net.near = vec![near_smaller];
+        net.in_flight = vec![near_smaller, far];
+        net.providers = Vec::new();
+        net.intents = vec![far, near_smaller];
+        let outcome = run_phase(&net, &bytes, Some(2 << 20), bounds(2 << 20)).await;
+        assert!(stored(&outcome, &bytes));
+        let asked = net.asked.lock().unwrap().clone();
+        assert!(
+            asked.iter().all(|(p, _)| *p == near_smaller),
+            "the far peer is left to the smaller near one ({near_script:?}): {asked:?}"
+        );
+    }
 
     // Without a smaller node of this region, the far peer is asked.
     let (mut net, mut ids) = ScriptedNet::new(&bytes, &[Script::Honest; 3]);

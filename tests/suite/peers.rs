@@ -868,7 +868,7 @@ async fn a_file_missed_on_two_nodes_at_the_same_instant_is_fetched_upstream_once
     assert_eq!(upstream.state.count(&path), 1, "the index sent it once");
 }
 
-/// A node fetching a blob answers `Pending`, and `NotFound` while it waits
+/// A node fetching a blob answers `Pending`, and `Waiting` while it waits
 /// for another peer's intent itself (two nodes waiting for each other would
 /// otherwise hold each other back until the wait ran out); the intent is
 /// found on the DHT and withdrawn with its guard.
@@ -902,7 +902,7 @@ async fn an_intent_answers_pending_unless_its_node_waits_itself() {
     assert_eq!(status(e), peerpi_swarm::Status::Pending);
     a_swarm.set_waiting(digest, true);
     let e = b_swarm.fetch(a_id, digest, 0).await.err().unwrap();
-    assert_eq!(status(e), peerpi_swarm::Status::NotFound);
+    assert_eq!(status(e), peerpi_swarm::Status::Waiting);
     a_swarm.set_waiting(digest, false);
     drop(guard);
     let e = b_swarm.fetch(a_id, digest, 0).await.err().unwrap();

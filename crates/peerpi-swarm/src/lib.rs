@@ -321,6 +321,13 @@ impl Shared {
             .get(digest)
             .is_some_and(|(_, waiting)| !waiting)
     }
+
+    /// Waiting for another peer's intent to fetch `digest`.
+    pub(crate) fn is_waiting(&self, digest: &Sha256Digest) -> bool {
+        lock(&self.fetching)
+            .get(digest)
+            .is_some_and(|(_, waiting)| *waiting)
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -41,6 +41,10 @@ pub enum Status {
     OkInFlight = 6,
     /// `REDIRECT` for a blob the server is still fetching.
     RedirectInFlight = 7,
+    /// Not held, not fetched: this node waits for another peer fetching it
+    /// (sent only to requesters that set `ACCEPTS_IN_FLIGHT`; older ones
+    /// get `NotFound`).
+    Waiting = 8,
 }
 
 impl Status {
@@ -54,6 +58,7 @@ impl Status {
             5 => Some(Status::Pending),
             6 => Some(Status::OkInFlight),
             7 => Some(Status::RedirectInFlight),
+            8 => Some(Status::Waiting),
             _ => None,
         }
     }
@@ -272,6 +277,7 @@ mod tests {
                 in_flight: true,
             },
             Response::Refused(Status::Pending),
+            Response::Refused(Status::Waiting),
             Response::Refused(Status::NotFound),
         ];
         let mut buf = Cursor::new(Vec::new());

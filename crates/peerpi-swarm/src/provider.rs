@@ -88,6 +88,8 @@ async fn serve_one(
                 None => {
                     let status = if shared.is_fetching(&request.digest) {
                         Status::Pending
+                    } else if request.accepts_in_flight && shared.is_waiting(&request.digest) {
+                        Status::Waiting
                     } else {
                         Status::NotFound
                     };

@@ -122,6 +122,8 @@ pub(crate) trait PeerNetwork: Send + Sync {
 pub(crate) struct NotStarted {
     /// The peer is fetching the blob itself: ask again shortly.
     pub pending: bool,
+    /// The peer waits for another peer fetching it, as this node may.
+    pub waiting: bool,
     pub reason: String,
 }
 
@@ -209,15 +211,16 @@ impl PeerNetwork for SwarmHandle {
     ) -> Result<Self::Transfer, NotStarted> {
         SwarmHandle::fetch(self, peer, digest, offset)
             .await
-            .map_err(|e| NotStarted {
-                pending: matches!(
-                    e,
-                    peerpi_swarm::FetchError::Refused {
-                        status: peerpi_swarm::Status::Pending,
-                        ..
-                    }
-                ),
-                reason: e.to_string(),
+            .map_err(|e| {
+                let refused = match &e {
+                    peerpi_swarm::FetchError::Refused { status, .. } => Some(*status),
+                    _ => None,
+                };
+                NotStarted {
+                    pending: refused == Some(peerpi_swarm::Status::Pending),
+                    waiting: refused == Some(peerpi_swarm::Status::Waiting),
+                    reason: e.to_string(),
+                }
             })
     }
 
@@ -924,6 +927,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let own_wait = tokio::time::Instant::now() + self.bounds.intent_wait;
         let deadline = own_wait.min(client_deadline);
         let own = net.local_peer_id();
+        let mut first_round = true;
         loop {
             // Peers of this region first: a transfer from one crosses no
             // slow link. Those of other regions are asked in the same round
@@ -934,14 +938,18 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
             // from that one in flight.
             let (near, far): (Vec<PeerId>, Vec<PeerId>) =
                 holders.into_iter().partition(|p| net.same_region(p));
-            let mut answers = match self.ask_holders(digest, offset, near, deadline).await {
+            let asked_near = self.ask_holders(digest, offset, near, deadline, first_round);
+            let mut answers = match asked_near.await {
                 Ok(delivered) => return Some(delivered),
                 Err(answers) => answers,
             };
             let smaller_near_at_it =
                 !answers.smaller_waiting.is_empty() || answers.pending.iter().any(|p| *p < own);
             if !smaller_near_at_it {
-                match self.ask_holders(digest, offset, far, deadline).await {
+                match self
+                    .ask_holders(digest, offset, far, deadline, first_round)
+                    .await
+                {
                     Ok(delivered) => return Some(delivered),
                     Err(more) => answers.absorb(more),
                 }
@@ -970,6 +978,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 }
                 return None;
             }
+            first_round = false;
             holders = still_pending;
             holders.extend(smaller_waiting);
             holders.extend(not_asked);
@@ -980,7 +989,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
     /// Asks `holders` at once; the first transfer started wins (the
     /// requests still open are dropped, which cancels them). Otherwise who
     /// is still pending and who, with a smaller id than this node, answered
-    /// it is not fetching: a node waiting too, for a peer smaller still. Of
+    /// it is waiting too, for a peer smaller still. Of
     /// all the nodes that missed the blob at once only the smallest goes
     /// upstream, and the others take its bytes in flight once it has them,
     /// each asking the smaller ones it sees again. (Deferring to a smaller
@@ -993,6 +1002,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         offset: u64,
         holders: Vec<PeerId>,
         deadline: tokio::time::Instant,
+        first_round: bool,
     ) -> Result<(PeerId, N::Transfer), HolderAnswers> {
         let net = self.net;
         let own = net.local_peer_id();
@@ -1011,7 +1021,11 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 Ok(Err(e)) if e.pending => answers.pending.push(peer),
                 Ok(Err(e)) => {
                     debug!(%peer, %digest, "not fetching it now: {e}");
-                    if peer < own {
+                    // "Not found" from a smaller peer: an older node that
+                    // waits answers so, but so does one whose fetch ended
+                    // (its intent outlives it on the DHT); asked again in
+                    // the next round only.
+                    if peer < own && (e.waiting || first_round) {
                         answers.smaller_waiting.push(peer);
                     }
                 }

@@ -37,8 +37,8 @@ enum Script {
     PendingFor(u64),
     /// Answers `Pending` for ever.
     PendingForEver,
-    /// Answers "not found" (it waits for another peer itself) for this many
-    /// ms from the start of the test, then serves the right bytes.
+    /// Answers "waiting" (for another peer fetching it) for this many ms
+    /// from the start of the test, then serves the right bytes.
     WaitingFor(u64),
     /// Answers "not found" after this many ms.
     RefusesAfter(u64),
@@ -264,6 +264,7 @@ impl PeerNetwork for ScriptedNet {
         let mut script = self.scripts[&peer];
         let not_started = |pending: bool| NotStarted {
             pending,
+            waiting: false,
             reason: if pending { "pending" } else { "refused" }.into(),
         };
         match script {
@@ -285,7 +286,11 @@ impl PeerNetwork for ScriptedNet {
             }
             Script::WaitingFor(ms) => {
                 if self.created.elapsed() < Duration::from_millis(ms) {
-                    return Err(not_started(false));
+                    return Err(NotStarted {
+                        pending: false,
+                        waiting: true,
+                        reason: "waiting".into(),
+                    });
                 }
                 script = Script::Honest;
             }
@@ -1057,7 +1062,7 @@ async fn a_peer_of_this_region_still_fetching_goes_before_a_provider_in_another(
 }
 
 /// Many nodes miss a blob at once and each finds the others' intents; all
-/// of them wait, answering "not found". Only the smallest id goes upstream;
+/// of them wait, answering "waiting". Only the smallest id goes upstream;
 /// the others keep asking the smaller ones they see until one has bytes
 /// (here after 800 ms, longer than one poll round): none goes upstream
 /// beside it. Deferring to a smaller holder for one round only sent four
@@ -1174,4 +1179,32 @@ async fn a_slow_start_in_flight_is_given_longer_before_its_rate_is_judged() {
             assert_eq!(verdict, Some(Verdict::Suspend(SUSPENSION)), "too slow");
         }
     }
+}
+
+/// An intent outlives its fetch on the DHT: a smaller peer whose fetch ended
+/// answers "not found", not "waiting". It is asked again once (an older
+/// node that waits answers "not found" too), then given up, not polled
+/// until the client's deadline.
+#[tokio::test]
+async fn a_smaller_peer_not_fetching_any_more_is_not_waited_for() {
+    let bytes = blob(2 << 20);
+    let (mut net, mut ids) = ScriptedNet::new(&bytes, &[Script::Refuses; 2]);
+    ids.sort();
+    let (stale, me) = (ids[0], ids[1]);
+    net.scripts = [(stale, Script::Refuses)].into_iter().collect();
+    net.me = me;
+    net.providers = Vec::new();
+    net.intents = vec![stale];
+    let outcome = run_phase(&net, &bytes, Some(2 << 20), bounds(2 << 20)).await;
+    assert!(outcome.result.is_err(), "nobody delivers");
+    // Waited for until the deadline, it would be asked every 250 ms.
+    let asked = net
+        .asked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| *p == stale)
+        .count();
+    assert_eq!(asked, 2, "asked, then once more");
+    assert_eq!(net.verdict(stale), None);
 }

@@ -320,6 +320,13 @@ impl PeerNetwork for ScriptedNet {
 
 const SUSPENSION: Duration = Duration::from_secs(600);
 
+/// Judges `suspects` against a verified copy of `bytes`.
+async fn judge_against_a_verified_copy(net: &ScriptedNet, bytes: &[u8], suspects: Vec<Attempt>) {
+    let good = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut &good, bytes).unwrap();
+    judge(net, digest_of(bytes), suspects, Arc::new(good), SUSPENSION).await;
+}
+
 /// A part sent from a verified blob.
 fn part(peer: PeerId, range: std::ops::Range<u64>) -> Part {
     Part {
@@ -474,16 +481,7 @@ async fn bad_bytes_from_two_peers_make_suspects_judged_against_the_verified_copy
     for id in &ids {
         assert_eq!(net.verdict(*id), Some(Verdict::Suspend(SUSPENSION)));
     }
-    let good = tempfile::tempfile().unwrap();
-    std::io::Write::write_all(&mut &good, &bytes).unwrap();
-    judge(
-        &net,
-        digest_of(&bytes),
-        outcome.suspects,
-        Arc::new(good),
-        SUSPENSION,
-    )
-    .await;
+    judge_against_a_verified_copy(&net, &bytes, outcome.suspects).await;
     assert_eq!(net.verdict(ids[1]), Some(Verdict::Block), "the forger");
     assert_eq!(
         net.verdict(ids[0]),
@@ -696,16 +694,7 @@ async fn a_finisher_proved_right_by_the_verified_copy_is_acquitted() {
     let outcome = run_phase(&net, &bytes, Some(200_000), bounds(200_000)).await;
     assert!(outcome.result.is_err(), "no third provider");
     assert_eq!(net.verdict(ids[1]), Some(Verdict::Suspend(SUSPENSION)));
-    let good = tempfile::tempfile().unwrap();
-    std::io::Write::write_all(&mut &good, &bytes).unwrap();
-    judge(
-        &net,
-        digest_of(&bytes),
-        outcome.suspects,
-        Arc::new(good),
-        SUSPENSION,
-    )
-    .await;
+    judge_against_a_verified_copy(&net, &bytes, outcome.suspects).await;
     assert_eq!(net.verdict(ids[0]), Some(Verdict::Block));
     assert_eq!(net.verdict(ids[1]), Some(Verdict::Acquit));
     assert!(net.usable(&ids[1]));
@@ -965,16 +954,7 @@ async fn wrong_bytes_relayed_in_flight_and_broken_off_suspend_and_do_not_block()
         assert!(outcome.result.is_err(), "no third provider");
         assert_eq!(outcome.suspects.len(), 1);
         assert_eq!(outcome.suspects[0].parts[0].in_flight, in_flight);
-        let good = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut &good, &bytes).unwrap();
-        judge(
-            &net,
-            digest_of(&bytes),
-            outcome.suspects,
-            Arc::new(good),
-            SUSPENSION,
-        )
-        .await;
+        judge_against_a_verified_copy(&net, &bytes, outcome.suspects).await;
         let expected = if in_flight {
             Verdict::Suspend(SUSPENSION)
         } else {
@@ -1004,16 +984,7 @@ async fn a_peer_in_flight_that_sent_the_last_byte_answers_for_every_byte() {
     net.in_flight.push(ids[1]);
     let outcome = run_phase(&net, &bytes, Some(200_000), bounds(200_000)).await;
     assert_eq!(outcome.suspects.len(), 1);
-    let good = tempfile::tempfile().unwrap();
-    std::io::Write::write_all(&mut &good, &bytes).unwrap();
-    judge(
-        &net,
-        digest_of(&bytes),
-        outcome.suspects,
-        Arc::new(good),
-        SUSPENSION,
-    )
-    .await;
+    judge_against_a_verified_copy(&net, &bytes, outcome.suspects).await;
     assert_eq!(
         net.verdict(ids[1]),
         Some(Verdict::Block),

@@ -16,6 +16,7 @@ mod index_signed;
 mod peers;
 mod prefetch;
 mod process;
+mod replication;
 mod scrub;
 mod tuf_cli;
 mod tuf_cluster;

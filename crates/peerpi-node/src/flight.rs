@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -80,6 +81,9 @@ pub(crate) struct Flight {
     pub(crate) state: watch::Sender<FlightState>,
     /// Its bytes offered to peers as they arrive (with a swarm).
     in_flight: Option<peerpi_swarm::InFlightShare>,
+    /// A copy a peer asked for, that no client of this node wants yet:
+    /// fetched from peers only (a client joining clears it).
+    peers_only: AtomicBool,
 }
 
 impl Flight {
@@ -87,6 +91,7 @@ impl Flight {
         Self {
             state: watch::channel(FlightState::Connecting).0,
             in_flight: None,
+            peers_only: AtomicBool::new(false),
         }
     }
 
@@ -166,6 +171,12 @@ impl Node {
 
     /// The stored blob, or the download of it (joined, or started here).
     fn join(&self, digest: &Sha256Digest) -> Result<Joined, NodeError> {
+        self.join_flight(digest, false)
+    }
+
+    /// As `join`; `peers_only`: a download started here does not go
+    /// upstream (a copy for a peer, see `replication`).
+    fn join_flight(&self, digest: &Sha256Digest, peers_only: bool) -> Result<Joined, NodeError> {
         if let Some(stored) = self.inner.store.open_blob(digest)? {
             self.inner.metrics.blob_hit(Source::Local);
             return Ok(Joined::Stored(stored));
@@ -177,7 +188,12 @@ impl Node {
         })?;
         let mut flights = lock(&self.inner.flights);
         let flight = match flights.get(digest) {
-            Some(f) => f.clone(),
+            Some(f) => {
+                if !peers_only {
+                    f.peers_only.store(false, Ordering::Release);
+                }
+                f.clone()
+            }
             None => {
                 // A download may have been committed since the first check.
                 if let Some(stored) = self.inner.store.open_blob(digest)? {
@@ -188,6 +204,7 @@ impl Node {
                     Some(swarm) => Flight::shared_with_peers(swarm.share_in_flight(*digest)),
                     None => Flight::new(),
                 });
+                flight.peers_only.store(peers_only, Ordering::Release);
                 flights.insert(*digest, flight.clone());
                 tokio::spawn(self.clone().drive(*digest, origin.clone(), flight.clone()));
                 flight
@@ -216,19 +233,8 @@ impl Node {
         self.inner.store.put_origins(&[(*digest, origin)])?;
         let (opened, source) = match self.join(digest)? {
             Joined::Stored(stored) => (stored, Source::Local),
-            Joined::Flight(mut rx, _) => {
-                let source = loop {
-                    match &*rx.borrow_and_update() {
-                        FlightState::Done { source, .. } => break *source,
-                        FlightState::Failed(failure) => return Err(failure.to_error()),
-                        FlightState::Connecting | FlightState::Streaming { .. } => {}
-                    }
-                    if rx.changed().await.is_err() {
-                        return Err(NodeError::Internal(
-                            "the download ended without a result".into(),
-                        ));
-                    }
-                };
+            Joined::Flight(rx, _) => {
+                let source = flight_done(rx).await?;
                 let stored = self.inner.store.open_blob(digest)?.ok_or_else(|| {
                     NodeError::Upstream(format!("{digest} was evicted as soon as it was stored"))
                 })?;
@@ -247,22 +253,24 @@ impl Node {
         Ok((bytes, source))
     }
 
+    /// Fetches the blob into the store from peers only (never upstream),
+    /// unless it is stored or being fetched already; waits for the end.
+    pub(crate) async fn fetch_from_peers_only(
+        &self,
+        digest: &Sha256Digest,
+    ) -> Result<(), NodeError> {
+        match self.join_flight(digest, true)? {
+            Joined::Stored(_) => Ok(()),
+            Joined::Flight(rx, _) => flight_done(rx).await.map(|_| ()),
+        }
+    }
+
     /// The blob once it is verified and stored: waits for its download (if
     /// one runs) to end.
     pub async fn verified_blob(&self, digest: &Sha256Digest) -> Result<OpenedBlob, NodeError> {
         let flight = lock(&self.inner.flights).get(digest).cloned();
         if let Some(flight) = flight {
-            let mut rx = flight.state.subscribe();
-            loop {
-                match &*rx.borrow_and_update() {
-                    FlightState::Done { .. } => break,
-                    FlightState::Failed(failure) => return Err(failure.to_error()),
-                    FlightState::Connecting | FlightState::Streaming { .. } => {}
-                }
-                if rx.changed().await.is_err() {
-                    break;
-                }
-            }
+            flight_done(flight.state.subscribe()).await?;
         }
         self.inner.store.open_blob(digest)?.ok_or_else(|| {
             NodeError::Upstream(format!(
@@ -310,7 +318,9 @@ impl Node {
                 Err(reason) => debug!(%digest, %reason, "no peer delivered; going upstream"),
             }
         }
-        if outcome.is_err() {
+        if outcome.is_err() && flight.peers_only.load(Ordering::Acquire) {
+            debug!(%digest, "a copy for a peer: not fetched upstream");
+        } else if outcome.is_err() {
             outcome = self
                 .fetch_upstream(&digest, &origin, &flight, partial, &mut suspects)
                 .await;
@@ -335,6 +345,7 @@ impl Node {
                     len,
                     source,
                 });
+                self.after_store(digest, &origin.filename, len);
                 // After the clients are released: judging re-reads files.
                 if let (Some(swarm), false) = (self.inner.swarm.as_ref(), suspects.is_empty()) {
                     let swarm = swarm.clone();
@@ -402,6 +413,22 @@ impl Node {
             suspension: config.peer_suspension,
             size_cap: origin.size.unwrap_or_else(|| self.size_cap(origin)),
             intent_wait: crate::sources::peers::intent_wait(origin.size),
+        }
+    }
+}
+
+/// The source of a download once it is verified and stored, or why it failed.
+async fn flight_done(mut rx: watch::Receiver<FlightState>) -> Result<Source, NodeError> {
+    loop {
+        match &*rx.borrow_and_update() {
+            FlightState::Done { source, .. } => return Ok(*source),
+            FlightState::Failed(failure) => return Err(failure.to_error()),
+            FlightState::Connecting | FlightState::Streaming { .. } => {}
+        }
+        if rx.changed().await.is_err() {
+            return Err(NodeError::Internal(
+                "the download ended without a result".into(),
+            ));
         }
     }
 }

@@ -9,6 +9,7 @@ mod http;
 mod index_signed;
 pub mod metrics;
 mod pages;
+mod replication;
 mod reputation;
 pub mod scrub;
 pub mod signing;
@@ -32,6 +33,7 @@ use peerpi_upstream::{Upstream, UpstreamConfig};
 pub use error::NodeError;
 pub use flight::BlobBody;
 pub use pages::CacheStatus;
+pub use replication::ReplicationConfig;
 
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]
@@ -80,6 +82,8 @@ pub struct NodeConfig {
     pub trust: Option<trust::TrustConfig>,
     /// The background scrub of the store.
     pub scrub: scrub::ScrubConfig,
+    /// Second copies of large files in the region.
+    pub replication: ReplicationConfig,
 }
 
 impl NodeConfig {
@@ -100,6 +104,7 @@ impl NodeConfig {
             signer: None,
             trust: None,
             scrub: scrub::ScrubConfig::default(),
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -210,6 +215,7 @@ impl Node {
         };
         slot.fill(&node);
         scrub::start(&node);
+        replication::start(&node);
         status::start_sampler(&node);
         Ok(node)
     }

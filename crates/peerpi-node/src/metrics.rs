@@ -77,6 +77,7 @@ pub struct Metrics {
     fetch_seconds: Family<SourceLabels, Histogram, fn() -> Histogram>,
     peer_transfers: Family<ChannelLabels, Counter>,
     peer_hedges: Counter,
+    replicas: Family<OutcomeLabels, Counter>,
     peer_in_flight_transfers: Counter,
     upstream_bytes_saved: Counter,
     upstream_requests: Family<UpstreamLabels, Counter>,
@@ -128,6 +129,7 @@ impl Metrics {
             }),
             peer_transfers: Family::default(),
             peer_hedges: Counter::default(),
+            replicas: Family::default(),
             peer_in_flight_transfers: Counter::default(),
             upstream_bytes_saved: Counter::default(),
             upstream_requests: Family::default(),
@@ -173,6 +175,11 @@ impl Metrics {
             "peer_hedges",
             "Transfer requests hedged: a provider had not answered within the learned delay, so a second was asked too",
             m.peer_hedges.clone(),
+        );
+        registry.register(
+            "replicas",
+            "Second copies of large files in the region, by outcome: requested (this node asked a peer, which accepted), made (this node kept one a peer asked for), declined, failed",
+            m.replicas.clone(),
         );
         registry.register(
             "peer_in_flight_transfers",
@@ -358,6 +365,15 @@ impl Metrics {
 
     pub fn peer_hedge(&self) {
         self.peer_hedges.inc();
+    }
+
+    /// A step of a second copy for the region (see `replication`).
+    pub fn replica(&self, outcome: &str) {
+        self.replicas
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     pub fn peer_transfer(&self, channel: &str, in_flight: bool) {

@@ -313,8 +313,13 @@ pub fn assert_is_upstream_file(upstream: &FakeIndex, filename: &str, body: &[u8]
 
 /// Reads a counter (summing all series whose labels contain `labels`) from `/metrics`.
 pub async fn metric(node: &TestNode, name: &str, labels: &str) -> f64 {
+    metric_at(&node.url("/metrics"), name, labels).await
+}
+
+/// As [`metric`], from the metrics at `metrics_url` (a node process's).
+pub async fn metric_at(metrics_url: &str, name: &str, labels: &str) -> f64 {
     let text = client()
-        .get(node.url("/metrics"))
+        .get(metrics_url)
         .send()
         .await
         .expect("metrics")

@@ -221,6 +221,11 @@ impl Store {
         self.total_bytes() + self.in_progress_bytes() + self.page_bytes()
     }
 
+    /// Bytes that could be stored without evicting anything.
+    pub fn room_under_cap(&self) -> u64 {
+        self.cap_bytes.saturating_sub(self.used_bytes())
+    }
+
     /// Whether a download that claims `bytes` could be kept: within the
     /// cache cap, and within the free space of the temp directory less
     /// [`ROOM_KEPT_FREE`]. Asked before the first byte of a transfer whose

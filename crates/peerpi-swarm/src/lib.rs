@@ -22,6 +22,7 @@ mod limits;
 pub mod protocol;
 mod provider;
 mod providers;
+mod replicate;
 mod task;
 
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use protocol::Status;
 pub use providers::{MAX_RECORDS_PER_PROVIDER, MAX_REMOTE_RECORDS};
+pub use replicate::{ReplicaAnswer, ReplicaAsk};
 
 /// How often a node announces again what it provides.
 pub const REPROVIDE_INTERVAL: Duration = Duration::from_secs(12 * 3600);
@@ -260,6 +262,8 @@ pub(crate) struct Shared {
     /// Documents this node hands to peers that ask by name (its TUF
     /// timestamp), see `latest`.
     latest: Mutex<HashMap<String, bytes::Bytes>>,
+    /// Where peers' asks to keep a copy go (`None`: the node takes none).
+    replica_asks: Mutex<Option<mpsc::Sender<ReplicaAsk>>>,
     #[cfg(feature = "adversary")]
     adversary: Option<Adversary>,
 }
@@ -485,6 +489,25 @@ impl SwarmHandle {
         within: Duration,
     ) -> Vec<(PeerId, bytes::Bytes)> {
         latest::ask_each(&self.shared, peers, name, limit, within).await
+    }
+
+    /// Asks from peers to keep a copy of a blob only they hold in their
+    /// region, from now on (see `replicate`); without a receiver, or once it
+    /// is dropped, every ask is declined.
+    pub fn replica_asks(&self) -> mpsc::Receiver<ReplicaAsk> {
+        replicate::take_asks(&self.shared)
+    }
+
+    /// Asks `peer` to keep a copy of `digest` (`size` bytes, listed on the
+    /// page of `project`, a normalized name).
+    pub async fn ask_to_replicate(
+        &self,
+        peer: PeerId,
+        digest: Sha256Digest,
+        size: u64,
+        project: &str,
+    ) -> std::io::Result<ReplicaAnswer> {
+        replicate::ask(&self.shared, peer, digest, size, project).await
     }
 
     /// Announces that this node holds `digest` (its CID).

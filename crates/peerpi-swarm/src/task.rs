@@ -230,6 +230,9 @@ pub(crate) async fn start(
     let latest_incoming = control
         .accept(crate::latest::PROTOCOL)
         .map_err(|e| SwarmError::Start(e.to_string()))?;
+    let replicate_incoming = control
+        .accept(crate::replicate::PROTOCOL)
+        .map_err(|e| SwarmError::Start(e.to_string()))?;
     let (tx, rx) = mpsc::channel(1024);
     let bulk_listener =
         match config.bulk_listen {
@@ -272,10 +275,15 @@ pub(crate) async fn start(
         in_flight: Mutex::new(HashMap::new()),
         http,
         latest: Mutex::new(HashMap::new()),
+        replica_asks: Mutex::new(None),
         #[cfg(feature = "adversary")]
         adversary: config.adversary,
     });
     tokio::spawn(crate::latest::accept_loop(latest_incoming, shared.clone()));
+    tokio::spawn(crate::replicate::accept_loop(
+        replicate_incoming,
+        shared.clone(),
+    ));
     if let Some(listener) = bulk_listener {
         tokio::spawn(crate::bulk::serve(listener, shared.clone()));
         tokio::spawn(crate::bulk::prune_tickets(

@@ -183,6 +183,17 @@ layered! {
         #[arg(long, env = "PEERPI_UPLOAD_LIMIT", value_name = "BYTES")]
         pub upload_limit: Option<Size>,
 
+        /// Files at least this large that only this node holds in its region
+        /// are copied to a second node of the region, and this node keeps
+        /// such copies for its peers; 0 turns both off.
+        #[arg(long, env = "PEERPI_REPLICATE_MIN_SIZE", value_name = "BYTES")]
+        pub replicate_min_size: Option<Size>,
+
+        /// How long after a large file is stored the region's copies of it
+        /// are counted (peers that want it meanwhile make the second copy).
+        #[arg(long, env = "PEERPI_REPLICATE_AFTER", value_name = "DURATION")]
+        pub replicate_after: Option<Span>,
+
         /// Sign every fetched page into a TUF repository and serve it at
         /// /tuf/: the directory holding the repository's online key
         /// (online.pk8, from `peerpi tuf init`) [default: not a signer].

@@ -111,6 +111,14 @@ pub fn resolve_serve(
     let mut node = NodeConfig::new(data_dir.clone(), UpstreamConfig::new(upstream.clone()));
     set(&mut node.cache_size, options.cache_size.map(|s| s.0));
     set(&mut node.scrub.rate, options.scrub_rate.map(|s| s.0));
+    set(
+        &mut node.replication.min_size,
+        options.replicate_min_size.map(|s| s.0),
+    );
+    set(
+        &mut node.replication.check_after,
+        options.replicate_after.map(|s| s.0),
+    );
     set(&mut node.page_ttl, options.page_ttl.map(|s| s.0));
     set(&mut node.page_max_age, options.page_max_age.map(|s| s.0));
     set(&mut node.peer_deadline, options.peer_deadline.map(|s| s.0));
@@ -269,6 +277,14 @@ pub fn defaults() -> Vec<(&'static str, Vec<String>)> {
         ),
         ("peer_deadline", vec![show_span(node.peer_deadline)]),
         ("peer_suspension", vec![show_span(node.peer_suspension)]),
+        (
+            "replicate_min_size",
+            vec![show_size(node.replication.min_size)],
+        ),
+        (
+            "replicate_after",
+            vec![show_span(node.replication.check_after)],
+        ),
         ("peer_timeout", vec![show_span(swarm.stream_timeout)]),
         (
             "bulk_listen",

@@ -2,10 +2,13 @@
 //! that the region keeps it when that node is restarted empty.
 //!
 //! The holder's side: `check_after` once this node stored a blob of at least
-//! `min_size` bytes, and on every sweep of what it holds, it looks the blob
-//! up on the DHT; when no other node of its region provides it, it asks a
-//! peer of the region to keep a copy (`/peerpi/replicate/1`), peers chosen in
-//! rendezvous order so that second copies spread over the region.
+//! `min_size` bytes, and on a sweep of what it holds (`check_after` after a
+//! peer of its region disconnected, and every `sweep_every`), it looks the
+//! blob up on the DHT; when no other node of its region that is connected
+//! provides it (a record outlives its node: a runner restarted empty comes
+//! back under a new peer id), it asks a peer of the region to keep a copy
+//! (`/peerpi/replicate/1`), peers chosen in rendezvous order so that second
+//! copies spread over the region.
 //!
 //! The asked side: one copy at a time, within an hourly byte budget, and
 //! only into room under the cache cap (a copy for the region never evicts
@@ -14,6 +17,7 @@
 //! once this node's own trusted copy of the project's page lists that
 //! digest: an ask is never a reason to trust bytes.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,7 +49,7 @@ pub struct ReplicationConfig {
 impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
-            min_size: 32 << 20,
+            min_size: 8 << 20,
             check_after: Duration::from_secs(10),
             bytes_per_hour: 32 << 30,
             sweep_every: Duration::from_secs(600),
@@ -68,7 +72,7 @@ pub(crate) struct Neighbour {
 }
 
 /// Whom to ask, in order, for a second copy of `digest`: nobody when a
-/// peer of this region provides it already; otherwise reachable peers of
+/// reachable peer of this region provides it; otherwise reachable peers of
 /// the region that do not, by rendezvous score (each blob has its own order,
 /// so copies spread over the region), at most [`MAX_ASKED`].
 pub(crate) fn second_holders(
@@ -78,7 +82,7 @@ pub(crate) fn second_holders(
 ) -> Vec<PeerId> {
     let region_holds = neighbours
         .iter()
-        .any(|n| n.same_region && providers.contains(&n.peer));
+        .any(|n| n.same_region && n.reachable && providers.contains(&n.peer));
     if region_holds {
         return Vec::new();
     }
@@ -300,10 +304,39 @@ async fn take_asks(
     }
 }
 
-/// Checks every large file held, every `sweep_every`.
+/// Peers of this node's region connected now.
+fn connected_in_region(node: &Node) -> HashSet<String> {
+    let Some(swarm) = node.inner.swarm.as_ref() else {
+        return HashSet::new();
+    };
+    let mine = swarm.region();
+    swarm
+        .peers()
+        .into_iter()
+        .filter(|p| p.connected && p.region.as_deref() == mine)
+        .map(|p| p.peer_id)
+        .collect()
+}
+
+/// Checks every large file held `check_after` after a peer of the region
+/// disconnected (it may have held the other copy), and every `sweep_every`.
 async fn sweep(slot: NodeSlot, config: ReplicationConfig) {
+    let poll = config.check_after.max(Duration::from_secs(1));
+    let mut connected = HashSet::new();
+    let mut lost_a_peer = false;
+    let mut last_sweep = Instant::now();
     loop {
-        tokio::time::sleep(config.sweep_every).await;
+        tokio::time::sleep(poll).await;
+        let Some(node) = slot.node() else { return };
+        let now_connected = connected_in_region(&node);
+        let due = lost_a_peer || last_sweep.elapsed() >= config.sweep_every;
+        lost_a_peer = connected.difference(&now_connected).next().is_some();
+        connected = now_connected;
+        drop(node);
+        if !due {
+            continue;
+        }
+        last_sweep = Instant::now();
         let Some(digests) = slot.node().and_then(|n| n.inner.store.digests().ok()) else {
             return;
         };
@@ -358,8 +391,12 @@ mod tests {
         let asked = second_holders(&digest, &[far], &neighbours);
         assert_eq!(asked.len(), 3);
         assert!(!asked.contains(&far));
-        // A near provider does.
+        // A near provider does, while it is connected (a runner restarted
+        // empty comes back under a new id; its record stays).
         assert!(second_holders(&digest, &[far, b], &neighbours).is_empty());
+        neighbours[1].reachable = false;
+        assert_eq!(second_holders(&digest, &[far, b], &neighbours).len(), 2);
+        neighbours[1].reachable = true;
         // Unreachable peers are not asked.
         neighbours[0].reachable = false;
         neighbours[1].reachable = false;

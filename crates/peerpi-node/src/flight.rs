@@ -413,6 +413,7 @@ impl Node {
             suspension: config.peer_suspension,
             size_cap: origin.size.unwrap_or_else(|| self.size_cap(origin)),
             intent_wait: crate::sources::peers::intent_wait(origin.size),
+            split_min: config.peer_split_min,
         }
     }
 }

@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// nor as silence after one; then the next source takes over, continuing
     /// released bytes from their offset.
     pub peer_hold_back: Duration,
+    /// A blob of a listed size at least this large comes from two peers at
+    /// once (the second half from a second provider).
+    pub peer_split_min: u64,
     /// Largest file accepted when its size is not known in advance (no
     /// size listed, none announced); core-metadata files have their own,
     /// smaller cap.
@@ -99,6 +102,7 @@ impl NodeConfig {
             peer_suspension: Duration::from_secs(600),
             peer_min_rate: 256 << 10,
             peer_hold_back: Duration::from_secs(5),
+            peer_split_min: sources::peers::SPLIT_MIN_SIZE,
             max_file_size: 16 << 30,
             upstream,
             signer: None,

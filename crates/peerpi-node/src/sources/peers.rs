@@ -23,6 +23,21 @@ use crate::metrics::{Metrics, Source};
 use crate::reputation::{Misdeed, Verdict};
 use crate::sources::hedge::Hedging;
 
+/// Blobs of at least this many bytes (of a listed size) come from two
+/// providers at once: one provider's uplink is shared by every runner that
+/// wants the file.
+pub(crate) const SPLIT_MIN_SIZE: u64 = 32 << 20;
+
+/// Tail ranges start on a multiple of this.
+const SPLIT_ALIGN: u64 = 1 << 20;
+
+/// The least time a tail's provider is given to answer (the hedge delay
+/// when longer): the first transfer's bytes queue up meanwhile.
+const TAIL_ANSWER_MIN: Duration = Duration::from_millis(250);
+
+/// Silence after which a tail transfer is given up.
+const TAIL_SILENCE: Duration = Duration::from_secs(10);
+
 /// Bytes from a peer gathered before one write to the temp file.
 const PEER_WRITE_BATCH: usize = 1 << 20;
 
@@ -76,7 +91,7 @@ pub(crate) fn intent_wait(size: Option<u64>) -> Duration {
 
 /// What the peer phase needs of a peer-to-peer network.
 pub(crate) trait PeerNetwork: Send + Sync {
-    type Transfer: PeerTransfer + Send;
+    type Transfer: PeerTransfer + Send + 'static;
 
     fn local_peer_id(&self) -> PeerId;
 
@@ -269,6 +284,9 @@ pub(crate) struct PeerBounds {
     pub size_cap: u64,
     /// How long to wait for a peer that is fetching the blob itself.
     pub intent_wait: Duration,
+    /// A blob of a listed size at least this large is fetched from two
+    /// providers at once, the second sending its second half.
+    pub split_min: u64,
 }
 
 /// One peer phase of a flight.
@@ -477,6 +495,14 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
             } else {
                 bounds.min_rate_grace
             };
+            // A second provider sends the second half meanwhile (dropped,
+            // which cancels it, if this transfer ends first).
+            let mut tail = if origin.size.is_some() && !transfer.in_flight() {
+                self.start_tail(digest, offset, total, &mut queue, &mut tried)
+                    .await
+            } else {
+                None
+            };
             let phase_deadline = *phase_deadline.get_or_insert_with(|| {
                 tokio::time::Instant::now()
                     + rate_grace
@@ -486,8 +512,9 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 peer,
                 range: offset..offset,
                 in_flight: transfer.in_flight(),
+                broke_off: false,
             });
-            let transfer_started = tokio::time::Instant::now();
+            let mut transfer_started = tokio::time::Instant::now();
             let mut received_here = 0u64;
             let mut failed: Option<Misdeed> = None;
             let mut handing_over = false;
@@ -539,6 +566,48 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 metrics.blob_bytes(Source::Peer, chunk.len() as u64);
                 received_here += chunk.len() as u64;
                 pending.add(chunk);
+                let have = received.writer.len() + pending.len as u64;
+                if let Some(from) = tail.as_ref().map(|t| t.from).filter(|from| have >= *from) {
+                    // This transfer reached the tail: up to it, its bytes;
+                    // from it, the tail's, once it is complete.
+                    let beyond = pending.split_off_beyond(have - from);
+                    if let Err(e) = received.writer.push(std::mem::take(&mut pending)).await {
+                        return Err(self.write_failed(peer, origin, e).await);
+                    }
+                    received.close_part();
+                    let rate =
+                        received_here as f64 / transfer_started.elapsed().as_secs_f64().max(1e-3);
+                    let alone = Duration::from_secs_f64((total - from) as f64 / rate.max(1.0));
+                    let wait = alone
+                        .min(bounds.hold_back)
+                        .min(phase_deadline.saturating_duration_since(tokio::time::Instant::now()));
+                    let waited_from = tokio::time::Instant::now();
+                    let joined = match tail.take() {
+                        Some(t) => self.join_tail(t, digest, wait).await,
+                        None => None,
+                    };
+                    match joined {
+                        Some(done) => {
+                            if let Err(e) = self.append_tail(&mut received, done, total).await {
+                                return Err(self.write_failed(peer, origin, e).await);
+                            }
+                            break;
+                        }
+                        None => {
+                            // This transfer goes on past the tail's start.
+                            received.parts.push(Part {
+                                peer,
+                                range: from..from,
+                                in_flight: transfer.in_flight(),
+                                broke_off: false,
+                            });
+                            if let Some(rest) = beyond {
+                                pending.add(rest);
+                            }
+                            transfer_started += waited_from.elapsed();
+                        }
+                    }
+                }
                 if received.released {
                     client_deadline = tokio::time::Instant::now() + bounds.hold_back;
                 }
@@ -570,6 +639,9 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 return Err(self.write_failed(peer, origin, e).await);
             }
             received.close_part();
+            if let (Some(_), Some(last)) = (failed, received.parts.last_mut()) {
+                last.broke_off = last.peer == peer;
+            }
             if let Some(misdeed) = failed {
                 // Another flight found this peer out while it was sending
                 // here (a block also cuts its transfers): its bytes are no
@@ -633,6 +705,148 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 Err(CommitError::Other(e)) => return Err(e.into()),
             }
         }
+    }
+
+    /// Asks the next usable provider in `queue` for the second half of a
+    /// blob being fetched from `offset` (`total` bytes, at least
+    /// `split_min` of them left), waiting for its answer no longer than the
+    /// hedge delay (at least `TAIL_ANSWER_MIN`); its bytes go to a temp
+    /// file of their own.
+    async fn start_tail(
+        &self,
+        digest: Sha256Digest,
+        offset: u64,
+        total: u64,
+        queue: &mut Vec<PeerId>,
+        tried: &mut HashSet<PeerId>,
+    ) -> Option<Tail> {
+        let left = total.saturating_sub(offset);
+        if left < self.bounds.split_min {
+            return None;
+        }
+        let me = self.net.local_peer_id();
+        let at = queue
+            .iter()
+            .position(|p| *p != me && !tried.contains(p) && self.net.usable(p))?;
+        let peer = queue.remove(at);
+        tried.insert(peer);
+        let from = offset + (left / 2) / SPLIT_ALIGN * SPLIT_ALIGN;
+        if from <= offset {
+            return None;
+        }
+        let answer_within = self.hedging.delay().max(TAIL_ANSWER_MIN);
+        let asked = tokio::time::timeout(answer_within, self.net.fetch(peer, digest, from));
+        let transfer = match asked.await {
+            Ok(Ok(transfer)) => transfer,
+            Ok(Err(refused)) => {
+                debug!(%peer, %digest, "no tail from this provider: {refused}");
+                return None;
+            }
+            Err(_) => {
+                debug!(%peer, %digest, "no tail: the provider did not answer within the hedge delay");
+                return None;
+            }
+        };
+        if from + transfer.remaining() != total || transfer.in_flight() {
+            if !transfer.in_flight() {
+                warn!(%peer, %digest, announced = from + transfer.remaining(), listed = total, "peer announces a size that is not the listed one");
+                self.metrics.verification_failure(Source::Peer);
+                self.sentence(peer, Misdeed::SizeLie).await;
+            }
+            return None;
+        }
+        let received = Received::new(self.store).ok()?;
+        let channel = transfer.channel();
+        let want = total - from;
+        let task = tokio::spawn(async move {
+            let (writer, len) = receive_tail(transfer, received.writer, want).await?;
+            Ok(TailDone {
+                peer,
+                channel,
+                writer,
+                file: received.file,
+                len,
+            })
+        });
+        debug!(%peer, %digest, from, "the tail comes from a second provider");
+        Some(Tail {
+            peer,
+            from,
+            channel,
+            task,
+        })
+    }
+
+    /// The tail once complete, waiting for it at most `wait` (about what
+    /// the first transfer would take to send it); a tail that failed
+    /// suspends its peer, one not done in time is cancelled.
+    async fn join_tail(
+        &self,
+        mut tail: Tail,
+        digest: Sha256Digest,
+        wait: Duration,
+    ) -> Option<TailDone> {
+        match tokio::time::timeout(wait, &mut tail.task).await {
+            Ok(Ok(Ok(done))) => Some(done),
+            Ok(Ok(Err(e))) => {
+                warn!(peer = %tail.peer, %digest, channel = tail.channel, "tail transfer failed: {e}; the first provider sends the rest");
+                self.sentence(tail.peer, Misdeed::BrokeOff).await;
+                None
+            }
+            Ok(Err(e)) => {
+                warn!(peer = %tail.peer, %digest, "tail task failed: {e}");
+                None
+            }
+            Err(_) => {
+                debug!(peer = %tail.peer, %digest, "the tail was not done in time; the first provider sends the rest");
+                None
+            }
+        }
+    }
+
+    /// Appends a complete tail to the temp file (hashed in order like any
+    /// bytes), as the tail peer's part, and offers it on.
+    async fn append_tail(
+        &self,
+        received: &mut Received,
+        done: TailDone,
+        total: u64,
+    ) -> Result<(), String> {
+        let from = received.writer.len();
+        self.metrics.peer_transfer(done.channel, false);
+        self.metrics.blob_bytes(Source::Peer, done.len);
+        received.parts.push(Part {
+            peer: done.peer,
+            range: from..from,
+            in_flight: false,
+            broke_off: false,
+        });
+        let mut at = 0u64;
+        while at < done.len {
+            let n = (done.len - at).min(PEER_WRITE_BATCH as u64);
+            let file = done.file.clone();
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at)
+                    .map(|()| Bytes::from(buf))
+            })
+            .await
+            .map_err(|e| format!("read task failed: {e}"))?
+            .map_err(|e| format!("reading the tail's temp file: {e}"))?;
+            let mut batch = Batch::default();
+            batch.add(chunk);
+            received.writer.push(batch).await?;
+            at += n;
+        }
+        received.close_part();
+        drop(done.writer);
+        received.writer.settle().await?;
+        self.flight
+            .offer(&received.file, total, received.writer.written());
+        if received.released {
+            received.publish(self.flight, total).await?;
+        }
+        Ok(())
     }
 
     /// A write of peer bytes failed (a full disk, most often). With no
@@ -1128,6 +1342,10 @@ pub(crate) struct Part {
     pub range: std::ops::Range<u64>,
     /// Sent while the peer was still fetching the blob itself.
     pub in_flight: bool,
+    /// Its transfer broke off (stalled, too slow, ended early) here, rather
+    /// than ending at the blob's end or where the next part was asked of
+    /// another peer: proved right, it stays suspended for breaking off.
+    pub broke_off: bool,
 }
 
 impl Part {
@@ -1219,6 +1437,73 @@ impl Batch {
         self.len += chunk.len();
         self.chunks.push(chunk);
     }
+
+    /// Takes the last `beyond` bytes off (all from the last chunk, which
+    /// is longer), returning them.
+    fn split_off_beyond(&mut self, beyond: u64) -> Option<Bytes> {
+        let beyond = usize::try_from(beyond).ok().filter(|b| *b > 0)?;
+        let last = self.chunks.last_mut()?;
+        let keep = last.len().checked_sub(beyond)?;
+        let rest = last.split_off(keep);
+        self.len -= beyond;
+        Some(rest)
+    }
+}
+
+/// A second provider's transfer of a blob's tail, `from` to the end, into
+/// a temp file of its own; cancelled when dropped.
+struct Tail {
+    peer: PeerId,
+    from: u64,
+    channel: &'static str,
+    task: tokio::task::JoinHandle<Result<TailDone, String>>,
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A complete tail: its peer and bytes.
+struct TailDone {
+    peer: PeerId,
+    channel: &'static str,
+    writer: BackgroundWriter,
+    file: Arc<File>,
+    len: u64,
+}
+
+/// Receives a tail transfer of `want` bytes into `writer`.
+async fn receive_tail<T: PeerTransfer>(
+    mut transfer: T,
+    mut writer: BackgroundWriter,
+    want: u64,
+) -> Result<(BackgroundWriter, u64), String> {
+    let mut got = 0u64;
+    let mut pending = Batch::default();
+    loop {
+        let chunk = match tokio::time::timeout(TAIL_SILENCE, transfer.next_chunk()).await {
+            Err(_) => return Err(format!("silent for {TAIL_SILENCE:?}")),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        got += chunk.len() as u64;
+        if got > want {
+            return Err(format!("sent more than the {want} bytes announced"));
+        }
+        pending.add(chunk);
+        if pending.len >= PEER_WRITE_BATCH || pending.chunks.len() >= MAX_BATCH_CHUNKS {
+            writer.push(std::mem::take(&mut pending)).await?;
+        }
+    }
+    writer.push(pending).await?;
+    writer.settle().await?;
+    if got < want {
+        return Err(format!("ended {} bytes early", want - got));
+    }
+    Ok((writer, got))
 }
 
 /// A temp-file writer whose appends (write and hash, in parallel) run on
@@ -1349,7 +1634,6 @@ pub(crate) async fn judge<N: PeerNetwork>(
 ) {
     let blob_len = good.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
     for attempt in attempts {
-        let finisher = attempt.parts.last().map(|part| part.peer);
         for part in attempt.parts {
             let (bad, good, range) = (attempt.file.clone(), good.clone(), part.range.clone());
             let differs = tokio::task::spawn_blocking(move || ranges_differ(&bad, &good, range))
@@ -1369,7 +1653,7 @@ pub(crate) async fn judge<N: PeerNetwork>(
                 }
                 Ok(false) => {
                     info!(%peer, %digest, "its part of a failed transfer was correct");
-                    if Some(peer) == finisher {
+                    if !part.broke_off {
                         net.sentence(peer, Verdict::Acquit).await;
                     }
                 }

@@ -333,6 +333,15 @@ fn part(peer: PeerId, range: std::ops::Range<u64>) -> Part {
         peer,
         range,
         in_flight: false,
+        broke_off: false,
+    }
+}
+
+/// A part whose transfer broke off where it ends.
+fn broken(peer: PeerId, range: std::ops::Range<u64>) -> Part {
+    Part {
+        broke_off: true,
+        ..part(peer, range)
     }
 }
 
@@ -345,6 +354,7 @@ fn bounds(size: u64) -> PeerBounds {
         suspension: SUSPENSION,
         size_cap: size,
         intent_wait: Duration::from_secs(5),
+        split_min: u64::MAX,
     }
 }
 
@@ -475,7 +485,7 @@ async fn bad_bytes_from_two_peers_make_suspects_judged_against_the_verified_copy
     assert_eq!(outcome.suspects.len(), 1);
     assert_eq!(
         outcome.suspects[0].parts,
-        vec![part(ids[0], 0..80_000), part(ids[1], 80_000..200_000)]
+        vec![broken(ids[0], 0..80_000), part(ids[1], 80_000..200_000)]
     );
     // Both suspended, none blocked, until a verified copy is there.
     for id in &ids {
@@ -820,7 +830,7 @@ async fn a_released_transfer_that_goes_silent_is_handed_over_with_its_bytes() {
     assert!(err.contains("client's deadline"), "{err}");
     let partial = outcome.partial.expect("the bytes received are handed over");
     assert_eq!(partial.writer.len(), 1 << 20);
-    assert_eq!(partial.parts, vec![part(ids[0], 0..1 << 20)]);
+    assert_eq!(partial.parts, vec![broken(ids[0], 0..1 << 20)]);
     match &*flight.state.borrow() {
         FlightState::Streaming { file, readable, .. } => {
             assert!(Arc::ptr_eq(file, &partial.file), "clients read that file");
@@ -1178,4 +1188,116 @@ async fn a_smaller_peer_not_fetching_any_more_is_not_waited_for() {
         .count();
     assert_eq!(asked, 2, "asked, then once more");
     assert_eq!(net.verdict(stale), None);
+}
+
+/// Bounds under which a blob of 1 MiB or more comes from two providers.
+fn split_bounds(size: u64) -> PeerBounds {
+    PeerBounds {
+        split_min: 1 << 20,
+        ..bounds(size)
+    }
+}
+
+/// A large blob comes in two halves from two providers: the second half from
+/// the second provider, asked at the half, while the first sends the first
+/// half. The first provider here goes silent right after the half, so the
+/// blob could not be had from it alone.
+#[tokio::test]
+async fn a_large_blob_comes_in_halves_from_two_providers() {
+    let len = 4 << 20;
+    let bytes = blob(len);
+    let half = 2 << 20;
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::StallsAt(half), Script::Honest]);
+    let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(
+        *net.asked.lock().unwrap(),
+        vec![(ids[0], 0), (ids[1], half)]
+    );
+    assert_eq!(net.verdict(ids[0]), None);
+    assert_eq!(net.verdict(ids[1]), None);
+}
+
+/// Under the size, or without a second provider, one provider sends all.
+#[tokio::test]
+async fn a_blob_under_the_split_size_comes_from_one_provider() {
+    let len = (1 << 20) - 1;
+    let bytes = blob(len);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::Honest, Script::Honest]);
+    let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(*net.asked.lock().unwrap(), vec![(ids[0], 0)]);
+
+    let len = 4 << 20;
+    let bytes = blob(len);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::Honest]);
+    let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(*net.asked.lock().unwrap(), vec![(ids[0], 0)]);
+}
+
+/// A tail of wrong bytes fails the blob's verification with bytes from two
+/// peers: both are suspended, the blob comes from a third, and the verified
+/// copy then blocks the tail's peer alone.
+#[tokio::test]
+async fn a_wrong_tail_is_blamed_on_its_peer_alone() {
+    let len = 4 << 20;
+    let bytes = blob(len);
+    let (net, ids) = ScriptedNet::new(
+        &bytes,
+        &[
+            Script::Slow {
+                per_chunk: 64 << 10,
+                pause_ms: 5,
+            },
+            Script::Wrong,
+            Script::Honest,
+        ],
+    );
+    let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(
+        net.asked.lock().unwrap()[..2],
+        [(ids[0], 0), (ids[1], 2 << 20)]
+    );
+    assert_eq!(outcome.suspects.len(), 1, "the halves failed together");
+    assert_eq!(
+        outcome.suspects[0].parts,
+        vec![
+            part(ids[0], 0..2 << 20),
+            part(ids[1], (2 << 20)..len as u64)
+        ]
+    );
+    judge_against_a_verified_copy(&net, &bytes, outcome.suspects).await;
+    assert_eq!(net.verdict(ids[1]), Some(Verdict::Block));
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Acquit));
+    assert_eq!(net.verdict(ids[2]), None);
+}
+
+/// A tail that breaks off suspends its peer; the first provider sends the
+/// rest, and the blob is whole.
+#[tokio::test]
+async fn a_tail_that_breaks_off_leaves_the_rest_to_the_first_provider() {
+    let len = 4 << 20;
+    let bytes = blob(len);
+    let (net, ids) = ScriptedNet::new(
+        &bytes,
+        &[
+            Script::Slow {
+                per_chunk: 64 << 10,
+                pause_ms: 5,
+            },
+            Script::StopsAt(3 << 20),
+        ],
+    );
+    let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(
+        *net.asked.lock().unwrap(),
+        vec![(ids[0], 0), (ids[1], 2 << 20)]
+    );
+    assert_eq!(net.verdict(ids[1]), Some(Verdict::Suspend(SUSPENSION)));
+    assert_eq!(net.verdict(ids[0]), None);
 }

@@ -19,6 +19,16 @@ const REPLICATE: [&str; 6] = [
     "200ms",
 ];
 
+/// Waits (up to 20 s) until the counter `name{labels}` at `metrics` (a
+/// `/metrics` URL) reaches `at_least`; its value then.
+async fn counter_reaches(metrics: &str, name: &str, labels: &str, at_least: f64) -> f64 {
+    eventually_async(Duration::from_secs(20), || async {
+        metric_at(metrics, name, labels).await >= at_least
+    })
+    .await;
+    metric_at(metrics, name, labels).await
+}
+
 /// Connected peers a node process lists.
 async fn connected_peers(node: &NodeProcess) -> usize {
     get_text(node.url("/peers"))
@@ -48,14 +58,10 @@ async fn a_large_file_only_one_node_holds_keeps_a_second_copy_in_its_region_as_n
     let mut b = Some(NodeProcess::start(&index, dirs[1].path(), &with_bootstrap).await);
     let mut c = Some(NodeProcess::start(&index, dirs[2].path(), &with_bootstrap).await);
     for node in [b.as_ref().unwrap(), c.as_ref().unwrap()] {
-        let mut all = false;
-        for _ in 0..200 {
-            if connected_peers(node).await >= 2 {
-                all = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let all = eventually_async(Duration::from_secs(20), || async {
+            connected_peers(node).await >= 2
+        })
+        .await;
         assert!(all, "B and C see each other and A");
     }
 
@@ -72,17 +78,18 @@ async fn a_large_file_only_one_node_holds_keeps_a_second_copy_in_its_region_as_n
         let metrics = a.url("/metrics");
         async move { metric_at(&metrics, "peerpi_replicas_total", "outcome=\"requested\"").await }
     };
-    let mut copies = (0.0, 0.0);
-    for _ in 0..200 {
-        copies = (
+    let copies = || async {
+        (
             made(b.as_ref().unwrap()).await,
             made(c.as_ref().unwrap()).await,
-        );
-        if copies.0 + copies.1 >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        )
+    };
+    eventually_async(Duration::from_secs(20), || async {
+        let (b, c) = copies().await;
+        b + c >= 1.0
+    })
+    .await;
+    let copies = copies().await;
     assert_eq!(copies.0 + copies.1, 1.0, "one second copy in the region");
     assert_eq!(requested().await, 1.0, "A asked once");
 
@@ -93,16 +100,11 @@ async fn a_large_file_only_one_node_holds_keeps_a_second_copy_in_its_region_as_n
         (c.take(), b.take().unwrap())
     };
     drop(gone);
-    let mut again = 0.0;
-    for _ in 0..200 {
-        again = made(&other).await;
-        if again >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let metrics = other.url("/metrics");
+    let again = counter_reaches(&metrics, "peerpi_replicas_total", "outcome=\"made\"", 1.0);
     assert_eq!(
-        again, 1.0,
+        again.await,
+        1.0,
         "the third node keeps a copy once the second left"
     );
     assert_eq!(requested().await, 2.0);
@@ -164,16 +166,16 @@ async fn an_ask_to_keep_a_copy_plants_no_bytes_and_sends_nobody_upstream() {
         .await
         .unwrap();
     assert_eq!(answer, ReplicaAnswer::Accepted);
-    let failed = || metric(&node, "peerpi_replicas_total", "outcome=\"failed\"");
-    let mut seen = 0.0;
-    for _ in 0..100 {
-        seen = failed().await;
-        if seen >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, 1.0, "the copy of unlisted bytes failed");
+    let metrics = node.url("/metrics");
+    let failed = |at_least| {
+        counter_reaches(
+            &metrics,
+            "peerpi_replicas_total",
+            "outcome=\"failed\"",
+            at_least,
+        )
+    };
+    assert_eq!(failed(1.0).await, 1.0, "the copy of unlisted bytes failed");
     assert!(node.node.store().get(&junk_digest).unwrap().is_none());
     assert!(
         upstream.state.count("/simple/big/") >= 1,
@@ -193,14 +195,7 @@ async fn an_ask_to_keep_a_copy_plants_no_bytes_and_sends_nobody_upstream() {
         .await
         .unwrap();
     assert_eq!(answer, ReplicaAnswer::Accepted);
-    for _ in 0..200 {
-        seen = failed().await;
-        if seen >= 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, 2.0, "no peer held it: the copy failed");
+    assert_eq!(failed(2.0).await, 2.0, "no peer held it: the copy failed");
     assert_eq!(upstream.state.count_prefix("/files/"), 0, "not upstream");
 
     // Once the node holds the file, an ask is answered "held"; a node whose

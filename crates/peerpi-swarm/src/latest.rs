@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures_util::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
-use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::{lock, Shared};
@@ -33,26 +32,15 @@ const NOT_HELD: u8 = 1;
 
 /// Answers requests for the documents this node published, until the
 /// swarm stops.
-pub(crate) async fn accept_loop(mut incoming: libp2p_stream::IncomingStreams, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
-    while let Some((peer, stream)) = incoming.next().await {
-        // Over the limit the stream is dropped: the asker sees it close
-        // and asks another peer.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "latest-document stream refused: all slots busy");
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let answered = tokio::time::timeout(shared.stream_timeout, answer(stream, &shared));
-            match answered.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%peer, "latest-document stream: {e}"),
-                Err(_) => debug!(%peer, "latest-document stream timed out"),
-            }
-        });
-    }
+pub(crate) async fn accept_loop(incoming: libp2p_stream::IncomingStreams, shared: Arc<Shared>) {
+    crate::answer_streams(
+        incoming,
+        shared,
+        MAX_CONCURRENT,
+        "latest-document",
+        |_peer, stream, shared| async move { answer(stream, &shared).await },
+    )
+    .await;
 }
 
 async fn answer(mut stream: libp2p::Stream, shared: &Shared) -> std::io::Result<()> {

@@ -334,6 +334,40 @@ impl Shared {
     }
 }
 
+/// Answers each incoming stream of one small request protocol with
+/// `answer`, at most `max_concurrent` at once (over that the stream is
+/// dropped: the asker sees it close and asks another peer), each exchange
+/// bounded by the stream timeout; `what` names them in the log.
+pub(crate) async fn answer_streams<F, Fut>(
+    mut incoming: libp2p_stream::IncomingStreams,
+    shared: Arc<Shared>,
+    max_concurrent: usize,
+    what: &'static str,
+    answer: F,
+) where
+    F: Fn(PeerId, libp2p::Stream, Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_concurrent));
+    while let Some((peer, stream)) = incoming.next().await {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "{what} stream refused: all slots busy");
+            continue;
+        };
+        let exchange =
+            tokio::time::timeout(shared.stream_timeout, answer(peer, stream, shared.clone()));
+        tokio::spawn(async move {
+            let _slot = slot;
+            match exchange.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, "{what} stream: {e}"),
+                Err(_) => tracing::debug!(%peer, "{what} stream timed out"),
+            }
+        });
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

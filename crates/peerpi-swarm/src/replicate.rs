@@ -13,10 +13,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures_util::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use peerpi_core::Sha256Digest;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::{lock, Shared};
@@ -122,25 +122,19 @@ async fn read_request<S: futures_util::AsyncRead + Unpin>(
 
 /// Answers asks until the swarm stops: each goes to the node (when it takes
 /// asks, see `SwarmHandle::replica_asks`), which has [`DECIDE_WITHIN`].
-pub(crate) async fn accept_loop(mut incoming: libp2p_stream::IncomingStreams, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
-    while let Some((peer, stream)) = incoming.next().await {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "replica ask refused: all slots busy");
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let answered =
-                tokio::time::timeout(shared.stream_timeout, answer(peer, stream, &shared));
-            match answered.await {
-                Ok(Ok(answer)) => debug!(%peer, ?answer, "replica ask answered"),
-                Ok(Err(e)) => debug!(%peer, "replica ask: {e}"),
-                Err(_) => debug!(%peer, "replica ask timed out"),
-            }
-        });
-    }
+pub(crate) async fn accept_loop(incoming: libp2p_stream::IncomingStreams, shared: Arc<Shared>) {
+    crate::answer_streams(
+        incoming,
+        shared,
+        MAX_CONCURRENT,
+        "replica ask",
+        |peer, stream, shared| async move {
+            let answer = answer(peer, stream, &shared).await?;
+            debug!(%peer, ?answer, "replica ask answered");
+            Ok(())
+        },
+    )
+    .await;
 }
 
 async fn answer(

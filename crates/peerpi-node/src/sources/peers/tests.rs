@@ -1190,6 +1190,13 @@ async fn a_smaller_peer_not_fetching_any_more_is_not_waited_for() {
     assert_eq!(net.verdict(stale), None);
 }
 
+/// A first provider that sends 4 MiB in about a third of a second: a
+/// second provider's half arrives before it gets there.
+const STEADY: Script = Script::Slow {
+    per_chunk: 64 << 10,
+    pause_ms: 5,
+};
+
 /// Bounds under which a blob of 1 MiB or more comes from two providers.
 fn split_bounds(size: u64) -> PeerBounds {
     PeerBounds {
@@ -1244,17 +1251,7 @@ async fn a_blob_under_the_split_size_comes_from_one_provider() {
 async fn a_wrong_tail_is_blamed_on_its_peer_alone() {
     let len = 4 << 20;
     let bytes = blob(len);
-    let (net, ids) = ScriptedNet::new(
-        &bytes,
-        &[
-            Script::Slow {
-                per_chunk: 64 << 10,
-                pause_ms: 5,
-            },
-            Script::Wrong,
-            Script::Honest,
-        ],
-    );
+    let (net, ids) = ScriptedNet::new(&bytes, &[STEADY, Script::Wrong, Script::Honest]);
     let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
     assert!(stored(&outcome, &bytes));
     assert_eq!(
@@ -1281,16 +1278,7 @@ async fn a_wrong_tail_is_blamed_on_its_peer_alone() {
 async fn a_tail_that_breaks_off_leaves_the_rest_to_the_first_provider() {
     let len = 4 << 20;
     let bytes = blob(len);
-    let (net, ids) = ScriptedNet::new(
-        &bytes,
-        &[
-            Script::Slow {
-                per_chunk: 64 << 10,
-                pause_ms: 5,
-            },
-            Script::StopsAt(3 << 20),
-        ],
-    );
+    let (net, ids) = ScriptedNet::new(&bytes, &[STEADY, Script::StopsAt(3 << 20)]);
     let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
     assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
     assert!(stored(&outcome, &bytes));

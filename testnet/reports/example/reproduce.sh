@@ -21,6 +21,8 @@ run burst-proxy ci-burst --baseline proxy
 run burst-peerpi-region ci-burst --baseline peerpi-region
 run burst-direct ci-burst --baseline direct
 run poison poison
+# The example's first churn row is the build before second copies (bffa963,
+# `--peerpi` pointing at its binary, saved as runs/churn-bffa963.json).
 run churn churn
 run outage outage
 run cold-region cold-region
@@ -30,7 +32,7 @@ run cold-region cold-region
 run herd-peerpi herd --baseline peerpi
 run herd-proxy herd --baseline proxy
 "$bin" report "$out"/burst-peerpi "$out"/burst-peerpi-region "$out"/burst-proxy \
-    "$out"/burst-direct "$out"/poison "$out"/churn "$out"/outage "$out"/cold-region \
+    "$out"/burst-direct "$out"/poison "$out"/churn-bffa963 "$out"/churn "$out"/outage "$out"/cold-region \
     "$out"/herd-peerpi "$out"/herd-proxy \
     --out testnet/reports/example
 timeout 1800 "$bin" simulate --nodes 1000 --providers 200 --lookups 500 --out "$out/sim"

@@ -149,6 +149,18 @@ impl NodeSlot {
         let _ = self.0.set(Arc::downgrade(&node.inner));
     }
 
+    /// A handle to `node` for a background loop it starts, and the runtime
+    /// to spawn the loop on; `None` without a runtime (`what` is then off).
+    fn for_background(node: &Node, what: &str) -> Option<(Self, tokio::runtime::Handle)> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no tokio runtime: {what} is off");
+            return None;
+        };
+        let slot = Self::default();
+        slot.fill(node);
+        Some((slot, runtime))
+    }
+
     pub(crate) fn node(&self) -> Option<Node> {
         let inner = self.0.get()?.upgrade()?;
         Some(Node { inner })

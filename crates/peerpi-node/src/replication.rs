@@ -160,12 +160,9 @@ pub(crate) fn start(node: &Node) {
     if config.min_size == 0 {
         return;
     }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        warn!("no tokio runtime: copies for the region are off");
+    let Some((slot, runtime)) = NodeSlot::for_background(node, "copying for the region") else {
         return;
     };
-    let slot = NodeSlot::default();
-    slot.fill(node);
     runtime.spawn(take_asks(slot.clone(), swarm.replica_asks(), config));
     runtime.spawn(sweep(slot, config));
 }

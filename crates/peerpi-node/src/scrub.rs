@@ -39,12 +39,9 @@ pub(crate) fn start(node: &Node) {
     if config.rate == 0 {
         return;
     }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        warn!("no tokio runtime: the background scrub is off");
+    let Some((slot, runtime)) = NodeSlot::for_background(node, "the background scrub") else {
         return;
     };
-    let slot = NodeSlot::default();
-    slot.fill(node);
     runtime.spawn(run(slot, config));
 }
 

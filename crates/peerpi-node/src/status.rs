@@ -68,11 +68,9 @@ impl StatusState {
 
 /// Samples the byte counters every minute while the node lives.
 pub(crate) fn start_sampler(node: &Node) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    let Some((slot, runtime)) = NodeSlot::for_background(node, "the status page's sampler") else {
         return;
     };
-    let slot = NodeSlot::default();
-    slot.fill(node);
     runtime.spawn(async move {
         let mut ticker = tokio::time::interval(SAMPLE_EVERY);
         loop {

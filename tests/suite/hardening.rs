@@ -465,6 +465,51 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A node whose disk is full asks a peer for a file: the peer's bytes
+/// cannot be written, which is this node's trouble: a 503 naming its store,
+/// no upstream request for bytes it could not keep either, and the peer
+/// not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_during_a_peer_fetch_is_a_503_naming_the_store_and_asks_nobody_upstream() {
+    let disk = match SmallDisk::mount("32m") {
+        Ok(disk) => disk,
+        Err(reason) => {
+            peerpi_testkit::missing_prerequisite(&format!("cannot mount a tmpfs here ({reason})"));
+            return;
+        }
+    };
+    let upstream = fake_index(demo_graph()).await;
+    upstream.state.add(peerpi_testkit::synthetic(
+        "big",
+        "big-1.0.tar.gz",
+        1 << 20,
+        3,
+    ));
+    let holder = peer_node(&upstream, &[], |_| {}).await;
+    let held = file_url(&holder, "big", "big-1.0.tar.gz").await;
+    get_bytes(&held).await;
+    let data = std::sync::Arc::new(tempfile::tempdir_in(disk.dir.path()).unwrap());
+    let full = peer_node_in(&upstream, data, &[p2p_addr(&holder)], |_| {}, |_| {}).await;
+    assert!(eventually(Duration::from_secs(10), || connected(&full) > 0).await);
+    let wanted = file_url(&full, "big", "big-1.0.tar.gz").await;
+    full.node.flush().unwrap();
+    upstream.state.reset_counts();
+
+    let _filler = disk.fill();
+    let refused = client().get(&wanted).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let why = refused.text().await.unwrap();
+    assert!(why.contains("store cannot write"), "{why}");
+    assert_eq!(
+        upstream.state.count("/files/big-1.0.tar.gz"),
+        0,
+        "the index is not asked for bytes the disk cannot hold"
+    );
+    let holder_id = holder.node.swarm().unwrap().local_peer_id();
+    let seen = full.node.swarm().unwrap().peer_info(&holder_id).unwrap();
+    assert!(!seen.blocked, "the peer is neither blocked nor suspended");
+}
+
 async fn health(node: &TestNode) -> (u16, String) {
     let response = client().get(node.url("/healthz")).send().await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
@@ -529,11 +574,17 @@ async fn a_full_disk_degrades_the_node_which_recovers_when_space_returns() {
         200
     );
     // A file it does not hold cannot be stored: 503 naming the store (it
-    // was a 502 blaming the upstream for the disk's failure).
+    // was a 502 blaming the upstream for the disk's failure), and the index
+    // is not asked for bytes that would be thrown away (it was).
     let refused = client().get(&unheld).send().await.unwrap();
     assert_eq!(refused.status(), 503);
     let why = refused.text().await.unwrap();
     assert!(why.contains("store cannot write"), "{why}");
+    assert_eq!(
+        upstream.state.count("/files/big-1.0.tar.gz"),
+        0,
+        "no upstream request for a listed file the disk cannot hold"
+    );
 
     std::fs::remove_file(filler).unwrap();
     let mut recovered = false;

@@ -61,6 +61,7 @@ impl Node {
         }
         let page_url = self
             .inner
+            .blobs
             .upstream
             .page_url(name)
             .map_err(|e| NodeError::Upstream(e.to_string()))?;
@@ -89,6 +90,7 @@ impl Node {
         // Reading stops past the signed length: a longer page is not it.
         let fetched = match self
             .inner
+            .blobs
             .upstream
             .fetch_page_bytes(name, HTML, info.length)
             .await
@@ -110,7 +112,7 @@ impl Node {
     /// This node's verified copy, if it still holds it.
     async fn own_signed_page(&self, info: &TargetInfo, key: &[u8; 32]) -> Option<Vec<u8>> {
         let digest = *lock(&self.inner.signed_pages).get(key)?;
-        let opened = self.inner.store.open_blob(&digest).ok()??;
+        let opened = self.inner.blobs.store.open_blob(&digest).ok()??;
         let bytes = crate::flight::read_whole(opened).await.ok()?;
         info.verify(&bytes).is_ok().then_some(bytes)
     }
@@ -146,7 +148,12 @@ impl Node {
                 size: Some(info.length),
                 metadata: None,
             };
-            match self.small_blob(&digest, origin, info.length).await {
+            match self
+                .inner
+                .blobs
+                .small_blob(&digest, origin, info.length)
+                .await
+            {
                 Ok((bytes, _)) if info.verify(&bytes).is_ok() => {
                     self.remember_signed_page(key, &bytes).await;
                     return Some(bytes);
@@ -187,7 +194,10 @@ impl Node {
 
     async fn refuse_page_peer(&self, peer: PeerId, name: &ProjectName, why: &str) {
         warn!(%peer, project = %name, "{why}: blocked");
-        self.inner.metrics.tuf_page_refused("peer_page_not_signed");
+        self.inner
+            .blobs
+            .metrics
+            .tuf_page_refused("peer_page_not_signed");
         if let Some(swarm) = self.swarm() {
             let _ = swarm.block(peer).await;
         }
@@ -196,7 +206,7 @@ impl Node {
     /// Keeps verified page bytes as a blob, and tells peers where to find
     /// them by the signed digest.
     async fn remember_signed_page(&self, key: [u8; 32], bytes: &[u8]) {
-        let digest = self.clone().keep_blob(bytes.to_vec()).await;
+        let digest = self.inner.blobs.clone().keep_blob(bytes.to_vec()).await;
         {
             let mut remembered = lock(&self.inner.signed_pages);
             if remembered.len() >= MAX_REMEMBERED {

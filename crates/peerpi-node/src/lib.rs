@@ -3,6 +3,7 @@
 //! digest before it is stored or released as a complete file) and the axum
 //! HTTP front that serves the Simple Repository API to pip and uv.
 
+mod blobs;
 mod error;
 mod flight;
 mod http;
@@ -26,12 +27,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use peerpi_store::{ReconcileReport, Store};
+use peerpi_core::Sha256Digest;
+use peerpi_store::{OpenedBlob, Origin, ReconcileReport, Store};
 use peerpi_swarm::SwarmHandle;
 use peerpi_upstream::{Upstream, UpstreamConfig};
 
+pub use blobs::BlobBody;
 pub use error::NodeError;
-pub use flight::BlobBody;
 pub use pages::CacheStatus;
 pub use replication::ReplicationConfig;
 
@@ -121,50 +123,36 @@ pub struct Node {
 
 struct Inner {
     config: NodeConfig,
-    store: Arc<Store>,
-    upstream: Upstream,
-    metrics: metrics::Metrics,
-    flights: Mutex<HashMap<peerpi_core::Sha256Digest, Arc<flight::Flight>>>,
+    /// The blob path (store, swarm, upstream, metrics, downloads).
+    blobs: Arc<blobs::Blobs>,
     pages: pages::PageState,
-    swarm: Option<SwarmHandle>,
     signer: Option<Arc<signing::PageSigner>>,
     trust: Option<trust::PageTrust>,
     /// Under `--trust index-signed`: each verified page's signed
     /// `blake2b-256` and the SHA-256 it is stored under.
     signed_pages: Mutex<HashMap<[u8; 32], peerpi_core::Sha256Digest>>,
-    /// When this node's flights ask a second provider (see `hedge`).
-    hedging: sources::hedge::Hedging,
-    status: status::StatusState,
 }
 
-/// A late handle to the node for parts built before it that must reach it
-/// once it runs (the signer's loop, the TUF client's fetcher). Weak, so
-/// that those parts, owned by the node, do not keep it alive.
-#[derive(Clone, Default)]
-pub(crate) struct NodeSlot(Arc<std::sync::OnceLock<std::sync::Weak<Inner>>>);
+/// A handle to the node for a background loop it starts (second copies):
+/// weak, so that the loop does not keep a node that shut down alive.
+#[derive(Clone)]
+pub(crate) struct WeakNode(std::sync::Weak<Inner>);
 
-impl NodeSlot {
-    fn fill(&self, node: &Node) {
-        // Filled once, by `Node::new`, right after the node exists.
-        let _ = self.0.set(Arc::downgrade(&node.inner));
-    }
-
-    /// A handle to `node` for a background loop it starts, and the runtime
-    /// to spawn the loop on; `None` without a runtime (`what` is then off).
-    fn for_background(node: &Node, what: &str) -> Option<(Self, tokio::runtime::Handle)> {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("no tokio runtime: {what} is off");
-            return None;
-        };
-        let slot = Self::default();
-        slot.fill(node);
-        Some((slot, runtime))
-    }
-
+impl WeakNode {
     pub(crate) fn node(&self) -> Option<Node> {
-        let inner = self.0.get()?.upgrade()?;
+        let inner = self.0.upgrade()?;
         Some(Node { inner })
     }
+}
+
+/// The runtime a background loop (`what`) is spawned on; `None`, and
+/// `what` is off, without one.
+pub(crate) fn background_runtime(what: &str) -> Option<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Handle::try_current();
+    if runtime.is_err() {
+        tracing::warn!("no tokio runtime: {what} is off");
+    }
+    runtime.ok()
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -202,37 +190,37 @@ impl Node {
         let upstream = Upstream::new(config.upstream.clone())
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         let pages = pages::PageState::new(config.page_memory, config.negative_ttl);
-        let slot = NodeSlot::default();
+        let (stored_tx, stored_rx) = replication::watch_stored(&config.replication, &swarm);
+        let blobs = blobs::Blobs::new(
+            store,
+            swarm,
+            upstream,
+            blobs::FetchSettings::from(&config),
+            stored_tx,
+        );
         let signer = config
             .signer
             .clone()
-            .map(|s| signing::PageSigner::start(s, slot.clone()))
+            .map(|s| signing::PageSigner::start(s, Arc::downgrade(&blobs)))
             .transpose()?;
         let trust = config
             .trust
             .clone()
-            .map(|t| trust::PageTrust::open(t, &config.data_dir, config.page_ttl, slot.clone()))
+            .map(|t| trust::PageTrust::open(t, &config.data_dir, config.page_ttl, blobs.clone()))
             .transpose()?;
         let node = Self {
             inner: Arc::new(Inner {
                 config,
-                store,
-                upstream,
-                metrics: metrics::Metrics::new(),
-                flights: Mutex::new(HashMap::new()),
+                blobs,
                 pages,
-                swarm,
                 signer,
                 trust,
                 signed_pages: Mutex::new(HashMap::new()),
-                hedging: Default::default(),
-                status: status::StatusState::new(),
             }),
         };
-        slot.fill(&node);
-        scrub::start(&node);
-        replication::start(&node);
-        status::start_sampler(&node);
+        scrub::start(&node.inner.blobs, node.inner.config.scrub);
+        replication::start(&node, stored_rx);
+        status::start_sampler(&node.inner.blobs);
         Ok(node)
     }
 
@@ -241,11 +229,37 @@ impl Node {
     }
 
     pub fn store(&self) -> &Store {
-        &self.inner.store
+        &self.inner.blobs.store
     }
 
     pub fn swarm(&self) -> Option<&SwarmHandle> {
-        self.inner.swarm.as_ref()
+        self.inner.blobs.swarm.as_ref()
+    }
+
+    /// The blob path.
+    pub(crate) fn blobs(&self) -> &Arc<blobs::Blobs> {
+        &self.inner.blobs
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    /// Where the blob with this digest can be fetched from, from a page seen earlier.
+    pub fn origin(&self, digest: &Sha256Digest) -> Result<Option<Origin>, NodeError> {
+        self.inner.blobs.origin(digest)
+    }
+
+    /// The blob with `digest`: from the store, or joined to / starting its
+    /// download. Fails when it is unknown or no source could start sending.
+    pub async fn blob(&self, digest: &Sha256Digest) -> Result<BlobBody, NodeError> {
+        self.inner.blobs.blob(digest).await
+    }
+
+    /// The blob once it is verified and stored: waits for its download (if
+    /// one runs) to end.
+    pub async fn verified_blob(&self, digest: &Sha256Digest) -> Result<OpenedBlob, NodeError> {
+        self.inner.blobs.verified_blob(digest).await
     }
 
     /// The TUF repository this node signs into, on a signer node.
@@ -254,7 +268,7 @@ impl Node {
     }
 
     pub fn metrics(&self) -> &metrics::Metrics {
-        &self.inner.metrics
+        &self.inner.blobs.metrics
     }
 
     /// The status page (HTML).
@@ -270,6 +284,7 @@ impl Node {
     /// Writes the catalog to disk; call on shutdown.
     pub fn flush(&self) -> Result<(), NodeError> {
         self.inner
+            .blobs
             .store
             .flush()
             .map_err(|e| NodeError::Internal(format!("flushing the catalog: {e}")))

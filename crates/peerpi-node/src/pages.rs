@@ -313,7 +313,7 @@ impl Node {
         // (a guard alive across `remember` deadlocked a node after restarts).
         let entry = match pages.entries.get(name) {
             Some(e) => Some(e),
-            None => match self.inner.store.page(name.as_str())? {
+            None => match self.inner.blobs.store.page(name.as_str())? {
                 Some(cached) => {
                     let e = PageEntry::new(cached, HashMap::new());
                     self.remember(name, e.clone());
@@ -328,7 +328,7 @@ impl Node {
                 if let Some(trust) = &self.inner.trust {
                     if trust.config().mode != TrustMode::TufOrIndex {
                         if let Err(e) = self.trust_current(trust).await {
-                            self.inner.metrics.tuf_page_refused("unverifiable");
+                            self.inner.blobs.metrics.tuf_page_refused("unverifiable");
                             return Err(NodeError::Unavailable(trust.refusal(name.as_str(), &e)));
                         }
                     }
@@ -371,7 +371,7 @@ impl Node {
         let node = self.clone();
         let refresh = tokio::spawn(async move {
             match &node.inner.trust {
-                Some(trust) => trust.ensure_current(&node.inner.metrics).await,
+                Some(trust) => trust.ensure_current(&node.inner.blobs.metrics).await,
                 None => Ok(()),
             }
         });
@@ -393,7 +393,13 @@ impl Node {
         let etag = cached.as_ref().and_then(|c| c.cached.etag.clone());
         let verified_at_ms = cached.as_ref().map(|c| c.cached.fetched_at_ms);
         let result = match &self.inner.trust {
-            None => self.inner.upstream.fetch_page(&name, etag.as_deref()).await,
+            None => {
+                self.inner
+                    .blobs
+                    .upstream
+                    .fetch_page(&name, etag.as_deref())
+                    .await
+            }
             Some(trust) => match self
                 .fetch_trusted_page(trust, &name, etag.as_deref(), verified_at_ms)
                 .await
@@ -428,7 +434,7 @@ impl Node {
         cached: Option<Arc<PageEntry>>,
         result: Result<PageFetch, peerpi_upstream::UpstreamError>,
     ) -> Result<PageView, NodeError> {
-        let metrics = &self.inner.metrics;
+        let metrics = &self.inner.blobs.metrics;
         match result {
             Ok(PageFetch::Fresh { page, etag }) => {
                 metrics.upstream_request("page", "ok");
@@ -443,9 +449,10 @@ impl Node {
                 // write, the last good page is the better answer.
                 let stored = self
                     .inner
+                    .blobs
                     .store
                     .put_origins(&origins(&fresh.page))
-                    .and_then(|()| self.inner.store.put_page(name.as_str(), &fresh));
+                    .and_then(|()| self.inner.blobs.store.put_page(name.as_str(), &fresh));
                 if let Err(e) = stored {
                     warn!(project = %name, error = %e, "cannot record the fresh page");
                     return match cached {
@@ -481,7 +488,7 @@ impl Node {
                     fetched_at_ms: now_ms(),
                     ..old.cached.clone()
                 };
-                if let Err(e) = self.inner.store.put_page(name.as_str(), &refreshed) {
+                if let Err(e) = self.inner.blobs.store.put_page(name.as_str(), &refreshed) {
                     // Served all the same: only the revalidation time is lost.
                     warn!(project = %name, error = %e, "cannot record the revalidation");
                 }
@@ -533,7 +540,7 @@ impl Node {
         let mode = trust.config().mode;
         let index_etag = etag.filter(|e| !e.starts_with(TUF_ETAG));
         let signer = trust.config().signer_base();
-        let metrics = &self.inner.metrics;
+        let metrics = &self.inner.blobs.metrics;
         match trust
             .signed(name.as_str(), verified_at_ms, false, metrics)
             .await
@@ -546,11 +553,11 @@ impl Node {
                 Ok(self.signed_page(trust, name, &info, etag).await)
             }
             Ok(None) if mode == TrustMode::TufOrIndex => {
-                Ok(self.inner.upstream.fetch_page(name, index_etag).await)
+                Ok(self.inner.blobs.upstream.fetch_page(name, index_etag).await)
             }
             Err(e) if mode == TrustMode::TufOrIndex => {
                 warn!(project = %name, error = %e, "TUF metadata unusable; using the index");
-                Ok(self.inner.upstream.fetch_page(name, index_etag).await)
+                Ok(self.inner.blobs.upstream.fetch_page(name, index_etag).await)
             }
             Err(e) => {
                 metrics.tuf_page_refused("unverifiable");
@@ -633,7 +640,7 @@ impl Node {
         info: &TargetInfo,
         etag: Option<&str>,
     ) -> Result<PageFetch, peerpi_upstream::UpstreamError> {
-        let page_url = self.inner.upstream.page_url(name)?;
+        let page_url = self.inner.blobs.upstream.page_url(name)?;
         let unreachable = |reason: String| peerpi_upstream::UpstreamError::Unverified {
             url: page_url.to_string(),
             reason,
@@ -683,7 +690,7 @@ impl Node {
             metadata: None,
         };
         let max = self.inner.config.upstream.max_page_bytes;
-        let (bytes, _) = self.small_blob(digest, origin, max).await?;
+        let (bytes, _) = self.inner.blobs.small_blob(digest, origin, max).await?;
         Ok(bytes)
     }
 
@@ -694,43 +701,14 @@ impl Node {
     fn queue_for_signing(&self, name: &ProjectName, page: &ProjectPage, urgent: bool) {
         if let Some(signer) = &self.inner.signer {
             let canonical = peerpi_core::json::render_project_page(&client_view(page));
-            tokio::spawn(self.clone().keep_blob(canonical.clone()));
+            tokio::spawn(self.blobs().clone().keep_blob(canonical.clone()));
             signer.queue(name.as_str(), canonical, urgent);
         }
     }
 
-    /// Keeps bytes a signer published (a canonical page, a snapshot) as a
-    /// blob under their own digest and announces it, so that `tuf` nodes
-    /// get them over the swarm from the signer too (not only over HTTP from
-    /// `/tuf/`). Returns their digest (kept or not: a failure is logged).
-    pub(crate) async fn keep_blob(self, bytes: Vec<u8>) -> Sha256Digest {
-        let digest = Sha256Digest::from_bytes(Sha256::digest(&bytes).into());
-        if matches!(self.inner.store.open_blob(&digest), Ok(Some(_))) {
-            return digest;
-        }
-        let len = bytes.len() as u64;
-        let store = self.inner.store.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut writer = store.writer()?;
-            writer.append(&bytes)?;
-            Ok::<_, peerpi_store::StoreError>(writer)
-        })
-        .await;
-        match written {
-            Ok(Ok(writer)) => {
-                if let Err(e) = self.commit(writer, digest, len).await {
-                    warn!(%digest, error = ?e, "cannot keep a signed file's bytes");
-                }
-            }
-            Ok(Err(e)) => warn!(%digest, error = %e, "cannot keep a signed file's bytes"),
-            Err(e) => warn!(%digest, error = %e, "the page-keeping task failed"),
-        }
-        digest
-    }
-
     /// Names of the projects this node has pages for.
     pub fn cached_projects(&self) -> Result<Vec<String>, NodeError> {
-        Ok(self.inner.store.projects()?)
+        Ok(self.inner.blobs.store.projects()?)
     }
 }
 

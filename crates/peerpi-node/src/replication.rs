@@ -28,7 +28,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::{lock, Node, NodeError, NodeSlot};
+use crate::blobs::Stored;
+use crate::{background_runtime, lock, Node, NodeError, WeakNode};
 
 /// When and how much to copy for the region.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +62,8 @@ impl Default for ReplicationConfig {
 const MAX_ASKED: usize = 3;
 /// How long a provider lookup may take before the providers found count.
 const LOOKUP_WITHIN: Duration = Duration::from_secs(5);
+/// Stored blobs queued for a check; past it a check waits for the sweep.
+const STORED_BACKLOG: usize = 1024;
 
 /// A peer as the choice of a second holder sees it.
 #[derive(Debug, Clone)]
@@ -150,50 +153,71 @@ impl Budget {
     }
 }
 
-/// Starts taking peers' asks and the sweep, when replication is on and
-/// the node has a swarm.
-pub(crate) fn start(node: &Node) {
-    let config = node.inner.config.replication;
-    let Some(swarm) = node.inner.swarm.as_ref() else {
-        return;
-    };
-    if config.min_size == 0 {
-        return;
+/// The feed of stored blobs that second copies watch: none when they are
+/// off or the node has no swarm.
+pub(crate) fn watch_stored(
+    config: &ReplicationConfig,
+    swarm: &Option<peerpi_swarm::SwarmHandle>,
+) -> (Option<mpsc::Sender<Stored>>, Option<mpsc::Receiver<Stored>>) {
+    if config.min_size == 0 || swarm.is_none() {
+        return (None, None);
     }
-    let Some((slot, runtime)) = NodeSlot::for_background(node, "copying for the region") else {
-        return;
-    };
-    runtime.spawn(take_asks(slot.clone(), swarm.replica_asks(), config));
-    runtime.spawn(sweep(slot, config));
+    let (tx, rx) = mpsc::channel(STORED_BACKLOG);
+    (Some(tx), Some(rx))
 }
 
-impl Node {
-    /// After a blob was stored: a large one is checked for a second copy in
-    /// the region once `check_after` has passed.
-    pub(crate) fn after_store(&self, digest: Sha256Digest, filename: &str, len: u64) {
-        let config = self.inner.config.replication;
-        if config.min_size == 0 || len < config.min_size || self.inner.swarm.is_none() {
-            return;
+/// Starts taking peers' asks, the checks after each store, and the sweep,
+/// when replication is on and the node has a swarm.
+pub(crate) fn start(node: &Node, stored: Option<mpsc::Receiver<Stored>>) {
+    let config = node.inner.config.replication;
+    let (Some(swarm), Some(stored)) = (node.inner.blobs.swarm.as_ref(), stored) else {
+        return;
+    };
+    let Some(runtime) = background_runtime("copying for the region") else {
+        return;
+    };
+    let weak = node.downgrade();
+    runtime.spawn(take_asks(weak.clone(), swarm.replica_asks(), config));
+    runtime.spawn(check_stored(weak.clone(), stored, config));
+    runtime.spawn(sweep(weak, config));
+}
+
+/// A large blob just stored is checked for a second copy in the region
+/// once `check_after` has passed.
+async fn check_stored(
+    weak: WeakNode,
+    mut stored: mpsc::Receiver<Stored>,
+    config: ReplicationConfig,
+) {
+    while let Some(Stored {
+        digest,
+        filename,
+        len,
+    }) = stored.recv().await
+    {
+        if len < config.min_size {
+            continue;
         }
-        let Ok(dist) = DistFilename::parse(filename) else {
-            return;
+        let Ok(dist) = DistFilename::parse(&filename) else {
+            continue;
         };
-        let slot = NodeSlot::default();
-        slot.fill(self);
+        let weak = weak.clone();
         tokio::spawn(async move {
             tokio::time::sleep(config.check_after).await;
-            if let Some(node) = slot.node() {
+            if let Some(node) = weak.node() {
                 node.ensure_second_copy(digest, len, &dist.name).await;
             }
         });
     }
+}
 
+impl Node {
     /// Asks a peer of the region to keep `digest` unless one provides it.
     async fn ensure_second_copy(&self, digest: Sha256Digest, size: u64, project: &ProjectName) {
-        let Some(swarm) = self.inner.swarm.as_ref() else {
+        let Some(swarm) = self.inner.blobs.swarm.as_ref() else {
             return;
         };
-        if !matches!(self.inner.store.get(&digest), Ok(Some(_))) {
+        if !matches!(self.inner.blobs.store.get(&digest), Ok(Some(_))) {
             return;
         }
         let mut providers = Vec::new();
@@ -225,7 +249,7 @@ impl Node {
             {
                 Ok(ReplicaAnswer::Accepted) => {
                     info!(%digest, %peer, size, "asked a peer of this region for a second copy");
-                    self.inner.metrics.replica("requested");
+                    self.inner.blobs.metrics.replica("requested");
                     return;
                 }
                 Ok(ReplicaAnswer::Held) => return,
@@ -246,13 +270,13 @@ impl Node {
                 "{digest} is not listed on the trusted page of {name}"
             )));
         }
-        self.fetch_from_peers_only(&digest).await
+        self.inner.blobs.fetch_from_peers_only(&digest).await
     }
 }
 
 /// Answers peers' asks, one copy at a time.
 async fn take_asks(
-    slot: NodeSlot,
+    slot: WeakNode,
     mut asks: mpsc::Receiver<ReplicaAsk>,
     config: ReplicationConfig,
 ) {
@@ -263,21 +287,21 @@ async fn take_asks(
     });
     while let Some(ask) = asks.recv().await {
         let Some(node) = slot.node() else { return };
-        let held = matches!(node.inner.store.get(&ask.digest), Ok(Some(_)))
-            || lock(&node.inner.flights).contains_key(&ask.digest);
+        let held = matches!(node.inner.blobs.store.get(&ask.digest), Ok(Some(_)))
+            || node.inner.blobs.fetching(&ask.digest);
         let cx = AskContext {
             min_size: config.min_size,
             held,
             busy: busy.load(Ordering::Acquire),
             budget_left: lock(&budget).left(config.bytes_per_hour, Instant::now()),
-            room_under_cap: node.inner.store.room_under_cap(),
+            room_under_cap: node.inner.blobs.store.room_under_cap(),
         };
         let (answer, reason) = decide(ask.size, cx);
         let (digest, size, project, from) = (ask.digest, ask.size, ask.project.clone(), ask.from);
         ask.answer(answer);
         if answer != ReplicaAnswer::Accepted {
             if answer == ReplicaAnswer::Declined {
-                node.inner.metrics.replica("declined");
+                node.inner.blobs.metrics.replica("declined");
             }
             debug!(%digest, %from, reason, "a peer's ask for a copy");
             continue;
@@ -289,11 +313,11 @@ async fn take_asks(
             match node.make_replica(digest, &project).await {
                 Ok(()) => {
                     info!(%digest, %from, size, "kept a second copy for the region");
-                    node.inner.metrics.replica("made");
+                    node.inner.blobs.metrics.replica("made");
                 }
                 Err(e) => {
                     warn!(%digest, %from, "a copy for the region failed: {e}");
-                    node.inner.metrics.replica("failed");
+                    node.inner.blobs.metrics.replica("failed");
                 }
             }
             busy.store(false, Ordering::Release);
@@ -303,7 +327,7 @@ async fn take_asks(
 
 /// Peers of this node's region connected now.
 fn connected_in_region(node: &Node) -> HashSet<String> {
-    let Some(swarm) = node.inner.swarm.as_ref() else {
+    let Some(swarm) = node.inner.blobs.swarm.as_ref() else {
         return HashSet::new();
     };
     let mine = swarm.region();
@@ -317,7 +341,7 @@ fn connected_in_region(node: &Node) -> HashSet<String> {
 
 /// Checks every large file held `check_after` after a peer of the region
 /// disconnected (it may have held the other copy), and every `sweep_every`.
-async fn sweep(slot: NodeSlot, config: ReplicationConfig) {
+async fn sweep(slot: WeakNode, config: ReplicationConfig) {
     let poll = config.check_after.max(Duration::from_secs(1));
     let mut connected = HashSet::new();
     let mut lost_a_peer = false;
@@ -334,12 +358,12 @@ async fn sweep(slot: NodeSlot, config: ReplicationConfig) {
             continue;
         }
         last_sweep = Instant::now();
-        let Some(digests) = slot.node().and_then(|n| n.inner.store.digests().ok()) else {
+        let Some(digests) = slot.node().and_then(|n| n.inner.blobs.store.digests().ok()) else {
             return;
         };
         for digest in digests {
             let Some(node) = slot.node() else { return };
-            let size = match node.inner.store.get(&digest) {
+            let size = match node.inner.blobs.store.get(&digest) {
                 Ok(Some(blob)) if blob.size >= config.min_size => blob.size,
                 _ => continue,
             };

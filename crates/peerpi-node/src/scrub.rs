@@ -4,12 +4,14 @@
 //! when next asked) before a peer that received the bad bytes blames this
 //! node for them.
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use peerpi_store::Scrub;
 use tracing::{info, warn};
 
-use crate::{Node, NodeSlot};
+use crate::background_runtime;
+use crate::blobs::Blobs;
 
 /// When and how fast to scrub.
 #[derive(Debug, Clone, Copy)]
@@ -34,41 +36,40 @@ impl Default for ScrubConfig {
 }
 
 /// Starts the scrub loop, unless it is off or there is no runtime.
-pub(crate) fn start(node: &Node) {
-    let config = node.inner.config.scrub;
+pub(crate) fn start(blobs: &Arc<Blobs>, config: ScrubConfig) {
     if config.rate == 0 {
         return;
     }
-    let Some((slot, runtime)) = NodeSlot::for_background(node, "the background scrub") else {
+    let Some(runtime) = background_runtime("the background scrub") else {
         return;
     };
-    runtime.spawn(run(slot, config));
+    runtime.spawn(run(Arc::downgrade(blobs), config));
 }
 
-async fn run(slot: NodeSlot, config: ScrubConfig) {
+async fn run(blobs: Weak<Blobs>, config: ScrubConfig) {
     tokio::time::sleep(config.first).await;
     loop {
-        let Some(digests) = slot.node().and_then(|n| n.inner.store.digests().ok()) else {
+        let Some(digests) = blobs.upgrade().and_then(|b| b.store.digests().ok()) else {
             return;
         };
         let (mut bytes, mut damaged) = (0u64, 0usize);
         for digest in digests {
-            // Holds the node only while one blob is checked: a node that
-            // shuts down is not kept alive by its scrub.
-            let Some(node) = slot.node() else { return };
-            let store = node.inner.store.clone();
+            // Holds the node's blob path only while one blob is checked: a
+            // node that shuts down is not kept alive by its scrub.
+            let Some(node) = blobs.upgrade() else { return };
+            let store = node.store.clone();
             let outcome = tokio::task::spawn_blocking(move || store.scrub_blob(&digest)).await;
             let pause = match outcome {
                 Ok(Ok(Scrub::Good { bytes: n })) => {
                     bytes += n;
-                    node.inner.metrics.scrubbed(n);
+                    node.metrics.scrubbed(n);
                     Duration::from_secs_f64(n as f64 / config.rate as f64)
                 }
                 Ok(Ok(Scrub::Corrupt { reason })) => {
                     damaged += 1;
-                    node.inner.metrics.scrub_damaged();
+                    node.metrics.scrub_damaged();
                     warn!(%digest, %reason, "scrub: a stored blob was damaged on disk; removed and withdrawn");
-                    if let Some(swarm) = node.inner.swarm.as_ref() {
+                    if let Some(swarm) = node.swarm.as_ref() {
                         let _ = swarm.unprovide(digest).await;
                     }
                     Duration::ZERO

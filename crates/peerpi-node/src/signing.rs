@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use peerpi_trust::keys::SigningKey;
@@ -14,7 +14,8 @@ use peerpi_trust::signer::{Keys, Lifetimes, NewTarget, Repository};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::{lock, NodeError, NodeSlot};
+use crate::blobs::Blobs;
+use crate::{lock, NodeError};
 
 /// Pages waiting to be signed, at most; more are dropped (and signed the
 /// next time they are fetched).
@@ -71,14 +72,15 @@ pub(crate) struct PageSigner {
     signed: Mutex<HashMap<String, [u8; 32]>>,
     /// Wakes the signing loop before its next tick.
     urgent: tokio::sync::Notify,
-    /// The node, which keeps and announces each new snapshot as a blob.
-    node: NodeSlot,
+    /// The blob path, which keeps and announces each new snapshot (weak:
+    /// the signing loop outlives no node).
+    blobs: Weak<Blobs>,
 }
 
 impl PageSigner {
     /// Checks the repository and the key, then signs on a cadence for as
     /// long as the runtime runs.
-    pub(crate) fn start(config: SignerConfig, node: NodeSlot) -> Result<Arc<Self>, NodeError> {
+    pub(crate) fn start(config: SignerConfig, blobs: Weak<Blobs>) -> Result<Arc<Self>, NodeError> {
         let signer_error = |e: peerpi_trust::TrustError| {
             NodeError::Internal(format!("the TUF signer cannot start: {e}"))
         };
@@ -95,7 +97,7 @@ impl PageSigner {
             pending: Mutex::new(HashMap::new()),
             signed: Mutex::new(HashMap::new()),
             urgent: tokio::sync::Notify::new(),
-            node,
+            blobs,
         });
         runtime.spawn(signer.clone().run());
         info!(repo = %signer.config.repo.display(), interval = ?signer.config.interval, "TUF signer on: pages are signed and served at /tuf/");
@@ -166,12 +168,14 @@ impl PageSigner {
     /// nodes fetch it (named by its hash in the timestamp) from peers
     /// rather than all from this node.
     async fn keep_snapshot(&self, version: u64) {
-        let Some(node) = self.node.node() else { return };
+        let Some(blobs) = self.blobs.upgrade() else {
+            return;
+        };
         let path =
             Repository::metadata_dir_of(&self.config.repo).join(format!("{version}.snapshot.json"));
         match tokio::fs::read(&path).await {
             Ok(bytes) => {
-                node.keep_blob(bytes).await;
+                blobs.keep_blob(bytes).await;
             }
             Err(e) => warn!(path = %path.display(), error = %e, "cannot read the new snapshot"),
         }

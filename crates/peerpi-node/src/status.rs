@@ -7,13 +7,14 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use html_escape::encode_text;
 
-use crate::metrics::Source;
-use crate::{lock, Node, NodeSlot};
+use crate::blobs::Blobs;
+use crate::metrics::{Metrics, Source};
+use crate::{background_runtime, lock, Node};
 
 /// Downloads listed, newest first.
 const RECENT: usize = 20;
@@ -56,8 +57,8 @@ impl StatusState {
         recent.push_front(fetch);
     }
 
-    fn sample(&self, node: &Node) {
-        let now = node.metrics().by_source().map(|(_, _, bytes)| bytes);
+    fn sample(&self, metrics: &Metrics) {
+        let now = metrics.by_source().map(|(_, _, bytes)| bytes);
         let mut samples = lock(&self.samples);
         if samples.len() == SAMPLES {
             samples.pop_front();
@@ -67,16 +68,17 @@ impl StatusState {
 }
 
 /// Samples the byte counters every minute while the node lives.
-pub(crate) fn start_sampler(node: &Node) {
-    let Some((slot, runtime)) = NodeSlot::for_background(node, "the status page's sampler") else {
+pub(crate) fn start_sampler(blobs: &Arc<Blobs>) {
+    let Some(runtime) = background_runtime("the status page's sampler") else {
         return;
     };
+    let blobs = Arc::downgrade(blobs);
     runtime.spawn(async move {
         let mut ticker = tokio::time::interval(SAMPLE_EVERY);
         loop {
             ticker.tick().await;
-            let Some(node) = slot.node() else { return };
-            node.inner.status.sample(&node);
+            let Some(blobs) = blobs.upgrade() else { return };
+            blobs.status.sample(&blobs.metrics);
         }
     });
 }
@@ -124,7 +126,7 @@ fn trust_section(trust: &crate::trust::PageTrust) -> String {
 }
 
 pub(crate) fn render(node: &Node) -> String {
-    let state = &node.inner.status;
+    let state = &node.inner.blobs.status;
     let metrics = node.metrics();
     let store = node.store();
     let swarm = node.swarm();

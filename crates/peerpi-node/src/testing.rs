@@ -150,6 +150,17 @@ pub async fn peer_node_with(
     tweak: impl FnOnce(&mut peerpi_swarm::SwarmConfig),
 ) -> TestNode {
     let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    peer_node_in(upstream, dir, bootstrap, node_tweak, tweak).await
+}
+
+/// As [`peer_node_with`], on the data directory `dir`.
+pub async fn peer_node_in(
+    upstream: &FakeIndex,
+    dir: std::sync::Arc<tempfile::TempDir>,
+    bootstrap: &[peerpi_swarm::Multiaddr],
+    node_tweak: impl FnOnce(&mut NodeConfig),
+    tweak: impl FnOnce(&mut peerpi_swarm::SwarmConfig),
+) -> TestNode {
     let mut config = peerpi_swarm::SwarmConfig::new(dir.path().to_path_buf());
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     config.bootstrap = bootstrap.to_vec();
@@ -186,7 +197,7 @@ pub fn blocked_for_good(node: &TestNode, peer: &TestNode) -> bool {
 /// announces it (what a node does with bytes it verified; a test's liar
 /// does it with bytes it tampered with).
 pub async fn keep_bytes(node: &TestNode, bytes: Vec<u8>) {
-    node.node.clone().keep_blob(bytes).await;
+    node.node.blobs().clone().keep_blob(bytes).await;
 }
 
 /// Peers the node's swarm is connected to.

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use peerpi_core::Sha256Digest;
@@ -19,10 +19,11 @@ use peerpi_trust::{
 use tracing::{info, warn};
 use url::Url;
 
+use crate::blobs::Blobs;
 use crate::metrics::Metrics;
 use crate::metrics::Source;
 use crate::signing::page_target;
-use crate::{lock, NodeError, NodeSlot};
+use crate::{lock, NodeError};
 
 /// How a node decides which pages to trust.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +88,7 @@ pub(crate) struct PageTrust {
     /// peers then had a timestamp).
     signer_unreachable: std::sync::atomic::AtomicBool,
     dir: PathBuf,
-    node: NodeSlot,
+    blobs: Arc<Blobs>,
 }
 
 /// What the status page says of the trusted timestamp.
@@ -114,7 +115,7 @@ impl PageTrust {
         config: TrustConfig,
         data_dir: &Path,
         page_ttl: Duration,
-        node: NodeSlot,
+        blobs: Arc<Blobs>,
     ) -> Result<Self, NodeError> {
         let dir = data_dir.join("tuf-client");
         let fail = |what: String| NodeError::Internal(format!("TUF client: {what}"));
@@ -148,7 +149,7 @@ impl PageTrust {
             .map_err(|e| fail(format!("--tuf-url {}: {e}", config.url)))?;
         let fetcher = ClusterFetcher {
             http: HttpFetcher::new(Duration::from_secs(30)).map_err(|e| fail(e.to_string()))?,
-            node: node.clone(),
+            blobs: blobs.clone(),
         };
         let client = Client::new(
             MetadataDir::new(&dir),
@@ -174,7 +175,7 @@ impl PageTrust {
             timestamp: Mutex::new(None),
             signer_unreachable: Default::default(),
             dir,
-            node,
+            blobs,
         })
     }
 
@@ -365,9 +366,7 @@ impl PageTrust {
         // The stored file holds exactly the bytes that verified; it is
         // written only while unexpired.
         let stored = MetadataDir::new(&self.dir).read("timestamp");
-        if let (Some(swarm), Ok(Some(bytes))) =
-            (self.node.node().and_then(|n| n.swarm().cloned()), stored)
-        {
+        if let (Some(swarm), Ok(Some(bytes))) = (self.blobs.swarm.as_ref(), stored) {
             if let Err(e) = swarm.publish_latest(TIMESTAMP_DOCUMENT, bytes.into()) {
                 warn!(error = %e, "cannot hand the TUF timestamp to peers");
             }
@@ -457,21 +456,20 @@ impl PageTrust {
 /// by source in `peerpi_tuf_metadata_bytes_total`.
 pub(crate) struct ClusterFetcher {
     http: HttpFetcher,
-    node: NodeSlot,
+    blobs: Arc<Blobs>,
 }
 
 impl ClusterFetcher {
     fn count(&self, source: &str, bytes: &[u8]) {
-        if let Some(node) = self.node.node() {
-            node.metrics()
-                .tuf_metadata_bytes(source, bytes.len() as u64);
-        }
+        self.blobs
+            .metrics
+            .tuf_metadata_bytes(source, bytes.len() as u64);
     }
 }
 
 impl Fetch for ClusterFetcher {
     async fn timestamps_from_peers(&self, limit: u64) -> Vec<Vec<u8>> {
-        let Some(swarm) = self.node.node().and_then(|n| n.swarm().cloned()) else {
+        let Some(swarm) = self.blobs.swarm.as_ref() else {
             return Vec::new();
         };
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -504,9 +502,6 @@ impl Fetch for ClusterFetcher {
         limit: u64,
         sha256: [u8; 32],
     ) -> Result<Vec<u8>, FetchError> {
-        let Some(node) = self.node.node() else {
-            return self.fetch(url, limit).await;
-        };
         let filename = url
             .path_segments()
             .and_then(|mut segments| segments.next_back())
@@ -519,7 +514,7 @@ impl Fetch for ClusterFetcher {
             metadata: None,
         };
         let digest = Sha256Digest::from_bytes(sha256);
-        match node.small_blob(&digest, origin, limit).await {
+        match self.blobs.small_blob(&digest, origin, limit).await {
             Ok((bytes, source)) => {
                 let source = match source {
                     Source::Local => "store",

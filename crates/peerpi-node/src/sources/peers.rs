@@ -360,7 +360,10 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         let release_at = started + bounds.hold_back;
         let mut client_deadline = started + bounds.hold_back.max(bounds.first_provider);
         let min_rate = bounds.min_rate.max(1) as f64;
-        let mut providers = net.find_providers(digest).await?;
+        let mut providers = net
+            .find_providers(digest)
+            .await
+            .map_err(Unfinished::sources)?;
         // Beside it: peers fetching the blob right now, waited for
         // when no peer holds it (two runners missing the same file at once
         // would otherwise both fetch it upstream).
@@ -702,7 +705,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                         suspects.push(Attempt { file, parts });
                     }
                 }
-                Err(CommitError::Other(e)) => return Err(e.into()),
+                Err(CommitError::Other(e)) => return Err(StoreFailure(e).into()),
             }
         }
     }
@@ -811,7 +814,7 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         received: &mut Received,
         done: TailDone,
         total: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreFailure> {
         let from = received.writer.len();
         self.metrics.peer_transfer(done.channel, false);
         self.metrics.blob_bytes(Source::Peer, done.len);
@@ -831,8 +834,8 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                     .map(|()| Bytes::from(buf))
             })
             .await
-            .map_err(|e| format!("read task failed: {e}"))?
-            .map_err(|e| format!("reading the tail's temp file: {e}"))?;
+            .map_err(|e| StoreFailure(format!("read task failed: {e}")))?
+            .map_err(|e| StoreFailure(format!("reading the tail's temp file: {e}")))?;
             let mut batch = Batch::default();
             batch.add(chunk);
             received.writer.push(batch).await?;
@@ -974,15 +977,12 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         Some(peer)
     }
 
-    async fn write_failed(&self, peer: PeerId, origin: &Origin, error: String) -> Unfinished {
+    async fn write_failed(&self, peer: PeerId, origin: &Origin, error: StoreFailure) -> Unfinished {
         if origin.size.is_none() {
             warn!(%peer, file = %origin.filename, "writing a peer's bytes of unlisted size failed ({error}); suspending it");
             self.sentence(peer, Misdeed::BrokeOff).await;
         }
-        Unfinished {
-            reason: format!("writing peer bytes: {error}"),
-            partial: None,
-        }
+        error.into()
     }
 
     /// When no peer holds the blob: waits for a peer that announced it is
@@ -1309,13 +1309,38 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct Unfinished {
     pub reason: String,
     pub partial: Option<Partial>,
+    /// This node's store failed (a full disk): no other source would do
+    /// better now.
+    pub store_failed: bool,
 }
 
-impl From<String> for Unfinished {
-    fn from(reason: String) -> Self {
+impl Unfinished {
+    /// The peers did not deliver; the next source may.
+    fn sources(reason: impl Into<String>) -> Self {
         Self {
-            reason,
+            reason: reason.into(),
             partial: None,
+            store_failed: false,
+        }
+    }
+}
+
+/// The store could not write or keep peer bytes.
+#[derive(Debug)]
+pub(crate) struct StoreFailure(String);
+
+impl std::fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<StoreFailure> for Unfinished {
+    fn from(failure: StoreFailure) -> Self {
+        Self {
+            reason: format!("this node's store cannot write peer bytes ({failure}); retry once the disk has room"),
+            partial: None,
+            store_failed: true,
         }
     }
 }
@@ -1371,9 +1396,9 @@ struct Received {
 impl Received {
     /// A fresh temp file; clients see none of it until it is released or
     /// verified.
-    fn new(store: &Store) -> Result<Self, String> {
-        let writer = store.writer().map_err(|e| e.to_string())?;
-        let file = writer.reader().map_err(|e| e.to_string())?;
+    fn new(store: &Store) -> Result<Self, StoreFailure> {
+        let writer = store.writer().map_err(|e| StoreFailure(e.to_string()))?;
+        let file = writer.reader().map_err(|e| StoreFailure(e.to_string()))?;
         Ok(Self {
             writer: BackgroundWriter::new(writer, file.clone()),
             file,
@@ -1384,7 +1409,7 @@ impl Received {
 
     /// Lets clients read what is handed to the writer (once written), less
     /// the last byte.
-    async fn publish(&mut self, flight: &Flight, total: u64) -> Result<(), String> {
+    async fn publish(&mut self, flight: &Flight, total: u64) -> Result<(), StoreFailure> {
         self.writer.settle().await?;
         publish_progress(flight, &self.file, total, self.writer.written());
         Ok(())
@@ -1409,7 +1434,7 @@ impl Received {
     async fn hand_over(self, reason: impl Into<String>) -> Unfinished {
         let reason = reason.into();
         if self.writer.len() == 0 || !self.released {
-            return reason.into();
+            return Unfinished::sources(reason);
         }
         match self.writer.finish().await {
             Ok(writer) => Unfinished {
@@ -1419,8 +1444,9 @@ impl Received {
                     file: self.file,
                     parts: self.parts,
                 }),
+                store_failed: false,
             },
-            Err(e) => format!("{reason}; the bytes received are lost: {e}").into(),
+            Err(e) => Unfinished::sources(format!("{reason}; the bytes received are lost: {e}")),
         }
     }
 }
@@ -1495,11 +1521,14 @@ async fn receive_tail<T: PeerTransfer>(
         }
         pending.add(chunk);
         if pending.len >= PEER_WRITE_BATCH || pending.chunks.len() >= MAX_BATCH_CHUNKS {
-            writer.push(std::mem::take(&mut pending)).await?;
+            writer
+                .push(std::mem::take(&mut pending))
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
-    writer.push(pending).await?;
-    writer.settle().await?;
+    writer.push(pending).await.map_err(|e| e.to_string())?;
+    writer.settle().await.map_err(|e| e.to_string())?;
     if got < want {
         return Err(format!("ended {} bytes early", want - got));
     }
@@ -1552,7 +1581,7 @@ impl BackgroundWriter {
         self.written
     }
 
-    async fn push(&mut self, batch: Batch) -> Result<(), String> {
+    async fn push(&mut self, batch: Batch) -> Result<(), StoreFailure> {
         let mut writer = self.wait().await?;
         if batch.len == 0 {
             self.idle = Some(writer);
@@ -1574,19 +1603,19 @@ impl BackgroundWriter {
     }
 
     /// Waits for the running append, so that `written` is all handed over.
-    async fn settle(&mut self) -> Result<(), String> {
+    async fn settle(&mut self) -> Result<(), StoreFailure> {
         let writer = self.wait().await?;
         self.idle = Some(writer);
         Ok(())
     }
 
     /// The writer, once its last append finished.
-    async fn wait(&mut self) -> Result<BlobWriter, String> {
+    async fn wait(&mut self) -> Result<BlobWriter, StoreFailure> {
         if let Some((busy, len)) = self.busy.take() {
             let writer = busy
                 .await
-                .map_err(|e| format!("write task failed: {e}"))?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| StoreFailure(format!("write task failed: {e}")))?
+                .map_err(|e| StoreFailure(e.to_string()))?;
             self.written = len;
             return Ok(writer);
         }
@@ -1594,10 +1623,10 @@ impl BackgroundWriter {
         // above ends the fetch, which drops this writer.
         self.idle
             .take()
-            .ok_or_else(|| "temp file writer used after a failed write".to_string())
+            .ok_or_else(|| StoreFailure("temp file writer used after a failed write".into()))
     }
 
-    async fn finish(mut self) -> Result<BlobWriter, String> {
+    async fn finish(mut self) -> Result<BlobWriter, StoreFailure> {
         let writer = self.wait().await?;
         if let Some(syncing) = self.syncing.take() {
             let _ = syncing.await;

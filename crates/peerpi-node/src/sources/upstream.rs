@@ -6,19 +6,22 @@
 //! client already reading them gets the rest instead of a cut response.
 
 use std::fs::File;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use peerpi_core::Sha256Digest;
-use peerpi_store::{BlobWriter, Origin};
+use peerpi_store::{BlobWriter, Origin, Store};
+use peerpi_swarm::SwarmHandle;
+use peerpi_upstream::Upstream;
 use tracing::{debug, warn};
 
 use crate::flight::{CommitError, Flight, FlightFailure, FlightState};
-use crate::metrics::Source;
+use crate::metrics::{Metrics, Source};
 use crate::reputation::Misdeed;
 use crate::sources::peers::{Attempt, Partial, PeerNetwork};
-use crate::Node;
 
 /// Why an upstream download did not deliver.
 enum Failure {
@@ -40,19 +43,38 @@ impl From<Failure> for FlightFailure {
     }
 }
 
-impl Node {
+/// The upstream download of one flight, from the parts it uses.
+pub(crate) struct UpstreamSource<'a, C> {
+    pub upstream: &'a Upstream,
+    pub store: &'a Store,
+    pub metrics: &'a Metrics,
+    /// Where peers whose bytes were continued are sentenced.
+    pub swarm: Option<&'a SwarmHandle>,
+    pub suspension: Duration,
+    /// The most bytes accepted when no size is listed or announced.
+    pub size_cap: u64,
+    pub flight: &'a Flight,
+    pub digest: Sha256Digest,
+    pub origin: &'a Origin,
+    /// Verifies and stores a finished temp file (announcing it).
+    pub commit: C,
+}
+
+impl<C, F> UpstreamSource<'_, C>
+where
+    C: Fn(BlobWriter, u64) -> F,
+    F: Future<Output = Result<(), CommitError>>,
+{
     /// Fetches the blob upstream: continuing `partial` when the peer phase
     /// left one, else (or when that fails) from the first byte. A continued
     /// file that fails verification makes its peers suspects, judged once
     /// the full download is verified.
-    pub(crate) async fn fetch_upstream(
+    pub(crate) async fn fetch(
         &self,
-        digest: &Sha256Digest,
-        origin: &Origin,
-        flight: &Flight,
         partial: Option<Partial>,
         suspects: &mut Vec<Attempt>,
     ) -> Result<(Arc<File>, u64), FlightFailure> {
+        let (digest, origin) = (&self.digest, self.origin);
         if let Some(Partial {
             writer,
             file,
@@ -60,16 +82,13 @@ impl Node {
         }) = partial
         {
             let from = writer.len();
-            match self
-                .download(digest, origin, flight, writer, file.clone())
-                .await
-            {
+            match self.download(writer, file.clone()).await {
                 Ok(done) => return Ok(done),
                 Err(e @ (Failure::Final(_) | Failure::Store(_))) => return Err(e.into()),
                 Err(Failure::Retry(e)) => {
                     debug!(%digest, from, "continuing the peers' bytes upstream failed ({e}); fetching it whole");
-                    if let Some(swarm) = self.inner.swarm.as_ref() {
-                        let verdict = Misdeed::Suspect.verdict(self.inner.config.peer_suspension);
+                    if let Some(swarm) = self.swarm {
+                        let verdict = Misdeed::Suspect.verdict(self.suspension);
                         for part in &parts {
                             swarm.sentence(part.peer, verdict).await;
                         }
@@ -82,9 +101,9 @@ impl Node {
         }
         let store_failure =
             |e: peerpi_store::StoreError| FlightFailure::from(store_full(origin, e));
-        let writer = self.inner.store.writer().map_err(store_failure)?;
+        let writer = self.store.writer().map_err(store_failure)?;
         let file = writer.reader().map_err(store_failure)?;
-        self.download(digest, origin, flight, writer, file)
+        self.download(writer, file)
             .await
             .map_err(FlightFailure::from)
     }
@@ -92,15 +111,20 @@ impl Node {
     /// Downloads into `writer` from its length on, then verifies and stores.
     async fn download(
         &self,
-        digest: &Sha256Digest,
-        origin: &Origin,
-        flight: &Flight,
         mut writer: BlobWriter,
         file: Arc<File>,
     ) -> Result<(Arc<File>, u64), Failure> {
-        let metrics = &self.inner.metrics;
+        let (digest, origin, flight, metrics) =
+            (&self.digest, self.origin, self.flight, self.metrics);
         let from = writer.len();
-        let download = match self.inner.upstream.fetch_file(&origin.url, from).await {
+        // A listed size the disk cannot hold is refused before the index is
+        // asked: its bytes would only be thrown away.
+        if let Some(size) = origin.size {
+            self.store
+                .disk_room_for(size.saturating_sub(from))
+                .map_err(|e| store_full(origin, e))?;
+        }
+        let download = match self.upstream.fetch_file(&origin.url, from).await {
             Ok(d) => d,
             Err(e @ peerpi_upstream::UpstreamError::Status { .. }) if from > 0 => {
                 return Err(Failure::Retry(e.to_string()));
@@ -127,12 +151,11 @@ impl Node {
         // Never accept more than was announced: a source cannot make us store
         // endless data. With nothing announced, the size cap applies.
         let limit = origin.size.or(announced);
-        let cap = limit.unwrap_or_else(|| self.size_cap(origin));
+        let cap = limit.unwrap_or(self.size_cap);
         // Before a client gets a response head: a file the disk cannot
         // hold would be cut short, where a refusal can say why.
-        if let Some(size) = limit {
-            self.inner
-                .store
+        if let (None, Some(size)) = (origin.size, announced) {
+            self.store
                 .disk_room_for(size.saturating_sub(from))
                 .map_err(|e| store_full(origin, e))?;
         }
@@ -187,7 +210,7 @@ impl Node {
                 origin.filename
             )));
         }
-        match self.commit(writer, *digest, len).await {
+        match (self.commit)(writer, len).await {
             Ok(()) => {
                 metrics.upstream_request("file", "ok");
                 Ok((file, len))

@@ -4,6 +4,7 @@
 //! bounds, hold-back, blame) is written against [`PeerNetwork`], which the
 //! swarm implements and the unit tests script.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fs::File;
 use std::future::Future;
@@ -300,6 +301,62 @@ pub(crate) struct PeerPhase<'a, N> {
     pub hedging: &'a Hedging,
 }
 
+/// What a step of the peer phase leads to.
+enum Step<T> {
+    Go(T),
+    /// Try the next peer.
+    Retry,
+    /// The phase ends: the next source continues from what was received.
+    HandOver(Cow<'static, str>),
+}
+
+/// How one transfer ended, short of its verification.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ended {
+    /// What the peer did wrong, if the transfer failed.
+    failed: Option<Misdeed>,
+    /// The client's clock ran out: the next source takes over.
+    handing_over: bool,
+}
+
+/// Where one peer phase stands between its attempts.
+struct Attempts<T> {
+    started: tokio::time::Instant,
+    /// A transfer running at this instant is released to clients.
+    release_at: tokio::time::Instant,
+    /// No wait runs past it: before a release, the hold-back (or the
+    /// first-provider deadline, if longer) from the start; after one,
+    /// the hold-back of silence.
+    client_deadline: tokio::time::Instant,
+    /// Until when the lookup may name a (next) provider: `first_provider`
+    /// again after each attempt ends.
+    provider_deadline: tokio::time::Instant,
+    attempt_ended: bool,
+    /// Set at the first transfer: the blob's size at the minimum rate,
+    /// plus the grace.
+    phase_deadline: Option<tokio::time::Instant>,
+    tried: HashSet<PeerId>,
+    /// Providers found and not asked yet, best first.
+    queue: Vec<PeerId>,
+    /// A near peer still fetching is asked once per phase at most.
+    near_asked: bool,
+    providers: mpsc::UnboundedReceiver<PeerId>,
+    intents: Option<IntentFeed>,
+    /// A transfer started outside the provider queue (an intent, a near
+    /// peer in flight), read next.
+    ready: Option<(PeerId, T)>,
+    received: Received,
+}
+
+/// Whether a transfer of `total` bytes may be the blob: the listed size, or,
+/// none listed, within `cap`.
+fn announced_size_fits(listed: Option<u64>, total: u64, cap: u64) -> bool {
+    match listed {
+        Some(expected) => total == expected,
+        None => total <= cap,
+    }
+}
+
 /// How asking for a transfer ended.
 enum Started<T> {
     Transfer(PeerId, T),
@@ -352,361 +409,456 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         C: Fn(BlobWriter, u64) -> F,
         F: Future<Output = Result<(), CommitError>>,
     {
-        let (net, metrics, bounds) = (self.net, self.metrics, self.bounds);
+        let mut phase = self.begin(digest).await?;
+        loop {
+            let (peer, transfer) = match self.next_transfer(digest, &mut phase).await? {
+                Step::Go(started) => started,
+                Step::Retry => continue,
+                Step::HandOver(reason) => return Err(phase.received.hand_over(reason).await),
+            };
+            let offset = phase.received.writer.len();
+            self.metrics
+                .peer_transfer(transfer.channel(), transfer.in_flight());
+            let total = offset + transfer.remaining();
+            if !self.admit(peer, digest, origin, total).await {
+                continue;
+            }
+            let channel = transfer.channel();
+            let ended = self
+                .receive(&mut phase, peer, transfer, digest, origin, total)
+                .await?;
+            match self.after_transfer(&mut phase, peer, digest, ended).await? {
+                Step::Go(()) => {}
+                Step::Retry => continue,
+                Step::HandOver(reason) => return Err(phase.received.hand_over(reason).await),
+            }
+            let finished = self
+                .finish(&mut phase, peer, channel, digest, origin, suspects, &commit)
+                .await?;
+            if let Some(done) = finished {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Starts the provider and intent lookups; the clocks start now.
+    async fn begin(&self, digest: Sha256Digest) -> Result<Attempts<N::Transfer>, Unfinished> {
+        let bounds = self.bounds;
         let started = tokio::time::Instant::now();
-        // A transfer running at `release_at` is released; any other wait
-        // ends at the client's deadline, which leaves a provider lookup its
-        // `first_provider` however short the hold-back.
-        let release_at = started + bounds.hold_back;
-        let mut client_deadline = started + bounds.hold_back.max(bounds.first_provider);
-        let min_rate = bounds.min_rate.max(1) as f64;
-        let mut providers = net
+        let providers = self
+            .net
             .find_providers(digest)
             .await
             .map_err(Unfinished::sources)?;
         // Beside it: peers fetching the blob right now, waited for
         // when no peer holds it (two runners missing the same file at once
         // would otherwise both fetch it upstream).
-        let mut intents = net.find_intents(digest).await.ok().map(IntentFeed::new);
-        let mut ready: Option<(PeerId, N::Transfer)> = None;
-        // The lookup goes on while a provider is tried: one that fails
-        // leaves the lookup `first_provider` more to name the next, however
-        // long its own attempt took (a lying peer's transfer can outlast the
-        // first deadline). Bounded by `MAX_PROVIDERS_TRIED` attempts.
-        let mut provider_deadline = started + bounds.first_provider;
-        let mut attempt_ended = false;
-        let mut phase_deadline = None;
-        let mut tried: HashSet<PeerId> = HashSet::new();
-        let mut queue: Vec<PeerId> = Vec::new();
-        // A near peer still fetching is asked once per phase at most.
-        let mut near_asked = false;
-        let mut received = Received::new(self.store)?;
+        let intents = self
+            .net
+            .find_intents(digest)
+            .await
+            .ok()
+            .map(IntentFeed::new);
+        Ok(Attempts {
+            started,
+            release_at: started + bounds.hold_back,
+            client_deadline: started + bounds.hold_back.max(bounds.first_provider),
+            provider_deadline: started + bounds.first_provider,
+            attempt_ended: false,
+            phase_deadline: None,
+            tried: HashSet::new(),
+            queue: Vec::new(),
+            near_asked: false,
+            providers,
+            intents,
+            ready: None,
+            received: Received::new(self.store)?,
+        })
+    }
+
+    /// The next transfer to read: a provider found by the lookup (in the
+    /// network's order, hedged when slow to answer), a near peer still
+    /// fetching the blob (asked once per phase), or, when the lookup names
+    /// nobody more, a peer that announced it is fetching it. `Retry`: the
+    /// peer taken was no use (already tried, unusable, refused); `HandOver`:
+    /// the client's deadline passed or nobody is left.
+    async fn next_transfer(
+        &self,
+        digest: Sha256Digest,
+        phase: &mut Attempts<N::Transfer>,
+    ) -> Result<Step<(PeerId, N::Transfer)>, Unfinished> {
+        let (net, bounds) = (self.net, self.bounds);
+        if std::mem::take(&mut phase.attempt_ended) {
+            phase.provider_deadline = phase
+                .provider_deadline
+                .max(tokio::time::Instant::now() + bounds.first_provider);
+        }
+        if phase.ready.is_none() && phase.queue.is_empty() {
+            let wait_until = phase.provider_deadline.min(phase.client_deadline);
+            let ended = match tokio::time::timeout_at(wait_until, phase.providers.recv()).await {
+                Ok(Some(p)) => {
+                    phase.queue.push(p);
+                    None
+                }
+                Ok(None) => Some("no (more) providers"),
+                Err(_) if tokio::time::Instant::now() >= phase.client_deadline => {
+                    return Ok(Step::HandOver(CLIENT_DEADLINE_PASSED.into()));
+                }
+                Err(_) => Some("no provider delivered before the peer deadline"),
+            };
+            if let Some(reason) = ended {
+                let at = phase.received.writer.len();
+                let intents = phase.intents.take();
+                let intent = self
+                    .wait_for_intent(digest, at, intents, &phase.tried, phase.client_deadline)
+                    .await;
+                return Ok(match intent {
+                    Some(started) => {
+                        phase.ready = Some(started);
+                        Step::Retry
+                    }
+                    None => Step::HandOver(reason.into()),
+                });
+            }
+            // Providers arrive one DHT response at a time: gather what
+            // comes within a short window so that region and RTT can
+            // choose among them, without waiting for the whole query.
+            let _ = tokio::time::timeout(PROVIDER_WINDOW, async {
+                while let Some(p) = phase.providers.recv().await {
+                    phase.queue.push(p);
+                }
+            })
+            .await;
+            net.order(&mut phase.queue);
+        }
+        if let Some((peer, transfer)) = phase.ready.take() {
+            phase.tried.insert(peer);
+            phase.attempt_ended = true;
+            return Ok(Step::Go((peer, transfer)));
+        }
+        let at = phase.received.writer.len();
+        if !std::mem::replace(&mut phase.near_asked, true) {
+            let next = &phase.queue[0];
+            let near = self.near_in_flight(
+                digest,
+                at,
+                next,
+                phase.intents.as_mut(),
+                &phase.tried,
+                phase.client_deadline,
+            );
+            if let Some(started) = near.await {
+                phase.ready = Some(started);
+                return Ok(Step::Retry);
+            }
+        }
+        let peer = phase.queue.remove(0);
+        if peer == net.local_peer_id() || !net.usable(&peer) || !phase.tried.insert(peer) {
+            return Ok(Step::Retry);
+        }
+        if phase.tried.len() > MAX_PROVIDERS_TRIED {
+            let reason = format!("{MAX_PROVIDERS_TRIED} providers tried");
+            return Ok(Step::HandOver(reason.into()));
+        }
+        phase.attempt_ended = true;
+        let start = self.start_transfer(
+            peer,
+            digest,
+            at,
+            &mut phase.queue,
+            &mut phase.tried,
+            phase.client_deadline,
+        );
+        Ok(match start.await {
+            Started::Transfer(peer, transfer) => Step::Go((peer, transfer)),
+            Started::Failed => Step::Retry,
+            Started::DeadlinePassed => Step::HandOver(CLIENT_DEADLINE_PASSED.into()),
+        })
+    }
+
+    /// Whether a transfer announcing `total` bytes may be read: the listed
+    /// size, or (none listed) within the cap and room in the store before
+    /// a byte is written, since a claim must not fill the disk. A peer
+    /// announcing another size is sentenced.
+    async fn admit(&self, peer: PeerId, digest: Sha256Digest, origin: &Origin, total: u64) -> bool {
+        let cap = self.bounds.size_cap;
+        if !announced_size_fits(origin.size, total, cap) {
+            warn!(%peer, %digest, announced = total, listed = ?origin.size, cap, "peer announces a size that is not the listed one, or over the cap");
+            self.metrics.verification_failure(Source::Peer);
+            self.sentence(peer, Misdeed::SizeLie).await;
+            return false;
+        }
+        if origin.size.is_none() {
+            if let Err(e) = self.store.room_for(total) {
+                warn!(%peer, %digest, announced = total, "a peer's transfer cannot be held: {e}");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Reads one transfer of a blob of `total` bytes into the phase's temp
+    /// file, with a second provider sending the second half meanwhile when
+    /// the blob is large; releases its bytes to clients once it outlasts
+    /// the hold-back; ends it when it breaks off, falls below the minimum
+    /// rate, overruns the phase or goes silent past the client's clock.
+    async fn receive(
+        &self,
+        phase: &mut Attempts<N::Transfer>,
+        peer: PeerId,
+        mut transfer: N::Transfer,
+        digest: Sha256Digest,
+        origin: &Origin,
+        total: u64,
+    ) -> Result<Ended, Unfinished> {
+        let bounds = self.bounds;
+        let min_rate = bounds.min_rate.max(1) as f64;
+        let offset = phase.received.writer.len();
+        let rate_grace = if transfer.in_flight() {
+            bounds.min_rate_grace.max(IN_FLIGHT_RATE_GRACE)
+        } else {
+            bounds.min_rate_grace
+        };
+        // A second provider sends the second half meanwhile (dropped,
+        // which cancels it, if this transfer ends first).
+        let mut tail = if origin.size.is_some() && !transfer.in_flight() {
+            self.start_tail(digest, offset, total, &mut phase.queue, &mut phase.tried)
+                .await
+        } else {
+            None
+        };
+        let phase_deadline = *phase.phase_deadline.get_or_insert_with(|| {
+            tokio::time::Instant::now()
+                + rate_grace
+                + Duration::from_secs_f64(total as f64 / min_rate)
+        });
+        let received = &mut phase.received;
+        received.parts.push(Part {
+            peer,
+            range: offset..offset,
+            in_flight: transfer.in_flight(),
+            broke_off: false,
+        });
+        let mut transfer_started = tokio::time::Instant::now();
+        let mut received_here = 0u64;
+        let mut ended = Ended::default();
+        // Peer bytes are written in large batches, one at a time on
+        // blocking threads while the next batch arrives; released bytes
+        // at least every `PUBLISH_EVERY`, so a client sees them flow.
+        let mut pending = Batch::default();
+        let mut last_write = tokio::time::Instant::now();
         loop {
-            if std::mem::take(&mut attempt_ended) {
-                provider_deadline =
-                    provider_deadline.max(tokio::time::Instant::now() + bounds.first_provider);
-            }
-            if ready.is_none() && queue.is_empty() {
-                let wait_until = provider_deadline.min(client_deadline);
-                let ended = match tokio::time::timeout_at(wait_until, providers.recv()).await {
-                    Ok(Some(p)) => {
-                        queue.push(p);
-                        None
-                    }
-                    Ok(None) => Some("no (more) providers"),
-                    Err(_) if tokio::time::Instant::now() >= client_deadline => {
-                        return Err(received.hand_over(CLIENT_DEADLINE_PASSED).await);
-                    }
-                    Err(_) => Some("no provider delivered before the peer deadline"),
-                };
-                if let Some(reason) = ended {
-                    let at = received.writer.len();
-                    let intent = self
-                        .wait_for_intent(digest, at, intents.take(), &tried, client_deadline)
-                        .await;
-                    match intent {
-                        Some((peer, transfer)) => {
-                            ready = Some((peer, transfer));
-                            continue;
-                        }
-                        None => return Err(received.hand_over(reason).await),
-                    }
-                }
-                // Providers arrive one DHT response at a time: gather what
-                // comes within a short window so that region and RTT can
-                // choose among them, without waiting for the whole query.
-                let _ = tokio::time::timeout(PROVIDER_WINDOW, async {
-                    while let Some(p) = providers.recv().await {
-                        queue.push(p);
-                    }
-                })
-                .await;
-                net.order(&mut queue);
-            }
-            let (peer, mut transfer) = match ready.take() {
-                Some((peer, transfer)) => {
-                    tried.insert(peer);
-                    attempt_ended = true;
-                    (peer, transfer)
-                }
-                None => {
-                    let at = received.writer.len();
-                    if !std::mem::replace(&mut near_asked, true) {
-                        let next = &queue[0];
-                        let near = self.near_in_flight(
-                            digest,
-                            at,
-                            next,
-                            intents.as_mut(),
-                            &tried,
-                            client_deadline,
-                        );
-                        if let Some((peer, transfer)) = near.await {
-                            ready = Some((peer, transfer));
-                            continue;
-                        }
-                    }
-                    let peer = queue.remove(0);
-                    if peer == net.local_peer_id() || !net.usable(&peer) || !tried.insert(peer) {
+            let watch = if received.released {
+                phase.client_deadline
+            } else {
+                phase.release_at.min(phase.client_deadline)
+            };
+            let wake = phase_deadline.min(watch);
+            let chunk = match tokio::time::timeout_at(wake, transfer.next_chunk()).await {
+                Err(_) if tokio::time::Instant::now() >= watch => {
+                    if !received.released && origin.size.is_some() {
+                        received.writer.push(std::mem::take(&mut pending)).await?;
+                        received.released = true;
+                        phase.client_deadline = tokio::time::Instant::now() + bounds.hold_back;
+                        debug!(%digest, "peer transfer outlasts the hold-back; releasing its bytes to clients as they arrive");
+                        received.publish(self.flight, total).await?;
                         continue;
                     }
-                    if tried.len() > MAX_PROVIDERS_TRIED {
-                        let reason = format!("{MAX_PROVIDERS_TRIED} providers tried");
-                        return Err(received.hand_over(reason).await);
-                    }
-                    attempt_ended = true;
-                    let start = self.start_transfer(
-                        peer,
-                        digest,
-                        at,
-                        &mut queue,
-                        &mut tried,
-                        client_deadline,
-                    );
-                    match start.await {
-                        Started::Transfer(peer, t) => (peer, t),
-                        Started::Failed => continue,
-                        Started::DeadlinePassed => {
-                            return Err(received.hand_over(CLIENT_DEADLINE_PASSED).await);
-                        }
-                    }
-                }
-            };
-            let offset = received.writer.len();
-            metrics.peer_transfer(transfer.channel(), transfer.in_flight());
-            let total = offset + transfer.remaining();
-            let size_lie = match origin.size {
-                Some(expected) => total != expected,
-                None => total > bounds.size_cap,
-            };
-            if size_lie {
-                warn!(%peer, %digest, announced = total, listed = ?origin.size, cap = bounds.size_cap, "peer announces a size that is not the listed one, or over the cap");
-                metrics.verification_failure(Source::Peer);
-                self.sentence(peer, Misdeed::SizeLie).await;
-                continue;
-            }
-            // A size only the peer vouches for must fit before a byte is
-            // written: a claim must not fill the disk.
-            if origin.size.is_none() {
-                if let Err(e) = self.store.room_for(total) {
-                    warn!(%peer, %digest, announced = total, "a peer's transfer cannot be held: {e}");
-                    continue;
-                }
-            }
-            let rate_grace = if transfer.in_flight() {
-                bounds.min_rate_grace.max(IN_FLIGHT_RATE_GRACE)
-            } else {
-                bounds.min_rate_grace
-            };
-            // A second provider sends the second half meanwhile (dropped,
-            // which cancels it, if this transfer ends first).
-            let mut tail = if origin.size.is_some() && !transfer.in_flight() {
-                self.start_tail(digest, offset, total, &mut queue, &mut tried)
-                    .await
-            } else {
-                None
-            };
-            let phase_deadline = *phase_deadline.get_or_insert_with(|| {
-                tokio::time::Instant::now()
-                    + rate_grace
-                    + Duration::from_secs_f64(total as f64 / min_rate)
-            });
-            received.parts.push(Part {
-                peer,
-                range: offset..offset,
-                in_flight: transfer.in_flight(),
-                broke_off: false,
-            });
-            let mut transfer_started = tokio::time::Instant::now();
-            let mut received_here = 0u64;
-            let mut failed: Option<Misdeed> = None;
-            let mut handing_over = false;
-            // Peer bytes are written in large batches, one at a time on
-            // blocking threads while the next batch arrives; released bytes
-            // at least every `PUBLISH_EVERY`, so a client sees them flow.
-            let mut pending = Batch::default();
-            let mut last_write = tokio::time::Instant::now();
-            loop {
-                let watch = if received.released {
-                    client_deadline
-                } else {
-                    release_at.min(client_deadline)
-                };
-                let wake = phase_deadline.min(watch);
-                let chunk = match tokio::time::timeout_at(wake, transfer.next_chunk()).await {
-                    Err(_) if tokio::time::Instant::now() >= watch => {
-                        if !received.released && origin.size.is_some() {
-                            received.writer.push(std::mem::take(&mut pending)).await?;
-                            received.released = true;
-                            client_deadline = tokio::time::Instant::now() + bounds.hold_back;
-                            debug!(%digest, "peer transfer outlasts the hold-back; releasing its bytes to clients as they arrive");
-                            received.publish(self.flight, total).await?;
-                            continue;
-                        }
-                        // Released and silent for `hold_back`, or a blob of
-                        // unlisted size not done in it: the next source
-                        // continues from here.
-                        if received.released {
-                            warn!(%peer, %digest, "a released peer transfer went silent; continuing from the next source");
-                            failed = Some(Misdeed::TooSlow);
-                        }
-                        handing_over = true;
-                        break;
-                    }
-                    Err(_) => {
-                        warn!(%peer, %digest, "the peer phase ran past its deadline");
-                        failed = Some(Misdeed::Overran);
-                        break;
-                    }
-                    Ok(Ok(Some(chunk))) => chunk,
-                    Ok(Ok(None)) => break,
-                    Ok(Err(e)) => {
-                        warn!(%peer, %digest, at = received.writer.len() + pending.len as u64, "peer transfer failed: {e}; resuming elsewhere");
-                        failed = Some(Misdeed::BrokeOff);
-                        break;
-                    }
-                };
-                metrics.blob_bytes(Source::Peer, chunk.len() as u64);
-                received_here += chunk.len() as u64;
-                pending.add(chunk);
-                let have = received.writer.len() + pending.len as u64;
-                if let Some(from) = tail.as_ref().map(|t| t.from).filter(|from| have >= *from) {
-                    // This transfer reached the tail: up to it, its bytes;
-                    // from it, the tail's, once it is complete.
-                    let beyond = pending.split_off_beyond(have - from);
-                    if let Err(e) = received.writer.push(std::mem::take(&mut pending)).await {
-                        return Err(self.write_failed(peer, origin, e).await);
-                    }
-                    received.close_part();
-                    let rate =
-                        received_here as f64 / transfer_started.elapsed().as_secs_f64().max(1e-3);
-                    let alone = Duration::from_secs_f64((total - from) as f64 / rate.max(1.0));
-                    let wait = alone
-                        .min(bounds.hold_back)
-                        .min(phase_deadline.saturating_duration_since(tokio::time::Instant::now()));
-                    let waited_from = tokio::time::Instant::now();
-                    let joined = match tail.take() {
-                        Some(t) => self.join_tail(t, digest, wait).await,
-                        None => None,
-                    };
-                    match joined {
-                        Some(done) => {
-                            if let Err(e) = self.append_tail(&mut received, done, total).await {
-                                return Err(self.write_failed(peer, origin, e).await);
-                            }
-                            break;
-                        }
-                        None => {
-                            // This transfer goes on past the tail's start.
-                            received.parts.push(Part {
-                                peer,
-                                range: from..from,
-                                in_flight: transfer.in_flight(),
-                                broke_off: false,
-                            });
-                            if let Some(rest) = beyond {
-                                pending.add(rest);
-                            }
-                            transfer_started += waited_from.elapsed();
-                        }
-                    }
-                }
-                if received.released {
-                    client_deadline = tokio::time::Instant::now() + bounds.hold_back;
-                }
-                let full =
-                    pending.len >= PEER_WRITE_BATCH || pending.chunks.len() >= MAX_BATCH_CHUNKS;
-                if full || (received.released && last_write.elapsed() >= PUBLISH_EVERY) {
-                    if let Err(e) = received.writer.push(std::mem::take(&mut pending)).await {
-                        return Err(self.write_failed(peer, origin, e).await);
-                    }
-                    last_write = tokio::time::Instant::now();
-                    if origin.size.is_some() {
-                        self.flight
-                            .offer(&received.file, total, received.writer.written());
-                    }
+                    // Released and silent for `hold_back`, or a blob of
+                    // unlisted size not done in it: the next source
+                    // continues from here.
                     if received.released {
-                        received.publish(self.flight, total).await?;
+                        warn!(%peer, %digest, "a released peer transfer went silent; continuing from the next source");
+                        ended.failed = Some(Misdeed::TooSlow);
                     }
-                }
-                let elapsed = transfer_started.elapsed();
-                if elapsed >= rate_grace
-                    && (received_here as f64) < min_rate * elapsed.as_secs_f64()
-                {
-                    warn!(%peer, %digest, received = received_here, ?elapsed, "peer transfer below the minimum rate; resuming elsewhere");
-                    failed = Some(Misdeed::TooSlow);
+                    ended.handing_over = true;
                     break;
                 }
-            }
-            if let Err(e) = received.writer.push(pending).await {
-                return Err(self.write_failed(peer, origin, e).await);
-            }
-            received.close_part();
-            if let (Some(_), Some(last)) = (failed, received.parts.last_mut()) {
-                last.broke_off = last.peer == peer;
-            }
-            if let Some(misdeed) = failed {
-                // Another flight found this peer out while it was sending
-                // here (a block also cuts its transfers): its bytes are no
-                // base to resume on, and mixing them in would make the next,
-                // honest provider a suspect.
-                let condemned_elsewhere = !net.usable(&peer);
-                self.sentence(peer, misdeed).await;
-                if condemned_elsewhere && received.writer.len() > 0 {
-                    debug!(%peer, %digest, "dropping the bytes of a peer blocked meanwhile");
-                    received = Received::new(self.store)?;
+                Err(_) => {
+                    warn!(%peer, %digest, "the peer phase ran past its deadline");
+                    ended.failed = Some(Misdeed::Overran);
+                    break;
                 }
-                if misdeed == Misdeed::Overran {
-                    return Err(received
-                        .hand_over("the peer phase ran past its deadline")
-                        .await);
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    warn!(%peer, %digest, at = received.writer.len() + pending.len as u64, "peer transfer failed: {e}; resuming elsewhere");
+                    ended.failed = Some(Misdeed::BrokeOff);
+                    break;
                 }
-            }
-            if handing_over {
-                return Err(received.hand_over(CLIENT_DEADLINE_PASSED).await);
-            }
-            if failed.is_some() {
-                continue;
-            }
-            let len = received.writer.len();
-            let received_after = started.elapsed();
-            let Received {
-                writer,
-                file,
-                parts,
-                ..
-            } = std::mem::replace(&mut received, Received::new(self.store)?);
-            let finished = writer.finish().await?;
-            let written = started.elapsed();
-            match commit(finished, len).await {
-                Ok(()) => {
-                    info!(
-                        %digest, file = %origin.filename, len, from = %peer,
-                        channel = transfer.channel(),
-                        received_ms = received_after.as_millis() as u64,
-                        written_ms = written.as_millis() as u64,
-                        stored_ms = started.elapsed().as_millis() as u64,
-                        "verified and stored from peers"
-                    );
-                    return Ok((file, len));
+            };
+            self.metrics.blob_bytes(Source::Peer, chunk.len() as u64);
+            received_here += chunk.len() as u64;
+            pending.add(chunk);
+            let have = received.writer.len() + pending.len as u64;
+            if let Some(from) = tail.as_ref().map(|t| t.from).filter(|from| have >= *from) {
+                // This transfer reached the tail: up to it, its bytes;
+                // from it, the tail's, once it is complete.
+                let beyond = pending.split_off_beyond(have - from);
+                if let Err(e) = received.writer.push(std::mem::take(&mut pending)).await {
+                    return Err(self.write_failed(peer, origin, e).await);
                 }
-                Err(CommitError::Mismatch(e)) => {
-                    metrics.verification_failure(Source::Peer);
-                    // One peer sent the whole file: a complete transfer is
-                    // a claim about verified bytes, in flight or not.
-                    if let [Part { peer: liar, .. }] = parts[..] {
-                        warn!(peer = %liar, %digest, "bad content from peer ({e})");
-                        self.sentence(liar, Misdeed::BadBytes).await;
-                    } else {
-                        for part in &parts {
-                            warn!(peer = %part.peer, %digest, "bad content from several peers ({e}); suspended until a verified copy tells who lied");
-                            self.sentence(part.peer, Misdeed::Suspect).await;
+                received.close_part();
+                let rate =
+                    received_here as f64 / transfer_started.elapsed().as_secs_f64().max(1e-3);
+                let alone = Duration::from_secs_f64((total - from) as f64 / rate.max(1.0));
+                let wait = alone
+                    .min(bounds.hold_back)
+                    .min(phase_deadline.saturating_duration_since(tokio::time::Instant::now()));
+                let waited_from = tokio::time::Instant::now();
+                let joined = match tail.take() {
+                    Some(t) => self.join_tail(t, digest, wait).await,
+                    None => None,
+                };
+                match joined {
+                    Some(done) => {
+                        if let Err(e) = self.append_tail(received, done, total).await {
+                            return Err(self.write_failed(peer, origin, e).await);
                         }
-                        suspects.push(Attempt { file, parts });
+                        break;
+                    }
+                    None => {
+                        // This transfer goes on past the tail's start.
+                        received.parts.push(Part {
+                            peer,
+                            range: from..from,
+                            in_flight: transfer.in_flight(),
+                            broke_off: false,
+                        });
+                        if let Some(rest) = beyond {
+                            pending.add(rest);
+                        }
+                        transfer_started += waited_from.elapsed();
                     }
                 }
-                Err(CommitError::Other(e)) => return Err(StoreFailure(e).into()),
             }
+            if received.released {
+                phase.client_deadline = tokio::time::Instant::now() + bounds.hold_back;
+            }
+            let full = pending.len >= PEER_WRITE_BATCH || pending.chunks.len() >= MAX_BATCH_CHUNKS;
+            if full || (received.released && last_write.elapsed() >= PUBLISH_EVERY) {
+                if let Err(e) = received.writer.push(std::mem::take(&mut pending)).await {
+                    return Err(self.write_failed(peer, origin, e).await);
+                }
+                last_write = tokio::time::Instant::now();
+                if origin.size.is_some() {
+                    self.flight
+                        .offer(&received.file, total, received.writer.written());
+                }
+                if received.released {
+                    received.publish(self.flight, total).await?;
+                }
+            }
+            let elapsed = transfer_started.elapsed();
+            if elapsed >= rate_grace && (received_here as f64) < min_rate * elapsed.as_secs_f64() {
+                warn!(%peer, %digest, received = received_here, ?elapsed, "peer transfer below the minimum rate; resuming elsewhere");
+                ended.failed = Some(Misdeed::TooSlow);
+                break;
+            }
+        }
+        if let Err(e) = received.writer.push(pending).await {
+            return Err(self.write_failed(peer, origin, e).await);
+        }
+        received.close_part();
+        if let (Some(_), Some(last)) = (ended.failed, received.parts.last_mut()) {
+            last.broke_off = last.peer == peer;
+        }
+        Ok(ended)
+    }
+
+    /// Sentences a transfer that failed. `Go`: it ended complete, on to
+    /// verification; `Retry`: resume from the next provider; `HandOver`:
+    /// the next source continues.
+    async fn after_transfer(
+        &self,
+        phase: &mut Attempts<N::Transfer>,
+        peer: PeerId,
+        digest: Sha256Digest,
+        ended: Ended,
+    ) -> Result<Step<()>, Unfinished> {
+        if let Some(misdeed) = ended.failed {
+            // Another flight found this peer out while it was sending
+            // here (a block also cuts its transfers): its bytes are no
+            // base to resume on, and mixing them in would make the next,
+            // honest provider a suspect.
+            let condemned_elsewhere = !self.net.usable(&peer);
+            self.sentence(peer, misdeed).await;
+            if condemned_elsewhere && phase.received.writer.len() > 0 {
+                debug!(%peer, %digest, "dropping the bytes of a peer blocked meanwhile");
+                phase.received = Received::new(self.store)?;
+            }
+            if misdeed == Misdeed::Overran {
+                return Ok(Step::HandOver(PHASE_DEADLINE_PASSED.into()));
+            }
+        }
+        Ok(if ended.handing_over {
+            Step::HandOver(CLIENT_DEADLINE_PASSED.into())
+        } else if ended.failed.is_some() {
+            Step::Retry
+        } else {
+            Step::Go(())
+        })
+    }
+
+    /// Verifies and stores what the phase received, all of the blob. A
+    /// mismatch blames the peer that sent it alone, or makes suspects of
+    /// several (judged once a verified copy exists); the phase then starts
+    /// over on a fresh temp file (`None`).
+    #[allow(clippy::too_many_arguments)] // one call site, each argument named
+    async fn finish<C, F>(
+        &self,
+        phase: &mut Attempts<N::Transfer>,
+        peer: PeerId,
+        channel: &'static str,
+        digest: Sha256Digest,
+        origin: &Origin,
+        suspects: &mut Vec<Attempt>,
+        commit: &C,
+    ) -> Result<Option<(Arc<File>, u64)>, Unfinished>
+    where
+        C: Fn(BlobWriter, u64) -> F,
+        F: Future<Output = Result<(), CommitError>>,
+    {
+        let started = phase.started;
+        let len = phase.received.writer.len();
+        let received_after = started.elapsed();
+        let Received {
+            writer,
+            file,
+            parts,
+            ..
+        } = std::mem::replace(&mut phase.received, Received::new(self.store)?);
+        let finished = writer.finish().await?;
+        let written = started.elapsed();
+        match commit(finished, len).await {
+            Ok(()) => {
+                info!(
+                    %digest, file = %origin.filename, len, from = %peer,
+                    channel,
+                    received_ms = received_after.as_millis() as u64,
+                    written_ms = written.as_millis() as u64,
+                    stored_ms = started.elapsed().as_millis() as u64,
+                    "verified and stored from peers"
+                );
+                Ok(Some((file, len)))
+            }
+            Err(CommitError::Mismatch(e)) => {
+                self.metrics.verification_failure(Source::Peer);
+                // One peer sent the whole file: a complete transfer is
+                // a claim about verified bytes, in flight or not.
+                if let [Part { peer: liar, .. }] = parts[..] {
+                    warn!(peer = %liar, %digest, "bad content from peer ({e})");
+                    self.sentence(liar, Misdeed::BadBytes).await;
+                } else {
+                    for part in &parts {
+                        warn!(peer = %part.peer, %digest, "bad content from several peers ({e}); suspended until a verified copy tells who lied");
+                        self.sentence(part.peer, Misdeed::Suspect).await;
+                    }
+                    suspects.push(Attempt { file, parts });
+                }
+                Ok(None)
+            }
+            Err(CommitError::Other(e)) => Err(StoreFailure(e).into()),
         }
     }
 
@@ -852,10 +1004,6 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         Ok(())
     }
 
-    /// A write of peer bytes failed (a full disk, most often). With no
-    /// listed size, the peer's claim is what made this node write: it is
-    /// suspended. Its temp file goes with the returned value, freeing the
-    /// space for the next source.
     /// Asks `peer` for the blob from `at`. When it has not answered within
     /// the learned hedge delay and the node's budget allows, asks the next
     /// usable provider in `queue` too and keeps whichever starts a transfer
@@ -977,6 +1125,10 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         Some(peer)
     }
 
+    /// A write of peer bytes failed (a full disk, most often). With no
+    /// listed size, the peer's claim is what made this node write: it is
+    /// suspended. Its temp file goes with the returned value, freeing the
+    /// space for the next source.
     async fn write_failed(&self, peer: PeerId, origin: &Origin, error: StoreFailure) -> Unfinished {
         if origin.size.is_none() {
             warn!(%peer, file = %origin.filename, "writing a peer's bytes of unlisted size failed ({error}); suspending it");
@@ -1298,6 +1450,7 @@ impl IntentFeed {
 const MAX_SEEN_INTENTS: usize = 64;
 
 /// Why a phase ended when the client's clock ran out.
+const PHASE_DEADLINE_PASSED: &str = "the peer phase ran past its deadline";
 const CLIENT_DEADLINE_PASSED: &str =
     "no peer delivered within the client's deadline; continuing from the next source";
 
@@ -1342,6 +1495,16 @@ impl From<StoreFailure> for Unfinished {
             partial: None,
             store_failed: true,
         }
+    }
+}
+
+impl std::fmt::Debug for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unfinished")
+            .field("reason", &self.reason)
+            .field("partial", &self.partial.as_ref().map(|p| p.writer.len()))
+            .field("store_failed", &self.store_failed)
+            .finish()
     }
 }
 

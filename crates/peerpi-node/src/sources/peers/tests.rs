@@ -1289,3 +1289,244 @@ async fn a_tail_that_breaks_off_leaves_the_rest_to_the_first_provider() {
     assert_eq!(net.verdict(ids[1]), Some(Verdict::Suspend(SUSPENSION)));
     assert_eq!(net.verdict(ids[0]), None);
 }
+
+/// The parts a peer phase is built from, for driving its steps one by one.
+struct Parts {
+    store: Store,
+    metrics: Metrics,
+    flight: Flight,
+    hedging: Hedging,
+    _dir: tempfile::TempDir,
+}
+
+impl Parts {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 30).unwrap();
+        Self {
+            store,
+            metrics: Metrics::new(),
+            flight: Flight::new(),
+            hedging: Hedging::default(),
+            _dir: dir,
+        }
+    }
+
+    fn phase<'a>(&'a self, net: &'a ScriptedNet, bounds: PeerBounds) -> PeerPhase<'a, ScriptedNet> {
+        PeerPhase {
+            net,
+            store: &self.store,
+            bounds,
+            metrics: &self.metrics,
+            flight: &self.flight,
+            hedging: &self.hedging,
+        }
+    }
+}
+
+/// The peer the step chose, or what else it led to.
+fn chosen<T>(step: Step<(PeerId, T)>) -> Result<PeerId, String> {
+    match step {
+        Step::Go((peer, _)) => Ok(peer),
+        Step::Retry => Err("retry".into()),
+        Step::HandOver(reason) => Err(format!("hand over: {reason}")),
+    }
+}
+
+#[test]
+fn an_announced_size_must_be_the_listed_one_or_within_the_cap() {
+    assert!(announced_size_fits(Some(100), 100, 50));
+    assert!(!announced_size_fits(Some(100), 101, 1_000));
+    assert!(!announced_size_fits(Some(100), 99, 1_000));
+    assert!(announced_size_fits(None, 1_000, 1_000));
+    assert!(!announced_size_fits(None, 1_001, 1_000));
+}
+
+#[tokio::test]
+async fn the_next_transfer_passes_over_a_refusal_then_takes_the_next_provider() {
+    let bytes = blob(10_000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::Refuses, Script::Honest]);
+    let parts = Parts::new();
+    let phase = parts.phase(&net, bounds(10_000));
+    let digest = digest_of(&bytes);
+    let mut attempts = phase.begin(digest).await.unwrap();
+    let first = phase.next_transfer(digest, &mut attempts).await.unwrap();
+    assert_eq!(chosen(first), Err("retry".into()), "the refusal");
+    let second = phase.next_transfer(digest, &mut attempts).await.unwrap();
+    assert_eq!(chosen(second), Ok(ids[1]));
+    assert_eq!(attempts.tried, ids.iter().copied().collect());
+}
+
+#[tokio::test]
+async fn the_next_transfer_hands_over_once_nobody_is_left() {
+    let bytes = blob(10_000);
+    let (net, _) = ScriptedNet::new(&bytes, &[Script::Refuses]);
+    let parts = Parts::new();
+    let phase = parts.phase(&net, bounds(10_000));
+    let digest = digest_of(&bytes);
+    let mut attempts = phase.begin(digest).await.unwrap();
+    let _ = phase.next_transfer(digest, &mut attempts).await.unwrap();
+    let last = phase.next_transfer(digest, &mut attempts).await.unwrap();
+    assert_eq!(chosen(last), Err("hand over: no (more) providers".into()));
+}
+
+#[tokio::test]
+async fn the_next_transfer_hands_over_past_the_providers_tried_bound() {
+    let bytes = blob(10_000);
+    let scripts = vec![Script::Refuses; MAX_PROVIDERS_TRIED + 1];
+    let (net, _) = ScriptedNet::new(&bytes, &scripts);
+    let parts = Parts::new();
+    let phase = parts.phase(&net, bounds(10_000));
+    let digest = digest_of(&bytes);
+    let mut attempts = phase.begin(digest).await.unwrap();
+    for _ in 0..MAX_PROVIDERS_TRIED {
+        let step = phase.next_transfer(digest, &mut attempts).await.unwrap();
+        assert_eq!(chosen(step), Err("retry".into()));
+    }
+    let step = phase.next_transfer(digest, &mut attempts).await.unwrap();
+    assert_eq!(
+        chosen(step),
+        Err(format!("hand over: {MAX_PROVIDERS_TRIED} providers tried"))
+    );
+    assert_eq!(net.asked.lock().unwrap().len(), MAX_PROVIDERS_TRIED);
+}
+
+#[tokio::test]
+async fn a_size_lie_is_not_admitted_and_sentenced() {
+    let bytes = blob(10_000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::Honest]);
+    let parts = Parts::new();
+    let phase = parts.phase(&net, bounds(10_000));
+    let digest = digest_of(&bytes);
+    let listed = origin(Some(10_000));
+    assert!(phase.admit(ids[0], digest, &listed, 10_000).await);
+    assert_eq!(net.verdict(ids[0]), None);
+    assert!(!phase.admit(ids[0], digest, &listed, 10_001).await);
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Block));
+}
+
+/// Starts the first transfer of a phase over `scripts` and receives it.
+async fn receive_first(
+    net: &ScriptedNet,
+    parts: &Parts,
+    bytes: &[u8],
+) -> (Attempts<ScriptedTransfer>, PeerId, Ended) {
+    let phase = parts.phase(net, bounds(bytes.len() as u64));
+    let digest = digest_of(bytes);
+    let listed = origin(Some(bytes.len() as u64));
+    let mut attempts = phase.begin(digest).await.unwrap();
+    let Step::Go((peer, transfer)) = phase.next_transfer(digest, &mut attempts).await.unwrap()
+    else {
+        panic!("a transfer starts");
+    };
+    let total = transfer.remaining();
+    let ended = phase
+        .receive(&mut attempts, peer, transfer, digest, &listed, total)
+        .await
+        .unwrap();
+    (attempts, peer, ended)
+}
+
+#[tokio::test]
+async fn a_whole_transfer_is_received_as_one_part() {
+    let bytes = blob(100_000);
+    let (net, _) = ScriptedNet::new(&bytes, &[Script::Honest]);
+    let parts = Parts::new();
+    let (attempts, peer, ended) = receive_first(&net, &parts, &bytes).await;
+    assert!(ended.failed.is_none() && !ended.handing_over, "{ended:?}");
+    assert_eq!(attempts.received.writer.len(), 100_000);
+    assert_eq!(attempts.received.parts, vec![part(peer, 0..100_000)]);
+}
+
+#[tokio::test]
+async fn a_transfer_that_ends_early_is_received_as_a_broken_part() {
+    let bytes = blob(100_000);
+    let (net, _) = ScriptedNet::new(&bytes, &[Script::StopsAt(40_000)]);
+    let parts = Parts::new();
+    let (attempts, peer, ended) = receive_first(&net, &parts, &bytes).await;
+    assert_eq!(ended.failed, Some(Misdeed::BrokeOff));
+    assert_eq!(attempts.received.parts, vec![broken(peer, 0..40_000)]);
+}
+
+#[tokio::test]
+async fn after_a_failed_transfer_its_peer_is_sentenced_and_the_next_is_tried() {
+    let bytes = blob(10_000);
+    let (net, ids) = ScriptedNet::new(&bytes, &[Script::Honest]);
+    let parts = Parts::new();
+    let phase = parts.phase(&net, bounds(10_000));
+    let digest = digest_of(&bytes);
+    let mut attempts = phase.begin(digest).await.unwrap();
+    let broke_off = Ended {
+        failed: Some(Misdeed::BrokeOff),
+        handing_over: false,
+    };
+    let step = phase
+        .after_transfer(&mut attempts, ids[0], digest, broke_off)
+        .await
+        .unwrap();
+    assert!(matches!(step, Step::Retry));
+    assert_eq!(net.verdict(ids[0]), Some(Verdict::Suspend(SUSPENSION)));
+    let overran = Ended {
+        failed: Some(Misdeed::Overran),
+        handing_over: false,
+    };
+    let step = phase
+        .after_transfer(&mut attempts, ids[0], digest, overran)
+        .await
+        .unwrap();
+    assert!(matches!(step, Step::HandOver(reason) if reason == PHASE_DEADLINE_PASSED));
+    let complete = phase
+        .after_transfer(&mut attempts, ids[0], digest, Ended::default())
+        .await
+        .unwrap();
+    assert!(matches!(complete, Step::Go(())));
+}
+
+#[tokio::test]
+async fn finishing_blames_one_sender_alone_and_makes_suspects_of_several() {
+    let bytes = blob(50_000);
+    let digest = digest_of(&bytes);
+    let listed = origin(Some(50_000));
+    let commit = |writer: BlobWriter, _len: u64| {
+        // Every file is the wrong one here.
+        drop(writer);
+        async { Err(CommitError::Mismatch("digest mismatch".into())) }
+    };
+    for senders in [1usize, 2] {
+        let (net, ids) = ScriptedNet::new(&bytes, &vec![Script::Honest; senders]);
+        let parts = Parts::new();
+        let phase = parts.phase(&net, bounds(50_000));
+        let mut attempts = phase.begin(digest).await.unwrap();
+        let mut batch = Batch::default();
+        batch.add(Bytes::copy_from_slice(&bytes));
+        attempts.received.writer.push(batch).await.unwrap();
+        let share = 50_000 / senders as u64;
+        attempts.received.parts = (0..senders)
+            .map(|i| part(ids[i], i as u64 * share..(i as u64 + 1) * share))
+            .collect();
+        let mut suspects = Vec::new();
+        let done = phase
+            .finish(
+                &mut attempts,
+                ids[0],
+                "test",
+                digest,
+                &listed,
+                &mut suspects,
+                &commit,
+            )
+            .await
+            .unwrap();
+        assert!(done.is_none(), "nothing stored");
+        assert_eq!(attempts.received.writer.len(), 0, "a fresh temp file");
+        if senders == 1 {
+            assert_eq!(net.verdict(ids[0]), Some(Verdict::Block));
+            assert!(suspects.is_empty());
+        } else {
+            for id in &ids {
+                assert_eq!(net.verdict(*id), Some(Verdict::Suspend(SUSPENSION)));
+            }
+            assert_eq!(suspects.len(), 1);
+        }
+    }
+}

@@ -977,52 +977,62 @@ async fn a_burst_of_requests_to_one_peer_all_start() {
     }
 }
 
-/// A large file held by two peers comes in halves from both: each uploads
-/// at 2 MiB/s here, and the fetching node asks the second for the second
-/// half while the first sends the first.
+/// A large file held by three peers comes in ranges from all three: each
+/// uploads at 2 MiB/s here, and the fetching node asks the second and third
+/// for the later thirds while the first sends the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_file_comes_in_halves_from_two_peers() {
+async fn a_large_file_comes_in_ranges_from_three_peers() {
     let filename = "big-1.0.tar.gz";
-    let size = 8 << 20;
+    let size = 12 << 20;
     let upstream = fake_index(vec![peerpi_testkit::synthetic("big", filename, size, 21)]).await;
     let slow_uplink = |s: &mut SwarmConfig| s.upload_limit = Some(2 << 20);
     let split = |c: &mut peerpi_node::NodeConfig| c.peer_split_min = 1 << 20;
-    // Two holders that fetched it upstream each, before they knew each other.
-    let a = peer_node_with(&upstream, &[], split, slow_uplink).await;
-    let b = peer_node_with(&upstream, &[], split, slow_uplink).await;
-    for holder in [&a, &b] {
-        let url = file_url(holder, "big", filename).await;
+    // Holders that fetched it upstream each, before they knew each other.
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        let holder = peer_node_with(&upstream, &[], split, slow_uplink).await;
+        let url = file_url(&holder, "big", filename).await;
         assert_is_upstream_file(&upstream, filename, &get_bytes(&url).await);
+        holders.push(holder);
     }
     let path = format!("/files/{filename}");
-    assert_eq!(upstream.state.count(&path), 2);
-    let c = peer_node_with(&upstream, &[p2p_addr(&a), p2p_addr(&b)], split, |_| {}).await;
-    assert!(eventually(Duration::from_secs(10), || connected(&c) >= 2).await);
+    assert_eq!(upstream.state.count(&path), 3);
+    let addrs: Vec<_> = holders.iter().map(p2p_addr).collect();
+    let c = peer_node_with(&upstream, &addrs, split, |_| {}).await;
+    assert!(eventually(Duration::from_secs(10), || connected(&c) >= 3).await);
 
     let url = file_url(&c, "big", filename).await;
     assert_is_upstream_file(&upstream, filename, &get_bytes(&url).await);
-    assert_eq!(upstream.state.count(&path), 2, "not upstream");
-    let served = |n: &TestNode| {
-        n.node
-            .swarm()
-            .unwrap()
-            .counters()
-            .bytes_served
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    let (from_a, from_b) = (served(&a), served(&b));
+    assert_eq!(upstream.state.count(&path), 3, "not upstream");
+    let served: Vec<u64> = holders
+        .iter()
+        .map(|n| {
+            n.node
+                .swarm()
+                .unwrap()
+                .counters()
+                .bytes_served
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .collect();
+    let sum: u64 = served.iter().sum();
     // A cancelled stream may have had some bytes on the way.
     assert!(
-        (size..size + (2 << 20)).contains(&(from_a + from_b)),
-        "about each byte once: {from_a} + {from_b}"
+        (size..size + (3 << 20)).contains(&sum),
+        "about each byte once: {served:?}"
     );
     assert!(
-        from_a >= size / 4 && from_b >= size / 4,
-        "both sent a half: {from_a} and {from_b}"
+        served.iter().all(|n| *n >= size / 6),
+        "each sent a range: {served:?}"
     );
     assert_eq!(
         metric(&c, "peerpi_peer_transfers_total", "").await,
+        3.0,
+        "three transfers"
+    );
+    assert_eq!(
+        metric(&c, "peerpi_peer_ranges_total", "outcome=\"appended\"").await,
         2.0,
-        "two transfers"
+        "two later ranges appended"
     );
 }

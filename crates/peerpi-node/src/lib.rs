@@ -72,8 +72,8 @@ pub struct NodeConfig {
     /// nor as silence after one; then the next source takes over, continuing
     /// released bytes from their offset.
     pub peer_hold_back: Duration,
-    /// A blob of a listed size at least this large comes from two peers at
-    /// once (the second half from a second provider).
+    /// A blob of a listed size at least this large comes from several
+    /// peers at once (up to four ranges of at least half of it each).
     pub peer_split_min: u64,
     /// Largest file accepted when its size is not known in advance (no
     /// size listed, none announced); core-metadata files have their own,

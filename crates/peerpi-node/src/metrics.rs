@@ -77,6 +77,7 @@ pub struct Metrics {
     fetch_seconds: Family<SourceLabels, Histogram, fn() -> Histogram>,
     peer_transfers: Family<ChannelLabels, Counter>,
     peer_hedges: Counter,
+    peer_ranges: Family<OutcomeLabels, Counter>,
     replicas: Family<OutcomeLabels, Counter>,
     peer_in_flight_transfers: Counter,
     upstream_bytes_saved: Counter,
@@ -101,6 +102,14 @@ pub struct SwarmSample {
     pub provided_keys: u64,
     pub bytes_served: u64,
     pub in_flight_served: u64,
+}
+
+fn count_outcome(family: &Family<OutcomeLabels, Counter>, outcome: &str) {
+    family
+        .get_or_create(&OutcomeLabels {
+            outcome: outcome.to_string(),
+        })
+        .inc();
 }
 
 fn source(s: Source) -> SourceLabels {
@@ -129,6 +138,7 @@ impl Metrics {
             }),
             peer_transfers: Family::default(),
             peer_hedges: Counter::default(),
+            peer_ranges: Family::default(),
             replicas: Family::default(),
             peer_in_flight_transfers: Counter::default(),
             upstream_bytes_saved: Counter::default(),
@@ -175,6 +185,11 @@ impl Metrics {
             "peer_hedges",
             "Transfer requests hedged: a provider had not answered within the learned delay, so a second was asked too",
             m.peer_hedges.clone(),
+        );
+        registry.register(
+            "peer_ranges",
+            "Later ranges of large files asked of other providers, by outcome: appended, late (not done in time: the first transfer sent it), failed (broke off), refused (not started)",
+            m.peer_ranges.clone(),
         );
         registry.register(
             "replicas",
@@ -369,11 +384,12 @@ impl Metrics {
 
     /// A step of a second copy for the region (see `replication`).
     pub fn replica(&self, outcome: &str) {
-        self.replicas
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_string(),
-            })
-            .inc();
+        count_outcome(&self.replicas, outcome);
+    }
+
+    /// What became of a range of a large file asked of another provider.
+    pub fn peer_range(&self, outcome: &str) {
+        count_outcome(&self.peer_ranges, outcome);
     }
 
     pub fn peer_transfer(&self, channel: &str, in_flight: bool) {

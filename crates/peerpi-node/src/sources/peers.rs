@@ -5,7 +5,7 @@
 //! swarm implements and the unit tests script.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::future::Future;
 use std::io;
@@ -24,10 +24,14 @@ use crate::metrics::{Metrics, Source};
 use crate::reputation::{Misdeed, Verdict};
 use crate::sources::hedge::Hedging;
 
-/// Blobs of at least this many bytes (of a listed size) come from two
-/// providers at once: one provider's uplink is shared by every runner that
-/// wants the file.
+/// Blobs of at least this many bytes (of a listed size) come from several
+/// providers at once, in ranges of at least half of it: one provider's
+/// uplink is shared by every runner that wants the file.
 pub(crate) const SPLIT_MIN_SIZE: u64 = 32 << 20;
+
+/// Providers a large blob comes from at once, at most (the first
+/// transfer and the tails).
+const MAX_RANGES: usize = 4;
 
 /// Tail ranges start on a multiple of this.
 const SPLIT_ALIGN: u64 = 1 << 20;
@@ -348,6 +352,21 @@ struct Attempts<T> {
     received: Received,
 }
 
+/// Where each of `ranges` ranges of the `left` bytes from `offset` starts,
+/// after the first (which starts at `offset`): evenly spaced, on
+/// `SPLIT_ALIGN` boundaries.
+fn range_starts(offset: u64, left: u64, ranges: usize) -> Vec<u64> {
+    let ranges = ranges.max(1) as u64;
+    let mut starts: Vec<u64> = Vec::new();
+    for i in 1..ranges {
+        let start = offset + (left / ranges * i) / SPLIT_ALIGN * SPLIT_ALIGN;
+        if start > starts.last().copied().unwrap_or(offset) {
+            starts.push(start);
+        }
+    }
+    starts
+}
+
 /// Whether a transfer of `total` bytes may be the blob: the listed size, or,
 /// none listed, within `cap`.
 fn announced_size_fits(listed: Option<u64>, total: u64, cap: u64) -> bool {
@@ -598,8 +617,8 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
     }
 
     /// Reads one transfer of a blob of `total` bytes into the phase's temp
-    /// file, with a second provider sending the second half meanwhile when
-    /// the blob is large; releases its bytes to clients once it outlasts
+    /// file, with other providers sending later ranges meanwhile when the
+    /// blob is large; releases its bytes to clients once it outlasts
     /// the hold-back; ends it when it breaks off, falls below the minimum
     /// rate, overruns the phase or goes silent past the client's clock.
     async fn receive(
@@ -619,13 +638,13 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         } else {
             bounds.min_rate_grace
         };
-        // A second provider sends the second half meanwhile (dropped,
-        // which cancels it, if this transfer ends first).
-        let mut tail = if origin.size.is_some() && !transfer.in_flight() {
-            self.start_tail(digest, offset, total, &mut phase.queue, &mut phase.tried)
+        // Other providers send later ranges meanwhile (dropped, which
+        // cancels them, if this transfer ends first).
+        let mut tails = if origin.size.is_some() && !transfer.in_flight() {
+            self.start_tails(digest, offset, total, &mut phase.queue, &mut phase.tried)
                 .await
         } else {
-            None
+            VecDeque::new()
         };
         let phase_deadline = *phase.phase_deadline.get_or_insert_with(|| {
             tokio::time::Instant::now()
@@ -647,6 +666,9 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         // at least every `PUBLISH_EVERY`, so a client sees them flow.
         let mut pending = Batch::default();
         let mut last_write = tokio::time::Instant::now();
+        // Bytes of this transfer still to drop: it resumed past ranges that
+        // tails delivered while it waited for them.
+        let mut skip = 0u64;
         loop {
             let watch = if received.released {
                 phase.client_deadline
@@ -689,11 +711,20 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
             };
             self.metrics.blob_bytes(Source::Peer, chunk.len() as u64);
             received_here += chunk.len() as u64;
+            let mut chunk = chunk;
+            if skip > 0 {
+                let dropped = skip.min(chunk.len() as u64);
+                skip -= dropped;
+                chunk = chunk.slice(dropped as usize..);
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
             pending.add(chunk);
             let have = received.writer.len() + pending.len as u64;
-            if let Some(from) = tail.as_ref().map(|t| t.from).filter(|from| have >= *from) {
-                // This transfer reached the tail: up to it, its bytes;
-                // from it, the tail's, once it is complete.
+            if let Some(from) = tails.front().map(|t| t.from).filter(|from| have >= *from) {
+                // This transfer reached the next tail: up to it, its bytes;
+                // from it, the tails', as long as each is complete in time.
                 let beyond = pending.split_off_beyond(have - from);
                 if let Err(e) = received.writer.push(std::mem::take(&mut pending)).await {
                     return Err(self.write_failed(peer, origin, e).await);
@@ -701,36 +732,47 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
                 received.close_part();
                 let rate =
                     received_here as f64 / transfer_started.elapsed().as_secs_f64().max(1e-3);
-                let alone = Duration::from_secs_f64((total - from) as f64 / rate.max(1.0));
-                let wait = alone
-                    .min(bounds.hold_back)
-                    .min(phase_deadline.saturating_duration_since(tokio::time::Instant::now()));
                 let waited_from = tokio::time::Instant::now();
-                let joined = match tail.take() {
-                    Some(t) => self.join_tail(t, digest, wait).await,
-                    None => None,
-                };
-                match joined {
-                    Some(done) => {
-                        if let Err(e) = self.append_tail(received, done, total).await {
-                            return Err(self.write_failed(peer, origin, e).await);
-                        }
+                while tails
+                    .front()
+                    .is_some_and(|t| t.from == received.writer.len())
+                {
+                    let Some(tail) = tails.pop_front() else {
                         break;
-                    }
-                    None => {
-                        // This transfer goes on past the tail's start.
-                        received.parts.push(Part {
-                            peer,
-                            range: from..from,
-                            in_flight: transfer.in_flight(),
-                            broke_off: false,
-                        });
-                        if let Some(rest) = beyond {
-                            pending.add(rest);
-                        }
-                        transfer_started += waited_from.elapsed();
+                    };
+                    // About what this transfer would take to send the
+                    // range itself.
+                    let alone =
+                        Duration::from_secs_f64((tail.to - tail.from) as f64 / rate.max(1.0));
+                    let wait = alone
+                        .min(bounds.hold_back)
+                        .min(phase_deadline.saturating_duration_since(tokio::time::Instant::now()));
+                    let Some(done) = self.join_tail(tail, digest, wait).await else {
+                        break;
+                    };
+                    if let Err(e) = self.append_tail(received, done, total).await {
+                        return Err(self.write_failed(peer, origin, e).await);
                     }
                 }
+                if received.writer.len() == total {
+                    break;
+                }
+                // This transfer goes on from where the tails left off,
+                // dropping what it would resend of theirs.
+                let resume_at = received.writer.len();
+                received.parts.push(Part {
+                    peer,
+                    range: resume_at..resume_at,
+                    in_flight: transfer.in_flight(),
+                    broke_off: false,
+                });
+                match beyond {
+                    Some(rest) if resume_at < have => {
+                        pending.add(rest.slice((resume_at - from) as usize..));
+                    }
+                    _ => skip = resume_at.saturating_sub(have),
+                }
+                transfer_started += waited_from.elapsed();
             }
             if received.released {
                 phase.client_deadline = tokio::time::Instant::now() + bounds.hold_back;
@@ -862,74 +904,106 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         }
     }
 
-    /// Asks the next usable provider in `queue` for the second half of a
-    /// blob being fetched from `offset` (`total` bytes, at least
-    /// `split_min` of them left), waiting for its answer no longer than the
-    /// hedge delay (at least `TAIL_ANSWER_MIN`); its bytes go to a temp
-    /// file of their own.
-    async fn start_tail(
+    /// Asks the next usable providers in `queue` for the later ranges of a
+    /// blob being fetched from `offset` (`total` bytes, at least `split_min`
+    /// of them left): up to `MAX_RANGES` ranges in all, each at least half
+    /// of `split_min`, starting on a `SPLIT_ALIGN` boundary. The providers
+    /// are asked at once, each given no longer than the hedge delay (at
+    /// least `TAIL_ANSWER_MIN`) to answer; each range's bytes go to a temp
+    /// file of their own and end where the next answered range starts.
+    async fn start_tails(
         &self,
         digest: Sha256Digest,
         offset: u64,
         total: u64,
         queue: &mut Vec<PeerId>,
         tried: &mut HashSet<PeerId>,
-    ) -> Option<Tail> {
+    ) -> VecDeque<Tail> {
         let left = total.saturating_sub(offset);
+        let mut tails = VecDeque::new();
         if left < self.bounds.split_min {
-            return None;
+            return tails;
         }
+        let range_min = (self.bounds.split_min / 2).max(1);
+        let most = usize::try_from(left / range_min)
+            .unwrap_or(usize::MAX)
+            .min(MAX_RANGES);
         let me = self.net.local_peer_id();
-        let at = queue
+        let candidates: Vec<PeerId> = queue
             .iter()
-            .position(|p| *p != me && !tried.contains(p) && self.net.usable(p))?;
-        let peer = queue.remove(at);
-        tried.insert(peer);
-        let from = offset + (left / 2) / SPLIT_ALIGN * SPLIT_ALIGN;
-        if from <= offset {
-            return None;
+            .filter(|p| **p != me && !tried.contains(*p) && self.net.usable(p))
+            .take(most.saturating_sub(1))
+            .copied()
+            .collect();
+        let starts = range_starts(offset, left, candidates.len() + 1);
+        let asks: Vec<(PeerId, u64)> = candidates.into_iter().zip(starts).collect();
+        for (peer, _) in &asks {
+            queue.retain(|p| p != peer);
+            tried.insert(*peer);
         }
         let answer_within = self.hedging.delay().max(TAIL_ANSWER_MIN);
-        let asked = tokio::time::timeout(answer_within, self.net.fetch(peer, digest, from));
-        let transfer = match asked.await {
-            Ok(Ok(transfer)) => transfer,
-            Ok(Err(refused)) => {
-                debug!(%peer, %digest, "no tail from this provider: {refused}");
-                return None;
+        let answers = futures_util::future::join_all(asks.iter().map(|(peer, from)| {
+            tokio::time::timeout(answer_within, self.net.fetch(*peer, digest, *from))
+        }))
+        .await;
+        let mut started = Vec::new();
+        for ((peer, from), answer) in asks.into_iter().zip(answers) {
+            let transfer = match answer {
+                Ok(Ok(transfer)) => transfer,
+                Ok(Err(refused)) => {
+                    debug!(%peer, %digest, from, "no range from this provider: {refused}");
+                    self.metrics.peer_range("refused");
+                    continue;
+                }
+                Err(_) => {
+                    debug!(%peer, %digest, from, "no range: the provider did not answer within the hedge delay");
+                    self.metrics.peer_range("refused");
+                    continue;
+                }
+            };
+            if from + transfer.remaining() != total || transfer.in_flight() {
+                self.metrics.peer_range("refused");
+                if !transfer.in_flight() {
+                    warn!(%peer, %digest, announced = from + transfer.remaining(), listed = total, "peer announces a size that is not the listed one");
+                    self.metrics.verification_failure(Source::Peer);
+                    self.sentence(peer, Misdeed::SizeLie).await;
+                }
+                continue;
             }
-            Err(_) => {
-                debug!(%peer, %digest, "no tail: the provider did not answer within the hedge delay");
-                return None;
-            }
-        };
-        if from + transfer.remaining() != total || transfer.in_flight() {
-            if !transfer.in_flight() {
-                warn!(%peer, %digest, announced = from + transfer.remaining(), listed = total, "peer announces a size that is not the listed one");
-                self.metrics.verification_failure(Source::Peer);
-                self.sentence(peer, Misdeed::SizeLie).await;
-            }
-            return None;
+            started.push((peer, from, transfer));
         }
-        let received = Received::new(self.store).ok()?;
-        let channel = transfer.channel();
-        let want = total - from;
-        let task = tokio::spawn(async move {
-            let (writer, len) = receive_tail(transfer, received.writer, want).await?;
-            Ok(TailDone {
+        // Each range ends where the next that answered starts.
+        let ends: Vec<u64> = started
+            .iter()
+            .skip(1)
+            .map(|(_, from, _)| *from)
+            .chain([total])
+            .collect();
+        for ((peer, from, transfer), to) in started.into_iter().zip(ends) {
+            let Ok(received) = Received::new(self.store) else {
+                break;
+            };
+            let channel = transfer.channel();
+            let task = tokio::spawn(async move {
+                let (writer, len) = receive_tail(transfer, received.writer, to - from).await?;
+                Ok(TailDone {
+                    peer,
+                    channel,
+                    writer,
+                    file: received.file,
+                    len,
+                })
+            });
+            debug!(%peer, %digest, from, to, "a range comes from another provider");
+            tails.push_back(Tail {
                 peer,
+                from,
+                to,
                 channel,
-                writer,
-                file: received.file,
-                len,
-            })
-        });
-        debug!(%peer, %digest, from, "the tail comes from a second provider");
-        Some(Tail {
-            peer,
-            from,
-            channel,
-            task,
-        })
+                task,
+            });
+        }
+        tails
     }
 
     /// The tail once complete, waiting for it at most `wait` (about what
@@ -942,18 +1016,24 @@ impl<N: PeerNetwork> PeerPhase<'_, N> {
         wait: Duration,
     ) -> Option<TailDone> {
         match tokio::time::timeout(wait, &mut tail.task).await {
-            Ok(Ok(Ok(done))) => Some(done),
+            Ok(Ok(Ok(done))) => {
+                self.metrics.peer_range("appended");
+                Some(done)
+            }
             Ok(Ok(Err(e))) => {
                 warn!(peer = %tail.peer, %digest, channel = tail.channel, "tail transfer failed: {e}; the first provider sends the rest");
                 self.sentence(tail.peer, Misdeed::BrokeOff).await;
+                self.metrics.peer_range("failed");
                 None
             }
             Ok(Err(e)) => {
                 warn!(peer = %tail.peer, %digest, "tail task failed: {e}");
+                self.metrics.peer_range("failed");
                 None
             }
             Err(_) => {
                 debug!(peer = %tail.peer, %digest, "the tail was not done in time; the first provider sends the rest");
+                self.metrics.peer_range("late");
                 None
             }
         }
@@ -1639,11 +1719,12 @@ impl Batch {
     }
 }
 
-/// A second provider's transfer of a blob's tail, `from` to the end, into
+/// Another provider's transfer of a range of a blob, `from` to `to`, into
 /// a temp file of its own; cancelled when dropped.
 struct Tail {
     peer: PeerId,
     from: u64,
+    to: u64,
     channel: &'static str,
     task: tokio::task::JoinHandle<Result<TailDone, String>>,
 }
@@ -1663,7 +1744,8 @@ struct TailDone {
     len: u64,
 }
 
-/// Receives a tail transfer of `want` bytes into `writer`.
+/// Receives the first `want` bytes of a tail transfer into `writer`, then
+/// drops the transfer (the rest is another's range).
 async fn receive_tail<T: PeerTransfer>(
     mut transfer: T,
     mut writer: BackgroundWriter,
@@ -1671,18 +1753,16 @@ async fn receive_tail<T: PeerTransfer>(
 ) -> Result<(BackgroundWriter, u64), String> {
     let mut got = 0u64;
     let mut pending = Batch::default();
-    loop {
+    while got < want {
         let chunk = match tokio::time::timeout(TAIL_SILENCE, transfer.next_chunk()).await {
             Err(_) => return Err(format!("silent for {TAIL_SILENCE:?}")),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(None)) => break,
             Ok(Ok(Some(chunk))) => chunk,
         };
-        got += chunk.len() as u64;
-        if got > want {
-            return Err(format!("sent more than the {want} bytes announced"));
-        }
-        pending.add(chunk);
+        let keep = (want - got).min(chunk.len() as u64);
+        got += keep;
+        pending.add(chunk.slice(..keep as usize));
         if pending.len >= PEER_WRITE_BATCH || pending.chunks.len() >= MAX_BATCH_CHUNKS {
             writer
                 .push(std::mem::take(&mut pending))
@@ -1690,6 +1770,7 @@ async fn receive_tail<T: PeerTransfer>(
                 .map_err(|e| e.to_string())?;
         }
     }
+    drop(transfer);
     writer.push(pending).await.map_err(|e| e.to_string())?;
     writer.settle().await.map_err(|e| e.to_string())?;
     if got < want {

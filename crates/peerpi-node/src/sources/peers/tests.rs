@@ -1197,7 +1197,8 @@ const STEADY: Script = Script::Slow {
     pause_ms: 5,
 };
 
-/// Bounds under which a blob of 1 MiB or more comes from two providers.
+/// Bounds under which a blob of 1 MiB or more comes from several providers,
+/// in ranges of 512 KiB or more.
 fn split_bounds(size: u64) -> PeerBounds {
     PeerBounds {
         split_min: 1 << 20,
@@ -1244,32 +1245,154 @@ async fn a_blob_under_the_split_size_comes_from_one_provider() {
     assert_eq!(*net.asked.lock().unwrap(), vec![(ids[0], 0)]);
 }
 
-/// A tail of wrong bytes fails the blob's verification with bytes from two
-/// peers: both are suspended, the blob comes from a third, and the verified
-/// copy then blocks the tail's peer alone.
+/// A range of wrong bytes fails the blob's verification with bytes from
+/// four peers: all are suspended, the blob comes from a fifth, and the
+/// verified copy then blocks the wrong range's peer alone.
 #[tokio::test]
-async fn a_wrong_tail_is_blamed_on_its_peer_alone() {
+async fn a_wrong_range_is_blamed_on_its_peer_alone() {
     let len = 4 << 20;
     let bytes = blob(len);
-    let (net, ids) = ScriptedNet::new(&bytes, &[STEADY, Script::Wrong, Script::Honest]);
+    let scripts = [
+        STEADY,
+        Script::Wrong,
+        Script::Honest,
+        Script::Honest,
+        Script::Honest,
+    ];
+    let (net, ids) = ScriptedNet::new(&bytes, &scripts);
     let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
     assert!(stored(&outcome, &bytes));
+    let mib = 1u64 << 20;
     assert_eq!(
-        net.asked.lock().unwrap()[..2],
-        [(ids[0], 0), (ids[1], 2 << 20)]
+        net.asked.lock().unwrap()[..4],
+        [
+            (ids[0], 0),
+            (ids[1], mib),
+            (ids[2], 2 * mib),
+            (ids[3], 3 * mib)
+        ]
     );
-    assert_eq!(outcome.suspects.len(), 1, "the halves failed together");
+    assert_eq!(outcome.suspects.len(), 1, "the ranges failed together");
     assert_eq!(
         outcome.suspects[0].parts,
         vec![
-            part(ids[0], 0..2 << 20),
-            part(ids[1], (2 << 20)..len as u64)
+            part(ids[0], 0..mib),
+            part(ids[1], mib..2 * mib),
+            part(ids[2], 2 * mib..3 * mib),
+            part(ids[3], 3 * mib..4 * mib),
         ]
     );
     judge_against_a_verified_copy(&net, &bytes, outcome.suspects).await;
     assert_eq!(net.verdict(ids[1]), Some(Verdict::Block));
-    assert_eq!(net.verdict(ids[0]), Some(Verdict::Acquit));
-    assert_eq!(net.verdict(ids[2]), None);
+    for honest in [ids[0], ids[2], ids[3]] {
+        assert_eq!(net.verdict(honest), Some(Verdict::Acquit));
+    }
+    assert_eq!(net.verdict(ids[4]), None);
+}
+
+/// With four providers a large blob comes in four ranges at once; the first
+/// provider here goes silent after its quarter, so it could not be had from
+/// it alone.
+#[tokio::test]
+async fn a_large_blob_comes_in_ranges_from_four_providers() {
+    let len = 8 << 20;
+    let bytes = blob(len);
+    let mib = 1u64 << 20;
+    let scripts = [
+        Script::StallsAt(2 * mib),
+        Script::Honest,
+        Script::Honest,
+        Script::Honest,
+    ];
+    let (net, ids) = ScriptedNet::new(&bytes, &scripts);
+    let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert!(stored(&outcome, &bytes));
+    assert_eq!(
+        *net.asked.lock().unwrap(),
+        vec![
+            (ids[0], 0),
+            (ids[1], 2 * mib),
+            (ids[2], 4 * mib),
+            (ids[3], 6 * mib)
+        ]
+    );
+    for id in &ids {
+        assert_eq!(net.verdict(*id), None);
+    }
+}
+
+/// A provider that refuses its range leaves it to the range before it,
+/// which then runs on to the next range that was answered.
+#[tokio::test]
+async fn a_refused_range_is_sent_by_the_range_before_it() {
+    let len = 8 << 20;
+    let bytes = blob(len);
+    let mib = 1u64 << 20;
+    let scripts = [
+        Script::StallsAt(2 * mib),
+        Script::Honest,
+        Script::Refuses,
+        Script::Honest,
+    ];
+    let (net, ids) = ScriptedNet::new(&bytes, &scripts);
+    let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert!(stored(&outcome, &bytes));
+    // The first provider stalls past its range, and nobody was asked
+    // again: the second sent 2 to 6 MiB, its range and the refused one.
+    assert_eq!(
+        *net.asked.lock().unwrap(),
+        vec![
+            (ids[0], 0),
+            (ids[1], 2 * mib),
+            (ids[2], 4 * mib),
+            (ids[3], 6 * mib)
+        ]
+    );
+}
+
+/// A range not done in time is sent by the first provider after all: it
+/// drops what it would resend of the ranges already in, goes on from the
+/// late range's start, and still takes the range after it from its peer.
+#[tokio::test]
+async fn a_range_not_done_in_time_is_sent_by_the_first_provider_from_its_start() {
+    let len = 8 << 20;
+    let bytes = blob(len);
+    let mib = 1u64 << 20;
+    let crawl = Script::Slow {
+        per_chunk: 1024,
+        pause_ms: 50,
+    };
+    let scripts = [STEADY, Script::Honest, crawl, Script::Honest];
+    let (net, ids) = ScriptedNet::new(&bytes, &scripts);
+    let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert!(
+        stored(&outcome, &bytes),
+        "the bytes went in the right order"
+    );
+    assert_eq!(
+        *net.asked.lock().unwrap(),
+        vec![
+            (ids[0], 0),
+            (ids[1], 2 * mib),
+            (ids[2], 4 * mib),
+            (ids[3], 6 * mib)
+        ]
+    );
+    assert_eq!(net.verdict(ids[2]), None, "late, not broken: left alone");
+}
+
+#[test]
+fn ranges_start_on_aligned_boundaries_and_never_twice() {
+    let mib = 1u64 << 20;
+    assert_eq!(range_starts(0, 8 * mib, 4), vec![2 * mib, 4 * mib, 6 * mib]);
+    assert_eq!(range_starts(0, 4 * mib, 3), vec![mib, 2 * mib]);
+    assert_eq!(range_starts(5, 4 * mib, 2), vec![5 + 2 * mib]);
+    // Ranges under the alignment collapse rather than repeat a start.
+    assert_eq!(range_starts(0, 3 * mib / 2, 3), vec![mib]);
+    assert!(range_starts(0, mib / 2, 2).is_empty());
 }
 
 /// A tail that breaks off suspends its peer; the first provider sends the

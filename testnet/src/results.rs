@@ -35,6 +35,10 @@ pub struct RunnerBytes {
     pub refused: u64,
     /// Peers blocked at the end.
     pub blocked: u64,
+    /// Later ranges of large files appended from other providers (0 in
+    /// runs of builds before ranges).
+    #[serde(default)]
+    pub ranges: u64,
 }
 
 /// Cluster totals at one moment.
@@ -225,19 +229,20 @@ impl Results {
         }
         if !self.by_runner.is_empty() {
             md.push_str(
-                "\n| node | local | peer | upstream | refused from peers | peers blocked |\n\
-                 |---|---|---|---|---|---|\n",
+                "\n| node | local | peer | upstream | refused from peers | peers blocked | ranges from other providers |\n\
+                 |---|---|---|---|---|---|---|\n",
             );
             for r in &self.by_runner {
                 md.push_str(&format!(
-                    "| {}{} | {} | {} | {} | {} | {} |\n",
+                    "| {}{} | {} | {} | {} | {} | {} | {} |\n",
                     r.runner,
                     if r.poisoner { " (poisoner)" } else { "" },
                     r.local,
                     r.peer,
                     r.upstream,
                     r.refused,
-                    r.blocked
+                    r.blocked,
+                    r.ranges
                 ));
             }
         }

@@ -948,6 +948,7 @@ fn node_bytes(metrics: &str) -> RunnerBytes {
         upstream: bytes("upstream"),
         refused: sum("peerpi_verification_failures_total", "\"peer\""),
         blocked: sum("peerpi_blocked_peers ", ""),
+        ranges: sum("peerpi_peer_ranges_total", "\"appended\""),
         ..RunnerBytes::default()
     }
 }

@@ -444,6 +444,20 @@ impl SmallDisk {
         Ok(Self { dir })
     }
 
+    /// As `mount`; where it cannot, the missing prerequisite is reported
+    /// (which fails the test where prerequisites are required, as in CI).
+    fn mount_or_report(size: &str) -> Option<Self> {
+        match Self::mount(size) {
+            Ok(disk) => Some(disk),
+            Err(reason) => {
+                peerpi_testkit::missing_prerequisite(&format!(
+                    "cannot mount a tmpfs here ({reason})"
+                ));
+                None
+            }
+        }
+    }
+
     /// Fills the disk with a file until it is full; returns the file.
     fn fill(&self) -> std::path::PathBuf {
         use std::io::Write;
@@ -471,12 +485,8 @@ impl Drop for SmallDisk {
 /// not blamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_during_a_peer_fetch_is_a_503_naming_the_store_and_asks_nobody_upstream() {
-    let disk = match SmallDisk::mount("32m") {
-        Ok(disk) => disk,
-        Err(reason) => {
-            peerpi_testkit::missing_prerequisite(&format!("cannot mount a tmpfs here ({reason})"));
-            return;
-        }
+    let Some(disk) = SmallDisk::mount_or_report("32m") else {
+        return;
     };
     let upstream = fake_index(demo_graph()).await;
     upstream.state.add(peerpi_testkit::synthetic(
@@ -521,12 +531,8 @@ async fn health(node: &TestNode) -> (u16, String) {
 /// until restarted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_degrades_the_node_which_recovers_when_space_returns() {
-    let disk = match SmallDisk::mount("48m") {
-        Ok(disk) => disk,
-        Err(reason) => {
-            peerpi_testkit::missing_prerequisite(&format!("cannot mount a tmpfs here ({reason})"));
-            return;
-        }
+    let Some(disk) = SmallDisk::mount_or_report("48m") else {
+        return;
     };
     let upstream = fake_index(demo_graph()).await;
     let data = std::sync::Arc::new(tempfile::tempdir_in(disk.dir.path()).unwrap());

@@ -540,7 +540,12 @@ impl Runner {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let denied = matches!(error, libp2p::swarm::DialError::Denied { .. });
-                let handshake = matches!(error, libp2p::swarm::DialError::Transport(_));
+                let handshake = match &error {
+                    libp2p::swarm::DialError::Transport(attempts) => {
+                        attempts.iter().any(|(_, e)| handshake_may_have_failed(e))
+                    }
+                    _ => false,
+                };
                 self.connection_failed(
                     peer_id.map(|p| p.to_string()),
                     &error.to_string(),
@@ -553,7 +558,10 @@ impl Runner {
                 ..
             } => {
                 let denied = matches!(error, libp2p::swarm::ListenError::Denied { .. });
-                let handshake = matches!(error, libp2p::swarm::ListenError::Transport(_));
+                let handshake = match &error {
+                    libp2p::swarm::ListenError::Transport(e) => handshake_may_have_failed(e),
+                    _ => false,
+                };
                 self.connection_failed(
                     Some(send_back_addr.to_string()),
                     &error.to_string(),
@@ -638,7 +646,8 @@ impl Runner {
             }
             Failure::Handshake => {
                 let hint = if self.psk_configured {
-                    "this node is in a private swarm: the other side must use the same --swarm-key"
+                    "this node is in a private swarm: if this repeats with a peer that is up, \
+                     it must use the same --swarm-key"
                 } else {
                     "this node has no --swarm-key: it cannot reach a private swarm"
                 };
@@ -646,6 +655,27 @@ impl Runner {
             }
             Failure::Other => warn!("connection with {who} failed: {error}"),
         }
+    }
+}
+
+/// Whether a transport error may be a handshake that failed (a swarm key
+/// that differs ends in a reset or an early end of the stream); an address
+/// nobody listens on, or one that cannot be reached, is the network's
+/// trouble (a runner that went away), not the key's.
+fn handshake_may_have_failed(error: &libp2p::TransportError<std::io::Error>) -> bool {
+    use std::io::ErrorKind;
+    match error {
+        libp2p::TransportError::MultiaddrNotSupported(_) => false,
+        libp2p::TransportError::Other(e) => !matches!(
+            e.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::TimedOut
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable
+                | ErrorKind::AddrNotAvailable
+                | ErrorKind::NotConnected
+        ),
     }
 }
 
@@ -741,6 +771,35 @@ mod listen_addr_tests {
         assert!(!yes("/ip4/127.0.0.1/tcp/7504"));
         assert!(!yes("/ip6/::1/tcp/7504"));
         assert!(!yes("/ip4/0.0.0.0/tcp/7504"));
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::*;
+
+    /// A dial to a runner that went away is no hint at the swarm key; a
+    /// connection reset in the handshake may be.
+    #[test]
+    fn only_a_failed_handshake_hints_at_the_swarm_key() {
+        let transport = |kind| libp2p::TransportError::Other(Error::from(kind));
+        for gone in [
+            ErrorKind::ConnectionRefused,
+            ErrorKind::ConnectionAborted,
+            ErrorKind::TimedOut,
+            ErrorKind::HostUnreachable,
+            ErrorKind::NetworkUnreachable,
+        ] {
+            assert!(!handshake_may_have_failed(&transport(gone)), "{gone:?}");
+        }
+        for handshake in [ErrorKind::ConnectionReset, ErrorKind::UnexpectedEof] {
+            assert!(
+                handshake_may_have_failed(&transport(handshake)),
+                "{handshake:?}"
+            );
+        }
     }
 }
 

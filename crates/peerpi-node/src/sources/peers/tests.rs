@@ -1290,81 +1290,11 @@ async fn a_wrong_range_is_blamed_on_its_peer_alone() {
     assert_eq!(net.verdict(ids[4]), None);
 }
 
-/// With four providers a large blob comes in four ranges at once; the first
-/// provider here goes silent after its quarter, so it could not be had from
-/// it alone.
-#[tokio::test]
-async fn a_large_blob_comes_in_ranges_from_four_providers() {
+/// Fetches an 8 MiB blob from four providers scripted so: it must be
+/// stored, each asked once, at its quarter.
+async fn in_quarters(scripts: [Script; 4]) -> (ScriptedNet, Vec<PeerId>) {
     let len = 8 << 20;
     let bytes = blob(len);
-    let mib = 1u64 << 20;
-    let scripts = [
-        Script::StallsAt(2 * mib),
-        Script::Honest,
-        Script::Honest,
-        Script::Honest,
-    ];
-    let (net, ids) = ScriptedNet::new(&bytes, &scripts);
-    let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
-    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
-    assert!(stored(&outcome, &bytes));
-    assert_eq!(
-        *net.asked.lock().unwrap(),
-        vec![
-            (ids[0], 0),
-            (ids[1], 2 * mib),
-            (ids[2], 4 * mib),
-            (ids[3], 6 * mib)
-        ]
-    );
-    for id in &ids {
-        assert_eq!(net.verdict(*id), None);
-    }
-}
-
-/// A provider that refuses its range leaves it to the range before it,
-/// which then runs on to the next range that was answered.
-#[tokio::test]
-async fn a_refused_range_is_sent_by_the_range_before_it() {
-    let len = 8 << 20;
-    let bytes = blob(len);
-    let mib = 1u64 << 20;
-    let scripts = [
-        Script::StallsAt(2 * mib),
-        Script::Honest,
-        Script::Refuses,
-        Script::Honest,
-    ];
-    let (net, ids) = ScriptedNet::new(&bytes, &scripts);
-    let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
-    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
-    assert!(stored(&outcome, &bytes));
-    // The first provider stalls past its range, and nobody was asked
-    // again: the second sent 2 to 6 MiB, its range and the refused one.
-    assert_eq!(
-        *net.asked.lock().unwrap(),
-        vec![
-            (ids[0], 0),
-            (ids[1], 2 * mib),
-            (ids[2], 4 * mib),
-            (ids[3], 6 * mib)
-        ]
-    );
-}
-
-/// A range not done in time is sent by the first provider after all: it
-/// drops what it would resend of the ranges already in, goes on from the
-/// late range's start, and still takes the range after it from its peer.
-#[tokio::test]
-async fn a_range_not_done_in_time_is_sent_by_the_first_provider_from_its_start() {
-    let len = 8 << 20;
-    let bytes = blob(len);
-    let mib = 1u64 << 20;
-    let crawl = Script::Slow {
-        per_chunk: 1024,
-        pause_ms: 50,
-    };
-    let scripts = [STEADY, Script::Honest, crawl, Script::Honest];
     let (net, ids) = ScriptedNet::new(&bytes, &scripts);
     let outcome = run_phase(&net, &bytes, Some(len as u64), split_bounds(len as u64)).await;
     assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
@@ -1372,15 +1302,55 @@ async fn a_range_not_done_in_time_is_sent_by_the_first_provider_from_its_start()
         stored(&outcome, &bytes),
         "the bytes went in the right order"
     );
-    assert_eq!(
-        *net.asked.lock().unwrap(),
-        vec![
-            (ids[0], 0),
-            (ids[1], 2 * mib),
-            (ids[2], 4 * mib),
-            (ids[3], 6 * mib)
-        ]
-    );
+    let quarters: Vec<(PeerId, u64)> = ids.iter().copied().zip((0..4).map(|i| i << 21)).collect();
+    assert_eq!(*net.asked.lock().unwrap(), quarters);
+    (net, ids)
+}
+
+/// With four providers a large blob comes in four ranges at once; the first
+/// provider here goes silent after its quarter, so it could not be had from
+/// it alone.
+#[tokio::test]
+async fn a_large_blob_comes_in_ranges_from_four_providers() {
+    let first_quarter_only = Script::StallsAt(2 << 20);
+    let scripts = [
+        first_quarter_only,
+        Script::Honest,
+        Script::Honest,
+        Script::Honest,
+    ];
+    let (net, ids) = in_quarters(scripts).await;
+    for id in &ids {
+        assert_eq!(net.verdict(*id), None);
+    }
+}
+
+/// A provider that refuses its range leaves it to the range before it,
+/// which then runs on to the next range that was answered: the first
+/// provider stalls past its quarter and nobody is asked again, so the
+/// second sent 2 to 6 MiB.
+#[tokio::test]
+async fn a_refused_range_is_sent_by_the_range_before_it() {
+    let first_quarter_only = Script::StallsAt(2 << 20);
+    in_quarters([
+        first_quarter_only,
+        Script::Honest,
+        Script::Refuses,
+        Script::Honest,
+    ])
+    .await;
+}
+
+/// A range not done in time is sent by the first provider after all: it
+/// drops what it would resend of the ranges already in, goes on from the
+/// late range's start, and still takes the range after it from its peer.
+#[tokio::test]
+async fn a_range_not_done_in_time_is_sent_by_the_first_provider_from_its_start() {
+    let crawl = Script::Slow {
+        per_chunk: 1024,
+        pause_ms: 50,
+    };
+    let (net, ids) = in_quarters([STEADY, Script::Honest, crawl, Script::Honest]).await;
     assert_eq!(net.verdict(ids[2]), None, "late, not broken: left alone");
 }
 

@@ -663,20 +663,48 @@ impl Runner {
 /// nobody listens on, or one that cannot be reached, is the network's
 /// trouble (a runner that went away), not the key's.
 fn handshake_may_have_failed(error: &libp2p::TransportError<std::io::Error>) -> bool {
-    use std::io::ErrorKind;
     match error {
         libp2p::TransportError::MultiaddrNotSupported(_) => false,
-        libp2p::TransportError::Other(e) => !matches!(
-            e.kind(),
-            ErrorKind::ConnectionRefused
-                | ErrorKind::ConnectionAborted
-                | ErrorKind::TimedOut
-                | ErrorKind::HostUnreachable
-                | ErrorKind::NetworkUnreachable
-                | ErrorKind::AddrNotAvailable
-                | ErrorKind::NotConnected
-        ),
+        libp2p::TransportError::Other(e) => !peer_not_there(e),
     }
+}
+
+/// Whether `error`, or an error it wraps, says nobody answered at the
+/// address. Transports wrap the socket's error (several addresses, DNS),
+/// not always as a source: their message is read too.
+fn peer_not_there(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    const GONE: [ErrorKind; 7] = [
+        ErrorKind::ConnectionRefused,
+        ErrorKind::ConnectionAborted,
+        ErrorKind::TimedOut,
+        ErrorKind::HostUnreachable,
+        ErrorKind::NetworkUnreachable,
+        ErrorKind::AddrNotAvailable,
+        ErrorKind::NotConnected,
+    ];
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if GONE.contains(&io.kind()) {
+                return true;
+            }
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+                continue;
+            }
+        }
+        next = e.source();
+    }
+    let text = error.to_string().to_lowercase();
+    [
+        "connection refused",
+        "timed out",
+        "no route to host",
+        "unreachable",
+    ]
+    .iter()
+    .any(|gone| text.contains(gone))
 }
 
 /// Why a connection failed, for what its log line says.
@@ -800,6 +828,18 @@ mod failure_tests {
                 "{handshake:?}"
             );
         }
+        // As a dial over several addresses wraps them.
+        let wrapped = Error::other(format!(
+            "Multiple dial errors occurred:\n - {}",
+            Error::from_raw_os_error(111)
+        ));
+        assert!(!handshake_may_have_failed(&libp2p::TransportError::Other(
+            wrapped
+        )));
+        let nested = Error::other(Error::from(ErrorKind::ConnectionRefused));
+        assert!(!handshake_may_have_failed(&libp2p::TransportError::Other(
+            nested
+        )));
     }
 }
 

@@ -34,11 +34,30 @@ pub struct NodeProcess {
     pub addr: SocketAddr,
 }
 
+/// A loopback port free now, below the kernel's ephemeral range: a port
+/// taken from that range and released could be handed to any socket bound
+/// to port 0 before the node binds it (the node's own swarm listener did
+/// that once, and the node could not listen).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_from.max(10_001));
+    let span = high - low;
+    // Spread over the range by process, so that test binaries run one
+    // after another do not start on the same ports.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(port).expect("ports are under 65536");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {high}");
 }
 
 impl NodeProcess {

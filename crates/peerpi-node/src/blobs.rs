@@ -323,11 +323,12 @@ impl Blobs {
                 Err(reason) => debug!(%digest, %reason, "no peer delivered; going upstream"),
             }
         }
-        if matches!(outcome, Err(FlightFailure::Store(_))) {
-            // The index's bytes could not be kept either.
-        } else if outcome.is_err() && flight.peers_only.load(Ordering::Acquire) {
+        // A store that could not keep the peers' bytes would not keep the
+        // index's either: only a failure of the sources goes upstream.
+        let sources_failed = matches!(outcome, Err(FlightFailure::Sources(_)));
+        if sources_failed && flight.peers_only.load(Ordering::Acquire) {
             debug!(%digest, "a copy for a peer: not fetched upstream");
-        } else if outcome.is_err() {
+        } else if sources_failed {
             let upstream = UpstreamSource {
                 upstream: &self.upstream,
                 store: &self.store,
